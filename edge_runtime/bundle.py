@@ -1,0 +1,445 @@
+"""The bundle: one directory (or one ``.zip`` of it) holding ``manifest.json`` and the ONNX members.
+
+A bundle is what a factory PC receives. The manifest says what the task is, which members to evaluate in
+which order, which tensors one member hands to a later one, the calibrated exit threshold and the latency
+profiles measured on devices. Every member file carries a sha256 that is checked before ONNX Runtime sees
+a byte of it.
+
+The graph contract every member obeys (the exporters produce it, the runtime relies on it):
+
+* input ``x``: the preprocessed task input, ``float32``, shape ``task.input.shape`` (-1 = batch);
+* input ``prev_logits`` (every member but the first): the ``logits`` output of the member before it;
+* one input per :class:`Connection`, fed from an output of an earlier member;
+* outputs ``logits`` (the *combined* logits of members 1..k, already summed or averaged in the graph),
+  ``probs`` (softmax of ``logits``) and ``entropy`` (natural-log entropy of ``probs``, shape ``[-1]``),
+  plus whatever extra outputs later members' connections name.
+
+So the runtime never combines, normalises or scores in Python: member k's outputs are the anytime answer
+after k members.
+
+Loading never unpickles anything: the manifest is JSON and the members are ONNX protobufs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+from edge_runtime.errors import ChecksumError, ManifestError
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "Bundle",
+    "Calibration",
+    "Connection",
+    "MANIFEST_NAME",
+    "MANIFEST_VERSION",
+    "Manifest",
+    "MemberSpec",
+    "Preprocess",
+    "TaskSpec",
+    "TensorSpec",
+    "connection_inputs",
+    "load_bundle",
+    "save_manifest",
+    "sha256_bytes",
+]
+
+BUNDLE_FORMAT = "anytime-edge-bundle"
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+COMBINE_RULES = ("sum", "mean")
+DTYPES = ("float32",)
+# Output names every member graph must produce (see the module docstring).
+REQUIRED_OUTPUTS = ("logits", "probs", "entropy")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(mapping, Mapping):
+        raise ManifestError(f"{where} must be a JSON object; rebuild the bundle with the exporters")
+    if key not in mapping:
+        raise ManifestError(f"{where} lacks '{key}'; rebuild the bundle with the exporters")
+    return mapping[key]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of the task's input."""
+
+    name: str  # graph input name the runtime feeds
+    shape: tuple[int, ...]  # -1 marks the batch dimension
+    dtype: str = "float32"  # numpy dtype name the members take
+
+    def __post_init__(self) -> None:
+        if not self.shape or self.shape[0] != -1:
+            raise ManifestError(f"input '{self.name}' shape {list(self.shape)} must start with -1 (the batch)")
+        if any(d <= 0 for d in self.shape[1:]):
+            raise ManifestError(f"input '{self.name}' shape {list(self.shape)} has a non-positive dimension")
+        if self.dtype not in DTYPES:
+            raise ManifestError(f"input dtype '{self.dtype}' is not supported; use one of {list(DTYPES)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TensorSpec":
+        where = "task.input"
+        return cls(
+            name=str(_require(d, "name", where)),
+            shape=tuple(int(s) for s in _require(d, "shape", where)),
+            dtype=str(d.get("dtype", "float32")),
+        )
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Affine map from the raw input a client sends to what the members take: ``x * scale + offset``."""
+
+    scale: float = 1.0  # e.g. 1/255 for uint8 images
+    offset: float = 0.0  # added after scaling
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and math.isfinite(self.offset)) or self.scale == 0:
+            raise ManifestError("preprocess scale must be finite and non-zero, offset finite")
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the map leaves the input unchanged (the runtime then skips it)."""
+        return self.scale == 1.0 and self.offset == 0.0
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the bundle classifies."""
+
+    labels: tuple[str, ...]  # class labels, index = class id
+    input: TensorSpec  # the one input tensor
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise ManifestError("task.labels must name at least two classes")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TaskSpec":
+        pre = d.get("preprocess") or {}
+        return cls(
+            labels=tuple(str(label) for label in _require(d, "labels", "task")),
+            input=TensorSpec.from_dict(_require(d, "input", "task")),
+            preprocess=Preprocess(scale=float(pre.get("scale", 1.0)), offset=float(pre.get("offset", 0.0))),
+        )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A tensor an earlier member hands to this one (B-DISTIL's intermediate connections)."""
+
+    input: str  # this member's graph input name
+    member: int  # index of the earlier member that produces it
+    output: str  # that member's graph output name
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Connection":
+        where = "a member connection"
+        return cls(
+            input=str(_require(d, "input", where)),
+            member=int(_require(d, "member", where)),
+            output=str(_require(d, "output", where)),
+        )
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One ONNX member, evaluated in manifest order."""
+
+    name: str  # unique within the bundle
+    file: str  # path relative to the bundle root
+    sha256: str  # hex digest of the file
+    outputs: tuple[str, ...] = REQUIRED_OUTPUTS  # graph outputs (the required three plus features)
+    connections: tuple[Connection, ...] = ()  # extra inputs fed from earlier members
+    params: int = 0  # parameter count, for reports
+    info: Mapping[str, Any] = field(default_factory=dict)  # free provenance: method, width, accuracy...
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MemberSpec":
+        where = "a member"
+        return cls(
+            name=str(_require(d, "name", where)),
+            file=str(_require(d, "file", where)),
+            sha256=str(_require(d, "sha256", where)),
+            outputs=tuple(str(o) for o in d.get("outputs", REQUIRED_OUTPUTS)),
+            connections=tuple(Connection.from_dict(c) for c in d.get("connections", ())),
+            params=int(d.get("params", 0)),
+            info=dict(d.get("info", {})),
+        )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The entropy exit threshold chosen on held-out data, and the trade-off it was chosen from."""
+
+    entropy_threshold: float  # stop once the running ensemble's entropy <= this (nats)
+    target: str  # how it was chosen, e.g. "accuracy within 0.5 point of the full ensemble"
+    accuracy: float  # validation accuracy at this threshold
+    mean_members: float  # mean members evaluated at this threshold
+    curve: tuple[Mapping[str, float], ...] = ()  # {"threshold", "accuracy", "mean_members"} points
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.entropy_threshold) or self.entropy_threshold < 0:
+            raise ManifestError("calibration.entropy_threshold must be a finite number >= 0")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
+        where = "calibration"
+        return cls(
+            entropy_threshold=float(_require(d, "entropy_threshold", where)),
+            target=str(d.get("target", "")),
+            accuracy=float(d.get("accuracy", float("nan"))),
+            mean_members=float(d.get("mean_members", float("nan"))),
+            curve=tuple(dict(p) for p in d.get("curve", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``manifest.json``. Build one with the constructor or :meth:`from_dict`."""
+
+    name: str  # a human name for the bundle
+    task: TaskSpec
+    members: tuple[MemberSpec, ...]  # in evaluation order
+    combine: str = "sum"  # how member logits combine inside the graphs: "sum" or "mean"
+    calibration: Calibration | None = None
+    # Latency/memory profiles keyed by device fingerprint (see edge_runtime.device). Each value holds at
+    # least {"members": [{"name": str, "latency_ms": {"p50": float, "p90": float, "p99": float}}]}.
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # provenance: data set, teacher, tool version
+    version: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != MANIFEST_VERSION:
+            raise ManifestError(
+                f"manifest version {self.version} is not supported by this runtime (reads {MANIFEST_VERSION}); "
+                "re-export the bundle or upgrade anytime-edge"
+            )
+        if not self.members:
+            raise ManifestError("the manifest lists no members; export at least one model into the bundle")
+        if self.combine not in COMBINE_RULES:
+            raise ManifestError(f"combine '{self.combine}' is unknown; use one of {list(COMBINE_RULES)}")
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ManifestError(f"member names repeat: {names}; give each member a unique name")
+        for k, member in enumerate(self.members):
+            missing = [o for o in REQUIRED_OUTPUTS if o not in member.outputs]
+            if missing:
+                raise ManifestError(f"member '{member.name}' lacks outputs {missing}; re-export it")
+            for conn in member.connections:
+                if not 0 <= conn.member < k:
+                    raise ManifestError(
+                        f"member '{member.name}' takes '{conn.input}' from member {conn.member}, "
+                        "which does not run before it; connections may only point to earlier members"
+                    )
+                if conn.output not in self.members[conn.member].outputs:
+                    raise ManifestError(
+                        f"member '{member.name}' takes '{conn.output}' from '{self.members[conn.member].name}', "
+                        "which has no such output; re-export the ensemble"
+                    )
+
+    @property
+    def num_members(self) -> int:
+        return len(self.members)
+
+    def member_latency_ms(self, fingerprint: str, quantile: str = "p99") -> list[float] | None:
+        """Per-member latency at ``quantile`` from the profile of this device, or None if there is none."""
+        profile = self.profiles.get(fingerprint)
+        if not profile:
+            return None
+        rows = {row.get("name"): row for row in profile.get("members", ())}
+        try:
+            return [float(rows[m.name]["latency_ms"][quantile]) for m in self.members]
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Manifest":
+        """Parse and validate a manifest dict; raises :class:`ManifestError` naming the fix."""
+        if not isinstance(d, Mapping):
+            raise ManifestError("manifest.json must hold a JSON object; rebuild the bundle with the exporters")
+        if d.get("format") != BUNDLE_FORMAT:
+            raise ManifestError(f"manifest.json is not an {BUNDLE_FORMAT} manifest (format={d.get('format')!r})")
+        version = d.get("version")
+        if not isinstance(version, int):
+            raise ManifestError("manifest.json has no integer 'version'; rebuild the bundle with the exporters")
+        try:
+            calibration = d.get("calibration")
+            return cls(
+                name=str(d.get("name", "bundle")),
+                task=TaskSpec.from_dict(_require(d, "task", "manifest")),
+                members=tuple(MemberSpec.from_dict(m) for m in _require(d, "members", "manifest")),
+                combine=str(d.get("combine", "sum")),
+                calibration=Calibration.from_dict(calibration) if calibration else None,
+                profiles=dict(d.get("profiles", {})),
+                metadata=dict(d.get("metadata", {})),
+                version=version,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest.json has a malformed field ({exc}); rebuild the bundle") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form written to ``manifest.json``."""
+        d = asdict(self)
+        d = {"format": BUNDLE_FORMAT, **d}
+        d["task"]["input"]["shape"] = list(self.task.input.shape)
+        return json.loads(json.dumps(d))  # tuples -> lists, a deep copy
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle: the manifest plus every member's bytes (checksums already checked)."""
+
+    source: Path  # the directory or .zip it came from
+    manifest: Manifest
+    member_bytes: tuple[bytes, ...]  # ONNX protobufs, in member order
+
+    def with_manifest(self, manifest: Manifest) -> "Bundle":
+        return replace(self, manifest=manifest)
+
+
+def _read_entries(source: Path) -> tuple[bytes, "_Reader"]:
+    if source.is_dir():
+        manifest_path = source / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise ManifestError(f"{source} has no {MANIFEST_NAME}; point at a bundle directory made by the exporters")
+        return manifest_path.read_bytes(), _DirReader(source)
+    if source.is_file() and zipfile.is_zipfile(source):
+        archive = zipfile.ZipFile(source)
+        try:
+            return archive.read(MANIFEST_NAME), _ZipReader(archive)
+        except KeyError:
+            raise ManifestError(f"{source} holds no {MANIFEST_NAME}; it is not a bundle archive") from None
+    if not source.exists():
+        raise ManifestError(f"bundle {source} does not exist; check the path")
+    raise ManifestError(f"{source} is neither a bundle directory nor a .zip bundle")
+
+
+class _Reader:
+    def read(self, name: str) -> bytes:
+        raise NotImplementedError
+
+
+class _DirReader(_Reader):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def read(self, name: str) -> bytes:
+        path = (self.root / name).resolve()
+        if self.root not in path.parents:
+            raise ManifestError(f"member file '{name}' points outside the bundle; rebuild the bundle")
+        if not path.is_file():
+            raise ChecksumError(f"member file '{name}' is missing from {self.root}; copy the whole bundle")
+        return path.read_bytes()
+
+
+class _ZipReader(_Reader):
+    def __init__(self, archive: zipfile.ZipFile) -> None:
+        self.archive = archive
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self.archive.read(name)
+        except KeyError:
+            raise ChecksumError(f"member file '{name}' is missing from the archive; rebuild it") from None
+
+
+def load_bundle(path: PathLike | Bundle) -> Bundle:
+    """Read a bundle directory or ``.zip``, validate the manifest and verify every member's sha256.
+
+    Args:
+        path: the bundle directory, a ``.zip`` of it, or an already loaded :class:`Bundle`.
+
+    Returns:
+        The verified bundle, with member bytes held in memory.
+
+    Raises:
+        ManifestError: the manifest is missing, malformed or of an unknown version.
+        ChecksumError: a member file is missing or was changed after export.
+    """
+    if isinstance(path, Bundle):
+        return path
+    source = Path(path)
+    raw, reader = _read_entries(source)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{MANIFEST_NAME} in {source} is not valid JSON ({exc}); rebuild the bundle") from exc
+    manifest = Manifest.from_dict(data)
+    blobs = []
+    for member in manifest.members:
+        blob = reader.read(member.file)
+        if sha256_bytes(blob) != member.sha256:
+            raise ChecksumError(
+                f"member '{member.name}' ({member.file}) does not match its sha256: the file was changed or "
+                "damaged after export; copy the bundle again"
+            )
+        blobs.append(blob)
+    return Bundle(source=source, manifest=manifest, member_bytes=tuple(blobs))
+
+
+def save_manifest(path: PathLike, manifest: Manifest) -> None:
+    """Replace the manifest of a bundle directory or ``.zip`` atomically (calibration, profiles).
+
+    The new manifest is written beside the old one and renamed over it, so a reader sees either the old
+    or the new manifest, never half of one.
+    """
+    source = Path(path)
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
+    if source.is_dir():
+        _atomic_write(source / MANIFEST_NAME, text.encode("utf-8"))
+        return
+    if source.is_file() and zipfile.is_zipfile(source):
+        fd, tmp = tempfile.mkstemp(dir=source.parent, prefix=f".{source.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(source) as old, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as new:
+                for info in old.infolist():
+                    if info.filename != MANIFEST_NAME:
+                        new.writestr(info, old.read(info.filename))
+                new.writestr(MANIFEST_NAME, text)
+            os.replace(tmp, source)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    raise ManifestError(f"{source} is not a bundle directory or .zip; cannot save its manifest")
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def connection_inputs(members: Sequence[MemberSpec]) -> set[tuple[int, str]]:
+    """(member index, output name) pairs some later member consumes: what the runtime must keep."""
+    return {(c.member, c.output) for m in members for c in m.connections}

@@ -1,0 +1,101 @@
+"""A thin command dispatcher shared by ``python -m edge_runtime`` and the full ``anytime-edge`` CLI.
+
+A command is a module exposing ``HELP`` (one line), ``configure(parser)`` and ``run(args) -> int``. The
+table maps a command name to its module path, and only the chosen command's module is imported, so
+``anytime-edge run`` never imports torch even when the training package is installed. The runtime's own
+table names runtime modules only; the training package passes a larger table (imports follow the data
+flow: the runtime never imports the packages upstream of it).
+
+Errors a command raises on purpose (any package's error base) print as one line and exit 1; usage
+errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Mapping, Sequence
+
+__all__ = ["RUNTIME_COMMANDS", "dispatch", "main"]
+
+# name -> (module path, one-line help). Help lives here so `--help` imports nothing heavy.
+RUNTIME_COMMANDS: Mapping[str, tuple[str, str]] = {
+    "calibrate": ("edge_runtime.cli.calibrate", "choose the entropy exit threshold on held-out data"),
+    "inspect": ("edge_runtime.cli.inspect", "show a bundle's task, members, threshold and profiles"),
+    "run": ("edge_runtime.cli.run", "evaluate a bundle on inputs from a .npy file, with early exit"),
+    "serve": ("edge_runtime.cli.serve", "serve a bundle over the Open Inference Protocol (KServe V2)"),
+}
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Every package's error base that is already imported (none is imported just to be caught)."""
+    bases: list[type[BaseException]] = []
+    for module, name in (
+        ("edge_runtime.errors", "EdgeRuntimeError"),
+        ("exporters.errors", "ExportError"),
+        ("profiles.errors", "ProfileError"),
+        ("distill.errors", "DistillError"),
+    ):
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, name):
+            bases.append(getattr(mod, name))
+    return tuple(bases)
+
+
+def dispatch(
+    argv: Sequence[str] | None,
+    commands: Mapping[str, tuple[str, str]],
+    prog: str,
+    description: str,
+) -> int:
+    """Parse ``argv``, import the chosen command's module, run it; return the process exit code."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_path, help_text) in sorted(commands.items()):
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            try:
+                module = importlib.import_module(module_path)
+            except ImportError as exc:
+                missing = exc.name or str(exc)
+                print(
+                    f"{prog} {name}: needs '{missing}', which is not installed; "
+                    f"install the extra with: pip install 'anytime-edge[{_extra_for(module_path)}]'",
+                    file=sys.stderr,
+                )
+                return 1
+            module.configure(command_parser)
+            command_parser.set_defaults(_run=module.run)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - only package errors are turned into one line
+        if isinstance(exc, _known_errors()):
+            print(f"{prog} {args.command}: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _extra_for(module_path: str) -> str:
+    if module_path == "edge_runtime.cli.serve":
+        return "serve"
+    if module_path.startswith(("distill", "exporters")):
+        return "train"
+    return "all"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m edge_runtime``: the runtime-only commands (no torch needed)."""
+    return dispatch(
+        argv,
+        RUNTIME_COMMANDS,
+        prog="python -m edge_runtime",
+        description="Anytime Edge on-device runtime: run, inspect, calibrate and serve bundles.",
+    )

@@ -1,0 +1,81 @@
+"""ONNX Runtime sessions: the one place the runtime configures onnxruntime.
+
+Defaults suit the small members anytime ensembles are made of: one intra-op thread, sequential execution,
+all graph optimisations, and no spinning (a spinning thread keeps burning a core after each call, which
+on a 2-core factory PC steals time from the next member and from other processes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+from edge_runtime.errors import ModelLoadError
+
+__all__ = ["SessionConfig", "create_session"]
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How each member's InferenceSession is built."""
+
+    intra_op_threads: int = 1  # threads inside one operator; 1 is fastest for small members
+    inter_op_threads: int = 1  # threads across operators (used only when parallel=True)
+    parallel: bool = False  # ORT_PARALLEL execution mode instead of ORT_SEQUENTIAL
+    allow_spinning: bool = False  # let idle ORT threads spin (lower latency, burns CPU)
+    optimization: str = "all"  # graph optimisation level: disable / basic / extended / all
+    enable_profiling: bool = False  # write ORT's Chrome-trace JSON (per-node kernel times)
+    profile_prefix: str = "ort_profile"  # file prefix when enable_profiling is set
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError("thread counts must be >= 0 (0 lets ONNX Runtime choose)")
+        if self.optimization not in _OPT_LEVELS:
+            raise ValueError(f"optimization must be one of {sorted(_OPT_LEVELS)}, not '{self.optimization}'")
+
+    def to_session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = self.inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if self.parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = _OPT_LEVELS[self.optimization]
+        spinning = "1" if self.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+        options.log_severity_level = 3  # errors only: warnings go to stderr and would break one-line CLI output
+        if self.enable_profiling:
+            options.enable_profiling = True
+            options.profile_file_prefix = self.profile_prefix
+        return options
+
+    def describe(self) -> dict[str, object]:
+        """The settings, for profiles and reports (latency means little without them)."""
+        return {
+            "intra_op_threads": self.intra_op_threads,
+            "inter_op_threads": self.inter_op_threads,
+            "execution_mode": "parallel" if self.parallel else "sequential",
+            "allow_spinning": self.allow_spinning,
+            "optimization": self.optimization,
+        }
+
+
+def create_session(model: bytes, config: SessionConfig | None = None, name: str = "model") -> ort.InferenceSession:
+    """Build a CPU InferenceSession from ONNX bytes.
+
+    Raises:
+        ModelLoadError: ONNX Runtime rejected the model (corrupt file, unsupported opset or operator).
+    """
+    config = config or SessionConfig()
+    try:
+        return ort.InferenceSession(model, sess_options=config.to_session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"ONNX Runtime could not load '{name}': {first_line}; re-export the model") from exc

@@ -1,0 +1,90 @@
+"""Write bundles: member ONNX bytes + a manifest, into one directory, atomically.
+
+The bundle is assembled in a temporary directory beside the target and renamed into place, so a crash or
+a failed gate never leaves half a bundle where a runtime might load it. Checksums are computed here, from
+the exact bytes written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from edge_runtime.bundle import MANIFEST_NAME, Manifest, MemberSpec, load_bundle, save_manifest, sha256_bytes
+from exporters.errors import ExportError
+
+__all__ = ["archive_bundle", "write_bundle"]
+
+
+def write_bundle(out_dir: str | os.PathLike[str], manifest: Manifest, member_bytes: Sequence[bytes], *, overwrite: bool = True) -> Path:
+    """Write ``manifest`` and its members to ``out_dir`` (a directory), atomically.
+
+    Each member's ``file`` and ``sha256`` are (re)set from ``member_bytes``: ``file`` defaults to
+    ``<name>.onnx`` when empty. The result is loaded back and verified before it replaces ``out_dir``.
+
+    Args:
+        out_dir: target directory; replaced as a whole if it exists and ``overwrite`` is true.
+        manifest: the manifest (member sha256 values may be placeholders).
+        member_bytes: ONNX bytes in member order.
+        overwrite: replace an existing ``out_dir``; otherwise raise.
+
+    Returns:
+        The bundle directory.
+
+    Raises:
+        ExportError: counts disagree, or ``out_dir`` exists and ``overwrite`` is false.
+    """
+    target = Path(out_dir)
+    if len(member_bytes) != len(manifest.members):
+        raise ExportError(f"{len(member_bytes)} member files for {len(manifest.members)} manifest members")
+    if target.exists() and not overwrite:
+        raise ExportError(f"{target} exists; choose another --out or remove it")
+    members: list[MemberSpec] = []
+    for spec, blob in zip(manifest.members, member_bytes):
+        members.append(replace(spec, file=spec.file or f"{spec.name}.onnx", sha256=sha256_bytes(blob)))
+    manifest = replace(manifest, members=tuple(members))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging."))
+    try:
+        for spec, blob in zip(members, member_bytes):
+            path = staging / spec.file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(blob)
+        save_manifest(staging, manifest)
+        load_bundle(staging)  # the bundle must load before anyone else can see it
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+            os.replace(target, trash / "old")
+            os.replace(staging, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def archive_bundle(bundle_dir: str | os.PathLike[str], archive: str | os.PathLike[str]) -> Path:
+    """Pack a bundle directory into one ``.zip`` file (atomically), loadable by ``edge_runtime.load``."""
+    source = Path(bundle_dir)
+    bundle = load_bundle(source)
+    target = Path(archive)
+    fd, tmp = tempfile.mkstemp(dir=target.parent if target.parent.exists() else None, suffix=".zip.tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(source / MANIFEST_NAME, MANIFEST_NAME)
+            for spec in bundle.manifest.members:
+                zf.write(source / spec.file, spec.file)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    load_bundle(target)
+    return target

@@ -1,0 +1,112 @@
+"""Tiny member graphs built with onnx.helper, obeying the bundle's graph contract (no torch needed).
+
+Used by the runtime, profiler and server tests: each member is Flatten -> MatMul -> ReLU (the features)
+-> MatMul, plus the previous member's logits, with softmax and entropy computed in the graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_runtime.bundle import Calibration, Connection, Manifest, MemberSpec, Preprocess, TaskSpec, TensorSpec
+from exporters.bundle import write_bundle
+
+OPSET = 18
+
+
+def member_graph(
+    index: int,
+    input_shape: Sequence[int],
+    num_classes: int,
+    hidden: int = 16,
+    connect_from_previous: bool = False,
+    seed: int = 0,
+    scale: float = 1.0,
+) -> bytes:
+    """ONNX bytes of member ``index`` (0-based); ``scale`` multiplies its logits (larger = more confident)."""
+    rng = np.random.default_rng(seed + index)
+    features_in = int(np.prod(input_shape))
+    w1 = rng.normal(0, 1 / np.sqrt(features_in), (features_in, hidden)).astype(np.float32)
+    w2 = (scale * rng.normal(0, 1 / np.sqrt(hidden), (hidden, num_classes))).astype(np.float32)
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w1"], ["h_pre"]),
+        helper.make_node("Relu", ["h_pre"], ["features"]),
+    ]
+    hidden_name = "features"
+    if connect_from_previous and index > 0:
+        wc = rng.normal(0, 1 / np.sqrt(hidden), (hidden, hidden)).astype(np.float32)
+        inits.append(numpy_helper.from_array(wc, "wc"))
+        inputs.append(helper.make_tensor_value_info("conn_features", TensorProto.FLOAT, ["N", hidden]))
+        nodes += [helper.make_node("MatMul", ["conn_features", "wc"], ["c"]),
+                  helper.make_node("Add", ["features", "c"], ["h_mixed"])]
+        hidden_name = "h_mixed"
+    nodes.append(helper.make_node("MatMul", [hidden_name, "w2"], ["own_logits"]))
+    if index > 0:
+        inputs.append(helper.make_tensor_value_info("prev_logits", TensorProto.FLOAT, ["N", num_classes]))
+        nodes.append(helper.make_node("Add", ["own_logits", "prev_logits"], ["logits"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["own_logits"], ["logits"]))
+    nodes += [
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        helper.make_node("LogSoftmax", ["logits"], ["logp"], axis=-1),
+        helper.make_node("Mul", ["probs", "logp"], ["plogp"]),
+        helper.make_node("ReduceSum", ["plogp", "axis1"], ["neg_entropy"], keepdims=0),
+        helper.make_node("Neg", ["neg_entropy"], ["entropy"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes]),
+        helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes]),
+        helper.make_tensor_value_info("entropy", TensorProto.FLOAT, ["N"]),
+        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", hidden]),
+    ]
+    graph = helper.make_graph(nodes, f"member_{index}", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def make_bundle(
+    out_dir: Path,
+    num_members: int = 3,
+    input_shape: Sequence[int] = (1, 4, 4),
+    num_classes: int = 3,
+    connections: bool = False,
+    calibration: float | None = None,
+    hidden: int = 16,
+    scales: Sequence[float] | None = None,
+) -> Path:
+    """Write a bundle of ``num_members`` tiny members to ``out_dir`` and return its path."""
+    scales = scales or [1.0] * num_members
+    blobs = [member_graph(k, input_shape, num_classes, hidden, connections, scale=scales[k]) for k in range(num_members)]
+    members = tuple(
+        MemberSpec(
+            name=f"member_{k + 1}",
+            file=f"member_{k + 1}.onnx",
+            sha256="",
+            outputs=("logits", "probs", "entropy", "features"),
+            connections=(Connection(input="conn_features", member=k - 1, output="features"),) if connections and k else (),
+            params=int(np.prod(input_shape)) * hidden + hidden * num_classes,
+        )
+        for k in range(num_members)
+    )
+    manifest = Manifest(
+        name="tiny",
+        task=TaskSpec(
+            labels=tuple(f"class_{c}" for c in range(num_classes)),
+            input=TensorSpec(name="x", shape=(-1, *input_shape)),
+            preprocess=Preprocess(scale=1.0, offset=0.0),
+        ),
+        members=members,
+        calibration=None if calibration is None else Calibration(calibration, "test", 1.0, 1.0),
+    )
+    return write_bundle(out_dir, manifest, blobs)
