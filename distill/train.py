@@ -1,0 +1,138 @@
+"""The plain training loop every student and the teacher share: Adam, cosine learning rate, a progress bar.
+
+Teacher logits are computed once before distillation (the teacher is frozen), so an epoch costs one
+student forward/backward per batch. Everything is seeded: the same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.errors import TrainingError
+from distill.losses import DistillationLoss
+
+__all__ = ["FitConfig", "accuracy", "distil", "fit", "predict_logits"]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How to run the training loop."""
+
+    epochs: int = 10
+    lr: float = 1e-3  # peak Adam learning rate (cosine-annealed per step to 0)
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    seed: int = 0  # seeds initial shuffles of every epoch
+    progress: bool = True  # show a progress bar on stderr
+    desc: str = "train"  # progress bar label
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise TrainingError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Logits of ``model`` on ``x`` (float32 model-ready inputs), in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [model(torch.from_numpy(x[i : i + batch_size]))[0] for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy (a fraction) of ``model`` on ``x``, ``y``."""
+    return float((predict_logits(model, x).argmax(1) == y).mean())
+
+
+def _progress(total: int, cfg: FitConfig):  # type: ignore[no-untyped-def]
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is a nicety; training does not depend on it
+        return None
+    return tqdm(total=total, desc=cfg.desc, unit="epoch", disable=not cfg.progress, file=sys.stderr, leave=False)
+
+
+def fit(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    loss: DistillationLoss,
+    cfg: FitConfig,
+    teacher_logits: np.ndarray | None = None,
+    start_epoch: int = 0,
+    optimizer_state: dict | None = None,
+    on_epoch_end: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place; returns the mean loss of each epoch run.
+
+    Args:
+        model: obeys the classifier contract ``forward(x) -> (logits, features)``.
+        x, y: model-ready inputs and int labels.
+        loss: a :class:`~distill.losses.DistillationLoss`.
+        cfg: epochs, learning rate, batch size, seed.
+        teacher_logits: the frozen teacher's logits on ``x``; required when the loss uses the teacher.
+        start_epoch, optimizer_state: resume a checkpointed run.
+        on_epoch_end: called after each epoch (checkpointing).
+    """
+    if loss.uses_teacher and teacher_logits is None:
+        raise TrainingError("this loss distils from a teacher: pass teacher_logits")
+    if len(x) != len(y):
+        raise TrainingError(f"{len(x)} inputs but {len(y)} labels")
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+    tt = torch.from_numpy(np.ascontiguousarray(teacher_logits)) if teacher_logits is not None else yt
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    history: list[float] = []
+    bar = _progress(cfg.epochs, cfg)
+    if bar is not None:
+        bar.update(start_epoch)
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        running, seen = 0.0, 0
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            logits, _ = model(xt[idx])
+            value = loss(logits, tt[idx], yt[idx])
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            running += float(value.detach()) * len(idx)
+            seen += len(idx)
+        history.append(running / max(seen, 1))
+        if bar is not None:
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+            bar.update(1)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model, optimizer)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return history
+
+
+def distil(
+    student: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    teacher_logits: np.ndarray,
+    loss: DistillationLoss,
+    cfg: FitConfig,
+) -> list[float]:
+    """Distil ``student`` from precomputed ``teacher_logits`` on ``x`` (a thin alias of :func:`fit`)."""
+    return fit(student, x, y, loss, cfg, teacher_logits=teacher_logits)
