@@ -1,0 +1,37 @@
+"""Low-rank students through low-dimensional learning dynamics (Kwon et al., AISTATS 2024).
+
+Two halves:
+
+* :mod:`distill.lowrank.dynamics` — the deep-matrix-factorisation testbed of the paper (factorisation and
+  completion): an original width-``d`` network against a compressed width-``2r`` network with spectral
+  init and a larger outer learning rate;
+* the real-network half — factor the Linear/Conv layers of a trained model spectrally (SVD of the
+  trained weights), choose ranks by retained energy, a fixed rank, or a latency target measured with
+  ONNX Runtime on this device, then distil from the teacher to recover accuracy.
+"""
+
+from __future__ import annotations
+
+from distill.lowrank.dynamics import (
+    DynamicsConfig,
+    MatrixProblem,
+    Trajectory,
+    end_to_end,
+    make_problem,
+    orthogonal_init,
+    recovery_error,
+    spectral_init,
+    train_dln,
+)
+
+__all__ = [
+    "DynamicsConfig",
+    "MatrixProblem",
+    "Trajectory",
+    "end_to_end",
+    "make_problem",
+    "orthogonal_init",
+    "recovery_error",
+    "spectral_init",
+    "train_dln",
+]
