@@ -1,0 +1,69 @@
+"""``anytime-edge profile``: measure bundles and ONNX models on this device, store the profile in bundles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+from edge_runtime.session import SessionConfig
+from profiles.errors import MeasurementError
+from profiles.inputs import load_npz
+from profiles.measure import MeasureConfig, profile_bundle, profile_onnx
+from profiles.report import profile_table
+from profiles.store import store_profile
+
+HELP = "measure latency and memory of bundles/ONNX models on this device"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="BUNDLE_OR_ONNX", help="bundle directories, .zip bundles or .onnx files")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    parser.add_argument("--spinning", action="store_true", help="let idle ORT threads spin (default off)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size timed beside batch 1 (default 8)")
+    parser.add_argument("--min-queries", type=int, default=1024, help="timed queries per batch size at least (default 1024)")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="seconds per batch size at least (default 1)")
+    parser.add_argument("--warmup", type=int, default=64, help="untimed warm-up queries (default 64)")
+    parser.add_argument("--data", type=Path, help="an .npz with inputs 'x' (default: random inputs of the task's shape)")
+    parser.add_argument("--json", action="store_true", help="print the profiles as JSON instead of tables")
+    parser.add_argument("--no-store", action="store_true", help="do not write the profile into the bundles")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        session = SessionConfig(intra_op_threads=args.threads, allow_spinning=args.spinning)
+    except ValueError as exc:
+        raise MeasurementError(f"{exc}; fix --threads") from exc
+    config = MeasureConfig(
+        min_queries=args.min_queries,
+        min_seconds=args.min_seconds,
+        warmup_queries=args.warmup,
+        batch=args.batch,
+        session=session,
+    )
+    data = load_npz(args.data)["x"] if args.data else None
+    label = str(args.data) if args.data else ""
+    results = []
+    for path in args.paths:
+        target = Path(path)
+        if target.is_file() and not zipfile.is_zipfile(target):
+            profile = profile_onnx(target, config, data, label)
+            stored = "not stored (plain ONNX file, not a bundle)"
+        else:
+            profile = profile_bundle(target, config, data, label)
+            if args.no_store:
+                stored = "not stored (--no-store)"
+            else:
+                store_profile(target, profile)
+                stored = f"stored in {target} under fingerprint {profile['fingerprint']}"
+        results.append(profile)
+        if not args.json:
+            print(profile_table(profile))
+            print(stored)
+            print()
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+    return 0

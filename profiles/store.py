@@ -1,0 +1,124 @@
+"""Profiles inside bundles: ``manifest.profiles[<device fingerprint>]``, written atomically.
+
+A bundle carries one profile per device it was measured on, keyed by
+:func:`edge_runtime.device.fingerprint`. The runtime's latency-budget policy reads
+``manifest.member_latency_ms(fingerprint(), quantile)``; when the bundle has no profile for the device
+it runs on, it falls back to the latencies it observes.
+
+The profile JSON (version 1). Times are milliseconds, memory MiB, sizes bytes. A *latency record* is
+``{"min", "p50", "p90", "p95", "p99", "max", "mean", "std", "queries"}``::
+
+    {
+      "profile_version": 1,
+      "name": str,                      # bundle (or model) name
+      "created_utc": ISO-8601 str,
+      "fingerprint": str,               # the key it is stored under
+      "device": {...},                  # edge_runtime.device.device_info(): CPU model, cores, OS, ORT
+      "settings": {...},                # SessionConfig.describe() + cpu_affinity + thread env variables
+      "measurement": {"mode", "min_queries", "min_seconds", "warmup_queries", "batch_sizes", "inputs"},
+      "conditions": {"cpu_percent_system", "cpu_percent_process", "load_average"},  # during the run
+      "model_size_bytes": int,          # all member files
+      "memory_mb": {
+        "rss_before_load": float,       # process RSS before any session (Python + ORT imported)
+        "rss_after_load": float,        # ... after every member's session was created
+        "load": {"rss_sampled_peak_mb", "kernel_peak_mb", "kernel_peak_scope", "samples"},
+        "run":  {"rss_sampled_peak_mb", "kernel_peak_mb", "kernel_peak_scope", "samples"},
+        "ru_maxrss_lifetime": float     # getrusage peak since process start
+      },
+      "members": [                      # manifest order
+        {"name", "file", "params", "size_bytes",
+         "inputs": {input name: shape},
+         "conditional_on": [member names],   # whose outputs it takes; its latency is given those ran
+         "session_create_ms", "first_inference_ms", "rss_load_delta_mb",
+         "latency_ms": <latency record at batch 1>,          # read by the runtime's budget policy
+         "batches": {"<B>": {"latency_ms": <record>, "throughput_per_s"}}}
+      ],
+      "prefixes": [                     # members 1..k run in one pass: percentiles of the sum
+        {"members": k, "latency_ms": <record at batch 1>, "batches": {"<B>": {...}}}
+      ]
+    }
+
+``kernel_peak_scope`` is ``phase`` when the kernel's peak (VmHWM) was reset at the start of the phase,
+``lifetime`` when it could not be (see :mod:`profiles.memory`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any, Mapping
+
+from edge_runtime.bundle import Bundle, Manifest, load_bundle, save_manifest
+from edge_runtime.device import fingerprint as device_fingerprint
+from profiles.errors import ProfileError
+from profiles.measure import PROFILE_VERSION, QUANTILES
+
+__all__ = ["find_profile", "store_profile", "validate_profile"]
+
+
+def validate_profile(profile: Mapping[str, Any], manifest: Manifest) -> None:
+    """Check ``profile`` describes ``manifest``'s members, with every quantile the runtime may read.
+
+    Raises:
+        ProfileError: a member is missing or unknown, or a latency record lacks a quantile.
+    """
+    if profile.get("profile_version") != PROFILE_VERSION:
+        raise ProfileError(
+            f"profile version {profile.get('profile_version')!r} is not {PROFILE_VERSION}; profile the bundle again"
+        )
+    rows = profile.get("members")
+    if not isinstance(rows, list):
+        raise ProfileError("the profile has no 'members' list; profile the bundle again")
+    names = [row.get("name") for row in rows]
+    expected = [m.name for m in manifest.members]
+    if names != expected:
+        raise ProfileError(f"the profile covers members {names}, the bundle has {expected}; profile this bundle")
+    for row in rows:
+        latency = row.get("latency_ms", {})
+        missing = [q for q in QUANTILES if not isinstance(latency.get(q), (int, float))]
+        if missing:
+            raise ProfileError(f"member '{row['name']}' latency lacks {missing}; profile the bundle again")
+
+
+def store_profile(bundle: str | os.PathLike[str], profile: Mapping[str, Any]) -> Manifest:
+    """Put ``profile`` into the bundle under its fingerprint and rewrite the manifest atomically.
+
+    Other devices' profiles are kept; this device's is replaced. The bundle is verified (checksums)
+    before it is touched.
+
+    Args:
+        bundle: the bundle directory or ``.zip`` (a path: the manifest is rewritten in place).
+        profile: a profile from :func:`profiles.measure.profile_bundle`.
+
+    Returns:
+        The manifest as written.
+
+    Raises:
+        ProfileError: the profile does not describe this bundle's members.
+        edge_runtime.errors.BundleError: the bundle is invalid.
+    """
+    loaded = load_bundle(bundle)
+    validate_profile(profile, loaded.manifest)
+    key = str(profile.get("fingerprint") or "")
+    if not key:
+        raise ProfileError("the profile has no device fingerprint; profile the bundle again")
+    profiles = {**loaded.manifest.profiles, key: dict(profile)}
+    manifest = replace(loaded.manifest, profiles=profiles)
+    save_manifest(loaded.source, manifest)
+    return manifest
+
+
+def find_profile(bundle: str | os.PathLike[str] | Bundle | Manifest, fingerprint: str | None = None) -> dict[str, Any] | None:
+    """The stored profile for ``fingerprint`` (this device by default) if it is usable, else None.
+
+    A profile that does not match the bundle's members (e.g. the bundle was re-exported) counts as none.
+    """
+    manifest = bundle if isinstance(bundle, Manifest) else load_bundle(bundle).manifest
+    profile = manifest.profiles.get(fingerprint or device_fingerprint())
+    if not profile:
+        return None
+    try:
+        validate_profile(profile, manifest)
+    except ProfileError:
+        return None
+    return dict(profile)
