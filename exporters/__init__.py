@@ -1,0 +1,67 @@
+"""torch -> ONNX export into anytime-edge bundles, every export gated (checker, parity, accuracy).
+
+The names below load lazily: ``import exporters.bundle`` (used by tests and tools that only write
+bundles) does not import torch; the first use of an export function does, and a missing torch raises an
+ImportError that names the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from exporters.bundle import archive_bundle, write_bundle
+    from exporters.errors import ConversionError, ExportError, VerificationError
+    from exporters.export import ExportResult, MemberExport, compressed_size, export_ensemble, export_model
+    from exporters.onnx import OPSET, MemberHead, export_onnx
+    from exporters.verify import GateReport, Tolerance
+
+__all__ = [
+    "ConversionError",
+    "ExportError",
+    "ExportResult",
+    "GateReport",
+    "MemberExport",
+    "MemberHead",
+    "OPSET",
+    "Tolerance",
+    "VerificationError",
+    "archive_bundle",
+    "compressed_size",
+    "export_ensemble",
+    "export_model",
+    "export_onnx",
+    "write_bundle",
+]
+
+# Public name -> the module that defines it.
+_SOURCES = {
+    "OPSET": "exporters.onnx",
+    "ConversionError": "exporters.errors",
+    "ExportError": "exporters.errors",
+    "ExportResult": "exporters.export",
+    "GateReport": "exporters.verify",
+    "MemberExport": "exporters.export",
+    "MemberHead": "exporters.onnx",
+    "Tolerance": "exporters.verify",
+    "VerificationError": "exporters.errors",
+    "archive_bundle": "exporters.bundle",
+    "compressed_size": "exporters.export",
+    "export_ensemble": "exporters.export",
+    "export_model": "exporters.export",
+    "export_onnx": "exporters.onnx",
+    "write_bundle": "exporters.bundle",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'exporters' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
