@@ -1,0 +1,503 @@
+"""Anytime evaluation: run a bundle's members one after another and stop early, keeping the best answer.
+
+:class:`AnytimeRuntime` holds one ONNX Runtime session per member, created once at load. A request is
+validated and preprocessed once, then member k gets ``x``, the previous member's combined ``logits`` (as
+``prev_logits``) and any connection tensors, and returns the combined ``logits``/``probs``/``entropy``
+after k members (the graphs do the combining, softmax and entropy; Python only compares one float per
+member and sample). After each member an :class:`~edge_runtime.policies.ExitPolicy` says whether the
+sample stops; the first member always runs.
+
+Batches: each sample exits on its own. Rows that stop are settled and sliced out, so later members run
+on a smaller batch (``x``, ``prev_logits`` and the carried connection tensors are sliced together). A
+latency budget is per request: when it stops, every remaining row stops.
+
+Errors: if member k > 1 raises during a request, the rows still running get the answer after member
+k-1 with exit reason ``"error"``, the error is logged and counted, and the runtime keeps serving. If
+the first member raises there is no answer, and :class:`~edge_runtime.errors.MemberError` is raised.
+
+Thread safety: :meth:`AnytimeRuntime.predict` may be called from several threads at once. ONNX Runtime
+sessions are thread-safe for ``run``; all per-request state is local; the shared latency windows are
+deques (appends are atomic in CPython).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edge_runtime.bundle import Bundle, PathLike, connection_inputs, load_bundle
+from edge_runtime.errors import InputError, MemberError, ModelLoadError, PolicyError
+from edge_runtime.policies import (
+    CALIBRATED,
+    ExitPolicy,
+    LatencyEstimator,
+    RunAll,
+    ThresholdSpec,
+    parse_budget,
+    parse_entropy_threshold,
+    policy_for,
+)
+from edge_runtime.result import Prediction
+from edge_runtime.session import SessionConfig, create_session
+
+__all__ = ["AnytimeRuntime", "PrefixEvaluation"]
+
+logger = logging.getLogger("edge_runtime")
+
+_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+_HEAD = ("logits", "probs", "entropy")  # every member's first three fetched outputs, in this order
+_PREV = "prev_logits"
+
+
+@dataclass(frozen=True)
+class PrefixEvaluation:
+    """Every member run on a whole batch: the anytime answer after each prefix of the ensemble."""
+
+    probs: np.ndarray  # (K, N, C) float32: probabilities after members 1..k
+    entropy: np.ndarray  # (K, N) float32: entropy (nats) after members 1..k
+    member_ms: np.ndarray  # (K,) float64: wall time of each member over the whole batch
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(K, N) predicted class after each prefix."""
+        return self.probs.argmax(axis=-1)
+
+    def accuracy(self, y: np.ndarray) -> np.ndarray:
+        """(K,) accuracy of each prefix against integer labels ``y`` of shape (N,)."""
+        y = np.asarray(y).reshape(-1)
+        if y.shape[0] != self.probs.shape[1]:
+            raise InputError(f"{y.shape[0]} labels for {self.probs.shape[1]} samples; give one label per sample")
+        return (self.labels == y[None, :]).mean(axis=1)
+
+
+# One member's hot-path plan: bound run, output names to fetch, connection feeds, outputs to keep.
+_Step = tuple[Callable[..., Any], list[str], tuple[tuple[str, tuple[int, str]], ...], tuple[tuple[tuple[int, str], int], ...]]
+
+
+def _bound_run(session: Any) -> Callable[..., Any]:
+    """The fastest correct way to call ``session.run(names, feed, None)``.
+
+    ``InferenceSession.run`` re-validates the feed's names on every call (several µs in ORT 1.3x). The
+    runtime checks every member's inputs against its feed plan once at load (see ``_check_contract``),
+    so it calls the binding underneath when it exists and falls back to the public method otherwise
+    (other ORT versions, fake sessions in tests).
+    """
+    inner = getattr(session, "_sess", None)
+    run = getattr(inner, "run", None)
+    return run if callable(run) else session.run
+
+
+class AnytimeRuntime:
+    """Evaluates a bundle's members in order with early exit; see the module docstring.
+
+    Args:
+        bundle: a loaded bundle, or a path to one (verified before any session is built).
+        session_config: how ORT sessions are built (threads, optimisation); defaults suit small members.
+        entropy_threshold: default entropy exit: a number (nats), ``"calibrated"`` (the manifest's, or
+            no entropy exit if the bundle was never calibrated) or ``"off"``.
+        budget_ms: default latency budget per request in ms, or ``None``/``"off"`` for none.
+        latency_quantile: which profile quantile (and which quantile of observed latencies) predicts a
+            member's latency for the budget: ``"p50"``, ``"p90"``, ``"p95"`` or ``"p99"``.
+        warmup: single-sample warm-up runs per member at load (the first run of a session is slow, and the
+            later ones seed the observed latencies).
+        sessions: pre-built sessions, one per member (tests use fakes); built from the bundle when None.
+
+    Raises:
+        BundleError: the bundle cannot be read, verified or loaded by ONNX Runtime.
+        PolicyError: an impossible default threshold, budget or quantile.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | PathLike,
+        session_config: SessionConfig | None = None,
+        *,
+        entropy_threshold: ThresholdSpec = CALIBRATED,
+        budget_ms: float | str | None = None,
+        latency_quantile: str = "p99",
+        warmup: int = 8,
+        sessions: Sequence[Any] | None = None,
+    ) -> None:
+        bundle = load_bundle(bundle)
+        manifest = bundle.manifest
+        self._bundle = bundle
+        self._config = session_config or SessionConfig()
+        calibrated = manifest.calibration.entropy_threshold if manifest.calibration else None
+        self._calibrated = calibrated
+        self._default_threshold = parse_entropy_threshold(entropy_threshold, calibrated)
+        self._default_budget = parse_budget(budget_ms)
+        if latency_quantile not in _QUANTILES:
+            raise PolicyError(f"latency quantile '{latency_quantile}' is unknown; use one of {sorted(_QUANTILES)}")
+        if warmup < 0:
+            raise PolicyError("warmup must be >= 0 runs per member")
+        if sessions is None:
+            sessions = [
+                create_session(blob, self._config, name=member.name)
+                for member, blob in zip(manifest.members, bundle.member_bytes)
+            ]
+        elif len(sessions) != manifest.num_members:
+            raise ModelLoadError(f"{len(sessions)} sessions for {manifest.num_members} members; give one per member")
+        self._sessions = tuple(sessions)
+        self._plan = self._build_plan()
+        self._labels = manifest.task.labels
+        self._x_name = manifest.task.input.name
+        self._sample_shape = tuple(manifest.task.input.shape[1:])
+        pre = manifest.task.preprocess
+        self._preprocess = None if pre.is_identity else (np.float32(pre.scale), np.float32(pre.offset))
+        self._errors = [0] * manifest.num_members
+        self._policies: dict[tuple[float | None, float | None], ExitPolicy] = {}
+        self._default_policy = policy_for(self._default_threshold, self._default_budget)
+        self._zeros = (0.0,) * manifest.num_members  # "no prediction" for policies that ignore latency
+        self._estimator = LatencyEstimator(
+            manifest.num_members,
+            profile_ms=self._profile_latencies(latency_quantile),
+            quantile=_QUANTILES[latency_quantile],
+        )
+        self._warm_up(warmup)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def manifest(self) -> Any:
+        """The bundle's :class:`~edge_runtime.bundle.Manifest`."""
+        return self._bundle.manifest
+
+    @property
+    def bundle(self) -> Bundle:
+        """The verified bundle this runtime was built from."""
+        return self._bundle
+
+    @property
+    def num_members(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def session_config(self) -> SessionConfig:
+        return self._config
+
+    @property
+    def member_sessions(self) -> tuple[Any, ...]:
+        """The ORT sessions, one per member, in evaluation order (read-only)."""
+        return self._sessions
+
+    @property
+    def entropy_threshold(self) -> float | None:
+        """The default entropy threshold (None: no entropy exit unless a call asks for one)."""
+        return self._default_threshold
+
+    @property
+    def budget_ms(self) -> float | None:
+        """The default latency budget per request (None: no budget unless a call asks for one)."""
+        return self._default_budget
+
+    @property
+    def latency_estimator(self) -> LatencyEstimator:
+        """Where the budget policy's latency predictions come from."""
+        return self._estimator
+
+    def latency_observations(self) -> list[np.ndarray]:
+        """Recent observed single-sample latencies (ms) per member: the session run plus the runtime's
+        per-member work, from warm-up and batch-1 requests, oldest first."""
+        return self._estimator.observations()
+
+    def member_errors(self) -> tuple[int, ...]:
+        """How many times each member raised during a request since load."""
+        return tuple(self._errors)
+
+    # ------------------------------------------------------------------ requests
+    def predict(
+        self,
+        x: Any,
+        budget_ms: float | str | None = None,
+        entropy_threshold: ThresholdSpec = None,
+    ) -> list[Prediction]:
+        """Classify a batch with early exit; one :class:`Prediction` per sample, in input order.
+
+        Args:
+            x: a batch shaped ``(N, *task.input.shape[1:])``, or one unbatched sample shaped
+                ``task.input.shape[1:]`` (answered as a batch of one). Any real numeric dtype (cast to
+                float32); raw values as the client has them (the bundle's preprocess is applied here).
+            budget_ms: latency budget for this request in ms, ``"off"``, or None for the runtime default.
+            entropy_threshold: a number (nats), ``"calibrated"``, ``"off"``, or None for the runtime default.
+
+        Returns:
+            One prediction per sample.
+
+        Raises:
+            InputError: wrong shape or dtype, NaN/inf, or an empty batch.
+            PolicyError: an impossible threshold or budget.
+            MemberError: the first member raised (there is no answer at all).
+        """
+        batch = self._prepare(x)
+        policy = self._policy(entropy_threshold, budget_ms)
+        estimates = self._estimator.estimates() if policy.uses_latency else self._zeros
+        if batch.shape[0] == 1:
+            return [self._predict_one(batch, policy, estimates)]
+        return self._predict_batch(batch, policy, estimates)
+
+    def evaluate_prefixes(self, x: Any, batch_size: int = 1024) -> PrefixEvaluation:
+        """Run every member on every sample (no early exit) and keep the answer after each prefix.
+
+        Calibration, the profiler's ``select``, the demo and the benchmarks use this: from it the outcome
+        of any entropy threshold follows without running members again.
+
+        Args:
+            x: a batch as for :meth:`predict` (raw values; preprocess is applied).
+            batch_size: rows per ORT call, to bound memory on big validation sets.
+
+        Raises:
+            InputError: bad input, as for :meth:`predict`.
+            MemberError: a member raised.
+        """
+        if batch_size < 1:
+            raise InputError("batch_size must be >= 1")
+        batch = self._prepare(x)
+        n, k_all = batch.shape[0], self.num_members
+        probs = np.empty((k_all, n, len(self._labels)), dtype=np.float32)
+        entropy = np.empty((k_all, n), dtype=np.float32)
+        member_ms = np.zeros(k_all, dtype=np.float64)
+        for start in range(0, n, batch_size):
+            chunk = batch[start : start + batch_size]
+            feed: dict[str, np.ndarray] = {self._x_name: chunk}
+            carried: dict[tuple[int, str], np.ndarray] = {}
+            for k, (run, names, conns, keeps) in enumerate(self._plan):
+                for name, key in conns:
+                    feed[name] = carried[key]
+                t = perf_counter()
+                try:
+                    outs = run(names, feed, None)
+                except Exception as exc:  # noqa: BLE001 - any failure inside ORT is the member's
+                    self._errors[k] += 1
+                    raise MemberError(f"member '{self.manifest.members[k].name}' failed: {_first_line(exc)}") from exc
+                member_ms[k] += (perf_counter() - t) * 1e3
+                for key, i in keeps:
+                    carried[key] = outs[i]
+                probs[k, start : start + len(chunk)] = outs[1]
+                entropy[k, start : start + len(chunk)] = outs[2]
+                feed[_PREV] = outs[0]
+        return PrefixEvaluation(probs=probs, entropy=entropy, member_ms=member_ms)
+
+    # ------------------------------------------------------------------ hot paths
+    def _predict_one(self, x: np.ndarray, policy: ExitPolicy, estimates: tuple[float, ...]) -> Prediction:
+        plan = self._plan
+        last = len(plan) - 1
+        observed = self._estimator.observed
+        stop = policy.stop_reason
+        feed: dict[str, np.ndarray] = {self._x_name: x}
+        carried: dict[tuple[int, str], np.ndarray] = {}
+        good = None
+        reason = "complete"
+        used = 0
+        t0 = t_prev = perf_counter()
+        for k, (run, names, conns, keeps) in enumerate(plan):
+            if conns:
+                for name, key in conns:
+                    feed[name] = carried[key]
+            try:
+                outs = run(names, feed, None)
+            except Exception as exc:  # noqa: BLE001 - a member failing must not take the runtime down
+                self._member_failed(k, exc)
+                reason = "error"
+                break
+            t = perf_counter()
+            observed[k].append((t - t_prev) * 1e3)
+            t_prev = t
+            good, used = outs, k + 1
+            if k == last:
+                break
+            r = stop(outs[2].item(), (t - t0) * 1e3, estimates[k + 1])
+            if r is not None:
+                reason = r
+                break
+            if keeps:
+                for key, i in keeps:
+                    carried[key] = outs[i]
+            feed[_PREV] = outs[0]
+        elapsed = (perf_counter() - t0) * 1e3
+        probs = good[1][0]
+        label = int(probs.argmax())
+        return Prediction(label, self._labels[label], probs, used, reason, float(good[2][0]), elapsed)
+
+    def _predict_batch(self, x: np.ndarray, policy: ExitPolicy, estimates: tuple[float, ...]) -> list[Prediction]:
+        n = x.shape[0]
+        plan = self._plan
+        last = len(plan) - 1
+        stop = policy.stop_reason
+        results: list[Prediction | None] = [None] * n
+        rows = np.arange(n)  # original index of every row still running
+        feed: dict[str, np.ndarray] = {self._x_name: x}
+        carried: dict[tuple[int, str], np.ndarray] = {}
+        good: list[np.ndarray] | None = None
+        t0 = t_prev = perf_counter()
+        for k, (run, names, conns, keeps) in enumerate(plan):
+            for name, key in conns:
+                feed[name] = carried[key]
+            try:
+                outs = run(names, feed, None)
+            except Exception as exc:  # noqa: BLE001 - a member failing must not take the runtime down
+                self._member_failed(k, exc)
+                self._settle(results, rows, good, range(len(rows)), k, "error", t0)
+                return results  # type: ignore[return-value]
+            t = perf_counter()
+            took_ms, t_prev = (t - t_prev) * 1e3, t
+            good = outs
+            if k == last:
+                self._settle(results, rows, outs, range(len(rows)), k + 1, "complete", t0)
+                break
+            # A batch runs longer than the single-sample prediction: scale the next member's prediction
+            # by how much slower this member ran than its own prediction (never below 1).
+            scale = max(1.0, took_ms / estimates[k]) if estimates[k] > 0 else 1.0
+            elapsed = (t - t0) * 1e3
+            next_ms = estimates[k + 1] * scale
+            reasons = [stop(e, elapsed, next_ms) for e in outs[2].tolist()]
+            leaving = [i for i, r in enumerate(reasons) if r is not None]
+            for i in leaving:
+                self._settle(results, rows, outs, (i,), k + 1, reasons[i], t0)  # type: ignore[arg-type]
+            if len(leaving) == len(rows):
+                break
+            for key, i in keeps:
+                carried[key] = outs[i]
+            logits = outs[0]
+            if leaving:
+                keep = np.ones(len(rows), dtype=bool)
+                keep[leaving] = False
+                rows = rows[keep]
+                feed[self._x_name] = feed[self._x_name][keep]
+                logits = logits[keep]
+                carried = {key: value[keep] for key, value in carried.items()}
+                good = [o[keep] for o in outs]
+            feed[_PREV] = logits
+        return results  # type: ignore[return-value]
+
+    def _settle(
+        self,
+        results: list[Prediction | None],
+        rows: np.ndarray,
+        outs: Sequence[np.ndarray] | None,
+        which: Sequence[int],
+        used: int,
+        reason: str,
+        t0: float,
+    ) -> None:
+        assert outs is not None and used >= 1  # the first member's failure raises before this
+        elapsed = (perf_counter() - t0) * 1e3
+        probs, entropy = outs[1], outs[2]
+        for i in which:
+            p = probs[i]
+            label = int(p.argmax())
+            results[int(rows[i])] = Prediction(label, self._labels[label], p, used, reason, float(entropy[i]), elapsed)
+
+    def _member_failed(self, k: int, exc: BaseException) -> None:
+        self._errors[k] += 1
+        name = self.manifest.members[k].name
+        if k == 0:
+            raise MemberError(f"the first member '{name}' failed, so there is no answer: {_first_line(exc)}") from exc
+        logger.warning("member '%s' failed; answering with members 1..%d: %s", name, k, _first_line(exc))
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _policy(self, entropy_threshold: ThresholdSpec, budget_ms: float | str | None) -> ExitPolicy:
+        if entropy_threshold is None and budget_ms is None:
+            return self._default_policy
+        threshold = (
+            self._default_threshold
+            if entropy_threshold is None
+            else parse_entropy_threshold(entropy_threshold, self._calibrated)
+        )
+        budget = self._default_budget if budget_ms is None else parse_budget(budget_ms)
+        key = (threshold, budget)
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) > 1024:  # many distinct per-call values: do not grow without bound
+                self._policies.clear()
+            policy = self._policies[key] = policy_for(threshold, budget)
+        return policy
+
+    def _prepare(self, x: Any) -> np.ndarray:
+        """Validate and preprocess a request: (N, *sample_shape) float32, finite, N >= 1."""
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"input is not an array ({_first_line(exc)}); send a numeric batch") from None
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"input dtype {arr.dtype} is not a real number type; send float32 (or ints) values")
+        shape = arr.shape
+        if shape == self._sample_shape:
+            arr = arr[None]
+        elif shape[1:] != self._sample_shape or len(shape) != len(self._sample_shape) + 1:
+            raise InputError(
+                f"input shape {list(shape)} does not match the bundle's {[-1, *self._sample_shape]}; "
+                f"send (N, {', '.join(map(str, self._sample_shape))})"
+            )
+        if arr.shape[0] == 0:
+            raise InputError("input batch is empty; send at least one sample")
+        if arr.dtype != np.float32:
+            arr = arr.astype(np.float32)
+        if self._preprocess is not None:
+            scale, offset = self._preprocess
+            arr = arr * scale + offset
+        if not np.isfinite(arr).all():
+            raise InputError("input holds NaN or inf (after preprocessing); send finite values")
+        return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+
+    def _build_plan(self) -> tuple[_Step, ...]:
+        manifest = self.manifest
+        needed = connection_inputs(manifest.members)
+        plan = []
+        for k, (member, session) in enumerate(zip(manifest.members, self._sessions)):
+            kept = sorted(o for (j, o) in needed if j == k)
+            names = [*_HEAD, *kept]
+            conns = tuple((c.input, (c.member, c.output)) for c in member.connections)
+            keeps = tuple(((k, o), len(_HEAD) + i) for i, o in enumerate(kept))
+            feed_names = {manifest.task.input.name, *(c.input for c in member.connections)}
+            if k > 0:
+                feed_names.add(_PREV)
+            self._check_contract(member.name, session, feed_names, names)
+            plan.append((_bound_run(session), names, conns, keeps))
+        return tuple(plan)
+
+    @staticmethod
+    def _check_contract(name: str, session: Any, feed_names: set[str], fetch: list[str]) -> None:
+        try:
+            graph_inputs = {i.name for i in session.get_inputs()}
+            graph_outputs = {o.name for o in session.get_outputs()}
+        except AttributeError:
+            raise ModelLoadError(f"session for member '{name}' has no get_inputs/get_outputs; pass ORT sessions") from None
+        if graph_inputs != feed_names:
+            raise ModelLoadError(
+                f"member '{name}' takes inputs {sorted(graph_inputs)} but the manifest feeds {sorted(feed_names)}; "
+                "re-export the member or fix its connections"
+            )
+        missing = [o for o in fetch if o not in graph_outputs]
+        if missing:
+            raise ModelLoadError(f"member '{name}' lacks graph outputs {missing}; re-export it")
+
+    def _profile_latencies(self, quantile: str) -> list[float] | None:
+        if not self.manifest.profiles:
+            return None
+        from edge_runtime.device import fingerprint  # reads /proc and ORT's version: only when profiles exist
+
+        return self.manifest.member_latency_ms(fingerprint(), quantile)
+
+    def _warm_up(self, runs: int) -> None:
+        if runs == 0:
+            return
+        x = np.zeros((1, *self._sample_shape), dtype=np.float32)
+        try:
+            # The first run of a session is slow (allocations, lazy initialisation): not recorded.
+            self.evaluate_prefixes(x)
+        except MemberError as exc:
+            raise ModelLoadError(f"{exc}; the member cannot answer a warm-up input, re-export it") from None
+        for _ in range(runs - 1):  # these seed the observed latencies
+            self._predict_one(x, _RUN_ALL, self._zeros)
+        self._estimator.refresh()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_RUN_ALL = RunAll()
