@@ -8,19 +8,27 @@ from __future__ import annotations
 
 from profiles.errors import MeasurementError, ProfileError, SelectionError
 from profiles.measure import PROFILE_VERSION, QUANTILES, MeasureConfig, latency_stats, profile_bundle, profile_onnx
+from profiles.select import Candidate, Selection, choose, evaluate_candidates, pareto_front, plot_selection, select
 from profiles.store import find_profile, store_profile, validate_profile
 
 __all__ = [
+    "Candidate",
     "MeasureConfig",
     "MeasurementError",
     "PROFILE_VERSION",
     "ProfileError",
     "QUANTILES",
+    "Selection",
     "SelectionError",
+    "choose",
+    "evaluate_candidates",
     "find_profile",
     "latency_stats",
+    "pareto_front",
+    "plot_selection",
     "profile_bundle",
     "profile_onnx",
+    "select",
     "store_profile",
     "validate_profile",
 ]

@@ -9,13 +9,13 @@ Method (after onnxruntime_perf_test and MLPerf's single-stream scenario):
 3. Warm-up passes, untimed.
 4. Timed single-stream passes, at batch 1 and at a chosen batch: the next query starts when the previous
    one has completed, until both ``min_queries`` and ``min_seconds`` are reached. A pass evaluates the
-   members in manifest order exactly as the runtime does, and each ``session.run`` is timed on its own.
-   So member k is timed with the real inputs produced by the members before it (``prev_logits`` and any
+   members in manifest order exactly as the runtime does, and each member is timed on its own (its feed
+   plus its run: the interval the runtime observes for it, see ``_Chain``). So member k is timed with the real inputs produced by the members before it (``prev_logits`` and any
    connections) right after they ran: its latency is its cost *given its predecessors*, which is what
    the runtime's latency-budget policy must predict. The cumulative time of members 1..k in the same
    pass gives each prefix's latency distribution (percentiles of the sum, not sums of percentiles).
 
-Only feed building happens between the timed calls; RSS is sampled every few passes, outside them.
+RSS is sampled every few passes, outside the timed intervals.
 Inputs cycle through a pool of distinct batches (random normal, or rows of ``--data``).
 """
 
@@ -31,12 +31,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edge_runtime.bundle import REQUIRED_OUTPUTS, Bundle, Manifest, connection_inputs, load_bundle
+# The runtime's own call path: the profile must time what the runtime will pay per member.
+from edge_runtime.ensemble import _bound_run
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.session import SessionConfig, create_session
 from profiles.device import LoadMeter, describe_device, describe_settings
 from profiles.errors import MeasurementError
 from profiles.inputs import graph_input_specs, random_feed, task_batches
-from profiles.memory import PeakTracker, rss_mb, ru_maxrss_mb
+from profiles.memory import PeakTracker, rss_mb
 
 __all__ = [
     "PROFILE_VERSION",
@@ -83,7 +85,7 @@ class MeasureConfig:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "mode": "single-stream; members chained as the runtime runs them; each session.run timed",
+            "mode": "single-stream; members chained as the runtime runs them; each member timed (feed + run)",
             "min_queries": self.min_queries,
             "min_seconds": self.min_seconds,
             "warmup_queries": self.warmup_queries,
@@ -111,23 +113,31 @@ def latency_stats(ms: np.ndarray | Sequence[float]) -> dict[str, float]:
 
 
 class _Chain:
-    """Members' sessions and how each is fed from the task input and the members before it."""
+    """Members' sessions and how each is fed from the task input and the members before it.
+
+    Members are called the way the runtime calls them (``edge_runtime.ensemble._bound_run``: the ORT
+    binding under ``InferenceSession.run``, which skips a per-call name check worth several µs), and
+    member k's time is the interval the runtime observes for it: from the moment member k-1's outputs
+    are back to the moment member k's are, i.e. building its feed plus its run.
+    """
 
     def __init__(self, sessions: Sequence[Any], fetches: Sequence[list[str]], feeders: Sequence[Callable[..., dict]]):
         self.sessions = list(sessions)
+        self.runs = [_bound_run(s) for s in sessions]
         self.fetches = list(fetches)
         self.feeders = list(feeders)
 
     def run(self, feed0: Mapping[str, np.ndarray], times: np.ndarray | None = None) -> None:
         outputs: list[dict[str, np.ndarray]] = []
-        clock = time.perf_counter_ns
-        for k, session in enumerate(self.sessions):
+        clock = time.perf_counter
+        t_prev = clock()
+        for k, run in enumerate(self.runs):
             feed = self.feeders[k](feed0, outputs)
-            t0 = clock()
-            result = session.run(self.fetches[k], feed)
-            t1 = clock()
+            result = run(self.fetches[k], feed, None)
+            t = clock()
             if times is not None:
-                times[k] = (t1 - t0) / 1e6
+                times[k] = (t - t_prev) * 1e3
+            t_prev = t
             outputs.append(dict(zip(self.fetches[k], result)))
 
 
@@ -255,7 +265,6 @@ def _measure(
             "rss_after_load": round(rss_after, 2),
             "load": load_memory,
             "run": run_memory,
-            "ru_maxrss_lifetime": _round(ru_maxrss_mb()),
         },
         "members": members,
         "prefixes": prefixes,
@@ -264,10 +273,6 @@ def _measure(
 
 def _shape(shape: Sequence[Any]) -> list[Any]:
     return [d if isinstance(d, int) else -1 for d in shape]
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
 
 
 def profile_bundle(

@@ -6,11 +6,15 @@ The two kinds of number answer different questions, so a profile records both:
   and after loading and between timed queries, they attribute memory to loading and to running, but can
   miss a spike that comes and goes between two samples.
 * **Kernel peaks**: ``VmHWM`` in ``/proc/self/status`` is the high-water mark of RSS kept by Linux, so it
-  misses no spike. ``ru_maxrss`` (``getrusage``) is the same peak counted from process start, and cannot
-  be reset: it includes everything the process did before (imports, earlier models). On Linux
-  :meth:`PeakTracker.start` resets VmHWM (writing ``5`` to ``/proc/self/clear_refs``), so VmHWM read at
-  the end of a phase is that phase's true peak. Where the reset is refused (not Linux, no permission) the
-  peak is reported as ``lifetime``.
+  misses no spike. ``ru_maxrss`` (``getrusage``) is the portable way to ask for a peak: on Linux it reads
+  the same high-water mark (so the two agree), on macOS it is the peak since the process started. A peak
+  since process start includes everything the process did before (imports, earlier models), so on Linux
+  :meth:`PeakTracker.start` resets the mark (writing ``5`` to ``/proc/self/clear_refs``, which resets
+  ``ru_maxrss`` too) and the peak read at the end of a phase is that phase's. Where the reset is refused
+  (not Linux, no permission) the peak comes from ``ru_maxrss`` and is reported with scope ``lifetime``.
+
+Linux keeps RSS counters per CPU and folds them in lazily, so a sample and the peak can disagree by a
+few hundred KiB.
 """
 
 from __future__ import annotations

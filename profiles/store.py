@@ -22,8 +22,7 @@ The profile JSON (version 1). Times are milliseconds, memory MiB, sizes bytes. A
         "rss_before_load": float,       # process RSS before any session (Python + ORT imported)
         "rss_after_load": float,        # ... after every member's session was created
         "load": {"rss_sampled_peak_mb", "kernel_peak_mb", "kernel_peak_scope", "samples"},
-        "run":  {"rss_sampled_peak_mb", "kernel_peak_mb", "kernel_peak_scope", "samples"},
-        "ru_maxrss_lifetime": float     # getrusage peak since process start
+        "run":  {"rss_sampled_peak_mb", "kernel_peak_mb", "kernel_peak_scope", "samples"}
       },
       "members": [                      # manifest order
         {"name", "file", "params", "size_bytes",
@@ -38,8 +37,11 @@ The profile JSON (version 1). Times are milliseconds, memory MiB, sizes bytes. A
       ]
     }
 
-``kernel_peak_scope`` is ``phase`` when the kernel's peak (VmHWM) was reset at the start of the phase,
-``lifetime`` when it could not be (see :mod:`profiles.memory`).
+``rss_sampled_peak_mb`` is the largest psutil RSS sample (taken between queries); ``kernel_peak_mb`` is
+the kernel's high-water mark (VmHWM, the same counter ``ru_maxrss`` reads on Linux), with
+``kernel_peak_scope`` ``phase`` when it was reset at the start of the phase and ``lifetime`` when it could
+not be (see :mod:`profiles.memory`). The first member's ``rss_load_delta_mb`` includes ONNX Runtime's
+one-off environment set-up (thread pools, allocators) that any process pays once.
 """
 
 from __future__ import annotations

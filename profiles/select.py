@@ -1,0 +1,350 @@
+"""Choose what to deploy: accuracy on validation data against latency and memory measured on this device.
+
+Candidates come from bundles. A one-member bundle (a single student) is one candidate; an ensemble of K
+members gives K candidates, its prefixes 1..k (deploy the first k members), plus one more when the
+bundle is calibrated: all K members with the calibrated entropy exit.
+
+* Accuracy: every member is run on the validation set once (``AnytimeRuntime.evaluate_prefixes``); prefix
+  k's accuracy is that of the answer after member k. The thresholded candidate's answer for a sample is
+  the one after the first member whose entropy is at or below the threshold (the rule the runtime
+  applies), which needs no second run.
+* Latency: from the bundle's stored profile for this device (measured first, and stored, when there is
+  none). Prefix k's percentiles are those of the single-stream one-pass time of members 1..k. For the
+  thresholded candidate each validation sample costs the prefix it exits at; its quantile q is the q
+  quantile over samples of their exit prefix's q latency (an estimate: it assumes exit depth and
+  per-member latency are independent).
+* Memory: the estimated peak RSS of a process serving the candidate: RSS before loading (Python, numpy,
+  ONNX Runtime), plus what each of its members added when its session was created, plus the growth seen
+  while running (``profiles.store`` documents the fields).
+
+The Pareto front keeps every candidate that no other beats on both accuracy (higher) and p50 latency
+(lower). The choice is the most accurate candidate whose latency at the budget quantile (p90 by default,
+MLPerf's single-stream metric) fits ``budget_ms`` and whose memory fits ``memory_mb``; ties go to the
+faster, then the smaller.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from edge_runtime.bundle import load_bundle
+from edge_runtime.device import fingerprint
+from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.session import SessionConfig
+from profiles.errors import SelectionError
+from profiles.measure import MeasureConfig, profile_bundle
+from profiles.store import find_profile, store_profile
+
+__all__ = ["BUDGET_QUANTILES", "Candidate", "Selection", "choose", "evaluate_candidates", "pareto_front", "plot_selection", "select"]
+
+BUDGET_QUANTILES = ("p50", "p90", "p95", "p99")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One deployable choice and what it costs on this device."""
+
+    name: str  # e.g. "ensemble[1..2]" or "ensemble@H<=0.31"
+    bundle: str  # the bundle it comes from
+    kind: str  # "prefix" (members 1..k, no early exit) or "threshold" (all members, entropy exit)
+    members: int  # members loaded
+    mean_members: float  # members evaluated per sample on average (= members for a prefix)
+    threshold: float | None  # entropy exit threshold (nats) for kind "threshold"
+    accuracy: float  # on the validation data
+    latency_ms: Mapping[str, float]  # p50/p90/p95/p99 (see the module docstring)
+    memory_mb: float  # estimated peak RSS of a process serving it
+    size_bytes: int  # ONNX files of its members
+    pareto: bool = False  # on the accuracy/p50 Pareto front
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of :func:`select`."""
+
+    candidates: tuple[Candidate, ...]  # all, Pareto flags set, in input order
+    chosen: Candidate  # the best under the budget and cap
+    budget_ms: float | None  # the latency budget, if any
+    budget_quantile: str  # which latency quantile must fit the budget
+    memory_mb: float | None  # the memory cap, if any
+    fingerprint: str  # the device the latencies belong to
+    notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. which bundles were measured now
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "budget_ms": self.budget_ms,
+            "budget_quantile": self.budget_quantile,
+            "memory_mb": self.memory_mb,
+            "chosen": self.chosen.name,
+            "front": [c.name for c in self.candidates if c.pareto],
+            "candidates": [c.to_dict() for c in self.candidates],
+            "notes": list(self.notes),
+        }
+
+
+def _check_labels(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(x) or len(y) == 0:
+        raise SelectionError(f"validation y has shape {list(y.shape)} for {len(x)} inputs; give one integer label per row of x")
+    if y.dtype.kind not in "iu":
+        if y.dtype.kind != "f" or not np.all(np.equal(np.mod(y, 1), 0)):
+            raise SelectionError(f"validation y has dtype {y.dtype}; give integer class ids")
+        y = y.astype(np.int64)
+    return y
+
+
+def _latency_quantiles(profile: Mapping[str, Any], k: int) -> dict[str, float]:
+    record = profile["prefixes"][k - 1]["latency_ms"]
+    return {q: float(record[q]) for q in BUDGET_QUANTILES}
+
+
+def _memory_mb(profile: Mapping[str, Any], k: int) -> float:
+    memory = profile["memory_mb"]
+    loaded = memory["rss_before_load"] + sum(m["rss_load_delta_mb"] for m in profile["members"][:k])
+    run_peak = memory["run"]["kernel_peak_mb"] or memory["run"]["rss_sampled_peak_mb"]
+    growth = max(0.0, run_peak - memory["rss_after_load"])  # buffers allocated by running, whole bundle
+    return round(loaded + growth, 2)
+
+
+def _bundle_candidates(
+    path: str | os.PathLike[str],
+    x: np.ndarray,
+    y: np.ndarray,
+    session_config: SessionConfig,
+    measure: MeasureConfig,
+    store: bool,
+    notes: list[str],
+) -> list[Candidate]:
+    import edge_runtime  # lazily: the runtime builds sessions
+
+    bundle = load_bundle(path)
+    manifest = bundle.manifest
+    if int(y.max()) >= manifest.task.num_classes or int(y.min()) < 0:
+        raise SelectionError(
+            f"validation labels run {int(y.min())}..{int(y.max())} but '{manifest.name}' has "
+            f"{manifest.task.num_classes} classes; use validation data of this task"
+        )
+    profile = find_profile(manifest)
+    if profile is None:
+        profile = profile_bundle(bundle, replace(measure, session=session_config), data=x, data_label="validation x")
+        if store:
+            store_profile(path, profile)
+            notes.append(f"{path}: no profile for this device; measured now and stored")
+        else:
+            notes.append(f"{path}: no profile for this device; measured now (not stored)")
+    runtime = edge_runtime.load(bundle, session_config=session_config, entropy_threshold="off", warmup=0)
+    try:
+        prefixes = runtime.evaluate_prefixes(x)
+    except EdgeRuntimeError as exc:
+        raise SelectionError(f"{path}: {exc}") from exc
+    accuracy = prefixes.accuracy(y)
+    sizes = [len(b) for b in bundle.member_bytes]
+    label = manifest.name if manifest.name else Path(path).name
+    count = manifest.num_members
+    out = []
+    for k in range(1, count + 1):
+        out.append(Candidate(
+            name=label if count == 1 else f"{label}[1..{k}]",
+            bundle=str(path),
+            kind="prefix",
+            members=k,
+            mean_members=float(k),
+            threshold=None,
+            accuracy=float(accuracy[k - 1]),
+            latency_ms=_latency_quantiles(profile, k),
+            memory_mb=_memory_mb(profile, k),
+            size_bytes=int(sum(sizes[:k])),
+        ))
+    if manifest.calibration is not None and count > 1:
+        threshold = manifest.calibration.entropy_threshold
+        confident = prefixes.entropy[:-1] <= threshold  # (K-1, N): the last member always answers
+        exit_at = np.where(confident.any(axis=0), confident.argmax(axis=0), count - 1)  # 0-based member
+        answer = prefixes.labels[exit_at, np.arange(len(y))]
+        latency = {
+            q: float(np.quantile([profile["prefixes"][e]["latency_ms"][q] for e in exit_at], float(q[1:]) / 100))
+            for q in BUDGET_QUANTILES
+        }
+        out.append(Candidate(
+            name=f"{label}@H<={threshold:.3g}",
+            bundle=str(path),
+            kind="threshold",
+            members=count,
+            mean_members=float(exit_at.mean() + 1),
+            threshold=float(threshold),
+            accuracy=float((answer == y).mean()),
+            latency_ms=latency,
+            memory_mb=_memory_mb(profile, count),
+            size_bytes=int(sum(sizes)),
+        ))
+    return out
+
+
+def evaluate_candidates(
+    bundles: Sequence[str | os.PathLike[str]],
+    x: np.ndarray,
+    y: np.ndarray,
+    session_config: SessionConfig | None = None,
+    measure: MeasureConfig | None = None,
+    store: bool = True,
+    notes: list[str] | None = None,
+) -> list[Candidate]:
+    """Every candidate of ``bundles`` with its validation accuracy, latency and memory on this device.
+
+    Args:
+        bundles: bundle directories or ``.zip`` files.
+        x: validation inputs (raw, as clients send them), rows of each bundle's task shape.
+        y: integer labels, one per row of ``x``.
+        session_config: ORT settings for measuring and evaluating (should match deployment).
+        measure: how to measure a bundle that has no profile for this device.
+        store: store such a new profile in its bundle.
+        notes: if given, receives one line per bundle measured now.
+
+    Raises:
+        SelectionError: no bundles, bad labels, or data that does not fit a bundle's task.
+        edge_runtime.errors.BundleError: a bundle cannot be loaded.
+    """
+    if not bundles:
+        raise SelectionError("no candidates given; pass one or more bundle paths")
+    y = _check_labels(np.asarray(x), y)
+    config = session_config or SessionConfig()
+    measure = measure or MeasureConfig()
+    notes = [] if notes is None else notes
+    out: list[Candidate] = []
+    for path in bundles:
+        out.extend(_bundle_candidates(path, np.asarray(x), y, config, measure, store, notes))
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):  # two bundles with the same manifest name: qualify by path
+        out = [replace(c, name=f"{Path(c.bundle).name}:{c.name}") for c in out]
+    return out
+
+
+def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """``candidates`` with ``pareto`` set on those no other beats on accuracy (up) and p50 latency (down)."""
+    flagged = []
+    for c in candidates:
+        dominated = any(
+            o.accuracy >= c.accuracy and o.latency_ms["p50"] <= c.latency_ms["p50"]
+            and (o.accuracy > c.accuracy or o.latency_ms["p50"] < c.latency_ms["p50"])
+            for o in candidates
+        )
+        flagged.append(replace(c, pareto=not dominated))
+    return flagged
+
+
+def _check_request(budget_ms: float | None, memory_mb: float | None, quantile: str) -> None:
+    if quantile not in BUDGET_QUANTILES:
+        raise SelectionError(f"budget quantile '{quantile}' is unknown; use one of {list(BUDGET_QUANTILES)}")
+    if budget_ms is not None and not budget_ms > 0:
+        raise SelectionError("--budget-ms must be a positive number of milliseconds")
+    if memory_mb is not None and not memory_mb > 0:
+        raise SelectionError("--memory-mb must be a positive number of MiB")
+
+
+def choose(
+    candidates: Sequence[Candidate],
+    budget_ms: float | None = None,
+    memory_mb: float | None = None,
+    quantile: str = "p90",
+) -> Candidate:
+    """The most accurate candidate within the budget and memory cap (ties: faster, then smaller).
+
+    Raises:
+        SelectionError: bad arguments, or nothing fits; the message names the fastest and smallest.
+    """
+    _check_request(budget_ms, memory_mb, quantile)
+    if not candidates:
+        raise SelectionError("no candidates to choose from; pass one or more bundle paths")
+    fits = [
+        c for c in candidates
+        if (budget_ms is None or c.latency_ms[quantile] <= budget_ms) and (memory_mb is None or c.memory_mb <= memory_mb)
+    ]
+    if not fits:
+        fastest = min(candidates, key=lambda c: c.latency_ms[quantile])
+        smallest = min(candidates, key=lambda c: c.memory_mb)
+        wanted = " and ".join(
+            ([f"{quantile} <= {budget_ms} ms"] if budget_ms is not None else [])
+            + ([f"memory <= {memory_mb} MiB"] if memory_mb is not None else [])
+        )
+        raise SelectionError(
+            f"no candidate fits {wanted}: the fastest, "
+            f"{fastest.name}, takes {fastest.latency_ms[quantile]:.4g} ms, the smallest, {smallest.name}, "
+            f"{smallest.memory_mb:.1f} MiB; raise the budget or cap, or add smaller candidates"
+        )
+    return max(fits, key=lambda c: (c.accuracy, -c.latency_ms[quantile], -c.memory_mb))
+
+
+def select(
+    bundles: Sequence[str | os.PathLike[str]],
+    x: np.ndarray,
+    y: np.ndarray,
+    budget_ms: float | None = None,
+    memory_mb: float | None = None,
+    quantile: str = "p90",
+    session_config: SessionConfig | None = None,
+    measure: MeasureConfig | None = None,
+    store: bool = True,
+) -> Selection:
+    """Evaluate the candidates, mark the Pareto front and choose under the budget and cap.
+
+    Args:
+        bundles: bundle directories or ``.zip`` files.
+        x: validation inputs; y: their integer labels.
+        budget_ms: latency budget per query (ms) at ``quantile``, or None for none.
+        memory_mb: memory cap (MiB of process RSS), or None for none.
+        quantile: the latency quantile that must fit the budget (p50, p90, p95, p99).
+        session_config: ORT settings (should match deployment).
+        measure: how to measure a bundle without a profile for this device.
+        store: store such new profiles in their bundles.
+
+    Raises:
+        SelectionError: bad inputs, or nothing fits.
+    """
+    _check_request(budget_ms, memory_mb, quantile)  # before minutes of measuring, not after
+    notes: list[str] = []
+    candidates = pareto_front(evaluate_candidates(bundles, x, y, session_config, measure, store, notes))
+    chosen = choose(candidates, budget_ms, memory_mb, quantile)
+    return Selection(tuple(candidates), chosen, budget_ms, quantile, memory_mb, fingerprint(), tuple(notes))
+
+
+def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | None:
+    """Write a PNG of accuracy vs p50 latency with the Pareto front and the choice marked.
+
+    Returns:
+        None when written, else a one-line reason (matplotlib is not installed).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display on a factory PC
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed, so no plot was written (pip install 'anytime-edge[plot]')"
+    cands = selection.candidates
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    others = [c for c in cands if not c.pareto]
+    front = sorted((c for c in cands if c.pareto), key=lambda c: c.latency_ms["p50"])
+    ax.scatter([c.latency_ms["p50"] for c in others], [c.accuracy for c in others], c="0.6", label="candidate")
+    ax.step([c.latency_ms["p50"] for c in front], [c.accuracy for c in front], where="post", c="C0", lw=1)
+    ax.scatter([c.latency_ms["p50"] for c in front], [c.accuracy for c in front], c="C0", label="Pareto front")
+    chosen = selection.chosen
+    ax.scatter([chosen.latency_ms["p50"]], [chosen.accuracy], s=160, facecolors="none", edgecolors="C3", lw=2, label=f"chosen: {chosen.name}")
+    for c in cands:
+        ax.annotate(c.name, (c.latency_ms["p50"], c.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if selection.budget_ms is not None:
+        ax.axvline(selection.budget_ms, c="C3", ls="--", lw=1, label=f"budget {selection.budget_ms} ms ({selection.budget_quantile})")
+    ax.set_xlabel("p50 latency per query, batch 1 (ms)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"accuracy vs latency on device {selection.fingerprint}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
