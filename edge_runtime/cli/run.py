@@ -1,0 +1,90 @@
+"""``anytime-edge run BUNDLE --input FILE.npy``: classify inputs with early exit, one line per sample.
+
+Each sample is one request by default (its own budget and elapsed time, as on a device serving one
+input at a time); ``--batch-size`` groups rows into batched requests, where samples still exit one by
+one. All answers are computed before anything is printed, so an error prints one line and no partial
+results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from edge_runtime.cli._arrays import read_npy
+
+__all__ = ["HELP", "configure", "run"]
+
+HELP = "evaluate a bundle on inputs from a .npy file, with early exit"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``run`` arguments."""
+    parser.add_argument("bundle", help="bundle directory or .zip")
+    parser.add_argument("--input", required=True, metavar="FILE.npy", help="inputs (N, ...) or one sample, raw values")
+    parser.add_argument("--budget-ms", default=None, metavar="B", help="latency budget per request in ms, or 'off' (default: none)")
+    parser.add_argument(
+        "--entropy",
+        default="calibrated",
+        metavar="T",
+        help="entropy exit threshold in nats, 'calibrated' (the manifest's; default) or 'off'",
+    )
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="ONNX Runtime intra-op threads (default 1)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="rows per request (default 1)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, predict, print; package errors propagate to the dispatcher (one line, exit 1)."""
+    import numpy as np
+
+    import edge_runtime
+    from edge_runtime.errors import InputError, PolicyError
+    from edge_runtime.session import SessionConfig
+
+    if args.threads < 0:
+        raise PolicyError("--threads must be >= 0 (0 lets ONNX Runtime choose)")
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be >= 1")
+    x = read_npy(args.input)
+    runtime = edge_runtime.load(
+        args.bundle,
+        session_config=SessionConfig(intra_op_threads=args.threads),
+        entropy_threshold=_number_or_word(args.entropy),
+        budget_ms=_number_or_word(args.budget_ms),
+    )
+    sample_shape = tuple(runtime.manifest.task.input.shape[1:])
+    if tuple(x.shape) == sample_shape:  # one unbatched sample
+        x = x[None]
+    if tuple(x.shape[1:]) != sample_shape:  # judged on the whole file, not on one request's slice
+        raise InputError(
+            f"{args.input} holds shape {list(x.shape)}, but the bundle takes {[-1, *sample_shape]}; "
+            f"save an array of shape (N, {', '.join(map(str, sample_shape))})"
+        )
+    answers = []
+    for start in range(0, max(len(x), 1), args.batch_size):
+        answers.extend(runtime.predict(x[start : start + args.batch_size]))
+    lines = []
+    members = runtime.num_members
+    for i, p in enumerate(answers):
+        if args.json:
+            lines.append(json.dumps(p.to_dict()))
+        else:
+            lines.append(
+                f"{i}: label={p.label} ({p.label_name}) p={float(np.max(p.probabilities)):.3f} "
+                f"members={p.members_used}/{members} exit={p.exit_reason} entropy={p.entropy:.4f} "
+                f"elapsed={p.elapsed_ms:.3f}ms"
+            )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _number_or_word(value: str | None) -> float | str | None:
+    # Numbers go through as floats; words ('off', 'calibrated') and junk are judged by the policies module.
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
