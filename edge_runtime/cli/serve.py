@@ -1,0 +1,91 @@
+"""``anytime-edge serve BUNDLE``: serve a bundle over the Open Inference Protocol (KServe V2).
+
+Binds 127.0.0.1 by default; ``--host 0.0.0.0`` exposes the model to the network and says so. Prints the
+base URL once listening; SIGTERM or Ctrl-C finishes in-flight requests, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Imported at module level on purpose: without the `serve` extra the dispatcher catches this ImportError
+# and prints the pip command that installs it.
+from edge_runtime.server import ServerConfig, default_workers, serve
+from edge_runtime.session import SessionConfig
+
+__all__ = ["HELP", "configure", "run"]
+
+HELP = "serve a bundle over the Open Inference Protocol (KServe V2)"
+
+
+def _positive(kind: type) -> object:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the serve arguments to ``parser``."""
+    parser.add_argument("bundle", metavar="BUNDLE", help="bundle directory or .zip")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
+    parser.add_argument("--model-name", default=None, help="name in /v2/models/{name} (default: the bundle's name)")
+    parser.add_argument("--budget-ms", type=_positive(float), default=None,
+                        help="default per-request latency budget, counted from arrival (default: none)")
+    parser.add_argument("--entropy", type=_non_negative_float, default=None,
+                        help="default entropy exit threshold in nats (default: the bundle's calibration)")
+    parser.add_argument("--workers", type=_positive(int), default=None,
+                        help=f"inference threads (default: usable cores - 1, here {default_workers()})")
+    parser.add_argument("--threads", type=_positive(int), default=1,
+                        help="ONNX Runtime intra-op threads per member (default: 1, fastest for small members)")
+    parser.add_argument("--max-queue", type=int, default=32,
+                        help="requests that may wait for a worker before more are shed with 503 (default: 32)")
+    parser.add_argument("--max-body-mb", type=_positive(float), default=4.0,
+                        help="largest request body accepted, in MiB (default: 4)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the bundle and serve it until SIGTERM/Ctrl-C; returns 0 after a graceful stop."""
+    from edge_runtime import load  # the runtime proper; imported when the command runs
+
+    workers = args.workers if args.workers is not None else default_workers()
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        model_name=args.model_name,
+        budget_ms=args.budget_ms,
+        entropy_threshold=args.entropy,
+        workers=workers,
+        max_queue=args.max_queue,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_connections=max(256, workers + args.max_queue),
+    )
+    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads))
+    if not config.is_loopback:
+        print(f"warning: serving on {config.host}, reachable from other machines", file=sys.stderr)
+
+    def announce(url: str) -> None:
+        name = config.model_name or runtime.manifest.name
+        print(f"serving '{name}' ({runtime.manifest.num_members} members, {workers} worker(s)) on {url}/v2", flush=True)
+
+    serve(runtime, config, announce=announce)
+    return 0

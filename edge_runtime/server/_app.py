@@ -1,0 +1,311 @@
+"""The Starlette application: Open Inference Protocol (KServe V2) REST endpoints over one anytime runtime.
+
+Endpoints (each model endpoint also under ``/v2/models/{name}/versions/{version}``; the one version is "1"):
+
+    GET  /v2/health/live              {"live": true}
+    GET  /v2/health/ready             {"ready": true}, 503 while shutting down
+    GET  /v2                          server metadata {"name", "version", "extensions"}
+    GET  /v2/models/{name}            model metadata (input/output tensors, -1 for the batch)
+    GET  /v2/models/{name}/ready      {"name", "ready"}
+    POST /v2/models/{name}/infer      inference (see :mod:`edge_runtime.server._protocol`)
+
+Every error is ``{"error": "<one line naming the fix>"}``: 400 bad request, 404 unknown model or path, 405
+wrong method, 413 body too large, 503 shed under load (with Retry-After), 500 a fault in the bundle. No
+request can stop the server: whatever a handler raises is answered, never propagated.
+
+The budget of a request counts from when its handler starts, so time spent queueing for a worker is
+spent from the budget; the runtime gets what is left (see :mod:`edge_runtime.server._scheduler`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Protocol, Sequence, Union
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edge_runtime.bundle import Manifest
+from edge_runtime.errors import EdgeRuntimeError, InputError, PolicyError
+from edge_runtime.server._config import ServerConfig
+from edge_runtime.server._errors import BodyTooLargeError, ModelNotFoundError, OverloadedError, RequestError, ServerError
+from edge_runtime.server._protocol import (
+    MODEL_VERSION,
+    InferRequest,
+    PredictionLike,
+    decode_infer_request,
+    encode_infer_response,
+    model_metadata,
+    summarize,
+)
+from edge_runtime.server._scheduler import LatencyTracker, Scheduler, most_members
+
+__all__ = ["RuntimeLike", "create_app"]
+
+logger = logging.getLogger("edge_runtime.server")
+
+SERVER_NAME = "anytime-edge"
+_DECODE_INLINE_BYTES = 64 * 1024  # larger bodies are parsed on a thread so the event loop keeps serving
+
+
+class RuntimeLike(Protocol):
+    """What the server needs from :class:`edge_runtime.AnytimeRuntime` (a fake in tests)."""
+
+    manifest: Manifest
+
+    def predict(
+        self, x: np.ndarray, budget_ms: float | str | None = None, entropy_threshold: float | str | None = None
+    ) -> Sequence[PredictionLike]: ...
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("anytime-edge")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _runtime_first_member_ms(runtime: RuntimeLike) -> Callable[[], float] | None:
+    """The runtime's latency prediction for member 1, when it exposes one (AnytimeRuntime does)."""
+    estimator = getattr(runtime, "latency_estimator", None)
+    if estimator is None or not callable(getattr(estimator, "estimates", None)):
+        return None
+    return lambda: float(estimator.estimates()[0])
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _Server:
+    """The state behind the endpoints: one runtime, its scheduler, and whether it takes requests."""
+
+    def __init__(self, runtime: RuntimeLike, config: ServerConfig) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.manifest = runtime.manifest
+        self.name = config.model_name or self.manifest.name
+        self.scheduler = Scheduler(
+            workers=config.workers,
+            max_queue=config.max_queue,
+            reserve_ms=config.reserve_ms,
+            tracker=LatencyTracker(_runtime_first_member_ms(runtime)),
+        )
+        # Defaults: the server's settings, else the runtime's own (set when it was loaded).
+        self.default_budget: float | None = config.budget_ms
+        if self.default_budget is None:
+            self.default_budget = getattr(runtime, "budget_ms", None)
+        self.default_threshold: float | None = config.entropy_threshold
+        if self.default_threshold is None:
+            self.default_threshold = getattr(runtime, "entropy_threshold", self._calibrated())
+        self.ready = True
+        self.metadata = model_metadata(self.name, self.manifest)
+        self.server_metadata = {"name": SERVER_NAME, "version": _version(), "extensions": []}
+
+    def _calibrated(self) -> float | None:
+        calibration = self.manifest.calibration
+        return None if calibration is None else calibration.entropy_threshold
+
+    def resolve(self, budget: float | str | None, threshold: float | str | None) -> tuple[float | None, float | None]:
+        """A request's budget and threshold as numbers (None = not used), after defaults and spellings."""
+        if budget is None:
+            budget = self.default_budget
+        if threshold is None:
+            threshold = self.default_threshold
+        elif threshold == "calibrated":
+            threshold = self._calibrated()
+        return (None if budget == "off" else budget), (None if threshold == "off" else threshold)  # type: ignore[return-value]
+
+    def check_model(self, request: Request) -> None:
+        name = request.path_params["name"]
+        if name != self.name:
+            raise ModelNotFoundError(f"no model '{name}' is served here; this server serves '{self.name}'")
+        version = request.path_params.get("version")
+        if version is not None and version != MODEL_VERSION:
+            raise ModelNotFoundError(f"model '{name}' has no version '{version}'; it has version {MODEL_VERSION}")
+
+    # -- endpoints -------------------------------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def health_ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
+
+    async def server_info(self, request: Request) -> Response:
+        return JSONResponse(self.server_metadata)
+
+    async def model_info(self, request: Request) -> Response:
+        return await self._guard(self._model_info, request)
+
+    async def model_ready(self, request: Request) -> Response:
+        return await self._guard(self._model_ready, request)
+
+    async def infer(self, request: Request) -> Response:
+        arrival = time.perf_counter()
+        return await self._guard(self._infer, request, arrival)
+
+    async def _model_info(self, request: Request) -> Response:
+        self.check_model(request)
+        return JSONResponse(self.metadata)
+
+    async def _model_ready(self, request: Request) -> Response:
+        self.check_model(request)
+        return JSONResponse({"name": self.name, "ready": self.ready}, status_code=200 if self.ready else 503)
+
+    async def _guard(self, handler: Any, request: Request, *args: Any) -> Response:
+        """Run a handler and answer whatever it raises; nothing a request does reaches uvicorn."""
+        try:
+            return await handler(request, *args)
+        except OverloadedError as exc:
+            return _error(exc.status, str(exc), {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+        except ServerError as exc:
+            return _error(exc.status, str(exc))
+        except (InputError, PolicyError) as exc:  # the runtime's own checks of the input and the threshold
+            return _error(400, str(exc))
+        except EdgeRuntimeError as exc:
+            logger.error("inference failed: %s", exc)
+            return _error(500, f"inference failed: {exc}")
+        except Exception:  # noqa: BLE001 - the server answers every request and stays up
+            logger.exception("unexpected error while answering %s %s", request.method, request.url.path)
+            return _error(500, "internal error while answering the request; see the server log")
+
+    async def _infer(self, request: Request, arrival: float) -> Response:
+        self.check_model(request)
+        body = await _read_body(request, self.config.max_body_bytes)
+        json_length = _header_length(request)
+        spec = self.manifest.task.input
+        if len(body) > _DECODE_INLINE_BYTES:
+            decoded = await run_in_threadpool(decode_infer_request, body, spec, json_length)
+        else:
+            decoded = decode_infer_request(body, spec, json_length)
+        budget, threshold = self.resolve(decoded.budget_ms, decoded.entropy_threshold)
+        # Explicit values reach the runtime, so what the answer reports is what was applied.
+        threshold_arg: float | str = "off" if threshold is None else threshold
+
+        def call(budget_left: float | None) -> Sequence[PredictionLike]:
+            budget_arg: float | str = "off" if budget_left is None else budget_left
+            return self.runtime.predict(decoded.x, budget_ms=budget_arg, entropy_threshold=threshold_arg)
+
+        done = await self.scheduler.run(call, arrival, budget, most_members)
+        predictions = done.result
+        if len(predictions) != decoded.x.shape[0]:
+            raise EdgeRuntimeError(f"the runtime answered {len(predictions)} samples for a batch of {decoded.x.shape[0]}")
+        return self._answer(decoded, predictions, budget, threshold, done.queue_ms, arrival)
+
+    def _answer(
+        self,
+        decoded: InferRequest,
+        predictions: Sequence[PredictionLike],
+        budget: float | None,
+        threshold: float | None,
+        queue_ms: float,
+        arrival: float,
+    ) -> Response:
+        params: dict[str, Any] = summarize(predictions, self.manifest)
+        params["anytime_queue_ms"] = queue_ms
+        params["anytime_budget_ms"] = "off" if budget is None else budget
+        params["anytime_entropy_threshold"] = "off" if threshold is None else threshold
+        params["anytime_elapsed_ms"] = (time.perf_counter() - arrival) * 1e3
+        request_id = decoded.id if decoded.id is not None else uuid.uuid4().hex
+        try:
+            body = encode_infer_response(self.name, decoded, request_id, predictions, params)
+        except ValueError:
+            raise EdgeRuntimeError("the model produced NaN or infinity; check the bundle with `anytime-edge inspect`") from None
+        return Response(body, media_type="application/json")
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        await run_in_threadpool(self.scheduler.close)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise RequestError("Content-Length is not a number") from None
+        if size > limit:
+            raise BodyTooLargeError(f"the body has {size} bytes, more than this server's limit of {limit}; send fewer samples per request or raise --max-body-mb")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise BodyTooLargeError(f"the body exceeds this server's limit of {limit} bytes; send fewer samples per request or raise --max-body-mb")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _header_length(request: Request) -> int | None:
+    value = request.headers.get("inference-header-content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise RequestError(f"Inference-Header-Content-Length {value!r} is not a number of bytes") from None
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no endpoint {request.url.path}; see GET /v2 and /v2/models/{{name}}",
+               405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return _error(exc.status_code, message, dict(exc.headers or {}))
+
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def create_app(runtime: RuntimeLike | PathLike, config: ServerConfig | None = None) -> Starlette:
+    """Build the V2 application around a runtime.
+
+    Args:
+        runtime: a loaded :class:`edge_runtime.AnytimeRuntime` (or anything with its ``manifest`` and
+            thread-safe ``predict``), or the path of a bundle to load with default session settings.
+        config: server settings; defaults to :class:`ServerConfig` ().
+
+    Returns:
+        The ASGI application; run it with :func:`edge_runtime.server.serve` or any ASGI server.
+
+    Raises:
+        EdgeRuntimeError: ``runtime`` is a path that does not hold a loadable bundle.
+    """
+    config = config or ServerConfig()
+    if isinstance(runtime, (str, os.PathLike)):
+        from edge_runtime import load
+
+        runtime = load(runtime)
+    server = _Server(runtime, config)
+    routes = [
+        Route("/v2/health/live", server.live, methods=["GET"]),
+        Route("/v2/health/ready", server.health_ready, methods=["GET"]),
+        Route("/v2", server.server_info, methods=["GET"]),
+    ]
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes += [
+            Route(prefix, server.model_info, methods=["GET"]),
+            Route(f"{prefix}/ready", server.model_ready, methods=["GET"]),
+            Route(f"{prefix}/infer", server.infer, methods=["POST"]),
+        ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await server.shutdown()
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app.state.server = server
+    return app

@@ -1,0 +1,84 @@
+"""How the V2 server runs: where it listens, the default exit controls, and how much work it takes on."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from dataclasses import dataclass, field
+
+from edge_runtime.server._errors import ServerConfigError
+
+__all__ = ["ServerConfig", "default_workers"]
+
+_MIB = 2**20
+
+
+def default_workers() -> int:
+    """Inference threads for this machine: the usable cores minus one, at least one.
+
+    One core stays with the event loop (HTTP parsing, JSON) so that it does not steal time from a member
+    evaluation running against a deadline. On a 2-core box that is one worker: benchmarks/serve_load.py
+    (``--workers-sweep``) measures how more workers make concurrent requests overrun their budgets.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of one server process. Validated on construction; raises :class:`ServerConfigError`."""
+
+    host: str = "127.0.0.1"  # loopback by default: exposing a factory PC's model is an explicit choice
+    port: int = 8000  # 0 picks a free port (the chosen one is printed)
+    model_name: str | None = None  # the name clients use in /v2/models/{name}; None = the bundle's name
+    budget_ms: float | None = None  # default per-request latency budget; None = no budget
+    entropy_threshold: float | None = None  # default exit threshold; None = the bundle's calibration
+    workers: int = field(default_factory=default_workers)  # inference threads (the bounded pool)
+    max_queue: int = 32  # requests allowed to wait for a worker; more are shed with 503
+    max_body_bytes: int = 4 * _MIB  # larger request bodies are refused with 413
+    reserve_ms: float = 0.5  # kept back from each budget for encoding and sending the answer
+    max_connections: int = 256  # open connections + tasks before uvicorn itself refuses with 503
+    shutdown_timeout_s: float = 30.0  # on SIGTERM, wait this long for in-flight requests, then cancel
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ServerConfigError("host must be an address such as 127.0.0.1")
+        if not 0 <= self.port <= 65535:
+            raise ServerConfigError(f"port {self.port} is out of range; use 0-65535 (0 picks a free port)")
+        if self.model_name is not None and (not self.model_name or "/" in self.model_name):
+            raise ServerConfigError(f"model name {self.model_name!r} must be non-empty and contain no '/'")
+        if self.budget_ms is not None and not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
+            raise ServerConfigError(f"budget_ms must be a positive number of milliseconds, not {self.budget_ms}")
+        if self.entropy_threshold is not None and not (
+            math.isfinite(self.entropy_threshold) and self.entropy_threshold >= 0
+        ):
+            raise ServerConfigError(f"entropy_threshold must be a finite number >= 0, not {self.entropy_threshold}")
+        if self.workers < 1:
+            raise ServerConfigError(f"workers must be >= 1, not {self.workers}")
+        if self.max_queue < 0:
+            raise ServerConfigError(f"max_queue must be >= 0 (0 = never queue), not {self.max_queue}")
+        if self.max_body_bytes < 1024:
+            raise ServerConfigError(f"max_body_bytes must be at least 1024, not {self.max_body_bytes}")
+        if not (math.isfinite(self.reserve_ms) and self.reserve_ms >= 0):
+            raise ServerConfigError(f"reserve_ms must be a finite number >= 0, not {self.reserve_ms}")
+        if self.max_connections < self.workers + self.max_queue:
+            raise ServerConfigError(
+                f"max_connections ({self.max_connections}) must be at least workers + max_queue "
+                f"({self.workers + self.max_queue}), or queued requests would be refused by uvicorn"
+            )
+        if not (math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > 0):
+            raise ServerConfigError(f"shutdown_timeout_s must be a positive number, not {self.shutdown_timeout_s}")
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when the server is reachable from this machine only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

@@ -1,0 +1,63 @@
+"""Errors of the V2 server. Each one carries the HTTP status it is answered with.
+
+They derive from :class:`edge_runtime.errors.EdgeRuntimeError`, so the CLI prints any of them as one line:
+
+    EdgeRuntimeError
+    └── ServerError              base of the server's errors; ``status`` is the HTTP status
+        ├── ServerConfigError    a ServerConfig field is impossible (not an HTTP answer)
+        ├── RequestError         400: the request body is not a valid V2 request for this model
+        ├── BodyTooLargeError    413: the body exceeds ServerConfig.max_body_bytes
+        ├── ModelNotFoundError   404: no model or version of that name is served here
+        └── OverloadedError      503: shed because the request could not be answered within its budget
+"""
+
+from __future__ import annotations
+
+from edge_runtime.errors import EdgeRuntimeError
+
+__all__ = [
+    "BodyTooLargeError",
+    "ModelNotFoundError",
+    "OverloadedError",
+    "RequestError",
+    "ServerConfigError",
+    "ServerError",
+]
+
+
+class ServerError(EdgeRuntimeError):
+    """Base of the server's errors; ``status`` is the HTTP status the error is answered with."""
+
+    status: int = 500
+
+
+class ServerConfigError(ServerError):
+    """A :class:`ServerConfig` field has an impossible value."""
+
+
+class RequestError(ServerError):
+    """The request is not a valid V2 inference request for this model (bad JSON, name, shape, datatype, NaN)."""
+
+    status = 400
+
+
+class BodyTooLargeError(ServerError):
+    """The request body is larger than the server accepts."""
+
+    status = 413
+
+
+class ModelNotFoundError(ServerError):
+    """No model (or model version) of that name is served here."""
+
+    status = 404
+
+
+class OverloadedError(ServerError):
+    """Shed: the queue is full, or the request could no longer be answered within its latency budget."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # sent as the Retry-After header (whole seconds, at least 1)

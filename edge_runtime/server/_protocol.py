@@ -1,0 +1,374 @@
+"""Open Inference Protocol (KServe V2) messages: decode a request into one checked batch, encode the answer.
+
+Nothing here knows about HTTP; the app hands in bytes and gets bytes back, and every problem with a request
+is a :class:`RequestError` whose message says how to fix it.
+
+Inputs. The model takes one tensor (the bundle's ``task.input``), with ``-1`` for the batch dimension. A
+request sends it with any numeric V2 datatype (UINT8..64, INT8..64, FP16, FP32, FP64) as JSON data, nested
+or flat, row-major; the values must fit the datatype they claim, must be finite, and are converted to
+float32 for the members. Triton's binary tensor extension is read too (an input whose ``parameters`` name a
+``binary_data_size``, after a JSON header of ``Inference-Header-Content-Length`` bytes), so ``tritonclient``
+works with its defaults. Answers are always JSON.
+
+Outputs, per sample (``outputs`` in the request selects and orders them; all by default):
+
+* ``probabilities`` FP32 [N, C], ``label`` INT64 [N], ``label_name`` BYTES [N];
+* ``members_used`` INT32 [N], ``entropy`` FP32 [N], ``exit_reason`` BYTES [N].
+
+Parameters (the V2 ``parameters`` object has no standard keys; this project's carry the ``anytime_``
+prefix). In a request: ``anytime_budget_ms`` (milliseconds > 0, or ``"off"``) and
+``anytime_entropy_threshold`` (nats >= 0, ``"calibrated"`` or ``"off"``), spelled as everywhere else in the
+runtime; unset, the server's defaults apply. Any other ``anytime_`` key is refused so that a typo cannot
+silently fall back to the default. In a response:
+``anytime_member_count``, ``anytime_members_used``, ``anytime_exit_member``, ``anytime_exit_reason``,
+``anytime_entropy``, ``anytime_elapsed_ms``, ``anytime_infer_ms``, ``anytime_queue_ms``,
+``anytime_batch_size``, and the ``anytime_budget_ms`` / ``anytime_entropy_threshold`` that applied. A V2
+parameter holds one scalar, so for a batch of N > 1 they summarise the batch: members used and entropy are
+the batch's maximum (the least finished sample), the exit reason is the samples' common reason or
+``"mixed"``, and the exit member is the last member any sample needed; the per-sample values are the
+``members_used``, ``entropy`` and ``exit_reason`` outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from edge_runtime.bundle import Manifest, TensorSpec
+from edge_runtime.server._errors import RequestError
+
+__all__ = [
+    "InferRequest",
+    "MODEL_VERSION",
+    "OUTPUT_NAMES",
+    "PARAM_BUDGET_MS",
+    "PARAM_ENTROPY_THRESHOLD",
+    "PARAM_PREFIX",
+    "PLATFORM",
+    "PredictionLike",
+    "decode_infer_request",
+    "encode_infer_response",
+    "model_metadata",
+    "summarize",
+]
+
+MODEL_VERSION = "1"  # a server serves one bundle, exposed as version "1"
+PLATFORM = "anytime-edge"
+PARAM_PREFIX = "anytime_"
+PARAM_BUDGET_MS = "anytime_budget_ms"
+PARAM_ENTROPY_THRESHOLD = "anytime_entropy_threshold"
+_REQUEST_PARAMS = (PARAM_BUDGET_MS, PARAM_ENTROPY_THRESHOLD)
+
+# V2 datatype -> numpy dtype, for the datatypes an input may be sent as. Little-endian, as the binary
+# extension specifies.
+_NUMERIC: Mapping[str, np.dtype[Any]] = {
+    name: np.dtype(dtype).newbyteorder("<")
+    for name, dtype in {
+        "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+        "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+        "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+    }.items()
+}
+_NON_NUMERIC = ("BOOL", "BYTES", "BF16")  # valid V2 datatypes that cannot carry this model's input
+_MANIFEST_DTYPES = {"float32": "FP32"}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# name -> (datatype, shape after the batch dimension; "C" = number of classes)
+_OUTPUTS: Mapping[str, tuple[str, tuple[str, ...]]] = {
+    "probabilities": ("FP32", ("C",)),
+    "label": ("INT64", ()),
+    "label_name": ("BYTES", ()),
+    "members_used": ("INT32", ()),
+    "entropy": ("FP32", ()),
+    "exit_reason": ("BYTES", ()),
+}
+OUTPUT_NAMES: tuple[str, ...] = tuple(_OUTPUTS)
+
+
+class PredictionLike(Protocol):
+    """What the server reads from one of the runtime's per-sample predictions."""
+
+    label: int
+    label_name: str
+    probabilities: np.ndarray
+    members_used: int
+    exit_reason: str
+    entropy: float
+    elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded, checked V2 inference request."""
+
+    x: np.ndarray  # float32, shape [N, *task.input.shape[1:]], finite
+    id: str | None = None  # the request's id, echoed in the answer
+    budget_ms: float | str | None = None  # anytime_budget_ms if the request set it: ms or "off"
+    entropy_threshold: float | str | None = None  # anytime_entropy_threshold: nats, "calibrated" or "off"
+    outputs: tuple[str, ...] = OUTPUT_NAMES  # the outputs to answer with, in order
+
+
+def model_metadata(name: str, manifest: Manifest) -> dict[str, Any]:
+    """The V2 model metadata object: input and output tensors with -1 for the batch dimension."""
+    spec = manifest.task.input
+    classes = manifest.task.num_classes
+    outputs = [
+        {"name": out, "datatype": datatype, "shape": [-1, *(classes if d == "C" else int(d) for d in dims)]}
+        for out, (datatype, dims) in _OUTPUTS.items()
+    ]
+    return {
+        "name": name,
+        "versions": [MODEL_VERSION],
+        "platform": PLATFORM,
+        "inputs": [{"name": spec.name, "datatype": _MANIFEST_DTYPES[spec.dtype], "shape": list(spec.shape)}],
+        "outputs": outputs,
+    }
+
+
+def decode_infer_request(body: bytes, spec: TensorSpec, json_length: int | None = None) -> InferRequest:
+    """Parse and check a V2 inference request against the model's input.
+
+    Args:
+        body: the HTTP request body.
+        spec: the model's input tensor (name, shape with -1 for the batch, dtype).
+        json_length: the ``Inference-Header-Content-Length`` header, when the body carries binary tensors
+            after a JSON header of that many bytes; None for a plain JSON body.
+
+    Returns:
+        The request with its input as a finite float32 batch.
+
+    Raises:
+        RequestError: the body is not JSON, or a name, shape, datatype, value or parameter is wrong.
+    """
+    if json_length is not None and not 0 < json_length <= len(body):
+        raise RequestError(
+            f"Inference-Header-Content-Length {json_length} does not fit a body of {len(body)} bytes; "
+            "set it to the length of the JSON header"
+        )
+    header = body if json_length is None else body[:json_length]
+    binary = b"" if json_length is None else body[json_length:]
+    try:
+        doc = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"the body is not valid JSON ({exc}); send a V2 inference request object") from None
+    except RecursionError:
+        raise RequestError("the body nests JSON too deeply; send data as a flat list with its shape") from None
+    if not isinstance(doc, dict):
+        raise RequestError("the body must be a JSON object with an 'inputs' list")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError("'id' must be a string")
+    budget_ms, threshold = _decode_parameters(doc.get("parameters"))
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise RequestError(f"'inputs' must be a non-empty list; this model takes one input '{spec.name}'")
+    if len(inputs) != 1:
+        names = [i.get("name") if isinstance(i, dict) else i for i in inputs]
+        raise RequestError(f"got {len(inputs)} inputs {names}; this model takes exactly one, '{spec.name}'")
+    x = _decode_tensor(inputs[0], spec, binary, json_length is not None)
+    return InferRequest(
+        x=x, id=request_id, budget_ms=budget_ms, entropy_threshold=threshold, outputs=_decode_outputs(doc.get("outputs"))
+    )
+
+
+def _decode_parameters(params: Any) -> tuple[float | str | None, float | str | None]:
+    if params is None:
+        return None, None
+    if not isinstance(params, dict):
+        raise RequestError("'parameters' must be a JSON object")
+    unknown = sorted(k for k in params if isinstance(k, str) and k.startswith(PARAM_PREFIX) and k not in _REQUEST_PARAMS)
+    if unknown:
+        raise RequestError(f"unknown parameter(s) {unknown}; this server reads {list(_REQUEST_PARAMS)}")
+    budget = _control(params, PARAM_BUDGET_MS, "milliseconds > 0 or \"off\"", lambda v: v > 0, ("off",))
+    threshold = _control(
+        params, PARAM_ENTROPY_THRESHOLD, "nats >= 0, \"calibrated\" or \"off\"", lambda v: v >= 0, ("off", "calibrated")
+    )
+    return budget, threshold
+
+
+def _control(
+    params: Mapping[str, Any], key: str, what: str, ok: Callable[[float], bool], words: tuple[str, ...]
+) -> float | str | None:
+    if key not in params:
+        return None
+    value = params[key]
+    if isinstance(value, str) and value in words:
+        return value
+    # bool is an int in Python; a JSON true is not a budget.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise RequestError(f"parameter '{key}' must be {what}, not {value!r}")
+    return float(value)
+
+
+def _decode_outputs(outputs: Any) -> tuple[str, ...]:
+    if outputs is None:
+        return OUTPUT_NAMES
+    if not isinstance(outputs, list):
+        raise RequestError("'outputs' must be a list of {\"name\": ...} objects")
+    names: list[str] = []
+    for out in outputs:
+        name = out.get("name") if isinstance(out, dict) else None
+        if not isinstance(name, str) or name not in _OUTPUTS:
+            raise RequestError(f"requested output {name!r} is not an output of this model; choose from {list(OUTPUT_NAMES)}")
+        if name in names:
+            raise RequestError(f"output '{name}' is requested twice; name each output once")
+        names.append(name)
+    return tuple(names) if names else OUTPUT_NAMES
+
+
+def _decode_tensor(tensor: Any, spec: TensorSpec, binary: bytes, binary_allowed: bool) -> np.ndarray:
+    if not isinstance(tensor, dict):
+        raise RequestError("each input must be an object with name, shape, datatype and data")
+    wanted = f"shape {list(spec.shape)}, datatype {_MANIFEST_DTYPES[spec.dtype]}"
+    name = tensor.get("name")
+    if name != spec.name:
+        raise RequestError(f"input {name!r} is not an input of this model; it takes '{spec.name}' ({wanted})")
+    shape = _decode_shape(tensor.get("shape"), spec)
+    datatype = tensor.get("datatype")
+    if datatype in _NON_NUMERIC:
+        raise RequestError(f"input '{spec.name}' cannot be {datatype}; send numbers as FP32 (or FP16/FP64/INT*/UINT*)")
+    if datatype not in _NUMERIC:
+        raise RequestError(f"input '{spec.name}' has unknown datatype {datatype!r}; use a V2 datatype such as FP32")
+    count = math.prod(shape)
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise RequestError(f"the parameters of input '{spec.name}' must be a JSON object")
+    if "binary_data_size" in params:
+        if not binary_allowed or "data" in tensor:
+            raise RequestError(
+                f"input '{spec.name}' names a binary_data_size; send the binary after a JSON header of "
+                "Inference-Header-Content-Length bytes, and no 'data'"
+            )
+        values = _from_binary(binary, params["binary_data_size"], datatype, count, spec.name)
+    else:
+        if binary:
+            raise RequestError(
+                f"the body carries {len(binary)} bytes after the JSON header but no input names a binary_data_size"
+            )
+        values = _from_json(tensor.get("data"), datatype, shape, spec.name)
+    return _to_float32(values.reshape(shape), datatype, spec.name)
+
+
+def _decode_shape(shape: Any, spec: TensorSpec) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise RequestError(f"input '{spec.name}' needs 'shape', a list of integers such as [1, {', '.join(map(str, spec.shape[1:]))}]")
+    expected = list(spec.shape)
+    if len(shape) != len(expected) or shape[1:] != expected[1:]:
+        hint = " (prepend the batch dimension)" if shape == expected[1:] else ""
+        raise RequestError(
+            f"input '{spec.name}' has shape {shape}, the model takes {expected}; send shape [N, "
+            f"{', '.join(map(str, expected[1:]))}]{hint}"
+        )
+    if shape[0] < 1:
+        raise RequestError(f"input '{spec.name}' has batch size {shape[0]}; send at least one sample")
+    return tuple(shape)
+
+
+def _from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise RequestError(f"input '{name}' needs 'data', a list of numbers (nested or flat, row-major)")
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        raise RequestError(f"input '{name}' data is ragged or holds huge numbers; nest lists to match shape {list(shape)}") from None
+    if values.dtype.kind not in "iuf":
+        raise RequestError(f"input '{name}' data holds non-numbers ({values.dtype.kind!r} values); send numbers only")
+    if values.shape != shape and not (values.ndim == 1 and values.size == math.prod(shape)):
+        raise RequestError(
+            f"input '{name}' data has {values.size} values in shape {list(values.shape)}, but shape says "
+            f"{list(shape)} ({math.prod(shape)} values); send the data nested as the shape or flat"
+        )
+    if datatype.startswith(("INT", "UINT")):
+        if values.dtype.kind == "f" and not (np.isfinite(values).all() and (values == np.round(values)).all()):
+            raise RequestError(f"input '{name}' is {datatype} but holds non-integer values; send integers or use FP32")
+        info = np.iinfo(_NUMERIC[datatype])
+        if values.size and (values.min() < info.min or values.max() > info.max):
+            raise RequestError(f"input '{name}' holds values outside {datatype}'s range [{info.min}, {info.max}]")
+        return values
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise RequestError(f"input '{name}' holds NaN or infinity at flat index {int(np.argmin(finite.ravel()))}; send finite numbers")
+    limit = float(np.finfo(_NUMERIC[datatype]).max)
+    if values.size and float(np.abs(values).max()) > limit:
+        raise RequestError(f"input '{name}' holds values beyond {datatype}'s range (|x| <= {limit:.4g})")
+    return values
+
+
+def _from_binary(binary: bytes, size: Any, datatype: str, count: int, name: str) -> np.ndarray:
+    dtype = _NUMERIC[datatype]
+    if isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize:
+        raise RequestError(
+            f"input '{name}' binary_data_size is {size!r}; {count} {datatype} values take {count * dtype.itemsize} bytes"
+        )
+    if len(binary) != size:
+        raise RequestError(f"the body carries {len(binary)} binary bytes after the JSON header; input '{name}' says {size}")
+    values = np.frombuffer(binary, dtype=dtype)
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise RequestError(f"input '{name}' holds NaN or infinity at flat index {int(np.argmin(finite))}; send finite numbers")
+    return values
+
+
+def _to_float32(values: np.ndarray, datatype: str, name: str) -> np.ndarray:
+    if values.size and float(np.abs(values).max(initial=0)) > _FLOAT32_MAX:
+        raise RequestError(f"input '{name}' holds values beyond float32's range (|x| <= {_FLOAT32_MAX:.4g}); rescale the input")
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def summarize(predictions: Sequence[PredictionLike], manifest: Manifest) -> dict[str, Any]:
+    """The per-request ``anytime_*`` response parameters that describe the predictions (see module doc)."""
+    reasons = {p.exit_reason for p in predictions}
+    used = max(p.members_used for p in predictions)
+    return {
+        "anytime_member_count": manifest.num_members,
+        "anytime_members_used": int(used),
+        "anytime_exit_member": manifest.members[used - 1].name if 1 <= used <= manifest.num_members else "",
+        "anytime_exit_reason": reasons.pop() if len(reasons) == 1 else "mixed",
+        "anytime_entropy": float(max(p.entropy for p in predictions)),
+        "anytime_infer_ms": float(max(p.elapsed_ms for p in predictions)),
+        "anytime_batch_size": len(predictions),
+    }
+
+
+def encode_infer_response(
+    model_name: str,
+    request: InferRequest,
+    request_id: str,
+    predictions: Sequence[PredictionLike],
+    parameters: Mapping[str, Any],
+) -> bytes:
+    """The V2 inference response body (UTF-8 JSON) with the outputs ``request`` asked for.
+
+    Raises:
+        ValueError: a prediction holds NaN or infinity (a broken bundle); JSON cannot carry it.
+    """
+    n = len(predictions)
+    columns: dict[str, Any] = {
+        "probabilities": lambda: np.stack([p.probabilities for p in predictions]).astype(np.float32),
+        "label": lambda: [int(p.label) for p in predictions],
+        "label_name": lambda: [str(p.label_name) for p in predictions],
+        "members_used": lambda: [int(p.members_used) for p in predictions],
+        "entropy": lambda: np.asarray([p.entropy for p in predictions], dtype=np.float32),
+        "exit_reason": lambda: [str(p.exit_reason) for p in predictions],
+    }
+    outputs = []
+    for name in request.outputs:
+        data = columns[name]()
+        if isinstance(data, np.ndarray):
+            shape, data = list(data.shape), data.ravel().tolist()
+        else:
+            shape = [n]
+        outputs.append({"name": name, "datatype": _OUTPUTS[name][0], "shape": shape, "data": data})
+    doc = {
+        "model_name": model_name,
+        "model_version": MODEL_VERSION,
+        "id": request_id,
+        "parameters": dict(parameters),
+        "outputs": outputs,
+    }
+    return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,210 @@
+"""The bounded inference pool: a fixed number of worker threads, a bounded FIFO queue, deadline-aware shedding.
+
+Why not just a ThreadPoolExecutor: its queue is unbounded and blind to deadlines, so under overload every
+request waits behind every other and all of them miss their budgets. Here a request waits for one of
+``workers`` slots in a queue of at most ``max_queue``; a fuller queue is refused at once (503). A request with
+a budget leaves the queue (503) as soon as what is left of its budget could no longer pay for even the first
+member, instead of being answered late. When it gets a slot, the runtime is given what is left of the budget
+(minus a reserve for sending the answer), so queueing costs members, not deadlines: that is the anytime
+answer under load.
+
+The queue lives on the event loop thread (no locks); only ``predict`` runs on the worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Deque, Generic, Sequence, TypeVar
+
+import numpy as np
+
+from edge_runtime.server._errors import OverloadedError
+
+__all__ = ["LatencyTracker", "Scheduled", "Scheduler", "most_members"]
+
+T = TypeVar("T")
+
+_WINDOW = 128  # recent requests the latency estimate looks at
+_MIN_SAMPLES = 5  # fewer first-member samples than this and the estimate falls back
+_MIN_BUDGET_MS = 0.01  # what a request with its budget spent is handed: enough for the first member only
+
+
+class LatencyTracker:
+    """A running estimate of how long the first member takes here, for shedding queued requests.
+
+    Two sources, the larger wins: the runtime's own prediction for member 1 (its profile for this device
+    and its observed latencies, when the runtime offers one), and the p90 wall time of recent requests that
+    one member answered, as seen from the scheduler (which adds thread hand-off and the runtime's
+    per-request work). Before either exists, the p90 of the mean time per member of recent requests;
+    before anything is known, 0 (no request is shed for want of an estimate).
+    """
+
+    def __init__(self, runtime_estimate: Callable[[], float] | None = None) -> None:
+        self._runtime_estimate = runtime_estimate
+        self._first: Deque[float] = collections.deque(maxlen=_WINDOW)
+        self._per_member: Deque[float] = collections.deque(maxlen=_WINDOW)
+
+    def record(self, service_ms: float, members_used: int) -> None:
+        """Note one request's wall time in ``predict`` and the most members any of its samples used."""
+        if members_used <= 0:
+            return
+        if members_used == 1:
+            self._first.append(service_ms)
+        self._per_member.append(service_ms / members_used)
+
+    def first_member_ms(self) -> float:
+        """Estimate (ms) of one evaluation of the first member, 0 while nothing is known."""
+        known = float(np.percentile(self._first, 90)) if len(self._first) >= _MIN_SAMPLES else 0.0
+        if self._runtime_estimate is not None:
+            known = max(known, self._runtime_estimate())
+        if known > 0:
+            return known
+        return float(np.percentile(self._per_member, 90)) if self._per_member else 0.0
+
+
+@dataclass(frozen=True)
+class Scheduled(Generic[T]):
+    """What a call returned, and where its time went."""
+
+    result: T
+    queue_ms: float  # waiting for a worker
+    service_ms: float  # running on the worker (includes thread hand-off)
+    budget_ms: float | None  # the budget handed to the call (what was left of the request's), or None
+
+
+class Scheduler:
+    """Runs blocking calls on ``workers`` threads with a bounded, deadline-aware FIFO queue.
+
+    Args:
+        workers: worker threads; at most this many calls run at once.
+        max_queue: calls allowed to wait for a worker; one more is refused with :class:`OverloadedError`.
+        reserve_ms: taken off every budget for what happens after the call (encoding, sending).
+        tracker: the first-member latency estimate used to shed hopeless queued requests.
+    """
+
+    def __init__(self, workers: int, max_queue: int, reserve_ms: float, tracker: LatencyTracker | None = None) -> None:
+        self.workers = workers
+        self.max_queue = max_queue
+        self.reserve_ms = reserve_ms
+        self.tracker = tracker or LatencyTracker()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="anytime-infer")
+        self._free = workers
+        self._waiters: Deque[asyncio.Future[None]] = collections.deque()
+        self.shed = 0  # requests refused so far (queue full or budget spent waiting)
+        self.completed = 0  # calls that ran to completion (or raised) on a worker
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker now."""
+        return sum(1 for w in self._waiters if not w.done())
+
+    @property
+    def running(self) -> int:
+        """Calls on a worker now."""
+        return self.workers - self._free
+
+    async def run(
+        self, call: Callable[[float | None], T], arrival: float, budget_ms: float | None, members_used: Callable[[T], int]
+    ) -> Scheduled[T]:
+        """Queue ``call`` for a worker and run it with what is left of the budget.
+
+        Args:
+            call: the blocking work; it receives the budget left in milliseconds (None = no budget).
+            arrival: ``time.perf_counter()`` when the request arrived; the budget counts from it.
+            budget_ms: the request's budget, or None.
+            members_used: reads the most members used from the result, for the latency estimate.
+
+        Raises:
+            OverloadedError: the queue is full, or the budget ran out while waiting.
+        """
+        deadline = None if budget_ms is None else arrival + budget_ms / 1e3
+        enqueued = time.perf_counter()
+        waited = await self._acquire(deadline)
+        try:
+            started = time.perf_counter()
+            left_ms: float | None = None
+            if deadline is not None:
+                left_ms = (deadline - started) * 1e3 - self.reserve_ms
+                # A request that had to wait is shed if the first member no longer fits; one that got a
+                # worker at once always runs (the runtime keeps to its budget as well as one member allows).
+                if waited and left_ms < self.tracker.first_member_ms():
+                    self.shed += 1
+                    raise OverloadedError(
+                        f"overloaded: waited {(started - enqueued) * 1e3:.1f} ms for a worker, too little of the "
+                        f"{budget_ms:g} ms budget is left for one member; retry, or raise anytime_budget_ms"
+                    )
+                # The runtime wants a positive budget; with none left it answers with the first member only.
+                left_ms = max(left_ms, _MIN_BUDGET_MS)
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, call, left_ms)
+            finished = time.perf_counter()
+            self.completed += 1
+            service_ms = (finished - started) * 1e3
+            self.tracker.record(service_ms, members_used(result))
+            return Scheduled(result, (started - enqueued) * 1e3, service_ms, left_ms)
+        finally:
+            self._release()
+
+    async def _acquire(self, deadline: float | None) -> bool:
+        """Take a worker slot, waiting in line if none is free; returns whether it had to wait."""
+        if self._free > 0:  # free slots exist only while nobody waits: _release hands slots over
+            self._free -= 1
+            return False
+        if self.queued >= self.max_queue:
+            self.shed += 1
+            raise OverloadedError(
+                f"overloaded: {self.queued} requests already wait for {self.workers} worker(s); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = None
+        if deadline is not None:
+            # Leave the queue the moment the budget left could no longer pay for the first member.
+            give_up = deadline - (self.reserve_ms + self.tracker.first_member_ms()) / 1e3
+            timer = loop.call_later(max(0.0, give_up - time.perf_counter()), self._expire, waiter)
+        try:
+            await waiter
+            return True
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release()  # the slot was handed over just as this request was cancelled
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._drop_done()
+
+    def _expire(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            self.shed += 1
+            waiter.set_exception(
+                OverloadedError(
+                    "overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms"
+                )
+            )
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # hand the slot straight to the next request in line
+                return
+        self._free += 1
+
+    def _drop_done(self) -> None:
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()
+
+    def close(self) -> None:
+        """Wait for running calls to finish, then stop the worker threads."""
+        self._executor.shutdown(wait=True)
+
+
+def most_members(predictions: Sequence[object]) -> int:
+    """The largest ``members_used`` among a request's predictions (0 for none)."""
+    return max((int(getattr(p, "members_used", 0)) for p in predictions), default=0)

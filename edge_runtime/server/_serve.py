@@ -1,0 +1,82 @@
+"""Run the V2 application under uvicorn: bind (loopback by default), serve, and stop gracefully on SIGTERM.
+
+On SIGTERM or Ctrl-C uvicorn stops accepting connections, lets in-flight requests finish (up to
+``ServerConfig.shutdown_timeout_s``), then the app stops its worker threads. Afterwards uvicorn re-raises
+the signal it caught; for SIGTERM a handler installed here takes it, so a graceful stop returns normally
+(exit status 0) instead of dying by the signal. Ctrl-C still ends in KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from typing import Callable
+
+import uvicorn
+
+from edge_runtime.server._app import PathLike, RuntimeLike, create_app
+from edge_runtime.server._config import ServerConfig
+from edge_runtime.server._errors import ServerConfigError
+
+__all__ = ["serve"]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServerConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    runtime: RuntimeLike | PathLike,
+    config: ServerConfig | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``runtime`` until SIGTERM or Ctrl-C, then finish in-flight requests and return.
+
+    Args:
+        runtime: a loaded runtime, or a bundle path (see :func:`create_app`).
+        config: server settings; ``port=0`` picks a free port.
+        announce: called once with the base URL when the socket is bound (the CLI prints it).
+
+    Raises:
+        ServerConfigError: the address cannot be bound.
+        KeyboardInterrupt: after a graceful stop caused by Ctrl-C (SIGINT).
+    """
+    config = config or ServerConfig()
+    app = create_app(runtime, config)
+    sock = _bind(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    uv_config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        limit_concurrency=config.max_connections,
+        timeout_graceful_shutdown=max(1, round(config.shutdown_timeout_s)),
+        server_header=False,
+    )
+    server = uvicorn.Server(uv_config)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    if announce is not None:
+        announce(url)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if on_main else None
+    if on_main:
+        # uvicorn re-raises the SIGTERM it handled once shutdown is done; this handler takes it (and a
+        # SIGTERM that arrives before uvicorn installs its own still stops the server).
+        signal.signal(signal.SIGTERM, server.handle_exit)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
