@@ -149,8 +149,16 @@ def _torch_chain(heads: Sequence[MemberHead], connections: Sequence[tuple[int, .
     for k, head in enumerate(heads):
         device = _device_of(head)
         extra = ([outs[-1]["logits"]] if k else []) + [outs[j]["features"] for j in connections[k]]
-        with torch.no_grad():
-            values = head(x.to(device), *(e.to(device) for e in extra))
+        try:
+            with torch.no_grad():
+                values = head(x.to(device), *(e.to(device) for e in extra))
+        except ExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the member's forward raises
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ConversionError(
+                f"member {k + 1} fails in torch on held-out inputs: {first}; check its input shape and connections"
+            ) from exc
         outs.append({name: v.detach().float().cpu() for name, v in zip(output_names(head), values)})
     return outs
 
@@ -224,7 +232,8 @@ def export_ensemble(
 
     consumed = {j for s in sources for j in s}
     heads = [
-        MemberHead(m, position=k + 1, combine=combine, num_connections=len(sources[k]), emit_features=k in consumed)
+        MemberHead(m, position=k + 1, combine=combine, num_connections=len(sources[k]),
+                   emit_features=k in consumed, num_classes=task.num_classes)
         for k, m in enumerate(members)
     ]
     training = [[(mod, mod.training) for mod in m.modules()] for m in members]
@@ -259,11 +268,6 @@ def _export_and_gate(
 ) -> ExportResult:
     # Export: the examples are the first two held-out rows and the torch chain's outputs on them.
     example = _torch_chain(heads, sources, x[:2])
-    for k, out in enumerate(example):
-        if out["logits"].shape[1] != task.num_classes:
-            raise ConversionError(
-                f"member '{names[k]}' outputs {out['logits'].shape[1]} classes; the task has {task.num_classes} labels"
-            )
     blobs: list[bytes] = []
     seconds: list[float] = []
     graph_inputs: list[list[str]] = []

@@ -85,6 +85,7 @@ class MemberHead(nn.Module):
         combine: str = "sum",
         num_connections: int = 0,
         emit_features: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         """Wrap ``member``.
 
@@ -94,6 +95,7 @@ class MemberHead(nn.Module):
             combine: "sum" or "mean" of member logits.
             num_connections: how many earlier members' features ``forward`` passes on to ``member``.
             emit_features: also return ``features`` (a later member connects to this one).
+            num_classes: when given, the member's logits must have this many columns.
 
         Raises:
             ConversionError: a bad position or combine rule.
@@ -110,6 +112,7 @@ class MemberHead(nn.Module):
         self.combine = combine
         self.num_connections = num_connections
         self.emit_features = emit_features
+        self.num_classes = num_classes
 
     @property
     def takes_prev_logits(self) -> bool:
@@ -124,6 +127,10 @@ class MemberHead(nn.Module):
         own, features = split_member_output(
             self.member(x, *connections), need_features=self.emit_features, position=self.position
         )
+        if self.num_classes is not None and own.shape[1] != self.num_classes:
+            raise ConversionError(
+                f"member {self.position} outputs {own.shape[1]} classes; the task has {self.num_classes} labels"
+            )
         if prev_logits is None:
             logits = own
         elif self.combine == "sum":

@@ -151,7 +151,8 @@ def check_parity(
         if np.any(bad):
             raise VerificationError(
                 f"member '{name}' output '{output}' differs from torch by up to {diffs[output]:.3g} on "
-                f"{int(bad.sum())} values (atol {tolerance.atol:g}, rtol {rtol:g}); the export changed the model"
+                f"{int(bad.sum())} values (atol {tolerance.atol:g}, rtol {rtol:g}); the export changed the model, "
+                "or forward is not deterministic in eval mode"
             )
     return diffs
 
