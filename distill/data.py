@@ -62,6 +62,12 @@ class Dataset:
         """Undo the preprocessing: what a client would send for model input ``x``."""
         return ((x - self.preprocess.offset) / self.preprocess.scale).astype(np.float32)
 
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, input_shape={self.input_shape}, classes={self.num_classes}, "
+            f"train={len(self.x_train)}, val={len(self.x_val)}, test={len(self.x_test)})"
+        )
+
     def fingerprint(self) -> str:
         """A short id of the data, for caching trained teachers."""
         h = hashlib.sha256(self.name.encode())
