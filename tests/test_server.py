@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 with warnings.catch_warnings():  # starlette 1.x flags httpx (its TestClient's transport) as deprecated
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
 from edge_runtime.bundle import Calibration, Manifest, MemberSpec, TaskSpec, TensorSpec

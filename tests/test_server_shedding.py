@@ -1,0 +1,165 @@
+"""Load shedding and the bounded worker pool: 503 instead of answers past the budget, queue bounds.
+
+Concurrent requests go through httpx's ASGI transport on one event loop, against the fake runtime of
+test_server.py made slow. Assertions are about outcomes (who ran, who was shed, what budget reached the
+runtime), never about how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from edge_runtime.server import ServerConfig, create_app
+from edge_runtime.server._scheduler import LatencyTracker
+from test_server import INFER, FakeRuntime, infer_body
+
+
+class FixedEstimator:
+    """Stands in for the runtime's LatencyEstimator: member 1 is predicted to take ``first_ms``."""
+
+    def __init__(self, first_ms: float) -> None:
+        self.first_ms = first_ms
+
+    def estimates(self) -> tuple[float, ...]:
+        return (self.first_ms, 1.0, 1.0)
+
+
+class UnstoppableRuntime(FakeRuntime):
+    """A fake whose first member takes ``seconds`` whatever the budget (it cannot be cut short)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def predict(self, x: Any, budget_ms: Any = None, entropy_threshold: Any = None) -> Any:
+        time.sleep(self.seconds)
+        return super().predict(x, budget_ms, entropy_threshold)
+
+
+def body(budget_ms: float | None = None) -> dict[str, Any]:
+    return infer_body(parameters={} if budget_ms is None else {"anytime_budget_ms": budget_ms})
+
+
+async def _send(client: httpx.AsyncClient, payload: dict[str, Any], after_s: float = 0.0) -> httpx.Response:
+    await asyncio.sleep(after_s)  # order the arrivals
+    return await client.post(INFER, json=payload)
+
+
+def run_concurrently(app: Any, payloads: list[tuple[dict[str, Any], float]]) -> list[httpx.Response]:
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return list(await asyncio.gather(*(_send(client, p, after) for p, after in payloads)))
+
+    return asyncio.run(main())
+
+
+def test_full_queue_is_shed_with_503_and_retry_after() -> None:
+    fake = FakeRuntime(delay_s=0.3)
+    app = create_app(fake, ServerConfig(workers=1, max_queue=1))
+    first, second, third = run_concurrently(app, [(body(), 0.0), (body(), 0.05), (body(), 0.1)])
+    assert first.status_code == 200 and second.status_code == 200
+    assert third.status_code == 503
+    assert "wait for 1 worker" in third.json()["error"]
+    assert int(third.headers["retry-after"]) >= 1
+    assert len(fake.calls) == 2  # the shed request never reached the runtime
+
+
+def test_zero_queue_sheds_whatever_finds_every_worker_busy() -> None:
+    fake = FakeRuntime(delay_s=0.2)
+    app = create_app(fake, ServerConfig(workers=2, max_queue=0))
+    statuses = sorted(r.status_code for r in run_concurrently(app, [(body(), 0.0), (body(), 0.0), (body(), 0.05)]))
+    assert statuses == [200, 200, 503]
+
+
+def test_queued_request_is_shed_when_its_budget_runs_out_instead_of_answered_late() -> None:
+    fake = UnstoppableRuntime(0.4)
+    app = create_app(fake, ServerConfig(workers=1, max_queue=8))
+    running, late = run_concurrently(app, [(body(), 0.0), (body(budget_ms=100), 0.05)])
+    assert running.status_code == 200
+    assert late.status_code == 503
+    assert "budget ran out" in late.json()["error"]
+    assert len(fake.calls) == 1  # shed while waiting: it never ran
+
+
+def test_queued_request_leaves_when_the_first_member_no_longer_fits() -> None:
+    # The runtime predicts 80 ms for member 1, so a 100 ms budget stops being worth a worker 80 ms early;
+    # the queued request is shed at ~20 ms, long before the running one ends.
+    fake = UnstoppableRuntime(0.3)
+    fake.latency_estimator = FixedEstimator(80.0)
+    app = create_app(fake, ServerConfig(workers=1, max_queue=8))
+    running, late = run_concurrently(app, [(body(), 0.0), (body(budget_ms=100), 0.05)])
+    assert (running.status_code, late.status_code) == (200, 503)
+    assert len(fake.calls) == 1
+
+
+def test_waiting_is_paid_from_the_budget() -> None:
+    fake = UnstoppableRuntime(0.1)
+    app = create_app(fake, ServerConfig(workers=1, max_queue=8, reserve_ms=0.5))
+    first, second = run_concurrently(app, [(body(), 0.0), (body(budget_ms=2000), 0.02)])
+    assert first.status_code == 200 and second.status_code == 200
+    # the second waited for the first's 100 ms sleep (at least 60 ms of it after arriving at 20 ms)
+    assert fake.calls[1]["budget_ms"] < 2000 - 60
+    assert second.json()["parameters"]["anytime_queue_ms"] > 0
+
+
+def test_requests_without_budget_wait_their_turn() -> None:
+    fake = FakeRuntime(delay_s=0.05)
+    app = create_app(fake, ServerConfig(workers=1, max_queue=8))
+    responses = run_concurrently(app, [(body(), 0.0)] * 5)
+    assert [r.status_code for r in responses] == [200] * 5
+    assert app.state.server.scheduler.shed == 0
+
+
+def test_server_keeps_serving_after_shedding() -> None:
+    fake = FakeRuntime(delay_s=0.1)
+    app = create_app(fake, ServerConfig(workers=1, max_queue=0))
+    burst = run_concurrently(app, [(body(), 0.0)] * 4)
+    assert sorted(r.status_code for r in burst) == [200, 503, 503, 503]
+    fake.delay_s = 0.0
+    again = run_concurrently(app, [(body(), 0.0)])
+    assert again[0].status_code == 200
+    assert app.state.server.scheduler.running == 0 and app.state.server.scheduler.queued == 0
+
+
+def test_at_most_workers_calls_run_at_once() -> None:
+    active, peak, lock = [0], [0], threading.Lock()
+
+    class Counting(FakeRuntime):
+        def predict(self, x: Any, budget_ms: Any = None, entropy_threshold: Any = None) -> Any:
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            try:
+                return super().predict(x, budget_ms, entropy_threshold)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+    app = create_app(Counting(delay_s=0.03), ServerConfig(workers=2, max_queue=16))
+    responses = run_concurrently(app, [(body(), 0.0)] * 8)
+    assert all(r.status_code == 200 for r in responses)
+    assert peak[0] == 2
+
+
+@pytest.mark.parametrize(
+    "records, runtime_ms, expected",
+    [
+        ([], None, 0.0),  # nothing known: nobody is shed for want of an estimate
+        ([(10.0, 2), (12.0, 3)], None, pytest.approx(4.9)),  # p90 of the time per member (5, 4)
+        ([(3.0, 1)] * 5, None, 3.0),  # direct first-member samples
+        ([(3.0, 1)] * 5, 7.0, 7.0),  # the runtime's prediction when it is larger
+        ([], 4.0, 4.0),
+    ],
+)
+def test_latency_tracker(records: list[tuple[float, int]], runtime_ms: float | None, expected: Any) -> None:
+    tracker = LatencyTracker(None if runtime_ms is None else (lambda: runtime_ms))
+    for service_ms, used in records:
+        tracker.record(service_ms, used)
+    assert tracker.first_member_ms() == expected
