@@ -434,7 +434,11 @@ class AnytimeRuntime:
         if arr.shape[0] == 0:
             raise InputError("input batch is empty; send at least one sample")
         if arr.dtype != np.float32:
-            arr = arr.astype(np.float32)
+            if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:
+                with np.errstate(over="ignore"):  # out-of-range values become inf, rejected just below
+                    arr = arr.astype(np.float32)
+            else:
+                arr = arr.astype(np.float32)
         if self._preprocess is not None:
             scale, offset = self._preprocess
             arr = arr * scale + offset

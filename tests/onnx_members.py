@@ -27,8 +27,13 @@ def member_graph(
     connect_from_previous: bool = False,
     seed: int = 0,
     scale: float = 1.0,
+    batch_one_only: bool = False,
 ) -> bytes:
-    """ONNX bytes of member ``index`` (0-based); ``scale`` multiplies its logits (larger = more confident)."""
+    """ONNX bytes of member ``index`` (0-based); ``scale`` multiplies its logits (larger = more confident).
+
+    ``batch_one_only`` flattens with a fixed leading 1, so the member works on single samples and raises
+    inside ONNX Runtime on larger batches (a real failing member for error-path tests).
+    """
     rng = np.random.default_rng(seed + index)
     features_in = int(np.prod(input_shape))
     w1 = rng.normal(0, 1 / np.sqrt(features_in), (features_in, hidden)).astype(np.float32)
@@ -36,8 +41,12 @@ def member_graph(
     inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
              numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])]
+    flatten = [helper.make_node("Flatten", ["x"], ["flat"], axis=1)]
+    if batch_one_only:
+        inits.append(numpy_helper.from_array(np.array([1, -1], dtype=np.int64), "one_row"))
+        flatten = [helper.make_node("Reshape", ["x", "one_row"], ["flat"])]
     nodes = [
-        helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+        *flatten,
         helper.make_node("MatMul", ["flat", "w1"], ["h_pre"]),
         helper.make_node("Relu", ["h_pre"], ["features"]),
     ]
@@ -84,10 +93,18 @@ def make_bundle(
     calibration: float | None = None,
     hidden: int = 16,
     scales: Sequence[float] | None = None,
+    preprocess: Preprocess | None = None,
+    batch_one_only: Sequence[int] = (),
 ) -> Path:
-    """Write a bundle of ``num_members`` tiny members to ``out_dir`` and return its path."""
+    """Write a bundle of ``num_members`` tiny members to ``out_dir`` and return its path.
+
+    ``batch_one_only`` lists member indices (0-based) that raise inside ONNX Runtime on batches > 1.
+    """
     scales = scales or [1.0] * num_members
-    blobs = [member_graph(k, input_shape, num_classes, hidden, connections, scale=scales[k]) for k in range(num_members)]
+    blobs = [
+        member_graph(k, input_shape, num_classes, hidden, connections, scale=scales[k], batch_one_only=k in batch_one_only)
+        for k in range(num_members)
+    ]
     members = tuple(
         MemberSpec(
             name=f"member_{k + 1}",
@@ -104,7 +121,7 @@ def make_bundle(
         task=TaskSpec(
             labels=tuple(f"class_{c}" for c in range(num_classes)),
             input=TensorSpec(name="x", shape=(-1, *input_shape)),
-            preprocess=Preprocess(scale=1.0, offset=0.0),
+            preprocess=preprocess or Preprocess(scale=1.0, offset=0.0),
         ),
         members=members,
         calibration=None if calibration is None else Calibration(calibration, "test", 1.0, 1.0),
