@@ -122,8 +122,9 @@ def task_batches(
     count: int,
     data: np.ndarray | None,
     rng: np.random.Generator,
+    preprocess: bool = True,
 ) -> list[np.ndarray]:
-    """``count`` input batches of ``batch`` rows for a bundle's task, preprocessed as the runtime does.
+    """``count`` input batches of ``batch`` rows for a bundle's task.
 
     Args:
         manifest: the bundle's manifest (input shape, preprocess).
@@ -131,6 +132,8 @@ def task_batches(
         count: how many distinct batches (they are cycled through while timing).
         data: raw inputs as a client would send them (rows of the task's shape), or None for random.
         rng: random source for random inputs and for picking rows.
+        preprocess: apply the bundle's preprocess to ``data`` (as the runtime does before member 1);
+            False for inputs handed to the runtime itself.
 
     Raises:
         MeasurementError: ``data`` does not have the task's shape or holds NaN/inf.
@@ -148,7 +151,7 @@ def task_batches(
     if not np.isfinite(x).all():
         raise MeasurementError("data x holds NaN or inf; clean the data file")
     pre = manifest.task.preprocess
-    if not pre.is_identity:  # members take preprocessed input, as the runtime feeds them
+    if preprocess and not pre.is_identity:  # members take preprocessed input, as the runtime feeds them
         x = (x * np.float32(pre.scale) + np.float32(pre.offset)).astype(np.float32)
     rows = rng.permutation(len(x))
     out = []

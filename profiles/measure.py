@@ -9,11 +9,20 @@ Method (after onnxruntime_perf_test and MLPerf's single-stream scenario):
 3. Warm-up passes, untimed.
 4. Timed single-stream passes, at batch 1 and at a chosen batch: the next query starts when the previous
    one has completed, until both ``min_queries`` and ``min_seconds`` are reached. A pass evaluates the
-   members in manifest order exactly as the runtime does, and each member is timed on its own (its feed
-   plus its run: the interval the runtime observes for it, see ``_Chain``). So member k is timed with the real inputs produced by the members before it (``prev_logits`` and any
+   members in manifest order exactly as the runtime does, and each member is timed on its own: from the
+   moment member k-1's outputs are back to the moment member k's are (its feed plus its run). So member
+   k is timed with the real inputs produced by the members before it (``prev_logits`` and any
    connections) right after they ran: its latency is its cost *given its predecessors*, which is what
    the runtime's latency-budget policy must predict. The cumulative time of members 1..k in the same
    pass gives each prefix's latency distribution (percentiles of the sum, not sums of percentiles).
+
+   For a bundle at batch 1 the passes *are* runtime requests: an
+   :class:`~edge_runtime.ensemble.AnytimeRuntime` built on the measured sessions serves every query with
+   all members run, and the per-member latencies it records for its own budget policy are read back
+   after each request. The profile therefore holds exactly the quantity the runtime will observe,
+   including the request handling around member 1, rather than a re-creation of it. At a larger batch
+   (the runtime records per-member time only for single samples) and for plain ONNX files, the passes
+   call the members the way the runtime does (``_Chain``).
 
 RSS is sampled every few passes, outside the timed intervals.
 Inputs cycle through a pool of distinct batches (random normal, or rows of ``--data``).
@@ -31,8 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edge_runtime.bundle import REQUIRED_OUTPUTS, Bundle, Manifest, connection_inputs, load_bundle
-# The runtime's own call path: the profile must time what the runtime will pay per member.
-from edge_runtime.ensemble import _bound_run
+# The runtime itself, and its own call path: the profile must time what the runtime will pay per member.
+from edge_runtime.ensemble import AnytimeRuntime, _bound_run
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.session import SessionConfig, create_session
 from profiles.device import LoadMeter, describe_device, describe_settings
@@ -85,7 +94,7 @@ class MeasureConfig:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "mode": "single-stream; members chained as the runtime runs them; each member timed (feed + run)",
+            "mode": "single-stream; members chained as the runtime runs them (batch 1 of a bundle: runtime requests); each member timed (feed + run)",
             "min_queries": self.min_queries,
             "min_seconds": self.min_seconds,
             "warmup_queries": self.warmup_queries,
@@ -186,6 +195,26 @@ def _timed_passes(chain: _Chain, pool: Sequence[Mapping[str, np.ndarray]], confi
     return rows[:q]
 
 
+def _served_passes(runtime: Any, rows: Sequence[np.ndarray], config: MeasureConfig, tracker: PeakTracker) -> np.ndarray:
+    """Single-sample runtime requests, every member run; the runtime's own per-member times (ms)."""
+    observed = runtime.latency_estimator.observed  # one deque per member; predict() appends to each
+    for i in range(config.warmup_queries):
+        runtime.predict(rows[i % len(rows)])
+    k = len(observed)
+    out = np.empty((max(config.min_queries, 1024), k))
+    q = 0
+    start = time.perf_counter()
+    while q < config.min_queries or time.perf_counter() - start < config.min_seconds:
+        if q == len(out):
+            out = np.concatenate([out, np.empty_like(out)])
+        runtime.predict(rows[q % len(rows)])
+        out[q] = [window[-1] for window in observed]
+        q += 1
+        if q % _SAMPLE_EVERY == 0:
+            tracker.sample()
+    return out[:q]
+
+
 def _measure(
     name: str,
     blobs: Sequence[bytes],
@@ -193,6 +222,7 @@ def _measure(
     make_chain: Callable[[list[Any]], _Chain],
     make_pool: Callable[[list[Any], int], list[dict[str, np.ndarray]]],
     config: MeasureConfig,
+    make_server: Callable[[list[Any]], tuple[Any, list[np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
     """Load, first inference, timed passes per batch size; the profile (see profiles.store)."""
     meter = LoadMeter().start()
@@ -216,7 +246,13 @@ def _measure(
     first = np.empty(len(sessions))
     try:
         chain.run(pools[1][0], first)
-        timings = {b: _timed_passes(chain, pools[b], config, run_tracker) for b in config.batch_sizes}
+        timings = {}
+        for b in config.batch_sizes:
+            if b == 1 and make_server is not None:
+                runtime, rows = make_server(sessions)
+                timings[b] = _served_passes(runtime, rows, config, run_tracker)
+            else:
+                timings[b] = _timed_passes(chain, pools[b], config, run_tracker)
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a failing run
         raise MeasurementError(f"'{name}' failed while running: {str(exc).strip().splitlines()[0]}") from exc
     run_memory = run_tracker.result()
@@ -315,8 +351,14 @@ def profile_bundle(
         xs = task_batches(manifest, batch, config.pool, data, rng)
         return [{manifest.task.input.name: x} for x in xs]
 
+    def make_server(sessions: list[Any]) -> tuple[Any, list[np.ndarray]]:
+        runtime = AnytimeRuntime(loaded, config.session, entropy_threshold="off", warmup=0, sessions=sessions)
+        rows = task_batches(manifest, 1, config.pool, data, rng, preprocess=False)  # the runtime preprocesses
+        return runtime, rows
+
     profile = _measure(
-        manifest.name, loaded.member_bytes, [m.name for m in manifest.members], make_chain, make_pool, config
+        manifest.name, loaded.member_bytes, [m.name for m in manifest.members], make_chain, make_pool, config,
+        make_server,
     )
     profile["measurement"]["inputs"] = _inputs_label(data, data_label)
     for k, (row, member) in enumerate(zip(profile["members"], manifest.members)):

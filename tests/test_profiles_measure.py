@@ -9,10 +9,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import edge_runtime
 from edge_runtime.bundle import load_bundle
 from edge_runtime.session import SessionConfig, create_session
 from profiles import MeasureConfig, MeasurementError, QUANTILES, latency_stats, profile_bundle, profile_onnx
-from profiles.measure import _bundle_feeder
+from profiles.measure import _bundle_feeder, _served_passes
+from profiles.memory import PeakTracker
 
 FAST = MeasureConfig(min_queries=20, min_seconds=0.0, warmup_queries=2, batch=4, pool=4)
 
@@ -138,3 +140,16 @@ def test_latency_stats_are_percentiles() -> None:
     assert (stats["min"], stats["p50"], stats["p90"], stats["max"], stats["queries"]) == (1.0, 51.0, 91.0, 101.0, 101)
     with pytest.raises(MeasurementError):
         latency_stats([])
+
+
+def test_batch_one_latencies_are_what_the_runtime_records(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    sessions = [create_session(blob, SessionConfig()) for blob in bundle.member_bytes]
+    runtime = edge_runtime.AnytimeRuntime(bundle, entropy_threshold="off", warmup=0, sessions=sessions)
+    rows = [np.full((1, 1, 4, 4), v, np.float32) for v in (0.5, -1.0)]
+    tracker = PeakTracker().start()
+    times = _served_passes(runtime, rows, MeasureConfig(min_queries=5, min_seconds=0.0, warmup_queries=1), tracker)
+    assert times.shape == (5, 3)
+    recorded = runtime.latency_observations()  # the warm-up request, then the five timed ones
+    assert all(len(window) == 6 for window in recorded)
+    np.testing.assert_array_equal(times, np.stack([window[1:] for window in recorded], axis=1))
