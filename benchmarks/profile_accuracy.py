@@ -53,11 +53,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BUSY_LOOP = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 
 
-def _dev_bundle(tmp: Path) -> tuple[Path, np.ndarray]:
+def _dev_bundle(tmp: Path, hidden: int) -> tuple[Path, np.ndarray]:
     sys.path.insert(0, str(ROOT / "tests"))
     from onnx_members import make_bundle  # needs onnx: a development helper, not the runtime
 
-    bundle = make_bundle(tmp / "dev", num_members=4, input_shape=(1, 16, 16), num_classes=10, hidden=256)
+    bundle = make_bundle(tmp / "dev", num_members=4, input_shape=(1, 16, 16), num_classes=10, hidden=hidden)
     x = np.random.default_rng(0).normal(size=(512, 1, 16, 16)).astype(np.float32)
     return bundle, x
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     q, secs = args.min_queries, args.min_seconds
     try:
         if args.dev:
-            source, x = _dev_bundle(tmp)
+            source, x = _dev_bundle(tmp, args.dev_hidden)
             data_label = "random normal (dev bundle)"
         else:
             if not args.bundle.exists() or not args.data.exists():
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prediction = _errors(a50, o50)
     return {
         "device": {**device_info(), "fingerprint": fingerprint()},
-        "bundle": "dev (generated)" if args.dev else str(args.bundle),
+        "bundle": f"dev (generated, 16x16 inputs, hidden {args.dev_hidden})" if args.dev else str(args.bundle),
         "members": names,
         "settings": {"rounds": args.rounds, "min_queries": q, "min_seconds": secs, "budget_ms": budget,
                      "budget_rule": "given" if args.budget_ms else f"sum of member p99 of members 1..{half} (first profile)",
@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=ROOT / "runs/demo/bundle")
     parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/test.npz", help=".npz with inputs 'x'")
     parser.add_argument("--dev", action="store_true", help="use a generated 4-member bundle instead (needs onnx)")
+    parser.add_argument("--dev-hidden", type=int, default=512, help="hidden width of the --dev members")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved profile/serve/profile rounds")
     parser.add_argument("--min-queries", type=int, default=1024, help="queries per profile and per serving phase")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="seconds per profile and per serving phase")
