@@ -1,0 +1,282 @@
+"""B-DISTIL: distil a teacher into a progressive (anytime) ensemble by boosting against its logits.
+
+Dennis, Shetty, Sevekari, Koishida, Smith, "Progressive Ensemble Distillation: Building Ensembles for
+Efficient Inference", NeurIPS 2023 (arXiv:2302.10093; no public code). PAPERS.md §1 marks the round's
+formulas UNVERIFIED; :mod:`distill.progressive_rounds` states the exact ones implemented.
+
+Round ``t`` (members ``1..t-1`` frozen):
+
+1. residual ``r = g - F_{t-1}`` on the training data, its temperature ``tau`` and the weights
+   ``K+, K-`` (:func:`~distill.progressive_rounds.boosting_weights`);
+2. for each rung of the escalation ladder — every candidate student in increasing cost, first with
+   the configured connections (default: the features of member ``t-1``), then with the features of
+   *every* earlier member (a connection costs one small Linear, much less than a wider student) —
+   train a fresh :class:`~distill.progressive_members.BoostedMember` on the log-barrier objective and
+   compute the weak-learning edge on the validation split; accept the first with
+   ``edge >= gamma`` and a positive line-search step;
+3. set the member's scale to the step ``eta_t`` so it outputs ``eta_t tanh(h)``, and
+   ``F_t = F_{t-1} + eta_t tanh(h_t)`` (exported with ``combine="sum"``).
+
+If no rung passes, boosting stops with the members found so far (the report says why).
+
+Refinement, off by default and labelled ``refined`` in the report when used: ``refine_epochs > 0``
+fine-tunes each accepted member's scaled output to the residual by least squares (logit regression)
+before the next round. It is not part of the paper's round; benchmarks report both variants.
+
+The RESCHED and NO-RESCHED baselines live in :mod:`distill.progressive_baselines`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.data import Dataset
+from distill.errors import TrainingError
+from distill.losses import LogitRegression
+from distill.models import build_model
+from distill.progressive_baselines import BaselineConfig, no_resched_students, resched_ensemble
+from distill.progressive_members import (
+    BoostedMember,
+    Candidate,
+    Ensemble,
+    EnsembleReport,
+    MemberReport,
+    chain_outputs,
+    combined_logits,
+    count_macs,
+    default_candidates,
+    prefix_accuracies,
+)
+from distill.progressive_rounds import (
+    BarrierLoss,
+    boosting_weights,
+    line_search_step,
+    pack_weights,
+    residual_temperature,
+    weak_learning_edge,
+)
+from distill.train import FitConfig, fit, predict_logits
+
+__all__ = [
+    "BaselineConfig",
+    "BoostedMember",
+    "CONNECT_RULES",
+    "Candidate",
+    "Ensemble",
+    "EnsembleReport",
+    "MemberReport",
+    "ProgressiveConfig",
+    "chain_outputs",
+    "combined_logits",
+    "count_macs",
+    "default_candidates",
+    "limit_training",
+    "no_resched_students",
+    "prefix_accuracies",
+    "progressive_ensemble",
+    "resched_ensemble",
+]
+
+CONNECT_RULES = ("none", "previous", "all")
+
+
+@dataclass(frozen=True)
+class ProgressiveConfig:
+    """How B-DISTIL builds an ensemble."""
+
+    members: int = 4  # K: members to build (fewer if no candidate passes the check)
+    candidates: tuple[Candidate, ...] = ()  # escalation ladder, cheapest first; () = default_candidates(data)
+    connect: str = "previous"  # first-try connections of member t: "none", "previous" (t-1) or "all"
+    gamma: float = 0.05  # weak-learning margin: accept a member when its validation edge >= gamma
+    temperature: float = 0.0  # residual temperature tau; 0 = the residual's RMS, recomputed every round
+    epochs: int = 3  # training epochs per attempt
+    lr: float = 3e-3  # peak Adam learning rate (cosine to 0)
+    batch_size: int = 128
+    refine_epochs: int = 0  # > 0: the labelled least-squares refinement of each member (not in the paper)
+    seed: int = 0
+    progress: bool = True  # progress bars on stderr
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "candidates", tuple(self.candidates))
+        if self.members < 1:
+            raise TrainingError("an ensemble needs --members >= 1")
+        if self.connect not in CONNECT_RULES:
+            raise TrainingError(f"connect '{self.connect}' is unknown; use one of {list(CONNECT_RULES)}")
+        if not 0.0 <= self.gamma < 2.0:
+            raise TrainingError(f"gamma must be in [0, 2) (the edge of |f| < 1 lies in (-2, 2)), not {self.gamma}")
+        if self.temperature < 0 or self.epochs < 1 or self.refine_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise TrainingError("temperature must be >= 0, epochs >= 1, refine_epochs >= 0, batch_size >= 1 and lr > 0")
+        if not all(isinstance(c, Candidate) for c in self.candidates):
+            raise TrainingError("candidates must be Candidate instances")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["candidates"] = [c.to_dict() for c in self.candidates]
+        return d
+
+
+def limit_training(dataset: Dataset, rows: int | None) -> Dataset:
+    """``dataset`` with only the first ``rows`` training samples (a random subset: the split is shuffled).
+
+    Trim *after* the teacher is resolved: the teacher cache is keyed by the full data's fingerprint.
+    """
+    if rows is None or rows >= len(dataset.x_train):
+        return dataset
+    if rows < 1:
+        raise TrainingError(f"--limit-train must be >= 1, not {rows}")
+    return replace(dataset, x_train=dataset.x_train[:rows], y_train=dataset.y_train[:rows])
+
+
+class _IndexedMember(nn.Module):
+    """Feeds a member by row index so :func:`distill.train.fit` can train it on cached connections.
+
+    ``fit`` passes a batch of its ``x``; here ``x`` is ``arange(N)``, and the member gets the real inputs
+    and the earlier members' (frozen, precomputed) features of those rows.
+    """
+
+    def __init__(self, member: BoostedMember, x: torch.Tensor, connections: Sequence[torch.Tensor], *, scaled: bool) -> None:
+        super().__init__()
+        self.member = member
+        self.inputs = x  # plain tensors, not parameters: nothing here is trained but the member
+        self.connections = list(connections)
+        self.scaled = scaled  # True: train eta * tanh(h) (refinement); False: h for the barrier
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        args = (self.inputs[idx], *[c[idx] for c in self.connections])
+        return self.member(*args) if self.scaled else self.member.raw(*args)
+
+
+@torch.no_grad()
+def _raw_outputs(member: BoostedMember, x: np.ndarray, connections: Sequence[np.ndarray], batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(h, features)`` of ``member`` on ``x`` with cached connection features (float32 numpy)."""
+    member.eval()
+    hs, fs = [], []
+    for s in range(0, len(x), batch_size):
+        h, f = member.raw(torch.from_numpy(x[s : s + batch_size]), *[torch.from_numpy(c[s : s + batch_size]) for c in connections])
+        hs.append(h.numpy())
+        fs.append(f.numpy())
+    return np.concatenate(hs), np.concatenate(fs)
+
+
+def _ladder(t: int, candidates: Sequence[Candidate], connect: str) -> Iterator[tuple[Candidate, tuple[int, ...]]]:
+    """The escalation order of round ``t`` (0-based): per candidate, base connections, then all earlier."""
+    every = tuple(range(t))
+    base = {"none": (), "previous": every[-1:], "all": every}[connect]
+    for candidate in candidates:
+        yield candidate, base
+        if base != every:
+            yield candidate, every
+
+
+def _fit(model: nn.Module, n: int, targets: np.ndarray, loss: Any, cfg: ProgressiveConfig, *, epochs: int, seed: int, desc: str) -> None:
+    index = np.arange(n, dtype=np.int64)
+    fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, progress=cfg.progress, desc=desc)
+    fit(model, index, index, loss, fit_cfg, teacher_logits=targets)
+
+
+def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveConfig | None = None) -> Ensemble:
+    """Build a B-DISTIL ensemble of ``teacher`` on ``dataset``'s training split.
+
+    Args:
+        teacher: the frozen teacher (``forward(x) -> (logits, features)``).
+        dataset: training data for the rounds; the validation split scores the weak-learning check.
+        cfg: rounds, candidates, connections, margin, schedule; None = defaults.
+
+    Returns:
+        ``Ensemble(members, connections, report)``: members output ``eta_t tanh(h_t)`` and combine by
+        sum; ``connections[t]`` lists the earlier members whose features member ``t`` takes.
+
+    Raises:
+        TrainingError: not even the first member passes the weak-learning check.
+    """
+    cfg = cfg or ProgressiveConfig()
+    candidates = cfg.candidates or default_candidates(dataset)
+    x_train, x_val = dataset.x_train, dataset.x_val
+    g_train, g_val = predict_logits(teacher, x_train).astype(np.float64), predict_logits(teacher, x_val).astype(np.float64)
+    teacher_val_pred = g_val.argmax(1)
+    x_tensor = torch.from_numpy(np.ascontiguousarray(x_train))
+    f_train, f_val = np.zeros_like(g_train), np.zeros_like(g_val)
+    feats_train: list[np.ndarray] = []
+    feats_val: list[np.ndarray] = []
+    members: list[nn.Module] = []
+    sources: list[tuple[int, ...]] = []
+    reports: list[MemberReport] = []
+    stopped = ""
+    for t in range(cfg.members):
+        r_train, r_val = g_train - f_train, g_val - f_val
+        tau = cfg.temperature or residual_temperature(r_train)
+        packed = pack_weights(*boosting_weights(r_train, tau))
+        val_plus, val_minus = boosting_weights(r_val, tau)
+        attempts: list[dict[str, Any]] = []
+        accepted: tuple[BoostedMember, tuple[int, ...], Candidate, float] | None = None
+        started = time.perf_counter()
+        for attempt, (candidate, conns) in enumerate(_ladder(t, candidates, cfg.connect)):
+            torch.manual_seed(cfg.seed * 7919 + 100 * t + attempt)
+            dims = [feats_train[j].shape[1] for j in conns]
+            member = BoostedMember(build_model(candidate.model_config(dataset, dims)))
+            trainable = _IndexedMember(member, x_tensor, [torch.from_numpy(feats_train[j]) for j in conns], scaled=False)
+            _fit(trainable, len(x_train), packed, BarrierLoss(), cfg, epochs=cfg.epochs, seed=cfg.seed + t,
+                 desc=f"bdistil member {t + 1} ({candidate.describe()})")
+            h_val, _ = _raw_outputs(member, x_val, [feats_val[j] for j in conns])
+            edge = weak_learning_edge(val_plus, val_minus, np.tanh(h_val.astype(np.float64)))
+            step = 0.0
+            if edge >= cfg.gamma:
+                h_train, _ = _raw_outputs(member, x_train, [feats_train[j] for j in conns])
+                step = line_search_step(r_train, np.tanh(h_train.astype(np.float64)), tau)
+            ok = edge >= cfg.gamma and step > 0.0
+            attempts.append({"candidate": candidate.describe(), "connections": list(conns), "edge": edge, "step": step, "accepted": ok})
+            if ok:
+                accepted = (member, conns, candidate, step)
+                break
+        if accepted is None:
+            stopped = f"no candidate reached a validation edge >= gamma={cfg.gamma} for member {t + 1}"
+            break
+        member, conns, candidate, step = accepted
+        member.set_scale(step)
+        if cfg.refine_epochs:
+            trainable = _IndexedMember(member, x_tensor, [torch.from_numpy(feats_train[j]) for j in conns], scaled=True)
+            _fit(trainable, len(x_train), r_train.astype(np.float32), LogitRegression(), cfg, epochs=cfg.refine_epochs,
+                 seed=cfg.seed + t, desc=f"bdistil refine {t + 1}")
+        h_train, phi_train = _raw_outputs(member, x_train, [feats_train[j] for j in conns])
+        h_val, phi_val = _raw_outputs(member, x_val, [feats_val[j] for j in conns])
+        scale = float(member.scale)
+        f_train = f_train + scale * np.tanh(h_train.astype(np.float64))
+        f_val = f_val + scale * np.tanh(h_val.astype(np.float64))
+        feats_train.append(phi_train)
+        feats_val.append(phi_val)
+        members.append(member)
+        sources.append(conns)
+        dims = [feats_train[j].shape[1] for j in conns]
+        reports.append(
+            MemberReport(
+                member=t + 1,
+                candidate=candidate,
+                connections=conns,
+                params=sum(p.numel() for p in member.parameters()),
+                macs=count_macs(member, dataset.input_shape, dims),
+                val_accuracy=float((f_val.argmax(1) == dataset.y_val).mean()),
+                val_agreement=float((f_val.argmax(1) == teacher_val_pred).mean()),
+                seconds=round(time.perf_counter() - started, 2),
+                temperature=tau,
+                step=scale,
+                residual_rms=float(np.sqrt(np.mean((g_train - f_train) ** 2))),
+                attempts=tuple(attempts),
+            )
+        )
+    if not members:
+        raise TrainingError(f"{stopped}; lower --gamma or add larger candidate students")
+    report = EnsembleReport(
+        method="bdistil" + ("+refined" if cfg.refine_epochs else ""),
+        combine="sum",
+        members=tuple(reports),
+        teacher_val_accuracy=float((teacher_val_pred == dataset.y_val).mean()),
+        stopped=stopped,
+        settings={**cfg.to_dict(), "candidates": [c.to_dict() for c in candidates]},
+    )
+    return Ensemble(members, sources, report)
