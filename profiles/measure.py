@@ -24,15 +24,28 @@ Method (after onnxruntime_perf_test and MLPerf's single-stream scenario):
    (the runtime records per-member time only for single samples) and for plain ONNX files, the passes
    call the members the way the runtime does (``_Chain``).
 
-RSS is sampled every few passes, outside the timed intervals.
+Memory (``memory_mb``, see :mod:`profiles.memory` for sampled RSS vs the kernel's peak): by default it
+is measured in a fresh Python process that imports only what a runtime process imports, then creates
+the sessions one by one and runs untimed passes at each batch size (random inputs: memory does not
+depend on values). So ``process_baseline`` is what any runtime process costs before a model, each
+member's ``rss_load_delta_mb`` is what it adds (the first also carries ONNX Runtime's one-off
+environment), and the numbers do not depend on what the profiling process did before (a test runner
+with torch loaded, a ``select`` that already profiled another bundle). With ``memory_probe=False`` the
+same quantities are taken in this process instead. RSS is sampled every few passes, outside the timed
+intervals.
+
 Inputs cycle through a pool of distinct batches (random normal, or rows of ``--data``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -75,6 +88,10 @@ class MeasureConfig:
     pool: int = 64  # distinct input batches cycled through
     seed: int = 0  # for random inputs and row order
     session: SessionConfig = field(default_factory=SessionConfig)  # threads, spinning, optimisation
+    # Measure memory in a fresh runtime process (see "Memory" above); False: in this process (faster,
+    # but its baseline includes whatever this process imported and loaded before).
+    memory_probe: bool = True
+    memory_passes: int = 256  # untimed passes per batch size in the memory probe
 
     def __post_init__(self) -> None:
         if self.min_queries < 1:
@@ -87,6 +104,8 @@ class MeasureConfig:
             raise MeasurementError("batch must be >= 1")
         if self.pool < 1:
             raise MeasurementError("pool must be >= 1")
+        if self.memory_passes < 1:
+            raise MeasurementError("memory_passes must be >= 1")
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
@@ -215,59 +234,127 @@ def _served_passes(runtime: Any, rows: Sequence[np.ndarray], config: MeasureConf
     return out[:q]
 
 
-def _measure(
-    name: str,
-    blobs: Sequence[bytes],
-    member_names: Sequence[str],
-    make_chain: Callable[[list[Any]], _Chain],
-    make_pool: Callable[[list[Any], int], list[dict[str, np.ndarray]]],
-    config: MeasureConfig,
-    make_server: Callable[[list[Any]], tuple[Any, list[np.ndarray]]] | None = None,
-) -> dict[str, Any]:
-    """Load, first inference, timed passes per batch size; the profile (see profiles.store)."""
-    meter = LoadMeter().start()
+@dataclass(frozen=True)
+class _Subject:
+    """What to measure: member bytes and names, and how to chain, feed and serve them."""
+
+    name: str
+    blobs: Sequence[bytes]
+    member_names: Sequence[str]
+    make_chain: Callable[[list[Any]], _Chain]
+    make_pool: Callable[[list[Any], int], list[dict[str, np.ndarray]]]
+    make_server: Callable[[list[Any]], tuple[Any, list[np.ndarray]]] | None = None
+
+
+def _load(subject: _Subject, config: MeasureConfig) -> tuple[list[Any], list[float], dict[str, Any]]:
+    """Create every member's session: sessions, creation ms, memory of loading (per-member RSS deltas)."""
     rss_before = rss_mb()
-    load_tracker = PeakTracker().start()
-    sessions, create_ms, load_delta = [], [], []
-    for member_name, blob in zip(member_names, blobs):
-        before = load_tracker.sample()
+    tracker = PeakTracker().start()
+    sessions, create_ms, deltas = [], [], []
+    for member_name, blob in zip(subject.member_names, subject.blobs):
+        before = tracker.sample()
         t0 = time.perf_counter()
         try:
             sessions.append(create_session(blob, config.session, name=member_name))
         except EdgeRuntimeError as exc:
             raise MeasurementError(str(exc)) from exc
         create_ms.append((time.perf_counter() - t0) * 1e3)
-        load_delta.append(load_tracker.sample() - before)
-    rss_after = rss_mb()
-    load_memory = load_tracker.result()
-    chain = make_chain(sessions)
+        deltas.append(round(tracker.sample() - before, 3))
+    memory = {
+        "process_baseline": round(rss_before, 2),
+        "rss_after_load": round(rss_mb(), 2),
+        "member_load_delta": deltas,
+        "load": tracker.result(),
+    }
+    return sessions, create_ms, memory
+
+
+def _failing_run(name: str, exc: Exception) -> MeasurementError:
+    return MeasurementError(f"'{name}' failed while running: {str(exc).strip().splitlines()[0]}")
+
+
+def _memory_run(subject: _Subject, config: MeasureConfig) -> dict[str, Any]:
+    """Memory of loading and running ``subject`` in this process (the probe's body), no timing."""
+    sessions, _, memory = _load(subject, config)
+    chain = subject.make_chain(sessions)
+    tracker = PeakTracker().start()
+    try:
+        for b in config.batch_sizes:
+            pool = subject.make_pool(sessions, b)
+            for i in range(config.memory_passes):
+                chain.run(pool[i % len(pool)])
+                if i % _SAMPLE_EVERY == 0:
+                    tracker.sample()
+    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a failing run
+        raise _failing_run(subject.name, exc) from exc
+    memory["run"] = tracker.result()
+    return memory
+
+
+def _probe_memory(kind: str, source: Path, config: MeasureConfig) -> dict[str, Any]:
+    """Run :func:`_memory_run` in a fresh runtime process (``python -m profiles._probe``)."""
+    spec = {
+        "kind": kind,
+        "source": str(source),
+        "batch": config.batch,
+        "passes": config.memory_passes,
+        "seed": config.seed,
+        "session": asdict(config.session),
+    }
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "profiles._probe", json.dumps(spec)],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise MeasurementError("the memory probe ran for over 600 s; profile with --no-memory-probe") from exc
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise MeasurementError(f"the memory probe failed ({reason}); profile with --no-memory-probe")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _measure(subject: _Subject, config: MeasureConfig, probe: tuple[str, Path] | None) -> dict[str, Any]:
+    """Load, first inference, timed passes per batch size, memory; the profile (see profiles.store)."""
+    meter = LoadMeter().start()
+    sessions, create_ms, memory = _load(subject, config)
+    inputs = [{arg.name: _shape(arg.shape) for arg in s.get_inputs()} for s in sessions]
+    chain = subject.make_chain(sessions)
     run_tracker = PeakTracker().start()
-    pools = {b: make_pool(sessions, b) for b in config.batch_sizes}
+    pools = {b: subject.make_pool(sessions, b) for b in config.batch_sizes}
     first = np.empty(len(sessions))
     try:
         chain.run(pools[1][0], first)
         timings = {}
         for b in config.batch_sizes:
-            if b == 1 and make_server is not None:
-                runtime, rows = make_server(sessions)
+            if b == 1 and subject.make_server is not None:
+                runtime, rows = subject.make_server(sessions)
                 timings[b] = _served_passes(runtime, rows, config, run_tracker)
             else:
                 timings[b] = _timed_passes(chain, pools[b], config, run_tracker)
+    except MeasurementError:
+        raise
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a failing run
-        raise MeasurementError(f"'{name}' failed while running: {str(exc).strip().splitlines()[0]}") from exc
-    run_memory = run_tracker.result()
+        raise _failing_run(subject.name, exc) from exc
+    memory["run"] = run_tracker.result()
+    memory["method"] = "this process"
     conditions = meter.stop()
+    if config.memory_probe and probe is not None:
+        memory = {**_probe_memory(*probe, config), "method": "fresh runtime process"}
     device = describe_device()
 
     members = []
-    for k, member_name in enumerate(member_names):
+    for k, member_name in enumerate(subject.member_names):
         row: dict[str, Any] = {
             "name": member_name,
-            "size_bytes": len(blobs[k]),
-            "inputs": {arg.name: _shape(arg.shape) for arg in sessions[k].get_inputs()},
+            "size_bytes": len(subject.blobs[k]),
+            "inputs": inputs[k],
             "session_create_ms": round(create_ms[k], 4),
             "first_inference_ms": round(float(first[k]), 5),
-            "rss_load_delta_mb": round(load_delta[k], 3),
+            "rss_load_delta_mb": memory["member_load_delta"][k],
             "latency_ms": latency_stats(timings[1][:, k]),
             "batches": {},
         }
@@ -276,7 +363,7 @@ def _measure(
             row["batches"][str(b)] = {"latency_ms": stats, "throughput_per_s": round(b * 1e3 / stats["mean"], 2)}
         members.append(row)
     prefixes = []
-    for k in range(len(sessions)):
+    for k in range(len(subject.member_names)):
         entry: dict[str, Any] = {
             "members": k + 1,
             "latency_ms": latency_stats(timings[1][:, : k + 1].sum(axis=1)),
@@ -286,22 +373,18 @@ def _measure(
             stats = latency_stats(timings[b][:, : k + 1].sum(axis=1))
             entry["batches"][str(b)] = {"latency_ms": stats, "throughput_per_s": round(b * 1e3 / stats["mean"], 2)}
         prefixes.append(entry)
+    del memory["member_load_delta"]  # it lives in the member rows
     return {
         "profile_version": PROFILE_VERSION,
-        "name": name,
+        "name": subject.name,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": device["fingerprint"],
         "device": device["info"],
         "settings": describe_settings(config.session),
         "measurement": config.describe(),
         "conditions": conditions,
-        "model_size_bytes": int(sum(len(b) for b in blobs)),
-        "memory_mb": {
-            "rss_before_load": round(rss_before, 2),
-            "rss_after_load": round(rss_after, 2),
-            "load": load_memory,
-            "run": run_memory,
-        },
+        "model_size_bytes": int(sum(len(b) for b in subject.blobs)),
+        "memory_mb": memory,
         "members": members,
         "prefixes": prefixes,
     }
@@ -309,6 +392,55 @@ def _measure(
 
 def _shape(shape: Sequence[Any]) -> list[Any]:
     return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def _bundle_subject(loaded: Bundle, config: MeasureConfig, data: np.ndarray | None) -> _Subject:
+    manifest = loaded.manifest
+    keep = connection_inputs(manifest.members)
+    fetches = []
+    for k, member in enumerate(manifest.members):
+        # What the runtime needs back: the anytime answer, plus what later members consume.
+        extra = [o for o in member.outputs if (k, o) in keep and o not in REQUIRED_OUTPUTS]
+        fetches.append([*REQUIRED_OUTPUTS, *extra])
+    rng = np.random.default_rng(config.seed)
+
+    def make_chain(sessions: list[Any]) -> _Chain:
+        feeders = [_bundle_feeder(manifest, k, s) for k, s in enumerate(sessions)]
+        return _Chain(sessions, fetches, feeders)
+
+    def make_pool(sessions: list[Any], batch: int) -> list[dict[str, np.ndarray]]:
+        xs = task_batches(manifest, batch, config.pool, data, rng)
+        return [{manifest.task.input.name: x} for x in xs]
+
+    def make_server(sessions: list[Any]) -> tuple[Any, list[np.ndarray]]:
+        runtime = AnytimeRuntime(loaded, config.session, entropy_threshold="off", warmup=0, sessions=sessions)
+        rows = task_batches(manifest, 1, config.pool, data, rng, preprocess=False)  # the runtime preprocesses
+        return runtime, rows
+
+    names = [m.name for m in manifest.members]
+    return _Subject(manifest.name, loaded.member_bytes, names, make_chain, make_pool, make_server)
+
+
+def _onnx_subject(blob: bytes, name: str, config: MeasureConfig, data: np.ndarray | None) -> _Subject:
+    rng = np.random.default_rng(config.seed)
+
+    def make_chain(sessions: list[Any]) -> _Chain:
+        outputs = [o.name for o in sessions[0].get_outputs()]
+        return _Chain(sessions, [outputs], [lambda feed0, _outputs: dict(feed0)])
+
+    def make_pool(sessions: list[Any], batch: int) -> list[dict[str, np.ndarray]]:
+        specs = graph_input_specs(sessions[0], batch)
+        if data is None:
+            return [random_feed(specs, rng) for _ in range(config.pool)]
+        if len(specs) != 1 or tuple(data.shape[1:]) != specs[0].shape[1:]:
+            raise MeasurementError(
+                f"data x has shape {list(data.shape)} but '{name}' takes "
+                f"{[(s.name, list(s.shape)) for s in specs]}; pass data for its one input or omit --data"
+            )
+        rows = np.take(data, np.arange(config.pool * batch), axis=0, mode="wrap").astype(specs[0].dtype)
+        return [{specs[0].name: np.ascontiguousarray(rows[i * batch : (i + 1) * batch])} for i in range(config.pool)]
+
+    return _Subject(name, [blob], [name], make_chain, make_pool)
 
 
 def profile_bundle(
@@ -335,31 +467,7 @@ def profile_bundle(
     config = config or MeasureConfig()
     loaded = load_bundle(bundle)
     manifest = loaded.manifest
-    keep = connection_inputs(manifest.members)
-    fetches = []
-    for k, member in enumerate(manifest.members):
-        # What the runtime needs back: the anytime answer, plus what later members consume.
-        extra = [o for o in member.outputs if (k, o) in keep and o not in REQUIRED_OUTPUTS]
-        fetches.append([*REQUIRED_OUTPUTS, *extra])
-    rng = np.random.default_rng(config.seed)
-
-    def make_chain(sessions: list[Any]) -> _Chain:
-        feeders = [_bundle_feeder(manifest, k, s) for k, s in enumerate(sessions)]
-        return _Chain(sessions, fetches, feeders)
-
-    def make_pool(sessions: list[Any], batch: int) -> list[dict[str, np.ndarray]]:
-        xs = task_batches(manifest, batch, config.pool, data, rng)
-        return [{manifest.task.input.name: x} for x in xs]
-
-    def make_server(sessions: list[Any]) -> tuple[Any, list[np.ndarray]]:
-        runtime = AnytimeRuntime(loaded, config.session, entropy_threshold="off", warmup=0, sessions=sessions)
-        rows = task_batches(manifest, 1, config.pool, data, rng, preprocess=False)  # the runtime preprocesses
-        return runtime, rows
-
-    profile = _measure(
-        manifest.name, loaded.member_bytes, [m.name for m in manifest.members], make_chain, make_pool, config,
-        make_server,
-    )
+    profile = _measure(_bundle_subject(loaded, config, data), config, ("bundle", loaded.source))
     profile["measurement"]["inputs"] = _inputs_label(data, data_label)
     for k, (row, member) in enumerate(zip(profile["members"], manifest.members)):
         row["file"] = member.file
@@ -397,33 +505,33 @@ def profile_onnx(
     config = config or MeasureConfig()
     if isinstance(model, bytes):
         blob, name = model, name or "model"
+        with tempfile.TemporaryDirectory(prefix="anytime-edge-probe.") as tmp:
+            source = Path(tmp) / "model.onnx"  # the memory probe reads a file
+            source.write_bytes(blob)
+            profile = _measure(_onnx_subject(blob, name, config, data), config, ("onnx", source))
     else:
         path = Path(model)
         if not path.is_file():
             raise MeasurementError(f"{path} does not exist; pass a bundle directory, a .zip bundle or an .onnx file")
         blob, name = path.read_bytes(), name or path.stem
-    rng = np.random.default_rng(config.seed)
-
-    def make_chain(sessions: list[Any]) -> _Chain:
-        outputs = [o.name for o in sessions[0].get_outputs()]
-        return _Chain(sessions, [outputs], [lambda feed0, _outputs: dict(feed0)])
-
-    def make_pool(sessions: list[Any], batch: int) -> list[dict[str, np.ndarray]]:
-        specs = graph_input_specs(sessions[0], batch)
-        if data is None:
-            return [random_feed(specs, rng) for _ in range(config.pool)]
-        if len(specs) != 1 or tuple(data.shape[1:]) != specs[0].shape[1:]:
-            raise MeasurementError(
-                f"data x has shape {list(data.shape)} but '{name}' takes "
-                f"{[(s.name, list(s.shape)) for s in specs]}; pass data for its one input or omit --data"
-            )
-        rows = np.take(data, np.arange(config.pool * batch), axis=0, mode="wrap").astype(specs[0].dtype)
-        return [{specs[0].name: np.ascontiguousarray(rows[i * batch : (i + 1) * batch])} for i in range(config.pool)]
-
-    profile = _measure(name, [blob], [name], make_chain, make_pool, config)
+        profile = _measure(_onnx_subject(blob, name, config, data), config, ("onnx", path))
     profile["measurement"]["inputs"] = _inputs_label(data, data_label)
     profile["members"][0]["conditional_on"] = []
     return profile
+
+
+def _probe_main(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Body of the memory probe process (``profiles._probe``): load, run untimed, report memory."""
+    config = MeasureConfig(
+        batch=int(spec["batch"]), memory_passes=int(spec["passes"]), seed=int(spec["seed"]),
+        session=SessionConfig(**spec["session"]), memory_probe=False,
+    )
+    source = Path(spec["source"])
+    if spec["kind"] == "bundle":
+        subject = _bundle_subject(load_bundle(source), config, None)
+    else:
+        subject = _onnx_subject(source.read_bytes(), source.stem, config, None)
+    return _memory_run(subject, config)
 
 
 def _inputs_label(data: np.ndarray | None, label: str) -> str:

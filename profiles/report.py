@@ -44,9 +44,10 @@ def profile_table(profile: Mapping[str, Any]) -> str:
         f"inputs {profile['measurement']['inputs']}",
         f"conditions: machine CPU {conditions['cpu_percent_system']}%, this process {conditions['cpu_percent_process']}%, "
         f"load average {conditions['load_average']}",
-        f"memory MiB: RSS before load {memory['rss_before_load']}, after load {memory['rss_after_load']}, "
-        f"peak while running {memory['run']['kernel_peak_mb']} (kernel, {memory['run']['kernel_peak_scope']}) / "
-        f"{memory['run']['rss_sampled_peak_mb']} (sampled); model files {profile['model_size_bytes'] / 1024:.1f} KiB",
+        f"memory MiB ({memory['method']}): RSS before load {memory['process_baseline']}, after load "
+        f"{memory['rss_after_load']}, peak while running {memory['run']['kernel_peak_mb']} (kernel, "
+        f"{memory['run']['kernel_peak_scope']}) / {memory['run']['rss_sampled_peak_mb']} (sampled); "
+        f"model files {profile['model_size_bytes'] / 1024:.1f} KiB",
         "",
     ]
     headers = ["member", "create", "first", "min", "p50", "p90", "p95", "p99", "max", f"p50@b{big}", "KiB", "+RSS MiB"]

@@ -13,9 +13,10 @@ bundle is calibrated: all K members with the calibrated entropy exit.
   thresholded candidate each validation sample costs the prefix it exits at; its quantile q is the q
   quantile over samples of their exit prefix's q latency (an estimate: it assumes exit depth and
   per-member latency are independent).
-* Memory: the estimated peak RSS of a process serving the candidate: RSS before loading (Python, numpy,
-  ONNX Runtime), plus what each of its members added when its session was created, plus the growth seen
-  while running (``profiles.store`` documents the fields).
+* Memory: the estimated peak RSS of a process serving the candidate: a runtime process's RSS before
+  loading (Python, numpy, ONNX Runtime), plus what each of its members added when its session was
+  created, plus the growth seen while running the whole bundle (``profiles.store`` documents the fields;
+  by default they are measured in a fresh process, so they compare across bundles).
 
 The Pareto front keeps every candidate that no other beats on both accuracy (higher) and p50 latency
 (lower). The choice is the most accurate candidate whose latency at the budget quantile (p90 by default,
@@ -108,7 +109,7 @@ def _latency_quantiles(profile: Mapping[str, Any], k: int) -> dict[str, float]:
 
 def _memory_mb(profile: Mapping[str, Any], k: int) -> float:
     memory = profile["memory_mb"]
-    loaded = memory["rss_before_load"] + sum(m["rss_load_delta_mb"] for m in profile["members"][:k])
+    loaded = memory["process_baseline"] + sum(m["rss_load_delta_mb"] for m in profile["members"][:k])
     run_peak = memory["run"]["kernel_peak_mb"] or memory["run"]["rss_sampled_peak_mb"]
     growth = max(0.0, run_peak - memory["rss_after_load"])  # buffers allocated by running, whole bundle
     return round(loaded + growth, 2)

@@ -19,7 +19,8 @@ The profile JSON (version 1). Times are milliseconds, memory MiB, sizes bytes. A
       "conditions": {"cpu_percent_system", "cpu_percent_process", "load_average"},  # during the run
       "model_size_bytes": int,          # all member files
       "memory_mb": {
-        "rss_before_load": float,       # process RSS before any session (Python + ORT imported)
+        "method": str,                  # "fresh runtime process" (default) or "this process"
+        "process_baseline": float,      # RSS before any session (Python, numpy, ORT imported)
         "rss_after_load": float,        # ... after every member's session was created
         "load": {"rss_sampled_peak_mb", "kernel_peak_mb", "kernel_peak_scope", "samples"},
         "run":  {"rss_sampled_peak_mb", "kernel_peak_mb", "kernel_peak_scope", "samples"}

@@ -18,7 +18,7 @@ from profiles import find_profile
 from profiles.cli import main
 
 ROOT = Path(__file__).parents[1]
-FAST = ["--min-queries", "20", "--min-seconds", "0", "--warmup", "2", "--batch", "2"]
+FAST = ["--min-queries", "20", "--min-seconds", "0", "--warmup", "2", "--batch", "2", "--no-memory-probe"]
 
 
 def _validation(bundle: Path, path: Path) -> Path:
@@ -71,6 +71,7 @@ def test_select_json_and_plot(connected_bundle: Path, tmp_path: Path, capsys: py
     assert "no candidate fits" in capsys.readouterr().err
 
 
+# Installed as sitecustomize.py, so it acts in every Python process the test starts, the memory probe's too.
 _BLOCK_TRAINING_PACKAGES = """
 import importlib.abc, sys
 BLOCKED = ("torch", "onnx", "onnxscript", "sklearn", "exporters", "distill", "matplotlib")
@@ -80,24 +81,27 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is not installed (runtime-only install)", name=name)
         return None
 sys.meta_path.insert(0, Block())
-from profiles.cli import main
-# argv: profile BUNDLE --json DATA <fast options>
-codes = [main(sys.argv[1:4] + sys.argv[5:]), main(["select", sys.argv[2], "--data", sys.argv[4], "--plot", sys.argv[4] + ".png"])]
-assert codes == [0, 0], codes
-bad = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-assert not bad, bad
-print("RUNTIME-ONLY OK")
 """
 
 
 def test_profiler_runs_on_a_runtime_only_install(connected_bundle: Path, tmp_path: Path) -> None:
     data = _validation(connected_bundle, tmp_path / "val.npz")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", _BLOCK_TRAINING_PACKAGES, "profile", str(connected_bundle), "--json", str(data), *FAST],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "RUNTIME-ONLY OK" in proc.stdout
-    assert "matplotlib is not installed" in proc.stderr  # the plot is skipped in one line, not a crash
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_BLOCK_TRAINING_PACKAGES)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    check = "import sys; from profiles.cli import main; code = main(sys.argv[1:]); " \
+            "assert 'torch' not in sys.modules and 'onnx' not in sys.modules; sys.exit(code)"
+    fast = [a for a in FAST if a != "--no-memory-probe"]  # the probe process must be runtime-only too
+    runs = [
+        ["profile", str(connected_bundle), "--json", *fast],
+        ["select", str(connected_bundle), "--data", str(data), "--plot", str(tmp_path / "f.png")],
+    ]
+    results = [subprocess.run([sys.executable, "-c", check, *argv], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120) for argv in runs]
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    profile = json.loads(results[0].stdout)[0]
+    assert profile["memory_mb"]["method"] == "fresh runtime process"
     assert find_profile(connected_bundle) is not None
+    assert "matplotlib is not installed" in results[1].stderr  # the plot is skipped in one line, not a crash
+    assert not (tmp_path / "f.png").exists()

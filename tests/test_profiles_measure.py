@@ -16,7 +16,7 @@ from profiles import MeasureConfig, MeasurementError, QUANTILES, latency_stats, 
 from profiles.measure import _bundle_feeder, _served_passes
 from profiles.memory import PeakTracker
 
-FAST = MeasureConfig(min_queries=20, min_seconds=0.0, warmup_queries=2, batch=4, pool=4)
+FAST = MeasureConfig(min_queries=20, min_seconds=0.0, warmup_queries=2, batch=4, pool=4, memory_probe=False)
 
 
 def _ordered(record: dict) -> bool:
@@ -153,3 +153,19 @@ def test_batch_one_latencies_are_what_the_runtime_records(tiny_bundle: Path) -> 
     recorded = runtime.latency_observations()  # the warm-up request, then the five timed ones
     assert all(len(window) == 6 for window in recorded)
     np.testing.assert_array_equal(times, np.stack([window[1:] for window in recorded], axis=1))
+
+
+def test_memory_is_measured_in_a_fresh_runtime_process(tiny_bundle: Path) -> None:
+    import sys
+
+    import torch  # noqa: F401 - a heavy import in this process must not reach the probe's baseline
+    from profiles.memory import rss_mb
+
+    config = MeasureConfig(min_queries=5, min_seconds=0.0, warmup_queries=1, batch=2, pool=2, memory_passes=8)
+    profile = profile_bundle(tiny_bundle, config)
+    memory = profile["memory_mb"]
+    assert memory["method"] == "fresh runtime process"
+    assert "torch" in sys.modules and memory["process_baseline"] < rss_mb() - 50
+    loaded = sum(m["rss_load_delta_mb"] for m in profile["members"])
+    assert loaded == pytest.approx(memory["rss_after_load"] - memory["process_baseline"], abs=0.5)
+    assert memory["run"]["kernel_peak_mb"] >= memory["rss_after_load"] - 0.5

@@ -23,7 +23,7 @@ from profiles import (
     store_profile,
 )
 
-FAST = MeasureConfig(min_queries=20, min_seconds=0.0, warmup_queries=2, batch=2, pool=4)
+FAST = MeasureConfig(min_queries=20, min_seconds=0.0, warmup_queries=2, batch=2, pool=4, memory_probe=False)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from exporters.bundle import archive_bundle
 from onnx_members import make_bundle
 from profiles import MeasureConfig, ProfileError, find_profile, profile_bundle, store_profile
 
-FAST = MeasureConfig(min_queries=20, min_seconds=0.0, warmup_queries=2, batch=2, pool=4)
+FAST = MeasureConfig(min_queries=20, min_seconds=0.0, warmup_queries=2, batch=2, pool=4, memory_probe=False)
 
 
 def test_stored_profile_feeds_the_runtime_budget_policy(connected_bundle: Path) -> None:

@@ -27,6 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-seconds", type=float, default=1.0, help="seconds per batch size at least (default 1)")
     parser.add_argument("--warmup", type=int, default=64, help="untimed warm-up queries (default 64)")
     parser.add_argument("--data", type=Path, help="an .npz with inputs 'x' (default: random inputs of the task's shape)")
+    parser.add_argument("--no-memory-probe", action="store_true",
+                        help="measure memory in this process instead of a fresh runtime process (faster, less exact)")
     parser.add_argument("--json", action="store_true", help="print the profiles as JSON instead of tables")
     parser.add_argument("--no-store", action="store_true", help="do not write the profile into the bundles")
 
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         warmup_queries=args.warmup,
         batch=args.batch,
         session=session,
+        memory_probe=not args.no_memory_probe,
     )
     data = load_npz(args.data)["x"] if args.data else None
     label = str(args.data) if args.data else ""
