@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             data_label = str(args.data)
         bundle = tmp / "bundle"
         shutil.copytree(source, bundle) if Path(source).is_dir() else shutil.copy(source, bundle)
-        config = MeasureConfig(min_queries=q, min_seconds=secs, batch=1)
+        config = MeasureConfig(min_queries=q, min_seconds=secs, batch=1, memory_probe=False)  # latency only
         names = [m.name for m in edge_runtime.load_bundle(bundle).manifest.members]
         meter = LoadMeter().start()
 
