@@ -9,7 +9,7 @@ bundle is calibrated: all K members with the calibrated entropy exit.
   the one after the first member whose entropy is at or below the threshold (the rule the runtime
   applies), which needs no second run.
 * Latency: from the bundle's stored profile for this device (measured first, and stored, when there is
-  none). Prefix k's percentiles are those of the single-stream one-pass time of members 1..k. For the
+  none or it was measured with other session settings, e.g. thread count). Prefix k's percentiles are those of the single-stream one-pass time of members 1..k. For the
   thresholded candidate each validation sample costs the prefix it exits at; its quantile q is the q
   quantile over samples of their exit prefix's q latency (an estimate: it assumes exit depth and
   per-member latency are independent).
@@ -134,13 +134,16 @@ def _bundle_candidates(
             f"{manifest.task.num_classes} classes; use validation data of this task"
         )
     profile = find_profile(manifest)
-    if profile is None:
+    wanted = session_config.describe()
+    stale = profile is not None and any(profile["settings"].get(k) != v for k, v in wanted.items())
+    if profile is None or stale:
+        why = "its profile here used other session settings" if stale else "no profile for this device"
         profile = profile_bundle(bundle, replace(measure, session=session_config), data=x, data_label="validation x")
         if store:
             store_profile(path, profile)
-            notes.append(f"{path}: no profile for this device; measured now and stored")
+            notes.append(f"{path}: {why}; measured now and stored")
         else:
-            notes.append(f"{path}: no profile for this device; measured now (not stored)")
+            notes.append(f"{path}: {why}; measured now (not stored)")
     runtime = edge_runtime.load(bundle, session_config=session_config, entropy_threshold="off", warmup=0)
     try:
         prefixes = runtime.evaluate_prefixes(x)

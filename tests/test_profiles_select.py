@@ -143,3 +143,15 @@ def test_plot_is_written_or_skipped_with_one_line(calibrated: Path, tmp_path: Pa
     note = plot_selection(selection, tmp_path / "none.png")
     assert note is not None and "matplotlib" in note and "\n" not in note
     assert not (tmp_path / "none.png").exists()
+
+
+def test_profile_with_other_thread_settings_is_measured_again(calibrated: Path) -> None:
+    from edge_runtime.session import SessionConfig
+
+    x, y = _validation(calibrated)
+    notes: list[str] = []
+    evaluate_candidates([calibrated], x, y, measure=FAST, notes=notes)
+    assert notes == []  # the stored profile fits
+    evaluate_candidates([calibrated], x, y, session_config=SessionConfig(intra_op_threads=2), measure=FAST, notes=notes)
+    assert "other session settings" in notes[0]
+    assert find_profile(calibrated)["settings"]["intra_op_threads"] == 2
