@@ -167,7 +167,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # Contention: a busy process and this one share one core.
         core = affinity[-1]
-        busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(args.contention_seconds)])
+        # The loop ends by itself even if this process dies before its finally: bounded, never orphaned for long.
+        bound = args.contention_seconds or 30 + 4 * args.rounds * max(secs, 0.05)
+        busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(bound)])
         psutil.Process(busy.pid).cpu_affinity([core])
         me.cpu_affinity([core])
         meter = LoadMeter().start()
@@ -191,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     prediction = _errors(a50, o50)
     return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "device": {**device_info(), "fingerprint": fingerprint()},
         "bundle": f"dev (generated, 16x16 inputs, hidden {args.dev_hidden})" if args.dev else str(args.bundle),
         "members": names,
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-queries", type=int, default=1024, help="queries per profile and per serving phase")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="seconds per profile and per serving phase")
     parser.add_argument("--budget-ms", type=float, help="default: the sum of the first half of the members' p99")
-    parser.add_argument("--contention-seconds", type=float, default=120.0, help="the busy process stops by itself after this")
+    parser.add_argument("--contention-seconds", type=float, help="the busy process stops by itself after this (default: phase length + 30 s)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     try:
