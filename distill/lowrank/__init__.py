@@ -23,14 +23,41 @@ from distill.lowrank.dynamics import (
     spectral_init,
     train_dln,
 )
+from distill.lowrank.factorize import (
+    LayerPlan,
+    LowRankConv,
+    LowRankLinear,
+    describe_plans,
+    factorable_layers,
+    factorize,
+    plan_ranks,
+    rank_for_energy,
+)
+from distill.lowrank.latency import LatencyConfig, measure_side_by_side
+from distill.lowrank.student import ENERGY_LADDER, LowRankConfig, LowRankReport, lowrank_student, plan_for_latency
 
 __all__ = [
     "DynamicsConfig",
+    "ENERGY_LADDER",
+    "LatencyConfig",
+    "LayerPlan",
+    "LowRankConfig",
+    "LowRankConv",
+    "LowRankLinear",
+    "LowRankReport",
     "MatrixProblem",
     "Trajectory",
+    "describe_plans",
     "end_to_end",
+    "factorable_layers",
+    "factorize",
+    "lowrank_student",
     "make_problem",
+    "measure_side_by_side",
     "orthogonal_init",
+    "plan_for_latency",
+    "plan_ranks",
+    "rank_for_energy",
     "recovery_error",
     "spectral_init",
     "train_dln",
