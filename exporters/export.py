@@ -129,6 +129,8 @@ def _normalise_connections(connections: Sequence[Sequence[int]] | None, n: int) 
     result = []
     for k, sources in enumerate(connections):
         sources = tuple(int(j) for j in sources)
+        if k == 0 and sources:
+            raise ExportError(f"the first member (0) connects to {list(sources)}; it runs first, so give it ()")
         if any(not 0 <= j < k for j in sources):
             raise ExportError(f"member {k} connects to {list(sources)}; only earlier members (0..{k - 1}) can feed it")
         if len(set(sources)) != len(sources):

@@ -19,7 +19,6 @@ products and a Conv pair two Conv nodes, because nothing here folds weights toge
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import warnings
 from typing import Iterator, Sequence
@@ -34,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a runtime-onl
         "exporting needs torch, onnx and onnxscript; install them with: pip install 'anytime-edge[train]'"
     ) from exc
 
-__all__ = ["COMBINE_RULES", "OPSET", "MemberHead", "export_member", "export_onnx", "split_member_output"]
+__all__ = ["COMBINE_RULES", "OPSET", "MemberHead", "export_member", "export_onnx", "output_names", "split_member_output"]
 
 OPSET = 18
 COMBINE_RULES = ("sum", "mean")
@@ -175,8 +174,7 @@ def _quiet_exporter() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
