@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DataError
-from edge_runtime.bundle import Preprocess
+from edge_runtime.bundle import Preprocess, TaskSpec, TensorSpec
 
 __all__ = ["Dataset", "load_dataset", "shared_mnist_dir"]
 
@@ -67,6 +67,10 @@ class Dataset:
             f"Dataset({self.name!r}, input_shape={self.input_shape}, classes={self.num_classes}, "
             f"train={len(self.x_train)}, val={len(self.x_val)}, test={len(self.x_test)})"
         )
+
+    def task_spec(self, input_name: str = "x") -> TaskSpec:
+        """The bundle's task for models trained on this data: labels, input shape, preprocessing."""
+        return TaskSpec(labels=self.labels, input=TensorSpec(name=input_name, shape=(-1, *self.input_shape)), preprocess=self.preprocess)
 
     def fingerprint(self) -> str:
         """A short id of the data, for caching trained teachers."""

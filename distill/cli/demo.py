@@ -1,0 +1,31 @@
+"""``anytime-edge demo``: the main job end to end on any data set ``--data`` accepts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from distill.cli._common import add_data_argument
+
+HELP = "the main job end to end: teacher, students, bundle, profiles, anytime"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_data_argument(parser)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="cache of trained teachers (default runs)")
+    parser.add_argument("--members", type=int, default=4, help="B-DISTIL ensemble members (default 4)")
+    parser.add_argument("--sparsity", type=float, default=0.8, help="FCPTS global sparsity target (default 0.8)")
+    parser.add_argument("--energy", type=float, default=0.8, help="low-rank spectral energy kept (default 0.8)")
+    parser.add_argument("--accuracy-drop", type=float, default=0.5, help="entropy exit: points below the full ensemble (default 0.5)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from distill.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(
+        data=args.data, out=args.out, runs_dir=args.runs_dir, members=args.members, sparsity=args.sparsity,
+        lowrank_energy=args.energy, accuracy_drop=args.accuracy_drop, seed=args.seed, progress=not args.no_progress,
+    ))
+    return 0
