@@ -43,6 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     dsd2.add_argument("--noise", type=float, default=0.3, help="symmetric label noise on the training split")
     dsd2.add_argument("--rounds", type=int, default=20, help="pruning rounds, 20%% of the remaining weights each")
     dsd2.add_argument("--epochs", type=int, default=10, help="training epochs of the dense model and of every round")
+    dsd2.add_argument("--dense-epochs", type=int, default=0, help="epochs of the dense model (0 = --epochs)")
     dsd2.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate per round")
     dsd2.add_argument("--early-stop", action="store_true", help="stop the distilled run when validation accuracy drops")
     dsd2.add_argument("--out", type=Path, required=True, help="bundle directory for the picked student")
@@ -97,7 +98,7 @@ def _run_dsd2(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.data, seed=args.seed, limit_train=args.limit_train)
     model_cfg = ModelConfig(dataset.input_shape, dataset.num_classes, family=args.family, width=args.width, depth=args.depth)
-    cfg = DSD2Config(rounds=args.rounds, epochs=args.epochs, lr=args.lr, noise=args.noise, seed=args.seed,
+    cfg = DSD2Config(rounds=args.rounds, epochs=args.epochs, dense_epochs=args.dense_epochs, lr=args.lr, noise=args.noise, seed=args.seed,
                      early_stop=args.early_stop, progress=True)
 
     def show(kind: str, r) -> None:  # type: ignore[no-untyped-def]

@@ -62,7 +62,8 @@ class DSD2Config:
 
     rounds: int = 10  # pruning rounds after the dense model (sparsity 1 - 0.8^rounds)
     prune_fraction: float = 0.2  # share of the remaining weights removed per round
-    epochs: int = 10  # training epochs of the dense model and of each round
+    epochs: int = 10  # training epochs of each pruning round
+    dense_epochs: int = 0  # epochs of the dense model (round 0); 0 = epochs. Long enough to fit the noise
     lr: float = 1e-3  # Adam peak learning rate per round (cosine to 0 within the round)
     batch_size: int = 128
     noise: float = 0.0  # symmetric label noise on the training split (0.2-0.5 shows the dip)
@@ -75,6 +76,8 @@ class DSD2Config:
     progress: bool = False  # progress bars on stderr
 
     def __post_init__(self) -> None:
+        if self.dense_epochs < 0:
+            raise TrainingError("dense_epochs must be >= 0 (0 = the same as epochs)")
         if self.rounds < 0 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise TrainingError("DSD² needs rounds >= 0, epochs >= 1, batch_size >= 1 and lr > 0")
         if not 0.0 < self.prune_fraction < 1.0:
@@ -202,7 +205,8 @@ def run_pruning(
         started = time.perf_counter()
         if r:
             prune_global_l1(model, cfg.prune_fraction)
-        fit_cfg = FitConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + 17 * r,
+        epochs = cfg.epochs if r or not cfg.dense_epochs else cfg.dense_epochs
+        fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + 17 * r,
                             progress=cfg.progress, desc=f"{label} round {r}")
         fit(model, data.x_train, train_labels, loss, fit_cfg, teacher_logits=teacher_logits)
         baked = _baked(model)
