@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edge_runtime
+from edge_runtime.bundle import load_bundle, save_manifest
+from edge_runtime.device import fingerprint
 from edge_runtime.server import ServerConfig, create_app
 from onnx_members import make_bundle
 
@@ -61,16 +64,27 @@ def test_bundle_path_and_calibrated_threshold(tmp_path: Path, sample: np.ndarray
     assert params["anytime_entropy_threshold"] == 50.0
 
 
+def _with_profile(bundle: Path, member_ms: list[float]) -> Path:
+    """Record a latency profile for this device in the manifest: the runtime predicts these latencies."""
+    manifest = load_bundle(bundle).manifest
+    rows = [{"name": m.name, "latency_ms": {"p50": ms, "p90": ms, "p99": ms}} for m, ms in zip(manifest.members, member_ms)]
+    save_manifest(bundle, replace(manifest, profiles={fingerprint(): {"members": rows}}))
+    return bundle
+
+
 def test_budget_stops_the_real_runtime_early(tiny_bundle: Path, sample: np.ndarray) -> None:
-    runtime = edge_runtime.load(tiny_bundle, warmup=4)
+    # Members 2 and 3 are predicted (by the profile) to take 500 ms each, member 1 takes 1 ms.
+    runtime = edge_runtime.load(_with_profile(tiny_bundle, [1.0, 500.0, 500.0]), warmup=2)
     with TestClient(create_app(runtime, ServerConfig(workers=1))) as client:
-        # a budget far below one member's latency: the first member answers, then the budget stops it
-        tight = client.post("/v2/models/tiny/infer", json=_request(sample[:1], anytime_budget_ms=0.001))
+        budget = client.post("/v2/models/tiny/infer", json=_request(sample[:1], anytime_budget_ms=200))
         roomy = client.post("/v2/models/tiny/infer", json=_request(sample[:1], anytime_budget_ms=10_000))
-    assert tight.json()["parameters"]["anytime_exit_reason"] == "budget"
-    assert tight.json()["parameters"]["anytime_members_used"] == 1
+        # too little budget for even the first member: shed, not answered late
+        tight = client.post("/v2/models/tiny/infer", json=_request(sample[:1], anytime_budget_ms=0.9))
+    assert budget.json()["parameters"]["anytime_exit_reason"] == "budget"
+    assert budget.json()["parameters"]["anytime_members_used"] == 1
     assert roomy.json()["parameters"]["anytime_exit_reason"] == "complete"
     assert roomy.json()["parameters"]["anytime_members_used"] == 3
+    assert tight.status_code == 503 and "anytime_budget_ms" in tight.json()["error"]
 
 
 def test_uint8_input_reaches_the_members(tiny_bundle: Path) -> None:

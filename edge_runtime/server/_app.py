@@ -184,6 +184,7 @@ class _Server:
     async def _infer(self, request: Request, arrival: float) -> Response:
         self.check_model(request)
         body = await _read_body(request, self.config.max_body_bytes)
+        self.scheduler.check_capacity()  # before decoding: under overload the event loop's time is what is short
         json_length = _header_length(request)
         spec = self.manifest.task.input
         if len(body) > _DECODE_INLINE_BYTES:

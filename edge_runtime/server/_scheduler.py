@@ -4,9 +4,10 @@ Why not just a ThreadPoolExecutor: its queue is unbounded and blind to deadlines
 request waits behind every other and all of them miss their budgets. Here a request waits for one of
 ``workers`` slots in a queue of at most ``max_queue``; a fuller queue is refused at once (503). A request with
 a budget leaves the queue (503) as soon as what is left of its budget could no longer pay for even the first
-member, instead of being answered late. When it gets a slot, the runtime is given what is left of the budget
-(minus a reserve for sending the answer), so queueing costs members, not deadlines: that is the anytime
-answer under load.
+member, instead of being answered late; so does one that finds a worker but too little budget left (the
+time may have gone in the event loop before it got here). When it gets a slot, the runtime is given what is
+left of the budget (minus a reserve for sending the answer), so queueing costs members, not deadlines: that
+is the anytime answer under load.
 
 The queue lives on the event loop thread (no locks); only ``predict`` runs on the worker threads.
 """
@@ -123,19 +124,20 @@ class Scheduler:
         """
         deadline = None if budget_ms is None else arrival + budget_ms / 1e3
         enqueued = time.perf_counter()
-        waited = await self._acquire(deadline)
+        await self._acquire(deadline)
         try:
             started = time.perf_counter()
             left_ms: float | None = None
             if deadline is not None:
                 left_ms = (deadline - started) * 1e3 - self.reserve_ms
-                # A request that had to wait is shed if the first member no longer fits; one that got a
-                # worker at once always runs (the runtime keeps to its budget as well as one member allows).
-                if waited and left_ms < self.tracker.first_member_ms():
+                # What is left must pay for the first member, or the answer would come late: shed it. The
+                # time may have gone in the queue, or in the event loop before the request got here.
+                if left_ms < self.tracker.first_member_ms():
                     self.shed += 1
                     raise OverloadedError(
-                        f"overloaded: waited {(started - enqueued) * 1e3:.1f} ms for a worker, too little of the "
-                        f"{budget_ms:g} ms budget is left for one member; retry, or raise anytime_budget_ms"
+                        f"overloaded: {(started - arrival) * 1e3:.1f} ms of the {budget_ms:g} ms budget went before a "
+                        f"worker was free ({(started - enqueued) * 1e3:.1f} ms queued); too little is left for one "
+                        "member: retry, or raise anytime_budget_ms"
                     )
                 # The runtime wants a positive budget; with none left it answers with the first member only.
                 left_ms = max(left_ms, _MIN_BUDGET_MS)
@@ -149,16 +151,24 @@ class Scheduler:
         finally:
             self._release()
 
-    async def _acquire(self, deadline: float | None) -> bool:
-        """Take a worker slot, waiting in line if none is free; returns whether it had to wait."""
-        if self._free > 0:  # free slots exist only while nobody waits: _release hands slots over
-            self._free -= 1
-            return False
-        if self.queued >= self.max_queue:
+    def check_capacity(self) -> None:
+        """Refuse now if a new request could neither run nor queue (callers check before costly decoding).
+
+        Raises:
+            OverloadedError: every worker is busy and the queue is full.
+        """
+        if self._free == 0 and self.queued >= self.max_queue:
             self.shed += 1
             raise OverloadedError(
                 f"overloaded: {self.queued} requests already wait for {self.workers} worker(s); retry later"
             )
+
+    async def _acquire(self, deadline: float | None) -> None:
+        """Take a worker slot, waiting in line if none is free."""
+        if self._free > 0:  # free slots exist only while nobody waits: _release hands slots over
+            self._free -= 1
+            return
+        self.check_capacity()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
@@ -169,7 +179,6 @@ class Scheduler:
             timer = loop.call_later(max(0.0, give_up - time.perf_counter()), self._expire, waiter)
         try:
             await waiter
-            return True
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._release()  # the slot was handed over just as this request was cancelled

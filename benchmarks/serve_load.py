@@ -1,0 +1,556 @@
+"""Serving under load: latency, throughput, deadlines and memory of ``anytime-edge serve`` on loopback.
+
+The server runs as its own process (``python -m edge_runtime serve BUNDLE --port 0``, bound to 127.0.0.1)
+and this process is the load generator: closed-loop clients, each on one keep-alive HTTP/1.1 connection,
+sending single-sample V2 requests (JSON, default outputs) back to back; a 503 is counted and the next
+request follows at once (no back-off: the worst case for the server). Everything is bounded in time and
+request count and stops by itself; every server started is stopped (SIGTERM, then kill).
+
+1. Overhead: one client, requests interleaved with in-process ``runtime.predict`` on the same samples in
+   this process, so both see the same machine; overhead = HTTP round trip - in-process predict (median
+   of the paired differences, and the difference of the p50s). Goal: <= 1 ms p50.
+2. Load: p50/p99 latency and throughput at 1, 4 and 16 concurrent clients, for run-all (every member,
+   no budget) and for a budget (``--budget-ms``, entropy exit off so the budget alone decides). Share of
+   answers past budget + 1 ms, as the client measures it. Goal: <= 1%.
+3. Worker sweep: the budget at 16 clients with 1, 2 and 4 inference threads: why the default is what it
+   is (concurrent member evaluations on a 2-core box slow each other and miss deadlines).
+4. Sustained: ``--sustain-s`` (60 s) at 16 clients, half run-all and half budget requests; zero 5xx other
+   than deliberate 503 shedding, and server RSS growth <= 10% (psutil, sampled every second).
+
+    python benchmarks/serve_load.py [--bundle runs/demo/bundle --data runs/demo/test.npz] [--json PATH]
+    python benchmarks/serve_load.py --dev [--quick]     # a generated 4-member bundle (needs onnx)
+
+The default bundle is written by ``make demo``; without it the script says so and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import psutil
+
+import edge_runtime
+from edge_runtime.device import device_info
+from edge_runtime.server import default_workers
+from profiles.report import format_table
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"  # loopback only: the load never leaves this machine
+LEVELS = (1, 4, 16)
+PAST_BUDGET_SLACK_MS = 1.0  # an answer counts as late past budget + this (HTTP on loopback)
+START_TIMEOUT_S = 120.0
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _dev_bundle(tmp: Path) -> tuple[Path, np.ndarray]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from onnx_members import make_bundle  # needs onnx: a development helper, not the runtime
+
+    bundle = make_bundle(tmp / "dev", num_members=4, input_shape=(1, 16, 16), num_classes=10, hidden=256)
+    x = np.random.default_rng(0).normal(size=(256, 1, 16, 16)).astype(np.float32)
+    return bundle, x
+
+
+def _bodies(x: np.ndarray, name: str, params: dict[str, Any]) -> list[bytes]:
+    """One pre-encoded V2 request per sample, so the clients spend no time encoding."""
+    return [
+        json.dumps(
+            {"inputs": [{"name": name, "shape": [1, *row.shape], "datatype": "FP32", "data": row.ravel().tolist()}],
+             "parameters": params}
+        ).encode()
+        for row in x
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+class ServerProcess:
+    """``python -m edge_runtime serve`` on a free loopback port; a context manager that always stops it."""
+
+    def __init__(self, bundle: Path, workers: int, max_queue: int) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_runtime", "serve", str(bundle), "--host", HOST, "--port", "0",
+             "--workers", str(workers), "--max-queue", str(max_queue)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            banner = self._first_line()
+            match = re.search(r"on http://([\d.]+):(\d+)/v2$", banner)
+            if not match:
+                raise RuntimeError(f"unexpected server banner: {banner!r}")
+            self.host, self.port = match.group(1), int(match.group(2))
+            self.model = re.search(r"serving '([^']+)'", banner).group(1)  # type: ignore[union-attr]
+            self._wait_ready()
+            self.ps = psutil.Process(self.proc.pid)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _first_line(self) -> str:
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            self.proc.wait(timeout=START_TIMEOUT_S)
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"server exited {self.proc.returncode} before listening: {err.strip()}")
+        return line.strip()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+                conn.request("GET", "/v2/health/ready")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+                conn.close()
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not become ready")
+
+    def rss_mb(self) -> float:
+        return self.ps.memory_info().rss / 2**20
+
+    def stop(self) -> int | None:
+        """SIGTERM (graceful), then kill if it has not exited within 30 s; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------------------------- clients
+
+
+@dataclass
+class Record:
+    """One request as the client saw it."""
+
+    latency_ms: float
+    status: int  # HTTP status; 0 = connection error
+    budget_ms: float | None = None
+    members_used: int = 0
+    exit_reason: str = ""
+    server_ms: float = float("nan")  # anytime_elapsed_ms: handler start to answer ready
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection speaking just enough HTTP for this benchmark.
+
+    A raw socket rather than http.client: http.client parses headers with the email package (~0.1 ms a
+    response) and writes headers and body in two sends; on a 2-core box the load generator's own CPU
+    time is taken from the server, so the client does as little as it can. TCP_NODELAY, as urllib3 and
+    httpx set it. Reconnects after a connection error.
+    """
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.host, self.port = host, port
+        self.prefix = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                       "Content-Length: ").encode()
+        self.sock: socket.socket | None = None
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            self.sock = self._connect()
+        self.sock.sendall(request)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        status = int(head[9:12])
+        match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+        length = int(match.group(1)) if match else 0
+        while len(body) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection mid-body")
+            body += chunk
+        if re.search(rb"(?i)\r\nconnection:\s*close", head):
+            self.close()
+        return status, body
+
+    def post(self, body: bytes, budget_ms: float | None) -> Record:
+        request = self.prefix + str(len(body)).encode() + b"\r\n\r\n" + body
+        t0 = time.perf_counter()
+        try:
+            status, data = self._exchange(request)
+        except (OSError, ValueError):
+            self.close()
+            return Record((time.perf_counter() - t0) * 1e3, 0, budget_ms)
+        latency = (time.perf_counter() - t0) * 1e3
+        record = Record(latency, status, budget_ms)
+        if status == 200:
+            params = json.loads(data)["parameters"]
+            record.members_used = params["anytime_members_used"]
+            record.exit_reason = params["anytime_exit_reason"]
+            record.server_ms = params["anytime_elapsed_ms"]
+        return record
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+@dataclass
+class Workload:
+    """What the clients send: pre-encoded bodies, cycled; ``budgets`` parallel to ``bodies``."""
+
+    bodies: list[bytes]
+    budgets: list[float | None]
+
+    def cycle(self, offset: int) -> Iterator[tuple[bytes, float | None]]:
+        i = offset
+        while True:
+            yield self.bodies[i % len(self.bodies)], self.budgets[i % len(self.budgets)]
+            i += 1
+
+
+def run_load(server: ServerProcess, workload: Workload, clients: int, seconds: float, max_requests: int,
+             on_tick: Any = None) -> tuple[list[Record], float]:
+    """``clients`` closed-loop clients for ``seconds`` or ``max_requests`` in all; records and wall time."""
+    path = f"/v2/models/{server.model}/infer"
+    stop_at = time.perf_counter() + seconds
+    counter = iter(range(max_requests))
+    lock = threading.Lock()
+    records: list[list[Record]] = [[] for _ in range(clients)]
+
+    def loop(k: int) -> None:
+        client = Client(server.host, server.port, path)
+        try:
+            for body, budget in workload.cycle(offset=k * 7919):
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                if time.perf_counter() >= stop_at:
+                    return
+                records[k].append(client.post(body, budget))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        if on_tick is not None:
+            on_tick(time.perf_counter() - t0)
+        for t in threads:
+            t.join(timeout=1.0 / len(threads))
+    return [r for rs in records for r in rs], time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def summarize(records: list[Record], wall_s: float) -> dict[str, Any]:
+    ok = [r for r in records if r.status == 200]
+    lat = [r.latency_ms for r in ok]
+    budgeted = [r for r in ok if r.budget_ms is not None]
+    late = [r for r in budgeted if r.latency_ms > r.budget_ms + PAST_BUDGET_SLACK_MS]  # type: ignore[operator]
+    shed = [r for r in records if r.status == 503]
+    return {
+        "requests": len(records),
+        "ok": len(ok),
+        "shed_503": len(shed),
+        "other_5xx": sum(1 for r in records if r.status >= 500 and r.status != 503),
+        "other_errors": sum(1 for r in records if r.status != 200 and r.status < 500),
+        "wall_s": wall_s,
+        "throughput_rps": len(ok) / wall_s if wall_s > 0 else 0.0,
+        "latency_ms": {"p50": _pct(lat, 50), "p90": _pct(lat, 90), "p99": _pct(lat, 99), "max": max(lat, default=None)},
+        "server_ms_p50": _pct([r.server_ms for r in ok], 50),
+        "shed_latency_ms_p50": _pct([r.latency_ms for r in shed], 50),
+        "shed_share": len(shed) / len(records) if records else 0.0,
+        "past_budget_share": len(late) / len(budgeted) if budgeted else None,
+        "mean_members": float(np.mean([r.members_used for r in ok])) if ok else None,
+    }
+
+
+def _conditions(meter_start: tuple[float, float]) -> dict[str, Any]:
+    cpu = psutil.cpu_times_percent(interval=None)
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = []
+    return {"load_average": load, "cpu_busy_percent_since_start": round(100.0 - cpu.idle, 1),
+            "wall_s": round(time.monotonic() - meter_start[0], 1)}
+
+
+# ---------------------------------------------------------------------------------------------- phases
+
+
+def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, requests: int, budget_ms: float) -> dict[str, Any]:
+    """Sequential HTTP requests interleaved with in-process predict on the same samples."""
+    name = runtime.manifest.task.input.name
+    modes = {
+        "run-all": ({"anytime_budget_ms": "off", "anytime_entropy_threshold": "off"}, "off"),
+        "budget": ({"anytime_budget_ms": budget_ms, "anytime_entropy_threshold": "off"}, budget_ms),
+    }
+    client = Client(server.host, server.port, f"/v2/models/{server.model}/infer")
+    out: dict[str, Any] = {}
+    try:
+        for mode, (params, budget) in modes.items():
+            bodies = _bodies(x, name, params)
+            for i in range(min(50, requests)):  # warm both sides
+                runtime.predict(x[i : i + 1], budget_ms=budget, entropy_threshold="off")
+                client.post(bodies[i % len(bodies)], None)
+            local, remote, server_side = [], [], []
+            cpu0 = server.ps.cpu_times()
+            for i in range(requests):
+                j = i % len(x)
+                t0 = time.perf_counter()
+                runtime.predict(x[j : j + 1], budget_ms=budget, entropy_threshold="off")
+                t1 = time.perf_counter()
+                record = client.post(bodies[j], None)
+                if record.status != 200:
+                    raise RuntimeError(f"overhead request failed with HTTP {record.status}")
+                local.append((t1 - t0) * 1e3)
+                remote.append(record.latency_ms)
+                server_side.append(record.server_ms)
+            cpu1 = server.ps.cpu_times()
+            diff = np.array(remote) - np.array(local)
+            out[mode] = {
+                "requests": requests,
+                "in_process_ms": {"p50": _pct(local, 50), "p99": _pct(local, 99)},
+                "http_ms": {"p50": _pct(remote, 50), "p99": _pct(remote, 99)},
+                "server_elapsed_ms_p50": _pct(server_side, 50),
+                # CPU the server process spent per request (user + system): scheduling delays on a busy
+                # machine do not inflate it, so it bounds the overhead an idle machine would see.
+                "server_cpu_ms_per_request": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / requests * 1e3,
+                "overhead_ms": {"p50_of_paired": float(np.median(diff)), "p10": _pct(diff, 10), "p90": _pct(diff, 90),
+                                "p50_difference": _pct(remote, 50) - _pct(local, 50)},  # type: ignore[operator]
+            }
+    finally:
+        client.close()
+    return out
+
+
+def _workload(x: np.ndarray, name: str, mode: str, budget_ms: float) -> Workload:
+    if mode == "run-all":
+        return Workload(_bodies(x, name, {"anytime_budget_ms": "off", "anytime_entropy_threshold": "off"}), [None])
+    if mode == "budget":
+        return Workload(_bodies(x, name, {"anytime_budget_ms": budget_ms, "anytime_entropy_threshold": "off"}), [budget_ms])
+    # mixed: alternate run-all and budget requests
+    run_all = _workload(x, name, "run-all", budget_ms).bodies
+    budget = _workload(x, name, "budget", budget_ms).bodies
+    bodies = [b for pair in zip(run_all, budget) for b in pair]
+    return Workload(bodies, [None, budget_ms] * len(run_all))
+
+
+def _auto_budget(runtime: Any, x: np.ndarray) -> float:
+    """Half the in-process run-all p50 plus 0.5 ms for the server's own work, at least 1 ms, rounded."""
+    times = []
+    for i in range(200):
+        t0 = time.perf_counter()
+        runtime.predict(x[i % len(x)][None], budget_ms="off", entropy_threshold="off")
+        times.append((time.perf_counter() - t0) * 1e3)
+    return max(1.0, round(0.5 * float(np.median(times)) + 0.5, 1))
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _level_rows(levels: list[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for lv in levels:
+        s = lv["stats"]
+        rows.append([
+            f"{lv['mode']} x{lv['clients']}" + (f" w{lv['workers']}" if "workers" in lv else ""),
+            s["requests"], s["throughput_rps"], s["latency_ms"]["p50"], s["latency_ms"]["p99"], s["server_ms_p50"],
+            s["mean_members"], f"{100 * s['shed_share']:.1f}%",
+            "-" if s["past_budget_share"] is None else f"{100 * s['past_budget_share']:.2f}%",
+            s["other_5xx"] + s["other_errors"],
+        ])
+    return rows
+
+
+_LEVEL_HEADERS = ["load", "requests", "ok/s", "p50 ms", "p99 ms", "server p50", "members", "503", "late", "errors"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / "runs/demo/bundle")
+    parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/test.npz", help=".npz with inputs 'x'")
+    parser.add_argument("--dev", action="store_true", help="use a generated 4-member bundle instead (needs onnx)")
+    parser.add_argument("--quick", action="store_true", help="short phases, for development (~1 min)")
+    parser.add_argument("--budget-ms", type=float, default=None,
+                        help="latency budget of budget requests (default: half the in-process run-all p50 + 0.5 ms)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="server inference threads")
+    parser.add_argument("--max-queue", type=int, default=32, help="server queue bound")
+    parser.add_argument("--level-s", type=float, default=None, help="seconds per load level (default 10; quick 2)")
+    parser.add_argument("--sustain-s", type=float, default=None, help="sustained phase (default 60; quick 5)")
+    parser.add_argument("--sweep", default="1,2,4", help="worker counts for the sweep ('' skips it)")
+    parser.add_argument("--max-requests", type=int, default=50_000, help="cap on requests per phase")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    level_s = args.level_s if args.level_s is not None else (2.0 if args.quick else 10.0)
+    sustain_s = args.sustain_s if args.sustain_s is not None else (5.0 if args.quick else 60.0)
+    overhead_n = 200 if args.quick else 1000
+    sweep = [int(w) for w in args.sweep.split(",") if w.strip()]
+
+    tmp = tempfile.TemporaryDirectory(prefix="serve_load.")
+    try:
+        if args.dev:
+            bundle, x = _dev_bundle(Path(tmp.name))
+            source = "generated dev bundle (4 members, 1x16x16 -> 10 classes, hidden 256)"
+        else:
+            if not (args.bundle / "manifest.json").is_file() or not args.data.is_file():
+                print(f"serve_load: {args.bundle} or {args.data} is missing; run `make demo` first, pass --bundle "
+                      "and --data, or use --dev", file=sys.stderr)
+                return 2
+            with np.load(args.data, allow_pickle=False) as data:
+                x = np.asarray(data["x"], dtype=np.float32)[:512]
+            bundle, source = args.bundle, str(args.bundle)
+        return _run(args, bundle, source, x, level_s, sustain_s, overhead_n, sweep)
+    finally:
+        tmp.cleanup()
+
+
+def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, level_s: float, sustain_s: float,
+         overhead_n: int, sweep: list[int]) -> int:
+    started = (time.monotonic(), 0.0)
+    psutil.cpu_times_percent(interval=None)
+    runtime = edge_runtime.load(bundle, warmup=16)
+    name = runtime.manifest.task.input.name
+    budget_ms = args.budget_ms if args.budget_ms is not None else _auto_budget(runtime, x)
+    info = device_info()
+    header = (f"serve_load: {source}, {runtime.manifest.num_members} members; budget {budget_ms:g} ms; "
+              f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "
+              f"{info['logical_cores']} logical cores, {info['os']}, onnxruntime {info['onnxruntime']}; "
+              f"load average at start {[round(v, 2) for v in os.getloadavg()]}")
+    print(header, flush=True)
+    results: dict[str, Any] = {
+        "benchmark": "serve_load", "bundle": source, "members": runtime.manifest.num_members, "budget_ms": budget_ms,
+        "past_budget_slack_ms": PAST_BUDGET_SLACK_MS, "workers": args.workers, "max_queue": args.max_queue,
+        "device": info, "client": "closed loop, keep-alive raw-socket HTTP/1.1, one thread per client, no back-off on 503",
+        "level_s": level_s, "sustain_s": sustain_s,
+    }
+    with ServerProcess(bundle, args.workers, args.max_queue) as server:
+        results["overhead"] = measure_overhead(server, runtime, x, overhead_n, budget_ms)
+        rows = [[mode, o["in_process_ms"]["p50"], o["http_ms"]["p50"], o["http_ms"]["p99"], o["server_elapsed_ms_p50"],
+                 o["overhead_ms"]["p50_of_paired"], o["overhead_ms"]["p10"], o["overhead_ms"]["p90"],
+                 o["server_cpu_ms_per_request"]]
+                for mode, o in results["overhead"].items()]
+        print("\n1. HTTP overhead, one client, interleaved with in-process predict (ms)")
+        print(format_table(["mode", "in-proc p50", "http p50", "http p99", "server p50", "overhead p50", "p10", "p90",
+                            "server cpu/req"], rows))
+
+        levels = []
+        for mode in ("run-all", "budget"):
+            workload = _workload(x, name, mode, budget_ms)
+            for clients in LEVELS:
+                records, wall = run_load(server, workload, clients, level_s, args.max_requests)
+                levels.append({"mode": mode, "clients": clients, "stats": summarize(records, wall)})
+        results["levels"] = levels
+        print(f"\n2. Load: closed-loop clients, {level_s:g} s per level; late = answers past budget + "
+              f"{PAST_BUDGET_SLACK_MS:g} ms (client clock)")
+        print(format_table(_LEVEL_HEADERS, _level_rows(levels)))
+
+        rss: list[tuple[float, float]] = []
+        rss_start = server.rss_mb()
+
+        def sample(elapsed: float) -> None:
+            if not rss or elapsed - rss[-1][0] >= 1.0:
+                rss.append((elapsed, server.rss_mb()))
+
+        records, wall = run_load(server, _workload(x, name, "mixed", budget_ms), 16, sustain_s, 10**9, on_tick=sample)
+        rss_end = server.rss_mb()
+        rss_values = [v for _, v in rss] + [rss_end]
+        sustained = {
+            "clients": 16, "stats": summarize(records, wall), "rss_mb": {"start": rss_start, "end": rss_end,
+            "max": max(rss_values)}, "rss_growth": rss_end / rss_start - 1.0, "rss_samples": rss,
+        }
+        results["sustained"] = sustained
+        server_exit = server.stop()
+        results["server_exit_status"] = server_exit
+    print(f"\n4. Sustained: 16 clients for {sustain_s:g} s, alternating run-all and budget requests")
+    print(format_table(_LEVEL_HEADERS, _level_rows([{"mode": "mixed", "clients": 16, "stats": sustained["stats"]}])))
+    print(f"server RSS {rss_start:.1f} -> {rss_end:.1f} MiB (max {max(rss_values):.1f}): "
+          f"growth {100 * sustained['rss_growth']:+.1f}%; server exit status after SIGTERM: {server_exit}")
+
+    sweep_levels = []
+    for workers in sweep:
+        with ServerProcess(bundle, workers, args.max_queue) as server:
+            workload = _workload(x, name, "budget", budget_ms)
+            run_load(server, workload, 4, min(1.0, level_s), 2000)  # warm
+            records, wall = run_load(server, workload, 16, level_s, args.max_requests)
+            sweep_levels.append({"mode": "budget", "clients": 16, "workers": workers, "stats": summarize(records, wall)})
+    results["workers_sweep"] = sweep_levels
+    if sweep_levels:
+        print(f"\n3. Worker threads, budget requests at 16 clients ({level_s:g} s each)")
+        print(format_table(_LEVEL_HEADERS, _level_rows(sweep_levels)))
+
+    overhead = results["overhead"]["run-all"]["overhead_ms"]["p50_of_paired"]
+    budget_levels = [lv["stats"] for lv in levels if lv["mode"] == "budget"]
+    answered = sum(s["ok"] for s in budget_levels)
+    late = sum(round(s["past_budget_share"] * s["ok"]) for s in budget_levels if s["past_budget_share"] is not None)
+    sus = sustained["stats"]
+    goals = {
+        "http_overhead_p50_ms": {"value": overhead, "goal": "<= 1.0", "met": overhead <= 1.0},
+        "past_budget_share": {"value": late / answered if answered else None, "goal": "<= 0.01",
+                              "met": answered > 0 and late / answered <= 0.01},
+        "sustained_other_5xx": {"value": sus["other_5xx"] + sus["other_errors"], "goal": "0",
+                                "met": sus["other_5xx"] + sus["other_errors"] == 0},
+        "sustained_rss_growth": {"value": sustained["rss_growth"], "goal": "<= 0.10", "met": sustained["rss_growth"] <= 0.10},
+    }
+    results["goals"] = goals
+    results["conditions"] = _conditions(started)
+    print("\nGoals")
+    print(format_table(["goal", "value", "target", "met"],
+                       [[k, g["value"], g["goal"], "yes" if g["met"] else "NO"] for k, g in goals.items()]))
+    print(f"conditions: {results['conditions']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
