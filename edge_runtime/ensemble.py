@@ -273,6 +273,8 @@ class AnytimeRuntime:
                     self._errors[k] += 1
                     raise MemberError(f"member '{self.manifest.members[k].name}' failed: {_first_line(exc)}") from exc
                 member_ms[k] += (perf_counter() - t) * 1e3
+                for name, _ in conns:  # a connection input is this member's only: the next one rejects it
+                    del feed[name]
                 for key, i in keeps:
                     carried[key] = outs[i]
                 probs[k, start : start + len(chunk)] = outs[1]
@@ -305,6 +307,9 @@ class AnytimeRuntime:
             t = perf_counter()
             observed[k].append((t - t_prev) * 1e3)
             t_prev = t
+            if conns:  # a connection input is this member's only: the next one rejects it
+                for name, _ in conns:
+                    del feed[name]
             good, used = outs, k + 1
             if k == last:
                 break
@@ -343,6 +348,8 @@ class AnytimeRuntime:
                 return results  # type: ignore[return-value]
             t = perf_counter()
             took_ms, t_prev = (t - t_prev) * 1e3, t
+            for name, _ in conns:  # a connection input is this member's only: the next one rejects it
+                del feed[name]
             good = outs
             if k == last:
                 self._settle(results, rows, outs, range(len(rows)), k + 1, "complete", t0)
