@@ -21,9 +21,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from exporters.errors import ConversionError
+
+if TYPE_CHECKING:
+    import onnx
 
 try:
     import torch
@@ -180,10 +183,14 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _first_line(exc: BaseException) -> str:
-    """First line of the innermost cause: the exporter wraps the real reason in pages of advice."""
-    while exc.__cause__ is not None:
+def _innermost(exc: BaseException) -> BaseException:
+    """The exception at the root of ``exc``'s cause chain: the exporter wraps the reason in pages of advice."""
+    while exc.__cause__ is not None and not isinstance(exc, ConversionError):
         exc = exc.__cause__
+    return exc
+
+
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
@@ -240,16 +247,39 @@ def export_member(
                 optimize=True,
                 verbose=False,
             )
-        except ConversionError:
-            raise
         except Exception as exc:  # noqa: BLE001 - torch.export/onnxscript raise many unrelated types
+            cause = _innermost(exc)
+            if isinstance(cause, ConversionError):  # our own contract check, raised while tracing
+                raise cause from None
             raise ConversionError(
-                f"torch.onnx.export failed for member {head.position}: {_first_line(exc)}; "
+                f"torch.onnx.export failed for member {head.position}: {_first_line(cause)}; "
                 "make forward traceable (no data-dependent Python control flow)"
             ) from exc
     if program is None:  # pragma: no cover - dynamo=True always returns a program
         raise ConversionError("torch.onnx.export returned nothing; upgrade torch to >= 2.5")
-    return program.model_proto.SerializeToString()
+    proto = program.model_proto
+    _lower_ir_version(proto)
+    return proto.SerializeToString()
+
+
+def _lower_ir_version(proto: "onnx.ModelProto") -> None:
+    """Stamp the lowest IR version the model's opsets allow, if the model still checks at it.
+
+    torch writes the newest IR version (10), but the runtime install accepts onnxruntime >= 1.17, which
+    reads IR <= 9 and would refuse the file on the device. Opset 18 needs only IR 8, and these graphs use
+    none of the newer IR features (float8/int4 types, function overloads); the checker confirms it.
+    """
+    import onnx
+
+    minimum = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    if minimum >= proto.ir_version:
+        return
+    original = proto.ir_version
+    proto.ir_version = minimum
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError:
+        proto.ir_version = original
 
 
 def export_onnx(model: nn.Module, example_x: "torch.Tensor", *, input_name: str = "x", emit_features: bool = False) -> bytes:

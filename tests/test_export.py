@@ -250,6 +250,7 @@ def test_connected_manifest_wires_features(connected) -> None:
     graph = onnx.load_model_from_string(load_bundle(result.path).member_bytes[2])
     assert [i.name for i in graph.graph.input] == ["x", "prev_logits", "features_from_0", "features_from_1"]
     assert graph.opset_import[0].version == 18
+    assert graph.ir_version <= 9  # readable by onnxruntime 1.17, the oldest the runtime install accepts
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     assert manifest.metadata["data"] == "synthetic" and manifest.metadata["exporter"]["opset"] == 18
     assert third.info["method"] == "test" and third.params == sum(p.numel() for p in members[2].parameters())
@@ -328,6 +329,16 @@ def test_export_onnx_gives_a_runnable_first_member_graph() -> None:
     want = torch_prefixes([model], ((),), x, "sum")[0]
     np.testing.assert_allclose(logits, want["logits"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(entropy, want["entropy"], rtol=1e-4, atol=1e-5)
+
+
+class DictMember(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": x.flatten(1)[:, :NUM_CLASSES]}
+
+
+def test_a_member_breaking_the_contract_is_named() -> None:
+    with pytest.raises(ConversionError, match="member 1 returned dict; forward must return logits or"):
+        export_onnx(DictMember(), torch.randn(2, 12))
 
 
 def test_failed_gate_writes_nothing_and_keeps_the_old_bundle(cnn2d_single) -> None:
