@@ -217,16 +217,23 @@ def _timed_passes(chain: _Chain, pool: Sequence[Mapping[str, np.ndarray]], confi
 def _served_passes(runtime: Any, rows: Sequence[np.ndarray], config: MeasureConfig, tracker: PeakTracker) -> np.ndarray:
     """Single-sample runtime requests, every member run; the runtime's own per-member times (ms)."""
     observed = runtime.latency_estimator.observed  # one deque per member; predict() appends to each
-    for i in range(config.warmup_queries):
-        runtime.predict(rows[i % len(rows)])
     k = len(observed)
+
+    def serve(row: np.ndarray) -> None:
+        answer = runtime.predict(row)[0]
+        if answer.members_used != k:  # a member failed (the runtime answered from fewer): no valid timing
+            name = runtime.manifest.members[answer.members_used].name
+            raise MeasurementError(f"member '{name}' failed inside the runtime; check it with `anytime-edge inspect --check`")
+
+    for i in range(config.warmup_queries):
+        serve(rows[i % len(rows)])
     out = np.empty((max(config.min_queries, 1024), k))
     q = 0
     start = time.perf_counter()
     while q < config.min_queries or time.perf_counter() - start < config.min_seconds:
         if q == len(out):
             out = np.concatenate([out, np.empty_like(out)])
-        runtime.predict(rows[q % len(rows)])
+        serve(rows[q % len(rows)])
         out[q] = [window[-1] for window in observed]
         q += 1
         if q % _SAMPLE_EVERY == 0:

@@ -169,3 +169,32 @@ def test_memory_is_measured_in_a_fresh_runtime_process(tiny_bundle: Path) -> Non
     loaded = sum(m["rss_load_delta_mb"] for m in profile["members"])
     assert loaded == pytest.approx(memory["rss_after_load"] - memory["process_baseline"], abs=0.5)
     assert memory["run"]["kernel_peak_mb"] >= memory["rss_after_load"] - 0.5
+
+
+def _renamed_connections_bundle(path: Path) -> Path:
+    """Like ``connected_bundle`` but each connection input has its own name, as B-DISTIL exports them."""
+    from dataclasses import replace
+
+    from exporters.bundle import write_bundle
+    from onnx_members import make_bundle
+
+    source = load_bundle(make_bundle(path / "source", num_members=3, connections=True))
+    blobs, members = [], []
+    for k, (spec, blob) in enumerate(zip(source.manifest.members, source.member_bytes)):
+        model = onnx.load_from_string(blob)
+        new = f"features_from_{k - 1}"
+        for value in model.graph.input:
+            if value.name == "conn_features":
+                value.name = new
+        for node in model.graph.node:
+            node.input[:] = [new if i == "conn_features" else i for i in node.input]
+        blobs.append(model.SerializeToString())
+        members.append(replace(spec, connections=tuple(replace(c, input=new) for c in spec.connections)))
+    return write_bundle(path / "renamed", replace(source.manifest, members=tuple(members)), blobs)
+
+
+def test_members_with_distinct_connection_names_are_profiled(tmp_path: Path) -> None:
+    profile = profile_bundle(_renamed_connections_bundle(tmp_path), FAST)
+    assert [m["conditional_on"] for m in profile["members"]] == [[], ["member_1"], ["member_2"]]
+    assert set(profile["members"][2]["inputs"]) == {"x", "prev_logits", "features_from_1"}
+    assert all(m["latency_ms"]["queries"] >= 20 for m in profile["members"])
