@@ -207,7 +207,7 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
     members: list[nn.Module] = []
     sources: list[tuple[int, ...]] = []
     reports: list[MemberReport] = []
-    stopped = ""
+    stopped, stopped_attempts = "", []
     for t in range(cfg.members):
         r_train, r_val = g_train - f_train, g_val - f_val
         tau = cfg.temperature or residual_temperature(r_train)
@@ -236,6 +236,7 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
                 break
         if accepted is None:
             stopped = f"no candidate reached a validation edge >= gamma={cfg.gamma} for member {t + 1}"
+            stopped_attempts = attempts
             break
         member, conns, candidate, step = accepted
         member.set_scale(step)
@@ -277,6 +278,7 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
         members=tuple(reports),
         teacher_val_accuracy=float((teacher_val_pred == dataset.y_val).mean()),
         stopped=stopped,
+        stopped_attempts=tuple(stopped_attempts),
         settings={**cfg.to_dict(), "candidates": [c.to_dict() for c in candidates]},
     )
     return Ensemble(members, sources, report)

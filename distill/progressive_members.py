@@ -159,6 +159,7 @@ class EnsembleReport:
     members: tuple[MemberReport, ...]
     teacher_val_accuracy: float
     stopped: str = ""  # why B-DISTIL stopped before the requested number of members ("" = it did not)
+    stopped_attempts: tuple[dict[str, Any], ...] = ()  # the rejected attempts of the round that stopped it
     settings: dict[str, Any] = field(default_factory=dict)  # the configuration used, for provenance
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +168,7 @@ class EnsembleReport:
             "combine": self.combine,
             "teacher_val_accuracy": self.teacher_val_accuracy,
             "stopped": self.stopped,
+            "stopped_attempts": [dict(a) for a in self.stopped_attempts],
             "settings": dict(self.settings),
             "members": [m.to_dict() for m in self.members],
         }
