@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=float, nargs="+", default=None, help="budgets in ms (default: derived from measured latencies)")
     parser.add_argument("--num-budgets", type=int, default=6, help="how many budgets to derive (default 6)")
     parser.add_argument("--contention", nargs="+", choices=CONDITIONS, default=["none", "busy_same_core"])
+    parser.add_argument("--quantile", default="p99", choices=["p50", "p90", "p95", "p99"], help="latency quantile the runtime predicts with (default p99)")
     parser.add_argument("--core", type=int, default=None, help="core for pinning (default: the last one this process may use)")
     args = parser.parse_args(argv)
     cores = sorted(os.sched_getaffinity(0))
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     other = next((c for c in cores if c != core), None)
     with workdir() as tmp:
         path, x, y, description = resolve_inputs(args, tmp)
-        runtime = edge_runtime.load(path, entropy_threshold="off")
+        runtime = edge_runtime.load(path, entropy_threshold="off", latency_quantile=args.quantile)
         shape = tuple(runtime.manifest.task.input.shape[1:])
         samples = [np.ascontiguousarray(x[i].reshape(1, *shape)) for i in range(len(x))]
         y = np.asarray(y).reshape(-1)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": dev,
         "members": runtime.num_members,
         "estimator": runtime.latency_estimator.source(),
-        "latency_quantile": "p99",
+        "latency_quantile": args.quantile,
         "reference_quiet": reference,
         "prefix_accuracy": prefix_accuracy,
         "core": core,
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"deadline: {args.requests} single-sample requests per budget and condition (+{args.settle} settle), "
         f"{description}; device {dev['cpu_model']} ({dev['logical_cores']} logical cores, ORT {dev['onnxruntime']}), "
-        f"load average {dev['load_average_1m']:.2f}; estimator: {result['estimator']}; "
+        f"load average {dev['load_average_1m']:.2f}; estimator: {result['estimator']} {args.quantile}; "
         f"quiet member 1 p50 {reference['member1_ms_p50']:.3f} ms, full ensemble p50 {reference['full_ms_p50']:.3f} ms "
         f"/ p99 {reference['full_ms_p99']:.3f} ms; prefix accuracy {', '.join(f'{a:.3f}' for a in prefix_accuracy)}"
     )

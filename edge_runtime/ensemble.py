@@ -22,7 +22,6 @@ deques (appends are atomic in CPython).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Callable, Sequence
@@ -45,8 +44,6 @@ from edge_runtime.result import Prediction
 from edge_runtime.session import SessionConfig, create_session
 
 __all__ = ["AnytimeRuntime", "PrefixEvaluation"]
-
-logger = logging.getLogger("edge_runtime")
 
 _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 _HEAD = ("logits", "probs", "entropy")  # every member's first three fetched outputs, in this order
@@ -402,7 +399,11 @@ class AnytimeRuntime:
         name = self.manifest.members[k].name
         if k == 0:
             raise MemberError(f"the first member '{name}' failed, so there is no answer: {_first_line(exc)}") from exc
-        logger.warning("member '%s' failed; answering with members 1..%d: %s", name, k, _first_line(exc))
+        import logging  # only on this rare path: logging costs ~10 ms of import time on a small CPU
+
+        logging.getLogger("edge_runtime").warning(
+            "member '%s' failed; answering with members 1..%d: %s", name, k, _first_line(exc)
+        )
 
     # ------------------------------------------------------------------ set-up helpers
     def _policy(self, entropy_threshold: ThresholdSpec, budget_ms: float | str | None) -> ExitPolicy:
@@ -484,6 +485,15 @@ class AnytimeRuntime:
         missing = [o for o in fetch if o not in graph_outputs]
         if missing:
             raise ModelLoadError(f"member '{name}' lacks graph outputs {missing}; re-export it")
+        # The hot path reads one entropy per row: a [N, 1] entropy would break it, so say so at load.
+        shapes = {o.name: getattr(o, "shape", None) for o in session.get_outputs()}
+        for output, rank in (("logits", 2), ("probs", 2), ("entropy", 1)):
+            shape = shapes.get(output)
+            if isinstance(shape, (list, tuple)) and shape and len(shape) != rank:
+                raise ModelLoadError(
+                    f"member '{name}' output '{output}' has shape {list(shape)}; the contract wants rank {rank} "
+                    "(entropy [N], logits/probs [N, C]); re-export it"
+                )
 
     def _profile_latencies(self, quantile: str) -> list[float] | None:
         if not self.manifest.profiles:

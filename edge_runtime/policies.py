@@ -296,7 +296,7 @@ class LatencyEstimator:
     def _compute(self) -> tuple[float, ...]:
         out = []
         for k, window in enumerate(self.observed):
-            values = list(window)  # a snapshot: other threads may append meanwhile
+            values = list(window)  # copied in C under the GIL, so other threads' appends cannot interleave
             needed = 1 if self.profile_ms is None else self.min_observations
             seen = float(np.quantile(values, self.quantile)) if len(values) >= needed else 0.0
             prior = 0.0 if self.profile_ms is None else self.profile_ms[k]

@@ -40,6 +40,7 @@ class FakeClock:
 @dataclass
 class _Node:
     name: str
+    shape: tuple = ()
 
 
 class FakeSession:
@@ -256,3 +257,15 @@ def test_observations_come_from_single_sample_requests(tiny_bundle: Path, clock:
     observed = runtime.latency_observations()
     assert [len(o) for o in observed] == [1, 1, 1]
     assert np.concatenate(observed) == pytest.approx([1.0, 2.0, 4.0])
+
+
+def test_entropy_of_the_wrong_rank_is_refused_at_load(tiny_bundle: Path, clock: FakeClock) -> None:
+    from edge_runtime.errors import ModelLoadError
+
+    class WrongEntropy(FakeSession):
+        def get_outputs(self) -> list[_Node]:
+            return [_Node("logits", ("N", 3)), _Node("probs", ("N", 3)), _Node("entropy", ("N", 1)), _Node("features", ("N", 4))]
+
+    sessions = [WrongEntropy(k, lambda i: 1.0, 1.0, clock, False) for k in range(3)]
+    with pytest.raises(ModelLoadError, match="entropy"):
+        AnytimeRuntime(load_bundle(tiny_bundle), sessions=sessions, warmup=0)
