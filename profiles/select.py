@@ -35,6 +35,7 @@ import numpy as np
 
 from edge_runtime.bundle import load_bundle
 from edge_runtime.device import fingerprint
+from edge_runtime.ensemble import AnytimeRuntime
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.session import SessionConfig
 from profiles.errors import SelectionError
@@ -124,8 +125,6 @@ def _bundle_candidates(
     store: bool,
     notes: list[str],
 ) -> list[Candidate]:
-    import edge_runtime  # lazily: the runtime builds sessions
-
     bundle = load_bundle(path)
     manifest = bundle.manifest
     if int(y.max()) >= manifest.task.num_classes or int(y.min()) < 0:
@@ -144,7 +143,7 @@ def _bundle_candidates(
             notes.append(f"{path}: {why}; measured now and stored")
         else:
             notes.append(f"{path}: {why}; measured now (not stored)")
-    runtime = edge_runtime.load(bundle, session_config=session_config, entropy_threshold="off", warmup=0)
+    runtime = AnytimeRuntime(bundle, session_config, entropy_threshold="off", warmup=0)
     try:
         prefixes = runtime.evaluate_prefixes(x)
     except EdgeRuntimeError as exc:
@@ -340,14 +339,17 @@ def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | 
     ax.scatter([c.latency_ms["p50"] for c in front], [c.accuracy for c in front], c="C0", label="Pareto front")
     chosen = selection.chosen
     ax.scatter([chosen.latency_ms["p50"]], [chosen.accuracy], s=160, facecolors="none", edgecolors="C3", lw=2, label=f"chosen: {chosen.name}")
-    for c in cands:
-        ax.annotate(c.name, (c.latency_ms["p50"], c.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    labels: dict[tuple[float, float], list[str]] = {}
+    for c in cands:  # candidates at the same point (e.g. a full prefix and its threshold) share one label
+        labels.setdefault((c.latency_ms["p50"], c.accuracy), []).append(c.name)
+    for point, names in labels.items():
+        ax.annotate(", ".join(names), point, fontsize=7, xytext=(3, 3), textcoords="offset points")
     if selection.budget_ms is not None:
         ax.axvline(selection.budget_ms, c="C3", ls="--", lw=1, label=f"budget {selection.budget_ms} ms ({selection.budget_quantile})")
     ax.set_xlabel("p50 latency per query, batch 1 (ms)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"accuracy vs latency on device {selection.fingerprint}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
