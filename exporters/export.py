@@ -17,6 +17,7 @@ features gets a graph input ``features_from_<j>``, recorded in the manifest as
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import zlib
@@ -139,6 +140,14 @@ def _normalise_connections(connections: Sequence[Sequence[int]] | None, n: int) 
     return tuple(result)
 
 
+def _check_json(value: Any, what: str) -> None:
+    """Fail before the slow export, not while writing the manifest after it."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"{what} is not JSON-serialisable ({exc}); pass plain numbers, strings, lists and dicts") from exc
+
+
 def _device_of(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
@@ -228,6 +237,9 @@ def export_ensemble(
     if len(infos) != n:
         raise ExportError(f"member_info lists {len(infos)} entries for {n} members; give one mapping per member")
     sources = _normalise_connections(connections, n)
+    _check_json(dict(metadata or {}), "metadata")
+    for k, info in enumerate(infos):
+        _check_json(info, f"member_info[{k}]")
     x = _as_tensor(heldout[0])
     y = _as_labels(heldout[1])
     _check_heldout(task, x, y)

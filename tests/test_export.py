@@ -364,6 +364,7 @@ def test_failed_gate_writes_nothing_and_keeps_the_old_bundle(cnn2d_single) -> No
         ({"combine": "max"}, ConversionError, "combine 'max'"),
         ({"classes": 4}, ConversionError, "4 classes"),
         ({"labels": 3.5}, ExportError, "integer class ids"),
+        ({"member_info": [{}, {"width": np.int64(3)}]}, ExportError, r"member_info\[1\] is not JSON-serialisable"),
     ],
 )
 def test_bad_arguments_fail_before_export(kwargs: dict, error: type, message: str, tmp_path: Path) -> None:
@@ -378,7 +379,7 @@ def test_bad_arguments_fail_before_export(kwargs: dict, error: type, message: st
         export_ensemble(
             members, task_for(MLP_SHAPE), tmp_path / "b", heldout=(x, y),
             connections=kwargs.get("connections"), member_names=kwargs.get("member_names"),
-            combine=kwargs.get("combine", "sum"),
+            combine=kwargs.get("combine", "sum"), member_info=kwargs.get("member_info"),
         )
     assert not (tmp_path / "b").exists()
 
