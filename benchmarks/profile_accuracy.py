@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 import psutil
 
-import edge_runtime
+from edge_runtime.bundle import load_bundle
 from edge_runtime.device import device_info, fingerprint
+from edge_runtime.ensemble import AnytimeRuntime
 from profiles.device import LoadMeter
 from profiles.inputs import load_npz
 from profiles.measure import MeasureConfig, profile_bundle
@@ -142,13 +143,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bundle = tmp / "bundle"
         shutil.copytree(source, bundle) if Path(source).is_dir() else shutil.copy(source, bundle)
         config = MeasureConfig(min_queries=q, min_seconds=secs, batch=1, memory_probe=False)  # latency only
-        names = [m.name for m in edge_runtime.load_bundle(bundle).manifest.members]
+        names = [m.name for m in load_bundle(bundle).manifest.members]
         meter = LoadMeter().start()
 
         # Quiet: rounds of profile A, runtime serving (every member run), profile B; each as long as the other.
         first = profile_bundle(bundle, config, data=x, data_label=data_label)
         store_profile(bundle, first)  # the runtime's budget policy reads it
-        runtime = edge_runtime.load(bundle, entropy_threshold="off", warmup=64)
+        runtime = AnytimeRuntime(bundle, entropy_threshold="off", warmup=64)
         a50, b50, a99, o50, o99 = [], [], [], [], []
         for _ in range(args.rounds):
             a = profile_bundle(bundle, config, data=x, data_label=data_label)
