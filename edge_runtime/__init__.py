@@ -29,7 +29,7 @@ from edge_runtime.errors import (
 
 if TYPE_CHECKING:
     from edge_runtime.bundle import Bundle, Calibration, Manifest, PathLike, load_bundle
-    from edge_runtime.calibrate import calibrate, save_calibration
+    from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibration
     from edge_runtime.ensemble import AnytimeRuntime, PrefixEvaluation
     from edge_runtime.policies import ExitPolicy
     from edge_runtime.result import Prediction
@@ -40,6 +40,7 @@ __all__ = [
     "Bundle",
     "BundleError",
     "Calibration",
+    "CalibrationTarget",
     "ChecksumError",
     "EdgeRuntimeError",
     "ExitPolicy",
@@ -64,6 +65,7 @@ _LAZY = {
     "AnytimeRuntime": "edge_runtime.ensemble",
     "Bundle": "edge_runtime.bundle",
     "Calibration": "edge_runtime.bundle",
+    "CalibrationTarget": "edge_runtime.calibrate",
     "ExitPolicy": "edge_runtime.policies",
     "Manifest": "edge_runtime.bundle",
     "Prediction": "edge_runtime.result",

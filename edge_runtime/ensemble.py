@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edge_runtime.bundle import Bundle, PathLike, connection_inputs, load_bundle
+from edge_runtime.bundle import Bundle, Manifest, PathLike, connection_inputs, load_bundle
 from edge_runtime.errors import InputError, MemberError, ModelLoadError, PolicyError
 from edge_runtime.policies import (
     CALIBRATED,
@@ -158,7 +158,7 @@ class AnytimeRuntime:
 
     # ------------------------------------------------------------------ properties
     @property
-    def manifest(self) -> Any:
+    def manifest(self) -> Manifest:
         """The bundle's :class:`~edge_runtime.bundle.Manifest`."""
         return self._bundle.manifest
 
