@@ -249,8 +249,12 @@ class Workload:
 
 
 def run_load(server: ServerProcess, workload: Workload, clients: int, seconds: float, max_requests: int,
-             on_tick: Any = None) -> tuple[list[Record], float]:
-    """``clients`` closed-loop clients for ``seconds`` or ``max_requests`` in all; records and wall time."""
+             on_tick: Any = None) -> tuple[list[Record], float, float]:
+    """``clients`` closed-loop clients for ``seconds`` or ``max_requests`` in all.
+
+    Returns:
+        The records, the wall time (s) and the server's CPU use meanwhile (100 = one core busy).
+    """
     path = f"/v2/models/{server.model}/infer"
     stop_at = time.perf_counter() + seconds
     counter = iter(range(max_requests))
@@ -271,6 +275,7 @@ def run_load(server: ServerProcess, workload: Workload, clients: int, seconds: f
             client.close()
 
     threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(clients)]
+    cpu0 = server.ps.cpu_times()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -279,7 +284,10 @@ def run_load(server: ServerProcess, workload: Workload, clients: int, seconds: f
             on_tick(time.perf_counter() - t0)
         for t in threads:
             t.join(timeout=1.0 / len(threads))
-    return [r for rs in records for r in rs], time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    cpu1 = server.ps.cpu_times()
+    cpu_percent = 100.0 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall
+    return [r for rs in records for r in rs], wall, cpu_percent
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -289,11 +297,12 @@ def _pct(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def summarize(records: list[Record], wall_s: float) -> dict[str, Any]:
+def summarize(records: list[Record], wall_s: float, server_cpu_percent: float) -> dict[str, Any]:
     ok = [r for r in records if r.status == 200]
     lat = [r.latency_ms for r in ok]
     budgeted = [r for r in ok if r.budget_ms is not None]
     late = [r for r in budgeted if r.latency_ms > r.budget_ms + PAST_BUDGET_SLACK_MS]  # type: ignore[operator]
+    server_late = [r for r in budgeted if r.server_ms > r.budget_ms]  # type: ignore[operator]
     shed = [r for r in records if r.status == 503]
     return {
         "requests": len(records),
@@ -302,12 +311,16 @@ def summarize(records: list[Record], wall_s: float) -> dict[str, Any]:
         "other_5xx": sum(1 for r in records if r.status >= 500 and r.status != 503),
         "other_errors": sum(1 for r in records if r.status != 200 and r.status < 500),
         "wall_s": wall_s,
+        "server_cpu_percent": server_cpu_percent,
         "throughput_rps": len(ok) / wall_s if wall_s > 0 else 0.0,
         "latency_ms": {"p50": _pct(lat, 50), "p90": _pct(lat, 90), "p99": _pct(lat, 99), "max": max(lat, default=None)},
         "server_ms_p50": _pct([r.server_ms for r in ok], 50),
         "shed_latency_ms_p50": _pct([r.latency_ms for r in shed], 50),
         "shed_share": len(shed) / len(records) if records else 0.0,
         "past_budget_share": len(late) / len(budgeted) if budgeted else None,
+        # late by the server's own clock (handler start to answer ready): the rest of the lateness is HTTP
+        # parsing and sending, and waiting for a core, outside the server's view
+        "server_past_budget_share": len(server_late) / len(budgeted) if budgeted else None,
         "mean_members": float(np.mean([r.members_used for r in ok])) if ok else None,
     }
 
@@ -340,7 +353,7 @@ def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, request
             for i in range(min(50, requests)):  # warm both sides
                 runtime.predict(x[i : i + 1], budget_ms=budget, entropy_threshold="off")
                 client.post(bodies[i % len(bodies)], None)
-            local, remote, server_side = [], [], []
+            local, remote, server_side, shed = [], [], [], 0
             cpu0 = server.ps.cpu_times()
             for i in range(requests):
                 j = i % len(x)
@@ -348,6 +361,9 @@ def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, request
                 runtime.predict(x[j : j + 1], budget_ms=budget, entropy_threshold="off")
                 t1 = time.perf_counter()
                 record = client.post(bodies[j], None)
+                if record.status == 503:  # a budget too tight for this machine's load: counted, not timed
+                    shed += 1
+                    continue
                 if record.status != 200:
                     raise RuntimeError(f"overhead request failed with HTTP {record.status}")
                 local.append((t1 - t0) * 1e3)
@@ -355,8 +371,11 @@ def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, request
                 server_side.append(record.server_ms)
             cpu1 = server.ps.cpu_times()
             diff = np.array(remote) - np.array(local)
+            if not remote:
+                raise RuntimeError(f"every {mode} request was shed; raise --budget-ms")
             out[mode] = {
                 "requests": requests,
+                "shed_503": shed,
                 "in_process_ms": {"p50": _pct(local, 50), "p99": _pct(local, 99)},
                 "http_ms": {"p50": _pct(remote, 50), "p99": _pct(remote, 99)},
                 "server_elapsed_ms_p50": _pct(server_side, 50),
@@ -405,12 +424,14 @@ def _level_rows(levels: list[dict[str, Any]]) -> list[list[Any]]:
             s["requests"], s["throughput_rps"], s["latency_ms"]["p50"], s["latency_ms"]["p99"], s["server_ms_p50"],
             s["mean_members"], f"{100 * s['shed_share']:.1f}%",
             "-" if s["past_budget_share"] is None else f"{100 * s['past_budget_share']:.2f}%",
-            s["other_5xx"] + s["other_errors"],
+            "-" if s["server_past_budget_share"] is None else f"{100 * s['server_past_budget_share']:.2f}%",
+            s["other_5xx"] + s["other_errors"], f"{s['server_cpu_percent']:.0f}%", lv.get("load_average", "-"),
         ])
     return rows
 
 
-_LEVEL_HEADERS = ["load", "requests", "ok/s", "p50 ms", "p99 ms", "server p50", "members", "503", "late", "errors"]
+_LEVEL_HEADERS = ["load", "requests", "ok/s", "p50 ms", "p99 ms", "server p50", "members", "503", "late", "late (srv)",
+                  "errors", "srv cpu", "loadavg"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -485,8 +506,8 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
         for mode in ("run-all", "budget"):
             workload = _workload(x, name, mode, budget_ms)
             for clients in LEVELS:
-                records, wall = run_load(server, workload, clients, level_s, args.max_requests)
-                levels.append({"mode": mode, "clients": clients, "stats": summarize(records, wall)})
+                stats = summarize(*run_load(server, workload, clients, level_s, args.max_requests))
+                levels.append({"mode": mode, "clients": clients, "stats": stats, "load_average": os.getloadavg()[0]})
         results["levels"] = levels
         print(f"\n2. Load: closed-loop clients, {level_s:g} s per level; late = answers past budget + "
               f"{PAST_BUDGET_SLACK_MS:g} ms (client clock)")
@@ -499,11 +520,11 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
             if not rss or elapsed - rss[-1][0] >= 1.0:
                 rss.append((elapsed, server.rss_mb()))
 
-        records, wall = run_load(server, _workload(x, name, "mixed", budget_ms), 16, sustain_s, 10**9, on_tick=sample)
+        outcome = run_load(server, _workload(x, name, "mixed", budget_ms), 16, sustain_s, 10**9, on_tick=sample)
         rss_end = server.rss_mb()
         rss_values = [v for _, v in rss] + [rss_end]
         sustained = {
-            "clients": 16, "stats": summarize(records, wall), "rss_mb": {"start": rss_start, "end": rss_end,
+            "clients": 16, "stats": summarize(*outcome), "rss_mb": {"start": rss_start, "end": rss_end,
             "max": max(rss_values)}, "rss_growth": rss_end / rss_start - 1.0, "rss_samples": rss,
         }
         results["sustained"] = sustained
@@ -518,9 +539,10 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
     for workers in sweep:
         with ServerProcess(bundle, workers, args.max_queue) as server:
             workload = _workload(x, name, "budget", budget_ms)
-            run_load(server, workload, 4, min(1.0, level_s), 2000)  # warm
-            records, wall = run_load(server, workload, 16, level_s, args.max_requests)
-            sweep_levels.append({"mode": "budget", "clients": 16, "workers": workers, "stats": summarize(records, wall)})
+            run_load(server, workload, 4, min(1.0, level_s), 2000)  # warm up the fresh server
+            stats = summarize(*run_load(server, workload, 16, level_s, args.max_requests))
+            sweep_levels.append({"mode": "budget", "clients": 16, "workers": workers, "stats": stats,
+                                 "load_average": os.getloadavg()[0]})
     results["workers_sweep"] = sweep_levels
     if sweep_levels:
         print(f"\n3. Worker threads, budget requests at 16 clients ({level_s:g} s each)")

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from edge_runtime.server import ServerConfig, create_app
-from edge_runtime.server._scheduler import LatencyTracker
+from edge_runtime.server import OverloadedError, ServerConfig, create_app
+from edge_runtime.server._scheduler import LatencyTracker, Scheduler
 from test_server import INFER, FakeRuntime, infer_body
 
 
@@ -163,3 +163,34 @@ def test_latency_tracker(records: list[tuple[float, int]], runtime_ms: float | N
     for service_ms, used in records:
         tracker.record(service_ms, used)
     assert tracker.first_member_ms() == expected
+
+
+def _run_scheduled(spent_ms: float, budget_ms: float, first_ms: float) -> Any:
+    """One call through a free scheduler for a request that arrived ``spent_ms`` ago."""
+    scheduler = Scheduler(workers=1, max_queue=4, reserve_ms=0.5, tracker=LatencyTracker(lambda: first_ms))
+
+    async def main() -> Any:
+        arrival = time.perf_counter() - spent_ms / 1e3
+        return await scheduler.run(lambda left: left, arrival, budget_ms, lambda result: 1)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        scheduler.close()
+
+
+def test_budget_lost_before_a_free_worker_is_shed() -> None:
+    # 90 ms of a 100 ms budget went in the event loop: 9.5 ms left cannot pay for a 20 ms first member
+    with pytest.raises(OverloadedError, match="90.* ms of the 100 ms budget"):
+        _run_scheduled(spent_ms=90, budget_ms=100, first_ms=20)
+
+
+def test_budget_left_reaches_the_call() -> None:
+    done = _run_scheduled(spent_ms=30, budget_ms=100, first_ms=20)
+    assert 0 < done.result <= 100 - 30 - 0.5 and done.budget_ms == done.result  # time only moves on
+
+
+def test_budget_that_never_fit_the_first_member_still_runs() -> None:
+    # not overload: the runtime answers with its first member (and says "budget")
+    done = _run_scheduled(spent_ms=0, budget_ms=10, first_ms=20)
+    assert 0 < done.result <= 9.5

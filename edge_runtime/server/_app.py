@@ -290,17 +290,16 @@ def create_app(runtime: RuntimeLike | PathLike, config: ServerConfig | None = No
 
         runtime = load(runtime)
     server = _Server(runtime, config)
-    routes = [
+    routes = []
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        # infer first: Starlette tries routes in order, and inference is the hot path
+        routes.insert(0, Route(f"{prefix}/infer", server.infer, methods=["POST"]))
+        routes += [Route(prefix, server.model_info, methods=["GET"]), Route(f"{prefix}/ready", server.model_ready, methods=["GET"])]
+    routes += [
         Route("/v2/health/live", server.live, methods=["GET"]),
         Route("/v2/health/ready", server.health_ready, methods=["GET"]),
         Route("/v2", server.server_info, methods=["GET"]),
     ]
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes += [
-            Route(prefix, server.model_info, methods=["GET"]),
-            Route(f"{prefix}/ready", server.model_ready, methods=["GET"]),
-            Route(f"{prefix}/infer", server.infer, methods=["POST"]),
-        ]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -5,7 +5,8 @@ request waits behind every other and all of them miss their budgets. Here a requ
 ``workers`` slots in a queue of at most ``max_queue``; a fuller queue is refused at once (503). A request with
 a budget leaves the queue (503) as soon as what is left of its budget could no longer pay for even the first
 member, instead of being answered late; so does one that finds a worker but too little budget left (the
-time may have gone in the event loop before it got here). When it gets a slot, the runtime is given what is
+time may have gone in the event loop before it got here). A budget too small for the first member even on
+an idle server is not overload: that request runs the first member only. When it gets a slot, the runtime is given what is
 left of the budget (minus a reserve for sending the answer), so queueing costs members, not deadlines: that
 is the anytime answer under load.
 
@@ -31,6 +32,7 @@ T = TypeVar("T")
 
 _WINDOW = 128  # recent requests the latency estimate looks at
 _MIN_SAMPLES = 5  # fewer first-member samples than this and the estimate falls back
+_REFRESH_EVERY = 16  # recompute the p90 after this many requests
 _MIN_BUDGET_MS = 0.01  # what a request with its budget spent is handed: enough for the first member only
 
 
@@ -40,14 +42,17 @@ class LatencyTracker:
     Two sources, the larger wins: the runtime's own prediction for member 1 (its profile for this device
     and its observed latencies, when the runtime offers one), and the p90 wall time of recent requests that
     one member answered, as seen from the scheduler (which adds thread hand-off and the runtime's
-    per-request work). Before either exists, the p90 of the mean time per member of recent requests;
-    before anything is known, 0 (no request is shed for want of an estimate).
+    per-request work, and grows when the machine is busy). With no runtime estimate and too few such
+    requests, the p90 of the time per member of recent requests; before anything is known, 0 (no request
+    is shed for want of an estimate).
     """
 
     def __init__(self, runtime_estimate: Callable[[], float] | None = None) -> None:
         self._runtime_estimate = runtime_estimate
         self._first: Deque[float] = collections.deque(maxlen=_WINDOW)
         self._per_member: Deque[float] = collections.deque(maxlen=_WINDOW)
+        self._records = 0
+        self._own = 0.0  # cached p90 from the windows: a percentile per request would cost the event loop
 
     def record(self, service_ms: float, members_used: int) -> None:
         """Note one request's wall time in ``predict`` and the most members any of its samples used."""
@@ -56,15 +61,21 @@ class LatencyTracker:
         if members_used == 1:
             self._first.append(service_ms)
         self._per_member.append(service_ms / members_used)
+        self._records += 1
+        if self._records <= 2 * _REFRESH_EVERY or self._records % _REFRESH_EVERY == 0:  # early: every time
+            self._own = self._compute()
+
+    def _compute(self) -> float:
+        if len(self._first) >= _MIN_SAMPLES:
+            return float(np.percentile(self._first, 90))
+        if self._runtime_estimate is None and self._per_member:
+            return float(np.percentile(self._per_member, 90))
+        return 0.0
 
     def first_member_ms(self) -> float:
         """Estimate (ms) of one evaluation of the first member, 0 while nothing is known."""
-        known = float(np.percentile(self._first, 90)) if len(self._first) >= _MIN_SAMPLES else 0.0
-        if self._runtime_estimate is not None:
-            known = max(known, self._runtime_estimate())
-        if known > 0:
-            return known
-        return float(np.percentile(self._per_member, 90)) if self._per_member else 0.0
+        runtime = self._runtime_estimate() if self._runtime_estimate is not None else 0.0
+        return max(self._own, runtime)
 
 
 @dataclass(frozen=True)
@@ -130,9 +141,12 @@ class Scheduler:
             left_ms: float | None = None
             if deadline is not None:
                 left_ms = (deadline - started) * 1e3 - self.reserve_ms
-                # What is left must pay for the first member, or the answer would come late: shed it. The
-                # time may have gone in the queue, or in the event loop before the request got here.
-                if left_ms < self.tracker.first_member_ms():
+                # Overload: the budget could pay for the first member, but the time went (queueing, or in the
+                # event loop before the request got here) and what is left cannot; answering would be late.
+                # A budget that never could pay for it is not overload: the first member answers (the
+                # runtime always runs it) and the answer says "budget".
+                first_ms = self.tracker.first_member_ms()
+                if left_ms < first_ms <= budget_ms - self.reserve_ms:
                     self.shed += 1
                     raise OverloadedError(
                         f"overloaded: {(started - arrival) * 1e3:.1f} ms of the {budget_ms:g} ms budget went before a "
@@ -174,7 +188,8 @@ class Scheduler:
         self._waiters.append(waiter)
         timer = None
         if deadline is not None:
-            # Leave the queue the moment the budget left could no longer pay for the first member.
+            # Leave the queue the moment the budget left could no longer pay for the first member (for a
+            # budget that never could, that is at once: waiting would only make it later).
             give_up = deadline - (self.reserve_ms + self.tracker.first_member_ms()) / 1e3
             timer = loop.call_later(max(0.0, give_up - time.perf_counter()), self._expire, waiter)
         try:
