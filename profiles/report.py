@@ -50,16 +50,18 @@ def profile_table(profile: Mapping[str, Any]) -> str:
         f"model files {profile['model_size_bytes'] / 1024:.1f} KiB",
         "",
     ]
-    headers = ["member", "create", "first", "min", "p50", "p90", "p95", "p99", "max", f"p50@b{big}", "KiB", "+RSS MiB"]
+    headers = ["member", "given", "create", "first", "min", "p50", "p90", "p95", "p99", "max", f"p50@b{big}", "KiB", "+RSS MiB"]
     rows = []
     for m in profile["members"]:
         lat = m["latency_ms"]
         rows.append([
-            m["name"], m["session_create_ms"], m["first_inference_ms"], lat["min"], lat["p50"], lat["p90"],
+            m["name"], ",".join(m.get("conditional_on", ())) or "-", m["session_create_ms"], m["first_inference_ms"], lat["min"], lat["p50"], lat["p90"],
             lat["p95"], lat["p99"], lat["max"], m["batches"][big]["latency_ms"]["p50"], m["size_bytes"] / 1024,
             m["rss_load_delta_mb"],
         ])
     lines.append(format_table(headers, rows))
+    lines.append("(ms; given: members whose outputs it takes, run just before it; create/first: session creation and "
+                 "first inference; min..max: batch 1)")
     lines.append("")
     prefix_rows = []
     for p in profile["prefixes"]:
