@@ -3,7 +3,9 @@
 Four measurements on one bundle (a temporary copy: the original is never written to):
 
 1. Repeatability: in each of ``--rounds`` rounds the bundle is profiled twice (A, B) on the same inputs;
-   per member, ``p50_B / p50_A - 1``. Goal: the per-member median over rounds within 5%.
+   per member, ``p50_B / p50_A - 1``, with A the earlier profile in even rounds and the later one in odd
+   rounds (counterbalanced, so a steady drift of the machine's load cancels). Goal: the per-member
+   median over rounds within 5%.
 2. Prediction error: between A and B in each round the runtime serves single-sample requests with every
    member run (no early exit) for as long as a profile takes, and its own per-member observations (what
    ``AnytimeRuntime.latency_observations`` reports) are compared with profile A, measured before:
@@ -150,17 +152,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         first = profile_bundle(bundle, config, data=x, data_label=data_label)
         store_profile(bundle, first)  # the runtime's budget policy reads it
         runtime = AnytimeRuntime(bundle, entropy_threshold="off", warmup=64)
-        a50, b50, a99, o50, o99 = [], [], [], [], []
-        for _ in range(args.rounds):
-            a = profile_bundle(bundle, config, data=x, data_label=data_label)
+        a50, a99, o50, o99, repeat_rows, loads = [], [], [], [], [], []
+        for r in range(args.rounds):
+            before = profile_bundle(bundle, config, data=x, data_label=data_label)
             observed, _ = _serve(runtime, x, q, secs)
-            b = profile_bundle(bundle, config, data=x, data_label=data_label)
-            a50.append(_member_latency(a, "p50"))
-            a99.append(_member_latency(a, "p99"))
-            b50.append(_member_latency(b, "p50"))
+            after = profile_bundle(bundle, config, data=x, data_label=data_label)
+            # The prediction is the profile measured before serving. Repeatability compares the two
+            # profiles counterbalanced (A first in even rounds, B first in odd ones), so a steady rise
+            # or fall of the machine's load cancels in the median instead of reading as irreproducibility.
+            a, b = (before, after) if r % 2 == 0 else (after, before)
+            a50.append(_member_latency(before, "p50"))
+            a99.append(_member_latency(before, "p99"))
+            repeat_rows.append(_member_latency(b, "p50") / _member_latency(a, "p50") - 1)
             o50.append(np.median(observed, axis=0))
             o99.append(np.percentile(observed, 99, axis=0))
-        repeat = np.array(b50) / np.array(a50) - 1
+            loads.append(after["conditions"]["load_average"][:1])
+        repeat = np.array(repeat_rows)
         quiet_conditions = meter.stop()
         half = math.ceil(len(names) / 2)
         budget = args.budget_ms or float(_member_latency(first, "p99")[:half].sum())
@@ -201,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"rounds": args.rounds, "min_queries": q, "min_seconds": secs, "budget_ms": budget,
                      "budget_rule": "given" if args.budget_ms else f"sum of member p99 of members 1..{half} (first profile)",
                      "busy_core": core, "runtime_latency_quantile": "p99", "session": first["settings"]},
-        "conditions": {"quiet": quiet_conditions, "contention": busy_conditions},
+        "conditions": {"quiet": quiet_conditions, "contention": busy_conditions, "load_average_1min_per_round": loads},
         "profile_p50_ms": _member_latency(first, "p50").tolist(),
         "repeatability": {"per_round_member": repeat.round(4).tolist(), **_spread(repeat),
                           "per_member_median": np.median(repeat, axis=0).round(4).tolist(),
@@ -259,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/test.npz", help=".npz with inputs 'x'")
     parser.add_argument("--dev", action="store_true", help="use a generated 4-member bundle instead (needs onnx)")
     parser.add_argument("--dev-hidden", type=int, default=512, help="hidden width of the --dev members")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved profile/serve/profile rounds")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved profile/serve/profile rounds (even: balanced)")
     parser.add_argument("--min-queries", type=int, default=1024, help="queries per profile and per serving phase")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="seconds per profile and per serving phase")
     parser.add_argument("--budget-ms", type=float, help="default: the sum of the first half of the members' p99")
