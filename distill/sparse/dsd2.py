@@ -324,13 +324,21 @@ def plot_curves(result: DSD2Result, path: str) -> bool:
     except ImportError:  # plotting is optional (the 'plot' extra); the JSON holds the same numbers
         return False
     fig, (acc_ax, ent_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, curve, style in (("vanilla", result.vanilla, "o-"), ("distilled (DSD²)", result.distilled, "s-")):
+    for name, curve, style, color in (("vanilla", result.vanilla, "o-", "tab:blue"),
+                                      ("distilled (DSD²)", result.distilled, "s-", "tab:green")):
         xs = [100 * r.sparsity for r in curve]
-        acc_ax.plot(xs, [100 * r.test_accuracy for r in curve], style, label=f"{name} test")
-        acc_ax.plot(xs, [100 * r.val_accuracy for r in curve], style, alpha=0.35, label=f"{name} val")
-        ent_ax.plot(xs, [r.entropy for r in curve], style, label=name)
+        acc_ax.plot(xs, [100 * r.test_accuracy for r in curve], style, color=color, label=f"{name} test")
+        acc_ax.plot(xs, [100 * r.val_accuracy for r in curve], style, color=color, alpha=0.3, label=f"{name} val")
+        ent_ax.plot(xs, [r.entropy for r in curve], style, color=color, label=name)
     picked = result.distilled[result.picked_round]
-    acc_ax.axvline(100 * picked.sparsity, color="gray", linestyle="--", label="early-stopping pick")
+    acc_ax.axvline(100 * picked.sparsity, color="gray", linestyle="--", label="early-stopping pick (DSD²)")
+    for ax in (acc_ax, ent_ax):
+        # Rounds remove 20% of what remains: a log scale of the remaining weights spaces them evenly.
+        ax.set_xscale("function", functions=(lambda s: -np.log10(np.clip(1.0001 - s / 100, 1e-4, None)),
+                                             lambda u: 100 * (1.0001 - 10.0 ** (-u))))
+        ax.set_xticks([0, 50, 80, 90, 95, 98, 99])
+        last = max(r.sparsity for r in result.vanilla + result.distilled)
+        ax.set_xlim(-1, 100 * (1 - 0.8 * (1 - last)))
     acc_ax.set(xlabel="sparsity (%)", ylabel="accuracy (%)", title=f"label noise {result.noise:.0%}")
     ent_ax.set(xlabel="sparsity (%)", ylabel="mean ReLU-input entropy (bits)", title="entropy monitor")
     acc_ax.legend(fontsize=7)
