@@ -194,3 +194,14 @@ def test_budget_that_never_fit_the_first_member_still_runs() -> None:
     # not overload: the runtime answers with its first member (and says "budget")
     done = _run_scheduled(spent_ms=0, budget_ms=10, first_ms=20)
     assert 0 < done.result <= 9.5
+
+
+@pytest.mark.parametrize("no_budget_due_ms, first_after_the_running_one", [(1000.0, "budgeted"), (10.0, "unbudgeted")])
+def test_queue_is_earliest_deadline_first(no_budget_due_ms: float, first_after_the_running_one: str) -> None:
+    fake = UnstoppableRuntime(0.2)
+    app = create_app(fake, ServerConfig(workers=1, max_queue=8, no_budget_due_ms=no_budget_due_ms))
+    # B has no budget (due at arrival + no_budget_due_ms), C arrives later with a 500 ms budget
+    responses = run_concurrently(app, [(body(), 0.0), (body(), 0.02), (body(budget_ms=500), 0.04)])
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    second = "unbudgeted" if fake.calls[1]["budget_ms"] == "off" else "budgeted"
+    assert second == first_after_the_running_one

@@ -101,6 +101,7 @@ class _Server:
             max_queue=config.max_queue,
             reserve_ms=config.reserve_ms,
             tracker=LatencyTracker(_runtime_first_member_ms(runtime)),
+            no_budget_due_ms=config.no_budget_due_ms,
         )
         # Defaults: the server's settings, else the runtime's own (set when it was loaded).
         self.default_budget: float | None = config.budget_ms

@@ -39,6 +39,7 @@ class ServerConfig:
     entropy_threshold: float | None = None  # default exit threshold; None = the bundle's calibration
     workers: int = field(default_factory=default_workers)  # inference threads (the bounded pool)
     max_queue: int = 32  # requests allowed to wait for a worker; more are shed with 503
+    no_budget_due_ms: float = 1000.0  # in the earliest-deadline-first queue, a request without a budget is due this long after arrival
     max_body_bytes: int = 4 * _MIB  # larger request bodies are refused with 413
     reserve_ms: float = 0.5  # kept back from each budget for encoding and sending the answer
     max_connections: int = 256  # open connections + tasks before uvicorn itself refuses with 503
@@ -63,6 +64,8 @@ class ServerConfig:
             raise ServerConfigError(f"max_queue must be >= 0 (0 = never queue), not {self.max_queue}")
         if self.max_body_bytes < 1024:
             raise ServerConfigError(f"max_body_bytes must be at least 1024, not {self.max_body_bytes}")
+        if not (math.isfinite(self.no_budget_due_ms) and self.no_budget_due_ms > 0):
+            raise ServerConfigError(f"no_budget_due_ms must be a positive number, not {self.no_budget_due_ms}")
         if not (math.isfinite(self.reserve_ms) and self.reserve_ms >= 0):
             raise ServerConfigError(f"reserve_ms must be a finite number >= 0, not {self.reserve_ms}")
         if self.max_connections < self.workers + self.max_queue:

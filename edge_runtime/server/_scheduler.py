@@ -1,14 +1,19 @@
-"""The bounded inference pool: a fixed number of worker threads, a bounded FIFO queue, deadline-aware shedding.
+"""The bounded inference pool: worker threads, a bounded earliest-deadline-first queue, shedding.
 
-Why not just a ThreadPoolExecutor: its queue is unbounded and blind to deadlines, so under overload every
-request waits behind every other and all of them miss their budgets. Here a request waits for one of
-``workers`` slots in a queue of at most ``max_queue``; a fuller queue is refused at once (503). A request with
-a budget leaves the queue (503) as soon as what is left of its budget could no longer pay for even the first
-member, instead of being answered late; so does one that finds a worker but too little budget left (the
-time may have gone in the event loop before it got here). A budget too small for the first member even on
-an idle server is not overload: that request runs the first member only. When it gets a slot, the runtime is given what is
-left of the budget (minus a reserve for sending the answer), so queueing costs members, not deadlines: that
-is the anytime answer under load.
+Why not just a ThreadPoolExecutor: its queue is unbounded, first-come-first-served and blind to
+deadlines, so under overload every request waits behind every other and all of them miss their budgets.
+
+Here a request waits for one of ``workers`` slots in a queue of at most ``max_queue`` (a fuller queue is
+refused at once with 503). The queue is served earliest deadline first: a request with a budget is due at
+arrival + budget; one without is treated as due ``no_budget_due_ms`` after arrival, so it yields to budgeted
+requests due sooner but cannot be starved.
+
+A request with a budget leaves the queue (503) the moment what is left of its budget could no longer pay
+for the first member, instead of being answered late; so does one that finds a worker but too little
+budget left (the time may have gone in the event loop before it got here). A budget too small for the
+server's own intake plus the first member even on an idle server is not overload: that request runs the
+first member only. A request that gets a worker hands the runtime what is left of its budget (minus a
+reserve for sending the answer), so queueing costs members, not deadlines: the anytime answer under load.
 
 The queue lives on the event loop thread (no locks); only ``predict`` runs on the worker threads.
 """
@@ -17,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Deque, Generic, Sequence, TypeVar
+from typing import Callable, Deque, Generic, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -51,8 +58,18 @@ class LatencyTracker:
         self._runtime_estimate = runtime_estimate
         self._first: Deque[float] = collections.deque(maxlen=_WINDOW)
         self._per_member: Deque[float] = collections.deque(maxlen=_WINDOW)
+        self._intake: Deque[float] = collections.deque(maxlen=_WINDOW)
         self._records = 0
         self._own = 0.0  # cached p90 from the windows: a percentile per request would cost the event loop
+        self._floor = 0.0  # cached p10 of intake times
+
+    def record_intake(self, ms: float) -> None:
+        """Note how long a request took from arrival to joining the queue (reading and decoding it)."""
+        self._intake.append(ms)
+
+    def intake_floor_ms(self) -> float:
+        """p10 of recent intake times: the server's own cost before a request can even queue."""
+        return self._floor
 
     def record(self, service_ms: float, members_used: int) -> None:
         """Note one request's wall time in ``predict`` and the most members any of its samples used."""
@@ -64,6 +81,7 @@ class LatencyTracker:
         self._records += 1
         if self._records <= 2 * _REFRESH_EVERY or self._records % _REFRESH_EVERY == 0:  # early: every time
             self._own = self._compute()
+            self._floor = float(np.percentile(self._intake, 10)) if self._intake else 0.0
 
     def _compute(self) -> float:
         if len(self._first) >= _MIN_SAMPLES:
@@ -98,21 +116,33 @@ class Scheduler:
         tracker: the first-member latency estimate used to shed hopeless queued requests.
     """
 
-    def __init__(self, workers: int, max_queue: int, reserve_ms: float, tracker: LatencyTracker | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        max_queue: int,
+        reserve_ms: float,
+        tracker: LatencyTracker | None = None,
+        no_budget_due_ms: float = 1000.0,
+    ) -> None:
         self.workers = workers
         self.max_queue = max_queue
         self.reserve_ms = reserve_ms
+        self.no_budget_due_s = no_budget_due_ms / 1e3
         self.tracker = tracker or LatencyTracker()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="anytime-infer")
         self._free = workers
-        self._waiters: Deque[asyncio.Future[None]] = collections.deque()
+        # (due time, arrival order, waiter): a heap, earliest due first. Entries whose waiter is already
+        # done (expired, cancelled) stay until popped; ``_queued`` counts the live ones.
+        self._heap: List[Tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._queued = 0
         self.shed = 0  # requests refused so far (queue full or budget spent waiting)
         self.completed = 0  # calls that ran to completion (or raised) on a worker
 
     @property
     def queued(self) -> int:
         """Requests waiting for a worker now."""
-        return sum(1 for w in self._waiters if not w.done())
+        return self._queued
 
     @property
     def running(self) -> int:
@@ -141,12 +171,13 @@ class Scheduler:
             left_ms: float | None = None
             if deadline is not None:
                 left_ms = (deadline - started) * 1e3 - self.reserve_ms
-                # Overload: the budget could pay for the first member, but the time went (queueing, or in the
-                # event loop before the request got here) and what is left cannot; answering would be late.
-                # A budget that never could pay for it is not overload: the first member answers (the
-                # runtime always runs it) and the answer says "budget".
+                # Overload: the budget could pay for the server's own work and the first member, but the time
+                # went (queueing, or a busy event loop) and what is left cannot; answering would be late. A
+                # budget that never could pay for them is not overload: the runtime always runs the first
+                # member, so that request gets the first member's answer, marked "budget".
                 first_ms = self.tracker.first_member_ms()
-                if left_ms < first_ms <= budget_ms - self.reserve_ms:
+                feasible = first_ms + self.tracker.intake_floor_ms() <= budget_ms - self.reserve_ms
+                if feasible and left_ms < first_ms:
                     self.shed += 1
                     raise OverloadedError(
                         f"overloaded: {(started - arrival) * 1e3:.1f} ms of the {budget_ms:g} ms budget went before a "
@@ -155,6 +186,7 @@ class Scheduler:
                     )
                 # The runtime wants a positive budget; with none left it answers with the first member only.
                 left_ms = max(left_ms, _MIN_BUDGET_MS)
+            self.tracker.record_intake((enqueued - arrival) * 1e3)
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._executor, call, left_ms)
             finished = time.perf_counter()
@@ -178,14 +210,16 @@ class Scheduler:
             )
 
     async def _acquire(self, deadline: float | None) -> None:
-        """Take a worker slot, waiting in line if none is free."""
+        """Take a worker slot, waiting in the queue if none is free."""
         if self._free > 0:  # free slots exist only while nobody waits: _release hands slots over
             self._free -= 1
             return
         self.check_capacity()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
+        due = deadline if deadline is not None else time.perf_counter() + self.no_budget_due_s
+        heapq.heappush(self._heap, (due, next(self._order), waiter))
+        self._queued += 1
         timer = None
         if deadline is not None:
             # Leave the queue the moment the budget left could no longer pay for the first member (for a
@@ -195,16 +229,18 @@ class Scheduler:
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            if waiter.cancelled():
+                self._queued -= 1  # left the queue by cancellation (client gone, forced shutdown)
+            elif waiter.exception() is None:
                 self._release()  # the slot was handed over just as this request was cancelled
             raise
         finally:
             if timer is not None:
                 timer.cancel()
-            self._drop_done()
 
     def _expire(self, waiter: asyncio.Future[None]) -> None:
         if not waiter.done():
+            self._queued -= 1
             self.shed += 1
             waiter.set_exception(
                 OverloadedError(
@@ -213,16 +249,13 @@ class Scheduler:
             )
 
     def _release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while self._heap:
+            _, _, waiter = heapq.heappop(self._heap)
             if not waiter.done():
-                waiter.set_result(None)  # hand the slot straight to the next request in line
+                self._queued -= 1
+                waiter.set_result(None)  # hand the slot straight to the most urgent request waiting
                 return
         self._free += 1
-
-    def _drop_done(self) -> None:
-        while self._waiters and self._waiters[0].done():
-            self._waiters.popleft()
 
     def close(self) -> None:
         """Wait for running calls to finish, then stop the worker threads."""
