@@ -24,28 +24,35 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from distill.data import shared_mnist_dir
+from distill.errors import TrainingError
 from distill.lowrank.latency import LatencyConfig, measure_side_by_side
 from distill.lowrank.student import LowRankConfig, lowrank_student
 from distill.models import count_params
 from distill.teacher import ensure_teacher
-from distill.train import accuracy
+from distill.train import accuracy, predict_logits
 from edge_runtime.device import device_info
 from exporters import export_onnx
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None,
+                        help="data spec for ensure_teacher (default: the shared real MNIST, else digits)")
     parser.add_argument("--ranks", type=int, nargs="*", default=[32, 16, 12, 8], help="fixed ranks to build")
     parser.add_argument("--energies", type=float, nargs="*", default=[0.9], help="retained energies to build")
+    parser.add_argument("--latency-fraction", type=float, default=0.5,
+                        help="also build a student whose ranks a latency target of this fraction of the teacher's "
+                        "measured b1 p50 chooses (0 = skip)")
     parser.add_argument("--epochs", type=int, default=1, help="distillation epochs per student")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate of the distillation")
+    parser.add_argument("--train-rows", type=int, default=0, help="distil on the first N training rows (0 = all)")
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per model per round")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="teacher cache")
@@ -56,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # one thread: the machine is shared and the models are small
     started = time.perf_counter()
-    data_spec = "mnist" if shared_mnist_dir() is not None else "digits"  # the same spec the demo's teacher uses
+    data_spec = args.data or ("mnist" if shared_mnist_dir() is not None else "digits")  # the demo's teacher spec
     teacher, dataset, _ = ensure_teacher(data_spec, runs_dir=args.runs_dir, progress=False)
     teacher.eval()
+    if args.train_rows:
+        dataset = replace(dataset, x_train=dataset.x_train[: args.train_rows], y_train=dataset.y_train[: args.train_rows])
+    teacher_logits = predict_logits(teacher, dataset.x_train)  # computed once for every student
     x_test, y_test = dataset.x_test, dataset.y_test
     example = torch.from_numpy(x_test[:4])
 
@@ -67,16 +77,27 @@ def main(argv: list[str] | None = None) -> int:
         "init_accuracy": None, "params": count_params(teacher), "layers": [], "build_seconds": 0.0,
     }]
     blobs = {"teacher": export_onnx(teacher, example)}
-    choices = [("rank", r) for r in args.ranks] + [("energy", e) for e in args.energies]
+    choices: list[tuple[str, float]] = [("rank", r) for r in args.ranks] + [("energy", e) for e in args.energies]
+    if args.latency_fraction > 0:
+        alone = measure_side_by_side({"teacher": blobs["teacher"]}, x_test[:256], LatencyConfig(rounds=8, calls_per_round=25))
+        choices.append(("latency_ms", round(args.latency_fraction * alone["teacher"][1]["p50"], 5)))
+    skipped: list[dict[str, str]] = []
     for kind, value in choices:
         name = f"{kind}={value}"
         cfg = LowRankConfig(**{kind: value}, epochs=args.epochs, lr=args.lr)
-        student, report = lowrank_student(teacher, dataset, cfg)
+        try:
+            student, report = lowrank_student(teacher, dataset, cfg, teacher_logits=teacher_logits)
+        except TrainingError as exc:  # e.g. an energy at which no layer gets cheaper: say so, keep going
+            skipped.append({"name": name, "reason": str(exc)})
+            print(f"skipped {name}: {exc}", file=sys.stderr)
+            continue
         blobs[name] = export_onnx(student, example)
         rows.append({
             "name": name,
             "rank": value if kind == "rank" else None,
-            "energy": value if kind == "energy" else None,
+            "energy": report.energy,
+            "latency_target_ms": value if kind == "latency_ms" else None,
+            "latency_search": list(report.latency_search),
             "accuracy": report.student_accuracy,
             "init_accuracy": report.init_accuracy,
             "params": report.student_params,
@@ -111,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {info['cpu_model']} ({info['logical_cores']} logical cores), onnxruntime {info['onnxruntime']}; "
           f"session: 1 intra-op thread, sequential, no spinning; load average {load_before[0]:.2f} before timing, "
           f"{load_after[0]:.2f} after")
-    print(f"data: {dataset.name} ({len(x_test)} test rows); students distilled {args.epochs} epoch(s) with KD; "
+    print(f"data: {dataset.name} ({len(x_test)} test rows); students distilled {args.epochs} epoch(s) with KD on "
+          f"{len(dataset.x_train)} training rows; "
           f"latency: {args.rounds} interleaved rounds x {args.calls} calls per model and batch size")
     header = (f"{'model':<11} {'accuracy':>8} {'loss pt':>7} {'params':>8} {'b1 p50 ms':>9} {'b1 p99':>8} "
               f"{'speedup':>7} {'b32 p50 ms':>10} {'b32 p99':>8} {'speedup':>7}")
@@ -124,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     print("ranks per layer: " + "; ".join(
         f"{r['name']}: " + ", ".join(f"{l['layer']} {l['rank']}/{l['full_rank']}" for l in r["layers"] if l["factored"])
         for r in rows[1:]))
+    for item in skipped:
+        print(f"skipped {item['name']}: {item['reason']}")
     print(f"goal (>= 2x lower b1 p50 at <= 1 point accuracy loss) met by: {', '.join(meets) or 'none'}; "
           f"total {time.perf_counter() - started:.0f} s")
 
@@ -134,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": {"before_timing": load_before, "after_timing": load_after},
             "data": dataset.name,
             "epochs": args.epochs,
+            "train_rows": len(dataset.x_train),
             "timing": timing.describe(),
             "rows": rows,
             "goal_met_by": meets,
+            "skipped": skipped,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1, default=float) + "\n")

@@ -55,7 +55,7 @@ def test_truncated_chain_is_the_best_rank_r_approximation() -> None:
     layer = nn.Linear(30, 16)
     low = LowRankLinear.from_linear(layer, rank=5)
     product = (low.up.weight @ low.down.weight).detach().double()
-    s = torch.linalg.svdvals(layer.weight.double())
+    s = torch.linalg.svdvals(layer.weight.detach().double())
     error = torch.linalg.matrix_norm(product - layer.weight.detach().double())
     assert float(error) == pytest.approx(float(s[5:].square().sum().sqrt()), rel=1e-4)
     torch.testing.assert_close(low.up.bias, layer.bias)

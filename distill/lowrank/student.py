@@ -162,13 +162,21 @@ def plan_for_latency(
     return plan_ranks(teacher, energy=energy), energy, log, float(np.median(teacher_ms))
 
 
-def lowrank_student(teacher: nn.Module, dataset: Dataset, cfg: LowRankConfig) -> tuple[nn.Module, LowRankReport]:
+def lowrank_student(
+    teacher: nn.Module,
+    dataset: Dataset,
+    cfg: LowRankConfig,
+    *,
+    teacher_logits: np.ndarray | None = None,
+) -> tuple[nn.Module, LowRankReport]:
     """Factor ``teacher`` into a low-rank student and distil it (the teacher is not modified).
 
     Args:
         teacher: a trained classifier obeying ``forward(x) -> (logits, features)``.
         dataset: the data the teacher was trained on (train split distils, test split reports).
         cfg: rank choice and distillation schedule.
+        teacher_logits: the teacher's logits on ``dataset.x_train`` when already computed (building
+            several students from one teacher then pays for them once).
 
     Returns:
         (student in eval mode, report).
@@ -194,7 +202,13 @@ def lowrank_student(teacher: nn.Module, dataset: Dataset, cfg: LowRankConfig) ->
     student = factorize(teacher, plans, factors=cfg.factors).eval()
     init_accuracy = accuracy(student, dataset.x_test, dataset.y_test)
     if cfg.epochs > 0:
-        teacher_logits = predict_logits(teacher, dataset.x_train)
+        if teacher_logits is None:
+            teacher_logits = predict_logits(teacher, dataset.x_train)
+        elif teacher_logits.shape != (len(dataset.x_train), dataset.num_classes):
+            raise TrainingError(
+                f"teacher_logits has shape {teacher_logits.shape}, expected {(len(dataset.x_train), dataset.num_classes)}; "
+                "pass the teacher's logits on dataset.x_train"
+            )
         torch.manual_seed(cfg.seed)
         distil(
             student,
