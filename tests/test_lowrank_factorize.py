@@ -70,8 +70,8 @@ def test_conv_truncation_uses_the_flattened_kernel() -> None:
     assert tuple(low.down.weight.shape) == (4, 6, 3, 3)
     assert tuple(low.up.weight.shape) == (10, 4, 1, 1)
     product = (low.up.weight.reshape(10, 4) @ low.down.weight.reshape(4, -1)).detach()
-    s = torch.linalg.svdvals(conv.weight.reshape(10, -1).double())
-    error = torch.linalg.matrix_norm(product.double() - conv.weight.reshape(10, -1).double())
+    s = torch.linalg.svdvals(conv.weight.detach().reshape(10, -1).double())
+    error = torch.linalg.matrix_norm(product.double() - conv.weight.detach().reshape(10, -1).double())
     assert float(error) == pytest.approx(float(s[4:].square().sum().sqrt()), rel=1e-4)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -132,7 +132,13 @@ class LowRankConv(nn.Module):
         return self.up(x)
 
 
-def _load_factors(new: LowRankLinear | LowRankConv, layer: nn.Module, rank: int, to_kernel) -> None:  # type: ignore[no-untyped-def]
+def _load_factors(
+    new: LowRankLinear | LowRankConv,
+    layer: nn.Module,
+    rank: int,
+    to_kernel: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
+    """Write the truncated SVD of ``layer.weight`` into ``new``'s factors (``to_kernel`` adds 1x1 taps)."""
     u, s, vt = _svd(layer)
     u, s, vt = u[:, :rank], s[:rank], vt[:rank]
     if new.middle is None:
