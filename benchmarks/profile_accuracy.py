@@ -14,7 +14,8 @@ Four measurements on one bundle (a temporary copy: the original is never written
 3. Contention: a busy process (a Python spin loop that stops by itself and is always killed) is pinned
    to one core and this process to the same core; the quiet profiles are compared with what the
    runtime now observes, at p50 and p99.
-4. Deadline: requests with a latency budget (default: the sum of the first half of the members' p99),
+4. Deadline: requests with a latency budget (default: where the first half of the members just fits by
+   the profile: p50 of members 1..h-1 plus the p99 the runtime predicts for member h),
    quiet and under contention, with the runtime's estimator as shipped (the larger of the profile's
    and the observed p99) and restricted to the profile alone; miss rate = share of requests whose
    elapsed time exceeds the budget, and mean members evaluated.
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -168,8 +168,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             loads.append(after["conditions"]["load_average"][:1])
         repeat = np.array(repeat_rows)
         quiet_conditions = meter.stop()
-        half = math.ceil(len(names) / 2)
-        budget = args.budget_ms or float(_member_latency(first, "p99")[:half].sum())
+        # Default budget: where, by the profile and the runtime's p99 prediction, the first half just fits.
+        half = (len(names) + 1) // 2
+        done = first["prefixes"][half - 2]["latency_ms"]["p50"] if half > 1 else 0.0
+        budget = args.budget_ms or float(done + first["members"][half - 1]["latency_ms"]["p99"])
         quiet_deadline = _deadline(runtime, x, q, secs, budget)
 
         # Contention: a busy process and this one share one core.
@@ -205,7 +207,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bundle": f"dev (generated, 16x16 inputs, hidden {args.dev_hidden})" if args.dev else str(args.bundle),
         "members": names,
         "settings": {"rounds": args.rounds, "min_queries": q, "min_seconds": secs, "budget_ms": budget,
-                     "budget_rule": "given" if args.budget_ms else f"sum of member p99 of members 1..{half} (first profile)",
+                     "budget_rule": "given" if args.budget_ms else
+                     f"p50 of members 1..{half - 1} + p99 of member {half} (first profile): the first half fits",
                      "busy_core": core, "runtime_latency_quantile": "p99", "session": first["settings"]},
         "conditions": {"quiet": quiet_conditions, "contention": busy_conditions, "load_average_1min_per_round": loads},
         "profile_p50_ms": _member_latency(first, "p50").tolist(),
@@ -268,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="interleaved profile/serve/profile rounds (even: balanced)")
     parser.add_argument("--min-queries", type=int, default=1024, help="queries per profile and per serving phase")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="seconds per profile and per serving phase")
-    parser.add_argument("--budget-ms", type=float, help="default: the sum of the first half of the members' p99")
+    parser.add_argument("--budget-ms", type=float, help="default: the first half of the members just fits (see above)")
     parser.add_argument("--contention-seconds", type=float, help="the busy process stops by itself after this (default: phase length + 30 s)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
