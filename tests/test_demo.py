@@ -1,0 +1,63 @@
+"""The main job end to end on small data: every artefact is written and the runtime can use it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge_runtime
+from distill.demo import DemoConfig, run_demo
+from edge_runtime.device import fingerprint
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig(
+        data="digits", out=out / "demo", runs_dir=out / "runs", members=2, ensemble_epochs=1, teacher_epochs=6,
+        fcpts_iterations=20, student_epochs=1, profile_queries=40, profile_seconds=0.0, progress=False,
+    )
+    lines: list[str] = []
+    report = run_demo(cfg, say=lines.append)
+    return out / "demo", {"report": report, "lines": lines}
+
+
+def test_demo_writes_every_artefact(demo) -> None:
+    out, result = demo
+    for name in ("bundle/manifest.json", "report.json", "validation.npz", "test.npz", "accuracy_vs_latency.png",
+                 "candidates/teacher/manifest.json", "candidates/lowrank/manifest.json", "candidates/sparse/manifest.json"):
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["anytime_curve"] == result["report"]["anytime_curve"]
+    assert any("Anytime curve" in line for line in result["lines"])
+
+
+def test_report_figures_are_consistent(demo) -> None:
+    _, result = demo
+    report = result["report"]
+    curve = report["anytime_curve"]
+    assert [p["members"] for p in curve] == list(range(1, len(curve) + 1))
+    assert curve[-1]["accuracy"] > 0.5  # ten classes: chance is 0.1
+    latencies = [p["latency_ms_p50"] for p in curve]
+    assert all(v > 0 for v in latencies)
+    assert 1.0 <= report["entropy_exit"]["mean_members"] <= len(curve)
+    assert len(report["budgets"]) >= 2
+    assert {c["name"] for c in report["candidates"]} == {"teacher", "bdistil", "lowrank", "sparse"}
+    sparse = next(c for c in report["candidates"] if c["name"] == "sparse")
+    assert sparse["nonzero_params"] < 0.35 * sparse["params"]  # 80% target (biases are not pruned)
+
+
+def test_bundle_carries_threshold_and_profile_and_runs(demo) -> None:
+    out, result = demo
+    runtime = edge_runtime.load(out / "bundle")
+    manifest = runtime.manifest
+    assert manifest.calibration is not None
+    assert manifest.calibration.entropy_threshold == pytest.approx(result["report"]["calibration"]["entropy_threshold"])
+    assert manifest.member_latency_ms(fingerprint(), "p99") is not None
+    test = np.load(out / "test.npz")
+    answers = runtime.predict(test["x"][:20], entropy_threshold="calibrated")
+    accuracy = np.mean([a.label == y for a, y in zip(answers, test["y"][:20])])
+    assert accuracy > 0.5
