@@ -63,8 +63,8 @@ def _dev_bundle(tmp: Path) -> tuple[Path, np.ndarray]:
     sys.path.insert(0, str(ROOT / "tests"))
     from onnx_members import make_bundle  # needs onnx: a development helper, not the runtime
 
-    bundle = make_bundle(tmp / "dev", num_members=4, input_shape=(1, 16, 16), num_classes=10, hidden=256)
-    x = np.random.default_rng(0).normal(size=(256, 1, 16, 16)).astype(np.float32)
+    bundle = make_bundle(tmp / "dev", num_members=4, input_shape=(1, 28, 28), num_classes=10, hidden=1024)
+    x = np.random.default_rng(0).normal(size=(256, 1, 28, 28)).astype(np.float32)
     return bundle, x
 
 
@@ -402,16 +402,6 @@ def _workload(x: np.ndarray, name: str, mode: str, budget_ms: float) -> Workload
     return Workload(bodies, [None, budget_ms] * len(run_all))
 
 
-def _auto_budget(runtime: Any, x: np.ndarray) -> float:
-    """Half the in-process run-all p50 plus 0.5 ms for the server's own work, at least 1 ms, rounded."""
-    times = []
-    for i in range(200):
-        t0 = time.perf_counter()
-        runtime.predict(x[i % len(x)][None], budget_ms="off", entropy_threshold="off")
-        times.append((time.perf_counter() - t0) * 1e3)
-    return max(1.0, round(0.5 * float(np.median(times)) + 0.5, 1))
-
-
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -440,8 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/test.npz", help=".npz with inputs 'x'")
     parser.add_argument("--dev", action="store_true", help="use a generated 4-member bundle instead (needs onnx)")
     parser.add_argument("--quick", action="store_true", help="short phases, for development (~1 min)")
-    parser.add_argument("--budget-ms", type=float, default=None,
-                        help="latency budget of budget requests (default: half the in-process run-all p50 + 0.5 ms)")
+    parser.add_argument("--budget-ms", type=float, default=5.0,
+                        help="latency budget of budget requests, counted from arrival at the server (default: 5)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="server inference threads")
     parser.add_argument("--max-queue", type=int, default=32, help="server queue bound")
     parser.add_argument("--level-s", type=float, default=None, help="seconds per load level (default 10; quick 2)")
@@ -459,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.dev:
             bundle, x = _dev_bundle(Path(tmp.name))
-            source = "generated dev bundle (4 members, 1x16x16 -> 10 classes, hidden 256)"
+            source = "generated dev bundle (4 members, 1x28x28 -> 10 classes, hidden 1024)"
         else:
             if not (args.bundle / "manifest.json").is_file() or not args.data.is_file():
                 print(f"serve_load: {args.bundle} or {args.data} is missing; run `make demo` first, pass --bundle "
@@ -479,7 +469,7 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
     psutil.cpu_times_percent(interval=None)
     runtime = edge_runtime.load(bundle, warmup=16)
     name = runtime.manifest.task.input.name
-    budget_ms = args.budget_ms if args.budget_ms is not None else _auto_budget(runtime, x)
+    budget_ms = args.budget_ms
     info = device_info()
     header = (f"serve_load: {source}, {runtime.manifest.num_members} members; budget {budget_ms:g} ms; "
               f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "

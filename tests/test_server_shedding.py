@@ -20,16 +20,6 @@ from edge_runtime.server._scheduler import LatencyTracker, Scheduler
 from test_server import INFER, FakeRuntime, infer_body
 
 
-class FixedEstimator:
-    """Stands in for the runtime's LatencyEstimator: member 1 is predicted to take ``first_ms``."""
-
-    def __init__(self, first_ms: float) -> None:
-        self.first_ms = first_ms
-
-    def estimates(self) -> tuple[float, ...]:
-        return (self.first_ms, 1.0, 1.0)
-
-
 class UnstoppableRuntime(FakeRuntime):
     """A fake whose first member takes ``seconds`` whatever the budget (it cannot be cut short)."""
 
@@ -89,11 +79,12 @@ def test_queued_request_is_shed_when_its_budget_runs_out_instead_of_answered_lat
 
 
 def test_queued_request_leaves_when_the_first_member_no_longer_fits() -> None:
-    # The runtime predicts 80 ms for member 1, so a 100 ms budget stops being worth a worker 80 ms early;
+    # Member 1 has recently taken 80 ms here, so a 100 ms budget stops being worth a worker 80 ms early;
     # the queued request is shed at ~20 ms, long before the running one ends.
     fake = UnstoppableRuntime(0.3)
-    fake.latency_estimator = FixedEstimator(80.0)
     app = create_app(fake, ServerConfig(workers=1, max_queue=8))
+    for _ in range(5):
+        app.state.server.scheduler.tracker.record(80.0, members_used=1)
     running, late = run_concurrently(app, [(body(), 0.0), (body(budget_ms=100), 0.05)])
     assert (running.status_code, late.status_code) == (200, 503)
     assert len(fake.calls) == 1
@@ -148,26 +139,52 @@ def test_at_most_workers_calls_run_at_once() -> None:
     assert peak[0] == 2
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.mark.parametrize(
-    "records, runtime_ms, expected",
+    "records, expected",
     [
-        ([], None, 0.0),  # nothing known: nobody is shed for want of an estimate
-        ([(10.0, 2), (12.0, 3)], None, pytest.approx(4.9)),  # p90 of the time per member (5, 4)
-        ([(3.0, 1)] * 5, None, 3.0),  # direct first-member samples
-        ([(3.0, 1)] * 5, 7.0, 7.0),  # the runtime's prediction when it is larger
-        ([], 4.0, 4.0),
+        ([], 0.0),  # nothing known: nobody is shed for want of an estimate
+        ([(10.0, 2), (12.0, 3)], pytest.approx(4.9)),  # p90 of the time per member (5, 4)
+        ([(3.0, 1)] * 5, 3.0),  # enough single-member samples: the first member directly
+        ([(3.0, 1)] * 4 + [(40.0, 4)], pytest.approx(7.2)),  # too few: time per member (3, 3, 3, 3, 10)
     ],
 )
-def test_latency_tracker(records: list[tuple[float, int]], runtime_ms: float | None, expected: Any) -> None:
-    tracker = LatencyTracker(None if runtime_ms is None else (lambda: runtime_ms))
+def test_latency_tracker(records: list[tuple[float, int]], expected: Any) -> None:
+    clock = Clock()
+    tracker = LatencyTracker(clock=clock)
     for service_ms, used in records:
         tracker.record(service_ms, used)
+    clock.now += 1.0
     assert tracker.first_member_ms() == expected
+
+
+def test_latency_tracker_forgets_a_busy_spell() -> None:
+    clock = Clock()
+    tracker = LatencyTracker(clock=clock)
+    for _ in range(10):
+        tracker.record(50.0, 1)
+        tracker.record_intake(4.0)
+    clock.now += 1.0
+    assert tracker.first_member_ms() == 50.0 and tracker.intake_floor_ms() == 4.0
+    clock.now += 60.0  # nothing ran since (everything was shed, say): the old estimate must not persist
+    assert tracker.first_member_ms() == 0.0 and tracker.intake_floor_ms() == 0.0
 
 
 def _run_scheduled(spent_ms: float, budget_ms: float, first_ms: float) -> Any:
     """One call through a free scheduler for a request that arrived ``spent_ms`` ago."""
-    scheduler = Scheduler(workers=1, max_queue=4, reserve_ms=0.5, tracker=LatencyTracker(lambda: first_ms))
+    clock = Clock()
+    tracker = LatencyTracker(clock=clock)
+    for _ in range(5):
+        tracker.record(first_ms, members_used=1)
+    clock.now += 1.0
+    scheduler = Scheduler(workers=1, max_queue=4, reserve_ms=0.5, tracker=tracker)
 
     async def main() -> Any:
         arrival = time.perf_counter() - spent_ms / 1e3

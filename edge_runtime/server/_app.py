@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Protocol, Sequence, Union
+from typing import Any, AsyncIterator, Protocol, Sequence, Union
 
 import numpy as np
 from starlette.applications import Starlette
@@ -76,14 +76,6 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _runtime_first_member_ms(runtime: RuntimeLike) -> Callable[[], float] | None:
-    """The runtime's latency prediction for member 1, when it exposes one (AnytimeRuntime does)."""
-    estimator = getattr(runtime, "latency_estimator", None)
-    if estimator is None or not callable(getattr(estimator, "estimates", None)):
-        return None
-    return lambda: float(estimator.estimates()[0])
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -100,7 +92,7 @@ class _Server:
             workers=config.workers,
             max_queue=config.max_queue,
             reserve_ms=config.reserve_ms,
-            tracker=LatencyTracker(_runtime_first_member_ms(runtime)),
+            tracker=LatencyTracker(),
             no_budget_due_ms=config.no_budget_due_ms,
         )
         # Defaults: the server's settings, else the runtime's own (set when it was loaded).

@@ -24,6 +24,7 @@ import asyncio
 import collections
 import heapq
 import itertools
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,63 +38,84 @@ __all__ = ["LatencyTracker", "Scheduled", "Scheduler", "most_members"]
 
 T = TypeVar("T")
 
-_WINDOW = 128  # recent requests the latency estimate looks at
-_MIN_SAMPLES = 5  # fewer first-member samples than this and the estimate falls back
-_REFRESH_EVERY = 16  # recompute the p90 after this many requests
+_WINDOW = 128  # most recent requests an estimate looks at
+_HORIZON_S = 5.0  # ... and none older than this, so an estimate from a busy spell cannot outlive it
+_MIN_SAMPLES = 5  # fewer single-member samples than this and the estimate uses the time per member
+_REFRESH_S = 0.25  # recompute the quantiles at most this often (a percentile per request costs the loop)
 _MIN_BUDGET_MS = 0.01  # what a request with its budget spent is handed: enough for the first member only
 
 
-class LatencyTracker:
-    """A running estimate of how long the first member takes here, for shedding queued requests.
+class _Window:
+    """Recent (time, value) samples; quantiles over those within the horizon."""
 
-    Two sources, the larger wins: the runtime's own prediction for member 1 (its profile for this device
-    and its observed latencies, when the runtime offers one), and the p90 wall time of recent requests that
-    one member answered, as seen from the scheduler (which adds thread hand-off and the runtime's
-    per-request work, and grows when the machine is busy). With no runtime estimate and too few such
-    requests, the p90 of the time per member of recent requests; before anything is known, 0 (no request
-    is shed for want of an estimate).
+    def __init__(self) -> None:
+        self._samples: Deque[tuple[float, float]] = collections.deque(maxlen=_WINDOW)
+
+    def add(self, now: float, value: float) -> None:
+        self._samples.append((now, value))
+
+    def quantile(self, now: float, q: float, min_samples: int = 1) -> float | None:
+        values = [v for t, v in self._samples if now - t <= _HORIZON_S]
+        return float(np.percentile(values, q)) if len(values) >= min_samples else None
+
+
+class LatencyTracker:
+    """What the scheduler knows about this server's latencies right now, from its own recent requests.
+
+    * the first member: p90 wall time of recent requests that one member answered, as seen from the
+      scheduler (thread hand-off and the runtime's per-request work included; it grows when the machine
+      is busy), or else the p90 time per member of recent requests;
+    * intake: p10 of recent arrival-to-queue times (reading and decoding a request), the server's own
+      cost before a member can start.
+
+    Only samples from the last few seconds count, and with none the estimate is 0: a request is never
+    shed for want of an estimate. That matters: shedding everything would stop new samples, and an
+    estimate left over from a busy spell would then shed every request for good. (The runtime's own
+    latency predictions have that problem when nothing runs, so they are not used here.)
     """
 
-    def __init__(self, runtime_estimate: Callable[[], float] | None = None) -> None:
-        self._runtime_estimate = runtime_estimate
-        self._first: Deque[float] = collections.deque(maxlen=_WINDOW)
-        self._per_member: Deque[float] = collections.deque(maxlen=_WINDOW)
-        self._intake: Deque[float] = collections.deque(maxlen=_WINDOW)
-        self._records = 0
-        self._own = 0.0  # cached p90 from the windows: a percentile per request would cost the event loop
-        self._floor = 0.0  # cached p10 of intake times
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._first = _Window()
+        self._per_member = _Window()
+        self._intake = _Window()
+        self._computed_at = -math.inf
+        self._first_ms = 0.0
+        self._floor_ms = 0.0
 
     def record_intake(self, ms: float) -> None:
         """Note how long a request took from arrival to joining the queue (reading and decoding it)."""
-        self._intake.append(ms)
-
-    def intake_floor_ms(self) -> float:
-        """p10 of recent intake times: the server's own cost before a request can even queue."""
-        return self._floor
+        self._intake.add(self._clock(), ms)
 
     def record(self, service_ms: float, members_used: int) -> None:
         """Note one request's wall time in ``predict`` and the most members any of its samples used."""
         if members_used <= 0:
             return
+        now = self._clock()
         if members_used == 1:
-            self._first.append(service_ms)
-        self._per_member.append(service_ms / members_used)
-        self._records += 1
-        if self._records <= 2 * _REFRESH_EVERY or self._records % _REFRESH_EVERY == 0:  # early: every time
-            self._own = self._compute()
-            self._floor = float(np.percentile(self._intake, 10)) if self._intake else 0.0
+            self._first.add(now, service_ms)
+        self._per_member.add(now, service_ms / members_used)
 
-    def _compute(self) -> float:
-        if len(self._first) >= _MIN_SAMPLES:
-            return float(np.percentile(self._first, 90))
-        if self._runtime_estimate is None and self._per_member:
-            return float(np.percentile(self._per_member, 90))
-        return 0.0
+    def _refresh(self) -> None:
+        now = self._clock()
+        if now - self._computed_at < _REFRESH_S:
+            return
+        self._computed_at = now
+        first = self._first.quantile(now, 90, _MIN_SAMPLES)
+        if first is None:
+            first = self._per_member.quantile(now, 90)
+        self._first_ms = first or 0.0
+        self._floor_ms = self._intake.quantile(now, 10) or 0.0
 
     def first_member_ms(self) -> float:
-        """Estimate (ms) of one evaluation of the first member, 0 while nothing is known."""
-        runtime = self._runtime_estimate() if self._runtime_estimate is not None else 0.0
-        return max(self._own, runtime)
+        """Estimate (ms) of one evaluation of the first member here and now; 0 while nothing is known."""
+        self._refresh()
+        return self._first_ms
+
+    def intake_floor_ms(self) -> float:
+        """p10 of recent intake times (ms); 0 while nothing is known."""
+        self._refresh()
+        return self._floor_ms
 
 
 @dataclass(frozen=True)
