@@ -57,3 +57,14 @@ def test_bad_target_is_one_line_exit_1(tiny_teacher: Path, tmp_path: Path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "target sparsity" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_channels_command_exports_a_smaller_graph(tiny_teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bundle"
+    code = main(["sparsify", "channels", "--data", "digits", "--teacher-dir", str(tiny_teacher), "--keep", "0.5",
+                 "--finetune-epochs", "1", "--finetune-samples", "200", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "ORT latency" in text
+    member = load_bundle(out).manifest.members[0]
+    assert member.info["method"] == "channels"
+    assert member.params == member.info["params_shrunk"] < 0.5 * member.info["params_dense"]

@@ -5,7 +5,8 @@
 * :mod:`~distill.sparse.fcpts` — learned per-layer thresholds under a global target (PAPERS.md §2);
 * :mod:`~distill.sparse.entropy` — the ReLU-input entropy monitor (PAPERS.md §4);
 * :mod:`~distill.sparse.dsd2` — vanilla vs distilled iterative pruning, early stopping (PAPERS.md §4);
-* :mod:`~distill.sparse.deploy` — export, file sizes, and measured ORT latency (no gain from zeros).
+* :mod:`~distill.sparse.deploy` — export, file sizes, and measured ORT latency (no gain from zeros);
+* :mod:`~distill.sparse.structured` — channel pruning that rebuilds smaller layers (real CPU speed).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from distill.sparse.masks import (
     masks_for_sparsities,
     prunable_layers,
 )
+from distill.sparse.structured import ChannelReport, ShrunkClassifier, channel_student, shrink_channels
 
 __all__ = [
     "ALLOCATIONS",
     "Allocation",
+    "ChannelReport",
     "DENSITIES",
     "DSD2Config",
     "DSD2Result",
@@ -51,9 +54,11 @@ __all__ = [
     "OnnxComparison",
     "ROUTES",
     "RoundRecord",
+    "ShrunkClassifier",
     "Uniform",
     "allocate",
     "apply_masks",
+    "channel_student",
     "compare_onnx",
     "early_stopping_pick",
     "export_student",
@@ -72,5 +77,6 @@ __all__ = [
     "relu_entropy",
     "run_dsd2",
     "run_pruning",
+    "shrink_channels",
     "symmetric_label_noise",
 ]
