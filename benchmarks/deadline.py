@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-budgets", type=int, default=6, help="how many budgets to derive (default 6)")
     parser.add_argument("--contention", nargs="+", choices=CONDITIONS, default=["none", "busy_same_core"])
     parser.add_argument("--quantile", default="p99", choices=["p50", "p90", "p95", "p99"], help="latency quantile the runtime predicts with (default p99)")
+    parser.add_argument("--observed-quantile", type=float, default=None, help="override the quantile of observed latencies (experiments)")
     parser.add_argument("--core", type=int, default=None, help="core for pinning (default: the last one this process may use)")
     args = parser.parse_args(argv)
     cores = sorted(os.sched_getaffinity(0))
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     with workdir() as tmp:
         path, x, y, description = resolve_inputs(args, tmp)
         runtime = edge_runtime.load(path, entropy_threshold="off", latency_quantile=args.quantile)
+        if args.observed_quantile is not None:
+            runtime.latency_estimator.quantile = args.observed_quantile
         shape = tuple(runtime.manifest.task.input.shape[1:])
         samples = [np.ascontiguousarray(x[i].reshape(1, *shape)) for i in range(len(x))]
         y = np.asarray(y).reshape(-1)

@@ -228,12 +228,13 @@ class AnytimeRuntime:
             PolicyError: an impossible threshold or budget.
             MemberError: the first member raised (there is no answer at all).
         """
+        t0 = perf_counter()  # the budget covers the whole call, validation included
         batch = self._prepare(x)
         policy = self._policy(entropy_threshold, budget_ms)
         estimates = self._estimator.estimates() if policy.uses_latency else self._zeros
         if batch.shape[0] == 1:
-            return [self._predict_one(batch, policy, estimates)]
-        return self._predict_batch(batch, policy, estimates)
+            return [self._predict_one(batch, policy, estimates, t0)]
+        return self._predict_batch(batch, policy, estimates, t0)
 
     def evaluate_prefixes(self, x: Any, batch_size: int = 1024) -> PrefixEvaluation:
         """Run every member on every sample (no early exit) and keep the answer after each prefix.
@@ -280,7 +281,7 @@ class AnytimeRuntime:
         return PrefixEvaluation(probs=probs, entropy=entropy, member_ms=member_ms)
 
     # ------------------------------------------------------------------ hot paths
-    def _predict_one(self, x: np.ndarray, policy: ExitPolicy, estimates: tuple[float, ...]) -> Prediction:
+    def _predict_one(self, x: np.ndarray, policy: ExitPolicy, estimates: tuple[float, ...], t0: float) -> Prediction:
         plan = self._plan
         last = len(plan) - 1
         observed = self._estimator.observed
@@ -290,7 +291,7 @@ class AnytimeRuntime:
         good = None
         reason = "complete"
         used = 0
-        t0 = t_prev = perf_counter()
+        t_prev = perf_counter()
         for k, (run, names, conns, keeps) in enumerate(plan):
             if conns:
                 for name, key in conns:
@@ -318,12 +319,14 @@ class AnytimeRuntime:
                 for key, i in keeps:
                     carried[key] = outs[i]
             feed[_PREV] = outs[0]
-        elapsed = (perf_counter() - t0) * 1e3
         probs = good[1][0]
         label = int(probs.argmax())
-        return Prediction(label, self._labels[label], probs, used, reason, float(good[2][0]), elapsed)
+        t = perf_counter()
+        answer = Prediction(label, self._labels[label], probs, used, reason, float(good[2][0]), (t - t0) * 1e3)
+        self._estimator.finish.append((perf_counter() - t_prev) * 1e3)
+        return answer
 
-    def _predict_batch(self, x: np.ndarray, policy: ExitPolicy, estimates: tuple[float, ...]) -> list[Prediction]:
+    def _predict_batch(self, x: np.ndarray, policy: ExitPolicy, estimates: tuple[float, ...], t0: float) -> list[Prediction]:
         n = x.shape[0]
         plan = self._plan
         last = len(plan) - 1
@@ -333,7 +336,7 @@ class AnytimeRuntime:
         feed: dict[str, np.ndarray] = {self._x_name: x}
         carried: dict[tuple[int, str], np.ndarray] = {}
         good: list[np.ndarray] | None = None
-        t0 = t_prev = perf_counter()
+        t_prev = perf_counter()
         for k, (run, names, conns, keeps) in enumerate(plan):
             for name, key in conns:
                 feed[name] = carried[key]
@@ -512,7 +515,7 @@ class AnytimeRuntime:
         except MemberError as exc:
             raise ModelLoadError(f"{exc}; the member cannot answer a warm-up input, re-export it") from None
         for _ in range(runs - 1):  # these seed the observed latencies
-            self._predict_one(x, _RUN_ALL, self._zeros)
+            self._predict_one(x, _RUN_ALL, self._zeros, perf_counter())
         self._estimator.refresh()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_spellings() -> None:
 
 
 def test_estimator_prefers_the_larger_of_profile_and_enough_observations() -> None:
-    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.9, window=100, min_observations=10, refresh_every=1000)
+    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.9, window=100, min_observations=10)
     assert est.refresh() == (1.0, 2.0) and est.source() == "profile"
     for v in range(1, 10):  # too few observations to override the profile
         est.observed[1].append(50.0)
@@ -85,7 +86,7 @@ def test_estimator_prefers_the_larger_of_profile_and_enough_observations() -> No
 
 
 def test_estimator_window_forgets_and_uses_a_high_quantile() -> None:
-    est = LatencyEstimator(1, quantile=0.99, window=100, refresh_every=1000)
+    est = LatencyEstimator(1, quantile=0.99, window=100)
     for _ in range(100):
         est.observed[0].append(9.0)  # a slow period...
     for v in np.linspace(1.0, 2.0, 100):
@@ -93,15 +94,27 @@ def test_estimator_window_forgets_and_uses_a_high_quantile() -> None:
     assert est.refresh()[0] == pytest.approx(np.quantile(np.linspace(1.0, 2.0, 100), 0.99))
 
 
-def test_estimator_refreshes_every_n_calls() -> None:
-    est = LatencyEstimator(1, refresh_every=3)
+def test_estimator_adds_the_finish_time_to_every_member() -> None:
+    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.5)
+    est.finish.extend([0.25, 0.25, 0.25])
+    assert est.refresh() == (1.25, 2.25)
+
+
+def test_estimator_refreshes_in_the_background_while_asked() -> None:
+    est = LatencyEstimator(1, refresh_s=0.01, idle_s=0.5)
     assert est.estimates() == (0.0,)
     est.observed[0].append(4.0)
-    assert est.estimates() == (0.0,)  # cached
-    assert est.estimates() == (4.0,)  # third call refreshes
+    assert est.estimates() == (0.0,)  # cached: a request never pays for a refresh
+    deadline = time.monotonic() + 30  # generous: the machine may be busy; no timing is asserted
+    while est.estimates() != (4.0,) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert est.estimates() == (4.0,)
+    while est._thread is not None and time.monotonic() < deadline:  # stops by itself when idle
+        time.sleep(0.05)
+    assert est._thread is None
 
 
-@pytest.mark.parametrize("kwargs", [{"profile_ms": [1.0]}, {"quantile": 0.2}, {"window": 0}])
+@pytest.mark.parametrize("kwargs", [{"profile_ms": [1.0]}, {"quantile": 0.2}, {"window": 0}, {"refresh_s": 0}])
 def test_estimator_rejects_bad_settings(kwargs: dict) -> None:
     with pytest.raises(PolicyError):
         LatencyEstimator(2, **kwargs)
