@@ -7,8 +7,9 @@ request follows at once (no back-off: the worst case for the server). Everything
 request count and stops by itself; every server started is stopped (SIGTERM, then kill).
 
 1. Overhead: one client, requests interleaved with in-process ``runtime.predict`` on the same samples in
-   this process, so both see the same machine; overhead = HTTP round trip - in-process predict (median
-   of the paired differences, and the difference of the p50s). Goal: <= 1 ms p50.
+   this process and with ``GET /v2/health/live`` (the HTTP stack's floor), so all see the same machine;
+   overhead = HTTP round trip - in-process predict (median of the paired differences). JSON requests, and
+   the same in Triton's binary tensor extension (no JSON number parsing). Goal: <= 1 ms p50 (JSON).
 2. Load: p50/p99 latency and throughput at 1, 4 and 16 concurrent clients, for run-all (every member,
    no budget) and for a budget (``--budget-ms``, entropy exit off so the budget alone decides). Share of
    answers past budget + 1 ms, as the client measures it. Goal: <= 1%.
@@ -66,6 +67,17 @@ def _dev_bundle(tmp: Path) -> tuple[Path, np.ndarray]:
     bundle = make_bundle(tmp / "dev", num_members=4, input_shape=(1, 28, 28), num_classes=10, hidden=1024)
     x = np.random.default_rng(0).normal(size=(256, 1, 28, 28)).astype(np.float32)
     return bundle, x
+
+
+def _binary_bodies(x: np.ndarray, name: str, params: dict[str, Any]) -> list[tuple[bytes, int]]:
+    """Requests in Triton's binary tensor extension: a JSON header, then the raw little-endian floats."""
+    out = []
+    for row in x:
+        raw = np.ascontiguousarray(row, dtype="<f4").tobytes()
+        header = json.dumps({"inputs": [{"name": name, "shape": [1, *row.shape], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": len(raw)}}], "parameters": params}).encode()
+        out.append((header + raw, len(header)))
+    return out
 
 
 def _bodies(x: np.ndarray, name: str, params: dict[str, Any]) -> list[bytes]:
@@ -166,6 +178,8 @@ class Record:
     members_used: int = 0
     exit_reason: str = ""
     server_ms: float = float("nan")  # anytime_elapsed_ms: handler start to answer ready
+    infer_ms: float = float("nan")  # anytime_infer_ms: the runtime's own predict time
+    retry_after_s: float = 0.0  # the Retry-After of a 503
 
 
 class Client:
@@ -188,7 +202,7 @@ class Client:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
-    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+    def _exchange(self, request: bytes) -> tuple[int, bytes, bytes]:
         if self.sock is None:
             self.sock = self._connect()
         self.sock.sendall(request)
@@ -209,13 +223,27 @@ class Client:
             body += chunk
         if re.search(rb"(?i)\r\nconnection:\s*close", head):
             self.close()
-        return status, body
+        return status, head, body
 
-    def post(self, body: bytes, budget_ms: float | None) -> Record:
-        request = self.prefix + str(len(body)).encode() + b"\r\n\r\n" + body
+    def get_ms(self, path: str) -> float:
+        """Round trip of a GET (the HTTP stack's own floor when ``path`` is /v2/health/live)."""
+        request = f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode()
+        t0 = time.perf_counter()
+        status, _, _ = self._exchange(request)
+        if status != 200:
+            raise RuntimeError(f"GET {path} answered HTTP {status}")
+        return (time.perf_counter() - t0) * 1e3
+
+    def post(self, body: bytes | tuple[bytes, int], budget_ms: float | None) -> Record:
+        """POST a JSON body, or (body, JSON header length) for Triton's binary tensor extension."""
+        extra = b""
+        if isinstance(body, tuple):
+            body, json_length = body
+            extra = b"\r\nInference-Header-Content-Length: " + str(json_length).encode()
+        request = self.prefix + str(len(body)).encode() + extra + b"\r\n\r\n" + body
         t0 = time.perf_counter()
         try:
-            status, data = self._exchange(request)
+            status, head, data = self._exchange(request)
         except (OSError, ValueError):
             self.close()
             return Record((time.perf_counter() - t0) * 1e3, 0, budget_ms)
@@ -226,6 +254,10 @@ class Client:
             record.members_used = params["anytime_members_used"]
             record.exit_reason = params["anytime_exit_reason"]
             record.server_ms = params["anytime_elapsed_ms"]
+            record.infer_ms = params["anytime_infer_ms"]
+        elif status == 503:
+            match = re.search(rb"(?i)\r\nretry-after:\s*(\d+)", head)
+            record.retry_after_s = float(match.group(1)) if match else 1.0
         return record
 
     def close(self) -> None:
@@ -249,8 +281,12 @@ class Workload:
 
 
 def run_load(server: ServerProcess, workload: Workload, clients: int, seconds: float, max_requests: int,
-             on_tick: Any = None) -> tuple[list[Record], float, float]:
+             backoff: bool = False, on_tick: Any = None) -> tuple[list[Record], float, float]:
     """``clients`` closed-loop clients for ``seconds`` or ``max_requests`` in all.
+
+    With ``backoff`` a client that gets a 503 waits the Retry-After the server sent (as a well-behaved
+    client does); without, it sends its next request at once (the worst case: shed requests come straight
+    back, and the server spends its time refusing them).
 
     Returns:
         The records, the wall time (s) and the server's CPU use meanwhile (100 = one core busy).
@@ -270,7 +306,10 @@ def run_load(server: ServerProcess, workload: Workload, clients: int, seconds: f
                         return
                 if time.perf_counter() >= stop_at:
                     return
-                records[k].append(client.post(body, budget))
+                record = client.post(body, budget)
+                records[k].append(record)
+                if backoff and record.status == 503:
+                    time.sleep(max(0.0, min(record.retry_after_s, stop_at - time.perf_counter())))
         finally:
             client.close()
 
@@ -341,22 +380,24 @@ def _conditions(meter_start: tuple[float, float]) -> dict[str, Any]:
 def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, requests: int, budget_ms: float) -> dict[str, Any]:
     """Sequential HTTP requests interleaved with in-process predict on the same samples."""
     name = runtime.manifest.task.input.name
+    run_all = {"anytime_budget_ms": "off", "anytime_entropy_threshold": "off"}
     modes = {
-        "run-all": ({"anytime_budget_ms": "off", "anytime_entropy_threshold": "off"}, "off"),
-        "budget": ({"anytime_budget_ms": budget_ms, "anytime_entropy_threshold": "off"}, budget_ms),
+        "run-all": (_bodies(x, name, run_all), "off"),
+        "run-all binary": (_binary_bodies(x, name, run_all), "off"),
+        "budget": (_bodies(x, name, {"anytime_budget_ms": budget_ms, "anytime_entropy_threshold": "off"}), budget_ms),
     }
     client = Client(server.host, server.port, f"/v2/models/{server.model}/infer")
     out: dict[str, Any] = {}
     try:
-        for mode, (params, budget) in modes.items():
-            bodies = _bodies(x, name, params)
+        for mode, (bodies, budget) in modes.items():
             for i in range(min(50, requests)):  # warm both sides
                 runtime.predict(x[i : i + 1], budget_ms=budget, entropy_threshold="off")
                 client.post(bodies[i % len(bodies)], None)
-            local, remote, server_side, shed = [], [], [], 0
+            local, remote, server_side, infer, floor, shed = [], [], [], [], [], 0
             cpu0 = server.ps.cpu_times()
             for i in range(requests):
                 j = i % len(x)
+                floor.append(client.get_ms("/v2/health/live"))
                 t0 = time.perf_counter()
                 runtime.predict(x[j : j + 1], budget_ms=budget, entropy_threshold="off")
                 t1 = time.perf_counter()
@@ -369,7 +410,9 @@ def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, request
                 local.append((t1 - t0) * 1e3)
                 remote.append(record.latency_ms)
                 server_side.append(record.server_ms)
+                infer.append(record.infer_ms)
             cpu1 = server.ps.cpu_times()
+            cpu_live = _live_cpu_ms(server, client, requests)
             diff = np.array(remote) - np.array(local)
             if not remote:
                 raise RuntimeError(f"every {mode} request was shed; raise --budget-ms")
@@ -379,15 +422,28 @@ def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, request
                 "in_process_ms": {"p50": _pct(local, 50), "p99": _pct(local, 99)},
                 "http_ms": {"p50": _pct(remote, 50), "p99": _pct(remote, 99)},
                 "server_elapsed_ms_p50": _pct(server_side, 50),
-                # CPU the server process spent per request (user + system): scheduling delays on a busy
-                # machine do not inflate it, so it bounds the overhead an idle machine would see.
-                "server_cpu_ms_per_request": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / requests * 1e3,
+                "server_predict_ms_p50": _pct(infer, 50),  # the runtime's predict inside the server
+                # the same server's GET /v2/health/live, interleaved: what HTTP costs before any inference
+                "http_floor_ms": {"p50": _pct(floor, 50), "p99": _pct(floor, 99)},
+                # CPU the server process spent per request (user + system; the GETs' own CPU, measured
+                # separately, taken off): less sensitive than wall time to waiting for a core on a busy machine
+                "server_cpu_ms_per_request": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / requests * 1e3 - cpu_live,
+                "server_cpu_ms_per_live_get": cpu_live,
                 "overhead_ms": {"p50_of_paired": float(np.median(diff)), "p10": _pct(diff, 10), "p90": _pct(diff, 90),
                                 "p50_difference": _pct(remote, 50) - _pct(local, 50)},  # type: ignore[operator]
             }
     finally:
         client.close()
     return out
+
+
+def _live_cpu_ms(server: ServerProcess, client: Client, requests: int) -> float:
+    """Server CPU per GET /v2/health/live, to take the interleaved GETs off the inference requests' CPU."""
+    cpu0 = server.ps.cpu_times()
+    for _ in range(requests):
+        client.get_ms("/v2/health/live")
+    cpu1 = server.ps.cpu_times()
+    return (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / requests * 1e3
 
 
 def _workload(x: np.ndarray, name: str, mode: str, budget_ms: float) -> Workload:
@@ -485,22 +541,24 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
     with ServerProcess(bundle, args.workers, args.max_queue) as server:
         results["overhead"] = measure_overhead(server, runtime, x, overhead_n, budget_ms)
         rows = [[mode, o["in_process_ms"]["p50"], o["http_ms"]["p50"], o["http_ms"]["p99"], o["server_elapsed_ms_p50"],
-                 o["overhead_ms"]["p50_of_paired"], o["overhead_ms"]["p10"], o["overhead_ms"]["p90"],
-                 o["server_cpu_ms_per_request"]]
+                 o["server_predict_ms_p50"], o["overhead_ms"]["p50_of_paired"], o["overhead_ms"]["p10"], o["overhead_ms"]["p90"],
+                 o["http_floor_ms"]["p50"], o["server_cpu_ms_per_request"], o["server_cpu_ms_per_live_get"]]
                 for mode, o in results["overhead"].items()]
-        print("\n1. HTTP overhead, one client, interleaved with in-process predict (ms)")
-        print(format_table(["mode", "in-proc p50", "http p50", "http p99", "server p50", "overhead p50", "p10", "p90",
-                            "server cpu/req"], rows))
+        print("\n1. HTTP overhead, one client, interleaved with in-process predict and GET /v2/health/live (ms)")
+        print(format_table(["mode", "in-proc p50", "http p50", "http p99", "server p50", "predict p50", "overhead p50", "p10", "p90",
+                            "GET live p50", "srv cpu/req", "cpu/GET"], rows))
 
         levels = []
-        for mode in ("run-all", "budget"):
+        for mode, backoff in (("run-all", False), ("budget", False), ("budget", True)):
             workload = _workload(x, name, mode, budget_ms)
             for clients in LEVELS:
-                stats = summarize(*run_load(server, workload, clients, level_s, args.max_requests))
-                levels.append({"mode": mode, "clients": clients, "stats": stats, "load_average": os.getloadavg()[0]})
+                stats = summarize(*run_load(server, workload, clients, level_s, args.max_requests, backoff=backoff))
+                levels.append({"mode": mode + (" retry-after" if backoff else ""), "backoff": backoff,
+                               "clients": clients, "stats": stats, "load_average": os.getloadavg()[0]})
         results["levels"] = levels
         print(f"\n2. Load: closed-loop clients, {level_s:g} s per level; late = answers past budget + "
-              f"{PAST_BUDGET_SLACK_MS:g} ms (client clock)")
+              f"{PAST_BUDGET_SLACK_MS:g} ms (client clock), late (srv) = past budget by the server's clock; "
+              "'retry-after' clients wait the Retry-After of a 503, the others retry at once")
         print(format_table(_LEVEL_HEADERS, _level_rows(levels)))
 
         rss: list[tuple[float, float]] = []
@@ -530,27 +588,31 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
         with ServerProcess(bundle, workers, args.max_queue) as server:
             workload = _workload(x, name, "budget", budget_ms)
             run_load(server, workload, 4, min(1.0, level_s), 2000)  # warm up the fresh server
-            stats = summarize(*run_load(server, workload, 16, level_s, args.max_requests))
-            sweep_levels.append({"mode": "budget", "clients": 16, "workers": workers, "stats": stats,
-                                 "load_average": os.getloadavg()[0]})
+            for backoff in (False, True):
+                stats = summarize(*run_load(server, workload, 16, level_s, args.max_requests, backoff=backoff))
+                sweep_levels.append({"mode": "budget" + (" retry-after" if backoff else ""), "backoff": backoff,
+                                     "clients": 16, "workers": workers, "stats": stats,
+                                     "load_average": os.getloadavg()[0]})
     results["workers_sweep"] = sweep_levels
     if sweep_levels:
         print(f"\n3. Worker threads, budget requests at 16 clients ({level_s:g} s each)")
         print(format_table(_LEVEL_HEADERS, _level_rows(sweep_levels)))
 
     overhead = results["overhead"]["run-all"]["overhead_ms"]["p50_of_paired"]
-    budget_levels = [lv["stats"] for lv in levels if lv["mode"] == "budget"]
-    answered = sum(s["ok"] for s in budget_levels)
-    late = sum(round(s["past_budget_share"] * s["ok"]) for s in budget_levels if s["past_budget_share"] is not None)
     sus = sustained["stats"]
-    goals = {
-        "http_overhead_p50_ms": {"value": overhead, "goal": "<= 1.0", "met": overhead <= 1.0},
-        "past_budget_share": {"value": late / answered if answered else None, "goal": "<= 0.01",
-                              "met": answered > 0 and late / answered <= 0.01},
+    goals = {"http_overhead_p50_ms": {"value": overhead, "goal": "<= 1.0", "met": overhead <= 1.0}}
+    for backoff in (False, True):
+        budget_levels = [lv["stats"] for lv in levels if lv["mode"].startswith("budget") and lv["backoff"] == backoff]
+        answered = sum(s["ok"] for s in budget_levels)
+        late = sum(round(s["past_budget_share"] * s["ok"]) for s in budget_levels if s["past_budget_share"] is not None)
+        share = late / answered if answered else None
+        key = "past_budget_share" + ("_retry_after_clients" if backoff else "_no_backoff_clients")
+        goals[key] = {"value": share, "goal": "<= 0.01", "met": share is not None and share <= 0.01}
+    goals.update({
         "sustained_other_5xx": {"value": sus["other_5xx"] + sus["other_errors"], "goal": "0",
                                 "met": sus["other_5xx"] + sus["other_errors"] == 0},
         "sustained_rss_growth": {"value": sustained["rss_growth"], "goal": "<= 0.10", "met": sustained["rss_growth"] <= 0.10},
-    }
+    })
     results["goals"] = goals
     results["conditions"] = _conditions(started)
     print("\nGoals")
