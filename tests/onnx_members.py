@@ -28,6 +28,7 @@ def member_graph(
     seed: int = 0,
     scale: float = 1.0,
     batch_one_only: bool = False,
+    connection_input: str = "conn_features",
 ) -> bytes:
     """ONNX bytes of member ``index`` (0-based); ``scale`` multiplies its logits (larger = more confident).
 
@@ -54,8 +55,8 @@ def member_graph(
     if connect_from_previous and index > 0:
         wc = rng.normal(0, 1 / np.sqrt(hidden), (hidden, hidden)).astype(np.float32)
         inits.append(numpy_helper.from_array(wc, "wc"))
-        inputs.append(helper.make_tensor_value_info("conn_features", TensorProto.FLOAT, ["N", hidden]))
-        nodes += [helper.make_node("MatMul", ["conn_features", "wc"], ["c"]),
+        inputs.append(helper.make_tensor_value_info(connection_input, TensorProto.FLOAT, ["N", hidden]))
+        nodes += [helper.make_node("MatMul", [connection_input, "wc"], ["c"]),
                   helper.make_node("Add", ["features", "c"], ["h_mixed"])]
         hidden_name = "h_mixed"
     nodes.append(helper.make_node("MatMul", [hidden_name, "w2"], ["own_logits"]))
@@ -95,14 +96,22 @@ def make_bundle(
     scales: Sequence[float] | None = None,
     preprocess: Preprocess | None = None,
     batch_one_only: Sequence[int] = (),
+    distinct_connection_names: bool = False,
 ) -> Path:
     """Write a bundle of ``num_members`` tiny members to ``out_dir`` and return its path.
 
     ``batch_one_only`` lists member indices (0-based) that raise inside ONNX Runtime on batches > 1.
+    ``distinct_connection_names`` names member k's connection input ``features_from_{k-1}`` (as the
+    B-DISTIL exporter does) instead of the shared ``conn_features``.
     """
     scales = scales or [1.0] * num_members
+
+    def conn_name(k: int) -> str:
+        return f"features_from_{k - 1}" if distinct_connection_names else "conn_features"
+
     blobs = [
-        member_graph(k, input_shape, num_classes, hidden, connections, scale=scales[k], batch_one_only=k in batch_one_only)
+        member_graph(k, input_shape, num_classes, hidden, connections, scale=scales[k],
+                     batch_one_only=k in batch_one_only, connection_input=conn_name(k))
         for k in range(num_members)
     ]
     members = tuple(
@@ -111,7 +120,7 @@ def make_bundle(
             file=f"member_{k + 1}.onnx",
             sha256="",
             outputs=("logits", "probs", "entropy", "features"),
-            connections=(Connection(input="conn_features", member=k - 1, output="features"),) if connections and k else (),
+            connections=(Connection(input=conn_name(k), member=k - 1, output="features"),) if connections and k else (),
             params=int(np.prod(input_shape)) * hidden + hidden * num_classes,
         )
         for k in range(num_members)

@@ -40,7 +40,13 @@ def _manual_chain(bundle_path: Path, x: np.ndarray) -> list[dict[str, np.ndarray
     return outs
 
 
-@pytest.mark.parametrize("fixture", ["tiny_bundle", "connected_bundle"])
+@pytest.fixture
+def distinct_bundle(tmp_path: Path) -> Path:
+    """Connections with one input name per member (features_from_k), as B-DISTIL exports them."""
+    return make_bundle(tmp_path / "distinct", num_members=3, connections=True, distinct_connection_names=True)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bundle", "connected_bundle", "distinct_bundle"])
 def test_prefixes_match_a_manual_ort_chain(fixture: str, request: pytest.FixtureRequest) -> None:
     path = request.getfixturevalue(fixture)
     x = _x(16)
@@ -70,9 +76,12 @@ def test_connections_change_the_answer(connected_bundle: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
-def test_predict_stops_where_the_prefix_entropy_first_meets_the_threshold(connected_bundle: Path, threshold: float) -> None:
+@pytest.mark.parametrize("fixture", ["connected_bundle", "distinct_bundle"])
+def test_predict_stops_where_the_prefix_entropy_first_meets_the_threshold(
+    fixture: str, threshold: float, request: pytest.FixtureRequest
+) -> None:
     x = _x(64, seed=1)
-    runtime = edge_runtime.load(connected_bundle)
+    runtime = edge_runtime.load(request.getfixturevalue(fixture))
     prefixes = runtime.evaluate_prefixes(x)
     for batch in (x, *[x[i : i + 1] for i in range(len(x))]):
         answers = runtime.predict(batch, entropy_threshold=threshold)
