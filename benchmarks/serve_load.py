@@ -393,14 +393,15 @@ def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, request
             for i in range(min(50, requests)):  # warm both sides
                 runtime.predict(x[i : i + 1], budget_ms=budget, entropy_threshold="off")
                 client.post(bodies[i % len(bodies)], None)
-            local, remote, server_side, infer, floor, shed = [], [], [], [], [], 0
+            local, remote, server_side, infer, floor, shed, local_cpu = [], [], [], [], [], 0, 0.0
             cpu0 = server.ps.cpu_times()
             for i in range(requests):
                 j = i % len(x)
                 floor.append(client.get_ms("/v2/health/live"))
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 runtime.predict(x[j : j + 1], budget_ms=budget, entropy_threshold="off")
                 t1 = time.perf_counter()
+                local_cpu += time.thread_time() - c0
                 record = client.post(bodies[j], None)
                 if record.status == 503:  # a budget too tight for this machine's load: counted, not timed
                     shed += 1
@@ -429,6 +430,7 @@ def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, request
                 # separately, taken off): less sensitive than wall time to waiting for a core on a busy machine
                 "server_cpu_ms_per_request": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / requests * 1e3 - cpu_live,
                 "server_cpu_ms_per_live_get": cpu_live,
+                "in_process_cpu_ms_per_predict": local_cpu / requests * 1e3,
                 "overhead_ms": {"p50_of_paired": float(np.median(diff)), "p10": _pct(diff, 10), "p90": _pct(diff, 90),
                                 "p50_difference": _pct(remote, 50) - _pct(local, 50)},  # type: ignore[operator]
             }
@@ -542,11 +544,12 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
         results["overhead"] = measure_overhead(server, runtime, x, overhead_n, budget_ms)
         rows = [[mode, o["in_process_ms"]["p50"], o["http_ms"]["p50"], o["http_ms"]["p99"], o["server_elapsed_ms_p50"],
                  o["server_predict_ms_p50"], o["overhead_ms"]["p50_of_paired"], o["overhead_ms"]["p10"], o["overhead_ms"]["p90"],
-                 o["http_floor_ms"]["p50"], o["server_cpu_ms_per_request"], o["server_cpu_ms_per_live_get"]]
+                 o["http_floor_ms"]["p50"], o["server_cpu_ms_per_request"], o["in_process_cpu_ms_per_predict"],
+                 o["server_cpu_ms_per_live_get"]]
                 for mode, o in results["overhead"].items()]
         print("\n1. HTTP overhead, one client, interleaved with in-process predict and GET /v2/health/live (ms)")
         print(format_table(["mode", "in-proc p50", "http p50", "http p99", "server p50", "predict p50", "overhead p50", "p10", "p90",
-                            "GET live p50", "srv cpu/req", "cpu/GET"], rows))
+                            "GET live p50", "srv cpu/req", "in-proc cpu", "cpu/GET"], rows))
 
         levels = []
         for mode, backoff in (("run-all", False), ("budget", False), ("budget", True)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, Callable
 
 # Imported at module level on purpose: without the `serve` extra the dispatcher catches this ImportError
 # and prints the pip command that installs it.
@@ -19,8 +20,10 @@ __all__ = ["HELP", "configure", "run"]
 HELP = "serve a bundle over the Open Inference Protocol (KServe V2)"
 
 
-def _positive(kind: type) -> object:
-    def parse(text: str) -> float:
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float) parsed from text, > 0; bad values are usage errors."""
+
+    def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:

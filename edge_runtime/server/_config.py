@@ -17,9 +17,10 @@ _MIB = 2**20
 def default_workers() -> int:
     """Inference threads for this machine: the usable cores minus one, at least one.
 
-    One core stays with the event loop (HTTP parsing, JSON) so that it does not steal time from a member
-    evaluation running against a deadline. On a 2-core box that is one worker: benchmarks/serve_load.py
-    (``--workers-sweep``) measures how more workers make concurrent requests overrun their budgets.
+    One core stays with the event loop (HTTP parsing, JSON): a member evaluation releases the GIL inside
+    ONNX Runtime, so with as many workers as cores the evaluations can take every core while answered
+    requests wait for the loop to send them. On a 2-core box that is one worker. benchmarks/serve_load.py
+    (``--sweep``) measures budgets kept and throughput with 1, 2 and 4 workers.
     """
     try:
         cores = len(os.sched_getaffinity(0))

@@ -34,7 +34,6 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ServerConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host") from None
-    sock.set_inheritable(True)
     return sock
 
 
