@@ -7,8 +7,9 @@ Inputs. The model takes one tensor (the bundle's ``task.input``), with ``-1`` fo
 request sends it with any numeric V2 datatype (UINT8..64, INT8..64, FP16, FP32, FP64) as JSON data, nested
 or flat, row-major; the values must fit the datatype they claim, must be finite, and are converted to
 float32 for the members. Triton's binary tensor extension is read too (an input whose ``parameters`` name a
-``binary_data_size``, after a JSON header of ``Inference-Header-Content-Length`` bytes), so ``tritonclient``
-works with its defaults. Answers are always JSON.
+``binary_data_size``, after a JSON header of ``Inference-Header-Content-Length`` bytes), the way
+``tritonclient`` sends inputs by default. Answers are always JSON (a client that asked for binary outputs
+reads JSON ``data`` when no ``binary_data_size`` is given), so the server lists no extensions.
 
 Outputs, per sample (``outputs`` in the request selects and orders them; all by default):
 
