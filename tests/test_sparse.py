@@ -209,3 +209,11 @@ def test_early_stopping_stops_at_the_first_drop_and_picks_the_sparsest_good_roun
 def test_masks_for_sparsities_requires_every_layer() -> None:
     with pytest.raises(TrainingError, match="prunable layers"):
         masks_for_sparsities(_mlp(), {"0": 0.5})
+
+
+def test_fcpts_can_start_from_another_allocation() -> None:
+    model, x = _trained_mlp()
+    report = fcpts_allocate(model, x, FCPTSConfig(target=0.8, init="global", iterations=0, calibration_samples=256))
+    assert report.init_sparsities == pytest.approx(allocate("global", model, 0.8), abs=1.5 / 96)
+    with pytest.raises(TrainingError, match="init"):
+        FCPTSConfig(init="random")

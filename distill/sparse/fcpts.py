@@ -20,6 +20,8 @@ Only the allocation is learned; the weights stay frozen. Per prunable layer ``l`
   ``λ|S - S*|`` under the STE route: the learned global sparsity drifted from 70-90% down to ~49% on the
   digits CNN. Relative MSE keeps ``L_rec`` ~1 and the learned sparsity on target with λ = 1;
 * scores start from the ERK allocation for ``S*`` (logit of the k-th smallest ``|w|`` of each layer);
+  ``init="global"`` starts from the global-magnitude allocation instead (a measured variant, not the
+  paper's);
   SGD with momentum 0.9, lr 0.01, cosine schedule, no weight decay, ~1600 iterations, 1024 samples.
 
 Two gradient routes (``route``), both measured by benchmarks/sparsity_allocation.py:
@@ -52,7 +54,7 @@ from torch import nn
 from torch.func import functional_call
 
 from distill.errors import TrainingError
-from distill.sparse.baselines import ERK, check_target
+from distill.sparse.baselines import ALLOCATIONS, check_target
 from distill.sparse.masks import apply_masks, masks_for_sparsities, prunable_layers
 
 __all__ = ["DENSITIES", "FCPTSConfig", "FCPTSReport", "ROUTES", "fcpts_allocate", "fcpts_student"]
@@ -74,6 +76,7 @@ class FCPTSConfig:
     lr: float = 0.01  # peak SGD learning rate (cosine-annealed to 0)
     momentum: float = 0.9
     sparsity_weight: float = 1.0  # λ in L_rec + λ|S - S*|
+    init: str = "erk"  # starting allocation: "erk" (the paper) or another baseline ("global", "uniform")
     density: str = "histogram"  # estimator of p_l for dS/dt: "histogram" or "kde"
     bins: int = 100  # histogram bins over [min w, max w]
     bandwidth: float = 0.0  # KDE bandwidth; 0 = Silverman's rule per layer
@@ -84,6 +87,8 @@ class FCPTSConfig:
         check_target(self.target)
         if self.route not in ROUTES:
             raise TrainingError(f"FCPTS route '{self.route}' is unknown; use one of {list(ROUTES)}")
+        if self.init not in ALLOCATIONS:
+            raise TrainingError(f"FCPTS init '{self.init}' is unknown; use one of {sorted(ALLOCATIONS)}")
         if self.density not in DENSITIES:
             raise TrainingError(f"FCPTS density '{self.density}' is unknown; use one of {list(DENSITIES)}")
         if self.iterations < 0 or self.batch_size < 1 or self.calibration_samples < 1:
@@ -101,7 +106,7 @@ class FCPTSReport:
     target: float
     route: str
     density: str
-    init_sparsities: dict[str, float]  # ERK start, per layer (as realised by the initial thresholds)
+    init_sparsities: dict[str, float]  # start (ERK by default), per layer, as realised by the initial thresholds
     learned_sparsities: dict[str, float]  # from the learned thresholds, per layer
     final_sparsities: dict[str, float]  # after the exact projection (= learned when not projected)
     learned_global: float  # global sparsity of the learned thresholds
@@ -237,7 +242,7 @@ def fcpts_allocate(model: nn.Module, calibration: np.ndarray | torch.Tensor, cfg
     sizes = {n: w.numel() for n, w in weights.items()}
     total = sum(sizes.values())
     densities = {n: _LayerDensity(w, cfg) for n, w in weights.items()}
-    init = ERK()(dense, cfg.target)
+    init = ALLOCATIONS[cfg.init](dense, cfg.target)
     init_scores = {n: _kth_smallest_logit(w, init[n]) for n, w in weights.items()}
     scores = {n: torch.tensor(v, requires_grad=True) for n, v in init_scores.items()}
     optimizer = torch.optim.SGD(list(scores.values()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
