@@ -12,8 +12,10 @@ A request with a budget leaves the queue (503) the moment what is left of its bu
 for the first member, instead of being answered late; so does one that finds a worker but too little
 budget left (the time may have gone in the event loop before it got here). A budget too small for the
 server's own intake plus the first member even on an idle server is not overload: that request runs the
-first member only. A request that gets a worker hands the runtime what is left of its budget (minus a
-reserve for sending the answer), so queueing costs members, not deadlines: the anytime answer under load.
+first member only. A request that gets a worker hands the runtime what is left of its budget when the
+worker starts, minus what the answer still needs (a fixed reserve for encoding and sending, plus the
+measured time for a result to get back to the event loop), so queueing and a busy machine cost members,
+not deadlines: the anytime answer under load.
 
 The queue lives on the event loop thread (no locks); only ``predict`` runs on the worker threads.
 """
@@ -62,11 +64,14 @@ class _Window:
 class LatencyTracker:
     """What the scheduler knows about this server's latencies right now, from its own recent requests.
 
-    * the first member: p90 wall time of recent requests that one member answered, as seen from the
-      scheduler (thread hand-off and the runtime's per-request work included; it grows when the machine
-      is busy), or else the p90 time per member of recent requests;
+    * the first member: median time of recent calls that one member answered (the runtime's per-request
+      work included; it grows when the machine is busy), or else the median time per member of recent
+      calls;
     * intake: p10 of recent arrival-to-queue times (reading and decoding a request), the server's own
-      cost before a member can start.
+      cost before a member can start;
+    * return: p90 of recent times from a call's end on its worker to the event loop taking the result
+      back (a thread wake-up: microseconds on an idle machine, milliseconds on a busy one). It is kept
+      back from every budget, like the fixed reserve, so the answer leaves in time.
 
     Only samples from the last few seconds count, and with none the estimate is 0: a request is never
     shed for want of an estimate. That matters: shedding everything would stop new samples, and an
@@ -79,13 +84,19 @@ class LatencyTracker:
         self._first = _Window()
         self._per_member = _Window()
         self._intake = _Window()
+        self._return = _Window()
         self._computed_at = -math.inf
         self._first_ms = 0.0
         self._floor_ms = 0.0
+        self._return_ms = 0.0
 
     def record_intake(self, ms: float) -> None:
         """Note how long a request took from arrival to joining the queue (reading and decoding it)."""
         self._intake.add(self._clock(), ms)
+
+    def record_return(self, ms: float) -> None:
+        """Note how long a finished call took to get back to the event loop (a thread wake-up)."""
+        self._return.add(self._clock(), ms)
 
     def record(self, service_ms: float, members_used: int) -> None:
         """Note one request's wall time in ``predict`` and the most members any of its samples used."""
@@ -101,16 +112,24 @@ class LatencyTracker:
         if now - self._computed_at < _REFRESH_S:
             return
         self._computed_at = now
-        first = self._first.quantile(now, 90, _MIN_SAMPLES)
+        # The median: a request is shed when it would more likely than not be late; the runtime's own,
+        # conservative per-member predictions then keep the ones that run within what is left.
+        first = self._first.quantile(now, 50, _MIN_SAMPLES)
         if first is None:
-            first = self._per_member.quantile(now, 90)
+            first = self._per_member.quantile(now, 50)
         self._first_ms = first or 0.0
         self._floor_ms = self._intake.quantile(now, 10) or 0.0
+        self._return_ms = self._return.quantile(now, 90) or 0.0
 
     def first_member_ms(self) -> float:
         """Estimate (ms) of one evaluation of the first member here and now; 0 while nothing is known."""
         self._refresh()
         return self._first_ms
+
+    def return_ms(self) -> float:
+        """p90 of recent worker-to-event-loop return times (ms); 0 while nothing is known."""
+        self._refresh()
+        return self._return_ms
 
     def intake_floor_ms(self) -> float:
         """p10 of recent intake times (ms); 0 while nothing is known."""
@@ -190,15 +209,15 @@ class Scheduler:
         await self._acquire(deadline)
         try:
             started = time.perf_counter()
-            left_ms: float | None = None
+            reserve_ms = self.reserve_ms + self.tracker.return_ms()
             if deadline is not None:
-                left_ms = (deadline - started) * 1e3 - self.reserve_ms
+                left_ms = (deadline - started) * 1e3 - reserve_ms
                 # Overload: the budget could pay for the server's own work and the first member, but the time
                 # went (queueing, or a busy event loop) and what is left cannot; answering would be late. A
                 # budget that never could pay for them is not overload: the runtime always runs the first
                 # member, so that request gets the first member's answer, marked "budget".
                 first_ms = self.tracker.first_member_ms()
-                feasible = first_ms + self.tracker.intake_floor_ms() <= budget_ms - self.reserve_ms
+                feasible = first_ms + self.tracker.intake_floor_ms() <= budget_ms - reserve_ms  # type: ignore[operator]
                 if feasible and left_ms < first_ms:
                     self.shed += 1
                     raise OverloadedError(
@@ -206,15 +225,16 @@ class Scheduler:
                         f"worker was free ({(started - enqueued) * 1e3:.1f} ms queued); too little is left for one "
                         "member: retry, or raise anytime_budget_ms"
                     )
-                # The runtime wants a positive budget; with none left it answers with the first member only.
-                left_ms = max(left_ms, _MIN_BUDGET_MS)
             self.tracker.record_intake((enqueued - arrival) * 1e3)
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, call, left_ms)
-            finished = time.perf_counter()
+            result, left_ms, call_start, call_end = await loop.run_in_executor(
+                self._executor, _invoke, call, deadline, reserve_ms
+            )
+            resumed = time.perf_counter()
             self.completed += 1
-            service_ms = (finished - started) * 1e3
+            service_ms = (call_end - call_start) * 1e3
             self.tracker.record(service_ms, members_used(result))
+            self.tracker.record_return((resumed - call_end) * 1e3)
             return Scheduled(result, (started - enqueued) * 1e3, service_ms, left_ms)
         finally:
             self._release()
@@ -246,7 +266,8 @@ class Scheduler:
         if deadline is not None:
             # Leave the queue the moment the budget left could no longer pay for the first member (for a
             # budget that never could, that is at once: waiting would only make it later).
-            give_up = deadline - (self.reserve_ms + self.tracker.first_member_ms()) / 1e3
+            keep_ms = self.reserve_ms + self.tracker.return_ms() + self.tracker.first_member_ms()
+            give_up = deadline - keep_ms / 1e3
             timer = loop.call_later(max(0.0, give_up - time.perf_counter()), self._expire, waiter)
         try:
             await waiter
@@ -282,6 +303,19 @@ class Scheduler:
     def close(self) -> None:
         """Wait for running calls to finish, then stop the worker threads."""
         self._executor.shutdown(wait=True)
+
+
+def _invoke(
+    call: Callable[[float | None], T], deadline: float | None, reserve_ms: float
+) -> tuple[T, float | None, float, float]:
+    """Run ``call`` on a worker with the budget left *now*: the hand-off to this thread costs time too."""
+    start = time.perf_counter()
+    left_ms = None
+    if deadline is not None:
+        # The runtime wants a positive budget; with none left it answers with the first member only.
+        left_ms = max((deadline - start) * 1e3 - reserve_ms, _MIN_BUDGET_MS)
+    result = call(left_ms)
+    return result, left_ms, start, time.perf_counter()
 
 
 def most_members(predictions: Sequence[object]) -> int:
