@@ -277,3 +277,18 @@ def test_public_api_is_explicit_and_sorted() -> None:
         assert getattr(edge_runtime, name) is not None
     with pytest.raises(AttributeError):
         edge_runtime.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_finite_check_on_both_paths(tiny_bundle: Path, fast: bool) -> None:
+    runtime = edge_runtime.load(tiny_bundle, entropy_threshold="off")
+    assert runtime._fast_finite  # the BLAS dot self-test passes on this machine
+    runtime._fast_finite = fast
+    for bad in (np.nan, np.inf, -np.inf):
+        for position in (0, 7, 15):
+            x = np.ones((1, 1, 4, 4), np.float32)
+            x.reshape(-1)[position] = bad
+            with pytest.raises(InputError, match="NaN or inf"):
+                runtime.predict(x)
+    with np.errstate(over="ignore"):  # x.x overflows for |x| > 1.8e19: the exact check must accept it
+        assert len(runtime.predict(np.full((1, 1, 4, 4), 1e20, np.float32))) == 1
