@@ -66,6 +66,8 @@ def test_config_needs_exactly_one_rank_choice() -> None:
         LowRankConfig(energy=1.5)
     with pytest.raises(TrainingError, match="loss"):
         LowRankConfig(rank=2, loss="nope")
+    with pytest.raises(TrainingError, match="speedup"):
+        LowRankConfig(speedup=0.5)
     with pytest.raises(TrainingError, match="decreasing"):
         LowRankConfig(latency_ms=1.0, energy_ladder=(0.5, 0.9))
 
@@ -79,8 +81,10 @@ def test_latency_search_prefers_the_most_faithful_energy_that_fits(teacher_and_d
     assert [row["energy"] for row in log] == [0.5, 0.99]  # the cheapest candidate is measured first
     assert all(row["p50_ms"] > 0 for row in log) and teacher_ms > 0
     assert [p.rank for p in plans] == [p.rank for p in plan_ranks(teacher, energy=0.99)]
-    with pytest.raises(TrainingError, match="raise --latency-ms"):
-        plan_for_latency(teacher, dataset, latency_ms=1e-9, config=FAST_TIMING, ladder=(0.5,))
+    with pytest.raises(TrainingError, match="lower --speedup"):
+        plan_for_latency(teacher, dataset, speedup=1e6, config=FAST_TIMING, ladder=(0.5,))
+    with pytest.raises(TrainingError, match="exactly one"):
+        plan_for_latency(teacher, dataset, latency_ms=1.0, speedup=2.0)
 
 
 def test_cli_writes_a_one_member_bundle(teacher_and_data: tuple[Classifier, Dataset], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ Examples::
     anytime-edge lowrank --data mnist --energy 0.9 --epochs 3 --out runs/lowrank
     anytime-edge lowrank --data mnist --rank 16 --out runs/lowrank-r16
     anytime-edge lowrank --data mnist --latency-ms 0.08 --out runs/lowrank-fast   # measured on this CPU
+    anytime-edge lowrank --data mnist --speedup 2 --out runs/lowrank-2x          # vs the teacher, side by side
 
 Prints the per-layer ranks, accuracy (teacher, student at spectral init, student after distillation),
 parameters, and ONNX Runtime latency of student and teacher timed side by side on this device.
@@ -30,6 +31,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--rank", type=int, help="the same rank for every Linear/Conv layer it makes cheaper")
     choice.add_argument(
         "--latency-ms", type=float, help="target ORT p50 latency at batch 1 on this device; ranks chosen by measuring"
+    )
+    choice.add_argument(
+        "--speedup", type=float,
+        help="target ORT p50 speed-up over the teacher at batch 1 (e.g. 2), timed side by side on this device",
     )
     parser.add_argument("--factors", type=int, choices=(2, 3), default=2,
                         help="2: down/up pair (default); 3: the paper's V^T, diag(S), U chain")
@@ -57,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         energy=args.energy,
         rank=args.rank,
         latency_ms=args.latency_ms,
+        speedup=args.speedup,
         factors=args.factors,
         epochs=args.epochs,
         lr=args.lr,

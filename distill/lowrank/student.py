@@ -40,11 +40,12 @@ ENERGY_LADDER = (0.995, 0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.75, 0.7,
 
 @dataclass(frozen=True)
 class LowRankConfig:
-    """How to build one low-rank student. Exactly one of ``energy``, ``rank``, ``latency_ms`` is set."""
+    """How to build one low-rank student. Exactly one of ``energy``, ``rank``, ``latency_ms``, ``speedup``."""
 
     energy: float | None = None  # keep this fraction of each layer's spectral energy (e.g. 0.9)
     rank: int | None = None  # one rank for every factorable layer
     latency_ms: float | None = None  # target ORT p50 latency at batch 1 on this device (ms)
+    speedup: float | None = None  # target ORT p50 speed-up over the teacher at batch 1, timed side by side
     factors: int = 2  # 2: down/up pair; 3: the paper's V^T, diag(S), U chain
     epochs: int = 3  # distillation epochs after the spectral init (0 = none)
     lr: float = 1e-3  # peak Adam learning rate (cosine to 0)
@@ -57,15 +58,17 @@ class LowRankConfig:
     energy_ladder: tuple[float, ...] = ENERGY_LADDER  # energies a latency target chooses from, decreasing
 
     def __post_init__(self) -> None:
-        chosen = [n for n in ("energy", "rank", "latency_ms") if getattr(self, n) is not None]
+        chosen = [n for n in ("energy", "rank", "latency_ms", "speedup") if getattr(self, n) is not None]
         if len(chosen) != 1:
-            raise TrainingError(f"set exactly one of energy, rank or latency_ms (got {chosen or 'none'})")
+            raise TrainingError(f"set exactly one of energy, rank, latency_ms or speedup (got {chosen or 'none'})")
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise TrainingError(f"energy {self.energy} must lie in (0, 1], e.g. 0.9")
         if self.rank is not None and self.rank < 1:
             raise TrainingError(f"rank {self.rank} must be >= 1")
         if self.latency_ms is not None and not self.latency_ms > 0:
             raise TrainingError(f"latency_ms {self.latency_ms} must be > 0")
+        if self.speedup is not None and not self.speedup > 1.0:
+            raise TrainingError(f"speedup {self.speedup} must be > 1 (e.g. 2.0 for half the teacher's latency)")
         if self.factors not in (2, 3):
             raise TrainingError(f"factors must be 2 or 3, got {self.factors}")
         ladder = self.energy_ladder
@@ -88,7 +91,7 @@ class LowRankReport:
     student_accuracy: float  # test accuracy after distillation
     energy: float | None  # the energy used (chosen by the latency search when a target was given)
     latency_search: tuple[dict[str, float], ...] = ()  # energy -> measured p50 (ms) of each tried candidate
-    teacher_latency_ms: float | None = None  # p50 at batch 1 measured beside the candidates (latency target)
+    teacher_latency_ms: float | None = None  # median p50 at batch 1 measured beside the candidates
     seconds: float = 0.0  # wall time of the whole build
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -103,63 +106,75 @@ def _example(dataset: Dataset) -> torch.Tensor:
 def plan_for_latency(
     teacher: nn.Module,
     dataset: Dataset,
-    latency_ms: float,
+    latency_ms: float | None = None,
     *,
+    speedup: float | None = None,
     factors: int = 2,
     config: LatencyConfig | None = None,
     ladder: tuple[float, ...] = ENERGY_LADDER,
 ) -> tuple[list[LayerPlan], float, list[dict[str, float]], float]:
-    """The most faithful energy in ``ladder`` whose exported student meets ``latency_ms``.
+    """The most faithful energy in ``ladder`` whose exported student meets a latency target.
 
     Candidates are spectrally initialised (untrained; latency does not depend on the weight values),
-    exported with :func:`exporters.export_onnx` and timed at batch 1 beside the teacher. Latency falls
-    as energy falls, so a binary search over the ladder measures only a few candidates.
+    exported with :func:`exporters.export_onnx` and timed at batch 1 beside the teacher, interleaved.
+    Latency falls as energy falls, so a binary search over the ladder measures only a few candidates.
+    On a shared CPU an absolute target moves with the load; a ``speedup`` target compares student and
+    teacher timed in the same rounds, which the load affects alike.
 
     Args:
         teacher: the trained model.
         dataset: its data (validation rows are the timing inputs).
-        latency_ms: target p50 at batch 1, in milliseconds.
+        latency_ms: target p50 at batch 1, in milliseconds; or
+        speedup: target ratio teacher p50 / student p50 at batch 1 (e.g. 2.0).
         factors: 2 or 3 factors per layer.
         config: how to time the candidates.
         ladder: energies to choose from, in decreasing order (:data:`ENERGY_LADDER` by default).
 
     Returns:
-        (plans, energy, search log rows ``{"energy", "p50_ms", "teacher_p50_ms"}``, teacher p50 ms).
+        (plans, energy, search log rows ``{"energy", "p50_ms", "teacher_p50_ms"}``, median teacher p50 ms).
 
     Raises:
-        TrainingError: even the lowest energy misses the target (the message gives the fastest measured).
+        TrainingError: not exactly one target, or even the lowest energy misses it (the message gives
+            what was measured).
     """
     from exporters import export_onnx  # torch -> ONNX lives with the exporters
 
+    if (latency_ms is None) == (speedup is None):
+        raise TrainingError("give exactly one of latency_ms or speedup")
     config = config or LatencyConfig(rounds=8, calls_per_round=25)
     example = _example(dataset)
     rows = dataset.x_val if len(dataset.x_val) else dataset.x_train
     teacher_blob = export_onnx(teacher, example)
     log: list[dict[str, float]] = []
-    teacher_ms: list[float] = []
 
-    def p50(energy: float) -> float:
+    def meets(energy: float) -> bool:
         plans = plan_ranks(teacher, energy=energy)
         blob = export_onnx(factorize(teacher, plans, factors=factors), example)
         stats = measure_side_by_side({"teacher": teacher_blob, "student": blob}, rows, config)
-        log.append({"energy": energy, "p50_ms": stats["student"][1]["p50"], "teacher_p50_ms": stats["teacher"][1]["p50"]})
-        teacher_ms.append(stats["teacher"][1]["p50"])
-        return stats["student"][1]["p50"]
+        student_ms, teacher_ms = stats["student"][1]["p50"], stats["teacher"][1]["p50"]
+        log.append({"energy": energy, "p50_ms": student_ms, "teacher_p50_ms": teacher_ms})
+        if latency_ms is not None:
+            return student_ms <= latency_ms
+        assert speedup is not None
+        return teacher_ms >= speedup * student_ms
 
     lo, hi = 0, len(ladder) - 1  # find the first (most faithful) ladder index that meets the target
-    if p50(ladder[hi]) > latency_ms:
+    if not meets(ladder[hi]):
+        last = log[-1]
+        target = f"{latency_ms} ms" if latency_ms is not None else f"a {speedup}x speed-up"
         raise TrainingError(
-            f"even energy {ladder[hi]} runs at {log[-1]['p50_ms']:.4f} ms p50 (teacher "
-            f"{teacher_ms[-1]:.4f} ms) > target {latency_ms} ms; raise --latency-ms or use a smaller teacher"
+            f"even energy {ladder[hi]} runs at {last['p50_ms']:.4f} ms p50 beside the teacher's "
+            f"{last['teacher_p50_ms']:.4f} ms, missing {target}; raise --latency-ms or lower --speedup"
         )
     while lo < hi:
         mid = (lo + hi) // 2
-        if p50(ladder[mid]) <= latency_ms:
+        if meets(ladder[mid]):
             hi = mid
         else:
             lo = mid + 1
     energy = ladder[hi]
-    return plan_ranks(teacher, energy=energy), energy, log, float(np.median(teacher_ms))
+    teacher_ms = float(np.median([row["teacher_p50_ms"] for row in log]))
+    return plan_ranks(teacher, energy=energy), energy, log, teacher_ms
 
 
 def lowrank_student(
@@ -189,9 +204,10 @@ def lowrank_student(
     search: list[dict[str, float]] = []
     teacher_ms: float | None = None
     energy = cfg.energy
-    if cfg.latency_ms is not None:
+    if cfg.latency_ms is not None or cfg.speedup is not None:
         plans, energy, search, teacher_ms = plan_for_latency(
-            teacher, dataset, cfg.latency_ms, factors=cfg.factors, config=cfg.latency, ladder=cfg.energy_ladder
+            teacher, dataset, cfg.latency_ms, speedup=cfg.speedup, factors=cfg.factors, config=cfg.latency,
+            ladder=cfg.energy_ladder,
         )
     elif cfg.energy is not None:
         plans = plan_ranks(teacher, energy=cfg.energy)
