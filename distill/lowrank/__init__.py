@@ -6,8 +6,10 @@ Two halves:
   completion): an original width-``d`` network against a compressed width-``2r`` network with spectral
   init and a larger outer learning rate;
 * the real-network half — factor the Linear/Conv layers of a trained model spectrally (SVD of the
-  trained weights), choose ranks by retained energy, a fixed rank, or a latency target measured with
-  ONNX Runtime on this device, then distil from the teacher to recover accuracy.
+  trained weights; :mod:`~distill.lowrank.factorize`), choose ranks by retained energy, a fixed rank,
+  or a latency / speed-up target measured with ONNX Runtime on this device
+  (:mod:`~distill.lowrank.latency`), then distil from the teacher to recover accuracy
+  (:func:`~distill.lowrank.student.lowrank_student`, behind ``anytime-edge lowrank``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The recipe (Kwon et al.'s compressed network, carried to real layers):
 
 1. choose a rank per Linear/Conv layer: by retained spectral energy, one fixed rank, or the largest
-   energy whose exported model meets a latency target *measured with ONNX Runtime on this device*
-   (sparsity-style FLOP counts do not predict CPU latency; the measurement does);
+   energy whose exported model meets a latency target *measured with ONNX Runtime on this device*,
+   either absolute (ms) or a speed-up over the teacher timed side by side (FLOP counts do not predict
+   CPU latency; the measurement does);
 2. replace each chosen layer by its rank-``r`` factor pair, initialised from the SVD of the trained
    weights (the best rank-``r`` approximation, so the student starts close to the teacher);
 3. distil from the teacher with the shared losses (:mod:`distill.losses`, default Hinton KD) through the
@@ -51,7 +52,7 @@ class LowRankConfig:
     lr: float = 1e-3  # peak Adam learning rate (cosine to 0)
     batch_size: int = 128
     loss: str = "kd"  # a name in distill.losses.LOSSES
-    loss_params: tuple[tuple[str, float], ...] = ()  # e.g. (("alpha", 0.9), ("temperature", 4.0))
+    loss_params: tuple[tuple[str, object], ...] = ()  # e.g. (("alpha", 0.9), ("temperature", 4.0))
     seed: int = 0
     progress: bool = False  # progress bar while distilling
     latency: LatencyConfig = field(default_factory=lambda: LatencyConfig(rounds=8, calls_per_round=25))
