@@ -93,10 +93,10 @@ def test_queued_request_leaves_when_the_first_member_no_longer_fits() -> None:
 def test_waiting_is_paid_from_the_budget() -> None:
     fake = UnstoppableRuntime(0.1)
     app = create_app(fake, ServerConfig(workers=1, max_queue=8, reserve_ms=0.5))
-    first, second = run_concurrently(app, [(body(), 0.0), (body(budget_ms=2000), 0.02)])
+    first, second = run_concurrently(app, [(body(), 0.0), (body(budget_ms=2000), 0.05)])
     assert first.status_code == 200 and second.status_code == 200
-    # the second waited for the first's 100 ms sleep (at least 60 ms of it after arriving at 20 ms)
-    assert fake.calls[1]["budget_ms"] < 2000 - 60
+    # the second waited for the first's 100 ms sleep (the part after its arrival at 50 ms)
+    assert fake.calls[1]["budget_ms"] < 2000 - 40
     assert second.json()["parameters"]["anytime_queue_ms"] > 0
 
 
@@ -151,10 +151,9 @@ class Clock:
     "records, expected",
     [
         ([], 0.0),  # nothing known: nobody is shed for want of an estimate
-        ([(10.0, 2), (12.0, 3)], pytest.approx(4.5)),  # median of the time per member (5, 4)
+        ([(10.0, 2), (12.0, 3)], pytest.approx(4.9)),  # p90 of the time per member (5, 4)
         ([(3.0, 1)] * 5, 3.0),  # enough single-member samples: the first member directly
-        ([(3.0, 1)] * 4 + [(40.0, 4)], 3.0),  # too few: time per member (3, 3, 3, 3, 10)
-        ([(3.0, 1)] * 5 + [(9.0, 1)] * 4, 3.0),  # slow outliers do not shed what would likely make it
+        ([(3.0, 1)] * 4 + [(40.0, 4)], pytest.approx(7.2)),  # too few: time per member (3, 3, 3, 3, 10)
     ],
 )
 def test_latency_tracker(records: list[tuple[float, int]], expected: Any) -> None:
@@ -171,11 +170,11 @@ def test_latency_tracker_forgets_a_busy_spell() -> None:
     tracker = LatencyTracker(clock=clock)
     for _ in range(10):
         tracker.record(50.0, 1)
-        tracker.record_intake(4.0)
+        tracker.record_return(4.0)
     clock.now += 1.0
-    assert tracker.first_member_ms() == 50.0 and tracker.intake_floor_ms() == 4.0
+    assert tracker.first_member_ms() == 50.0 and tracker.return_ms() == 4.0
     clock.now += 60.0  # nothing ran since (everything was shed, say): the old estimate must not persist
-    assert tracker.first_member_ms() == 0.0 and tracker.intake_floor_ms() == 0.0
+    assert tracker.first_member_ms() == 0.0 and tracker.return_ms() == 0.0
 
 
 def _run_scheduled(spent_ms: float, budget_ms: float, first_ms: float, return_ms: float = 0.0) -> Any:
@@ -198,10 +197,11 @@ def _run_scheduled(spent_ms: float, budget_ms: float, first_ms: float, return_ms
         scheduler.close()
 
 
-def test_budget_lost_before_a_free_worker_is_shed() -> None:
-    # 90 ms of a 100 ms budget went in the event loop: 9.5 ms left cannot pay for a 20 ms first member
-    with pytest.raises(OverloadedError, match="90.* ms of the 100 ms budget"):
-        _run_scheduled(spent_ms=90, budget_ms=100, first_ms=20)
+def test_request_that_finds_a_free_worker_is_not_shed() -> None:
+    # the whole budget went before it got here, but nothing queued: not overload, it runs with the
+    # minimum budget (the runtime answers with its first member)
+    done = _run_scheduled(spent_ms=120, budget_ms=100, first_ms=20)
+    assert done.result == pytest.approx(0.01)
 
 
 def test_budget_left_reaches_the_call() -> None:
@@ -225,8 +225,8 @@ def test_budget_that_never_fit_the_first_member_still_runs() -> None:
 def test_queue_is_earliest_deadline_first(no_budget_due_ms: float, first_after_the_running_one: str) -> None:
     fake = UnstoppableRuntime(0.2)
     app = create_app(fake, ServerConfig(workers=1, max_queue=8, no_budget_due_ms=no_budget_due_ms))
-    # B has no budget (due at arrival + no_budget_due_ms), C arrives later with a 500 ms budget
-    responses = run_concurrently(app, [(body(), 0.0), (body(), 0.02), (body(budget_ms=500), 0.04)])
+    # B has no budget (due at arrival + no_budget_due_ms), C arrives later with an 800 ms budget
+    responses = run_concurrently(app, [(body(), 0.0), (body(), 0.05), (body(budget_ms=800), 0.1)])
     assert [r.status_code for r in responses] == [200, 200, 200]
     second = "unbudgeted" if fake.calls[1]["budget_ms"] == "off" else "budgeted"
     assert second == first_after_the_running_one

@@ -8,11 +8,10 @@ refused at once with 503). The queue is served earliest deadline first: a reques
 arrival + budget; one without is treated as due ``no_budget_due_ms`` after arrival, so it yields to budgeted
 requests due sooner but cannot be starved.
 
-A request with a budget leaves the queue (503) the moment what is left of its budget could no longer pay
-for the first member, instead of being answered late; so does one that finds a worker but too little
-budget left (the time may have gone in the event loop before it got here). A budget too small for the
-server's own intake plus the first member even on an idle server is not overload: that request runs the
-first member only. A request that gets a worker hands the runtime what is left of its budget when the
+A request with a budget that has to wait leaves the queue (503) the moment what is left of its budget
+could no longer pay for the first member, instead of being answered late. A request that finds a worker
+free is not shed: a budget too small for the first member even on an idle server is not overload, and the
+runtime answers it with the first member. A request that gets a worker hands the runtime what is left of its budget when the
 worker starts, minus what the answer still needs (a fixed reserve for encoding and sending, plus the
 measured time for a result to get back to the event loop), so queueing and a busy machine cost members,
 not deadlines: the anytime answer under load.
@@ -64,11 +63,8 @@ class _Window:
 class LatencyTracker:
     """What the scheduler knows about this server's latencies right now, from its own recent requests.
 
-    * the first member: median time of recent calls that one member answered (the runtime's per-request
-      work included; it grows when the machine is busy), or else the median time per member of recent
-      calls;
-    * intake: p10 of recent arrival-to-queue times (reading and decoding a request), the server's own
-      cost before a member can start;
+    * the first member: p90 time of recent calls that one member answered (the runtime's per-request
+      work included; it grows when the machine is busy), or else the p90 time per member of recent calls;
     * return: p90 of recent times from a call's end on its worker to the event loop taking the result
       back (a thread wake-up: microseconds on an idle machine, milliseconds on a busy one). It is kept
       back from every budget, like the fixed reserve, so the answer leaves in time.
@@ -83,16 +79,10 @@ class LatencyTracker:
         self._clock = clock
         self._first = _Window()
         self._per_member = _Window()
-        self._intake = _Window()
         self._return = _Window()
         self._computed_at = -math.inf
         self._first_ms = 0.0
-        self._floor_ms = 0.0
         self._return_ms = 0.0
-
-    def record_intake(self, ms: float) -> None:
-        """Note how long a request took from arrival to joining the queue (reading and decoding it)."""
-        self._intake.add(self._clock(), ms)
 
     def record_return(self, ms: float) -> None:
         """Note how long a finished call took to get back to the event loop (a thread wake-up)."""
@@ -112,13 +102,10 @@ class LatencyTracker:
         if now - self._computed_at < _REFRESH_S:
             return
         self._computed_at = now
-        # The median: a request is shed when it would more likely than not be late; the runtime's own,
-        # conservative per-member predictions then keep the ones that run within what is left.
-        first = self._first.quantile(now, 50, _MIN_SAMPLES)
+        first = self._first.quantile(now, 90, _MIN_SAMPLES)
         if first is None:
-            first = self._per_member.quantile(now, 50)
+            first = self._per_member.quantile(now, 90)
         self._first_ms = first or 0.0
-        self._floor_ms = self._intake.quantile(now, 10) or 0.0
         self._return_ms = self._return.quantile(now, 90) or 0.0
 
     def first_member_ms(self) -> float:
@@ -130,11 +117,6 @@ class LatencyTracker:
         """p90 of recent worker-to-event-loop return times (ms); 0 while nothing is known."""
         self._refresh()
         return self._return_ms
-
-    def intake_floor_ms(self) -> float:
-        """p10 of recent intake times (ms); 0 while nothing is known."""
-        self._refresh()
-        return self._floor_ms
 
 
 @dataclass(frozen=True)
@@ -206,26 +188,21 @@ class Scheduler:
         """
         deadline = None if budget_ms is None else arrival + budget_ms / 1e3
         enqueued = time.perf_counter()
-        await self._acquire(deadline)
+        waited = await self._acquire(deadline)
         try:
             started = time.perf_counter()
             reserve_ms = self.reserve_ms + self.tracker.return_ms()
             if deadline is not None:
                 left_ms = (deadline - started) * 1e3 - reserve_ms
-                # Overload: the budget could pay for the server's own work and the first member, but the time
-                # went (queueing, or a busy event loop) and what is left cannot; answering would be late. A
-                # budget that never could pay for them is not overload: the runtime always runs the first
-                # member, so that request gets the first member's answer, marked "budget".
-                first_ms = self.tracker.first_member_ms()
-                feasible = first_ms + self.tracker.intake_floor_ms() <= budget_ms - reserve_ms  # type: ignore[operator]
-                if feasible and left_ms < first_ms:
+                # Overload: it had to wait for a worker, and what is left cannot pay for the first member;
+                # answering would be late. A request that found a worker free runs whatever is left (the
+                # runtime always runs the first member, so a too-small budget gets that answer, "budget").
+                if waited and left_ms < self.tracker.first_member_ms():
                     self.shed += 1
                     raise OverloadedError(
-                        f"overloaded: {(started - arrival) * 1e3:.1f} ms of the {budget_ms:g} ms budget went before a "
-                        f"worker was free ({(started - enqueued) * 1e3:.1f} ms queued); too little is left for one "
-                        "member: retry, or raise anytime_budget_ms"
+                        f"overloaded: waited {(started - enqueued) * 1e3:.1f} ms for a worker; too little of the "
+                        f"{budget_ms:g} ms budget is left for one member: retry, or raise anytime_budget_ms"
                     )
-            self.tracker.record_intake((enqueued - arrival) * 1e3)
             loop = asyncio.get_running_loop()
             result, left_ms, call_start, call_end = await loop.run_in_executor(
                 self._executor, _invoke, call, deadline, reserve_ms
@@ -251,11 +228,11 @@ class Scheduler:
                 f"overloaded: {self.queued} requests already wait for {self.workers} worker(s); retry later"
             )
 
-    async def _acquire(self, deadline: float | None) -> None:
-        """Take a worker slot, waiting in the queue if none is free."""
+    async def _acquire(self, deadline: float | None) -> bool:
+        """Take a worker slot, waiting in the queue if none is free; returns whether it waited."""
         if self._free > 0:  # free slots exist only while nobody waits: _release hands slots over
             self._free -= 1
-            return
+            return False
         self.check_capacity()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
@@ -271,6 +248,7 @@ class Scheduler:
             timer = loop.call_later(max(0.0, give_up - time.perf_counter()), self._expire, waiter)
         try:
             await waiter
+            return True
         except asyncio.CancelledError:
             if waiter.cancelled():
                 self._queued -= 1  # left the queue by cancellation (client gone, forced shutdown)
