@@ -42,7 +42,7 @@ def test_fcpts_command_exports_a_sparse_bundle(tiny_teacher: Path, tmp_path: Pat
 def test_dsd2_command_logs_both_curves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, log = tmp_path / "bundle", tmp_path / "log.json"
     code = main(["sparsify", "dsd2", "--data", "digits", "--limit-train", "300", "--width", "8", "--depth", "1",
-                 "--family", "mlp", "--rounds", "2", "--epochs", "1", "--noise", "0.2", "--out", str(out), "--log", str(log)])
+                 "--family", "mlp", "--rounds", "2", "--epochs", "1", "--dense-epochs", "1", "--noise", "0.2", "--out", str(out), "--log", str(log)])
     assert code == 0
     assert "early stopping picks round" in capsys.readouterr().out
     saved = json.loads(log.read_text())

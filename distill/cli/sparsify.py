@@ -48,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     dsd2.add_argument("--noise", type=float, default=0.3, help="symmetric label noise on the training split")
     dsd2.add_argument("--rounds", type=int, default=20, help="pruning rounds, 20%% of the remaining weights each")
     dsd2.add_argument("--epochs", type=int, default=10, help="training epochs of the dense model and of every round")
-    dsd2.add_argument("--dense-epochs", type=int, default=0, help="epochs of the dense model (0 = --epochs)")
+    dsd2.add_argument("--dense-epochs", type=int, default=30, help="epochs of the dense model (fit the noise first; 0 = --epochs)")
     dsd2.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate per round")
     dsd2.add_argument("--early-stop", action="store_true", help="stop the distilled run when validation accuracy drops")
     dsd2.add_argument("--out", type=Path, required=True, help="bundle directory for the picked student")
