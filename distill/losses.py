@@ -168,8 +168,8 @@ class NoisyLogitRegression(DistillationLoss):
 
     sigma: float = 0.5  # std of the multiplicative noise ξ; 0 = plain logit regression
     alpha: float = 0.5  # probability that a sample's teacher logits are perturbed; 0 = plain logit regression
-    seed: int | None = None  # seeds a private noise generator (reproducible runs from the command line)
     generator: torch.Generator | None = None  # a shared noise source (Python API); compared by identity
+    seed: int | None = None  # seeds a private noise generator (reproducible runs from the command line)
 
     def __post_init__(self) -> None:
         _check_number(self.name, "sigma", self.sigma, 0.0)
