@@ -144,10 +144,13 @@ def measure(path: Path, x: np.ndarray, requests: int, warmup: int) -> dict[str, 
         overhead_us_spread_p10_p90=[float(np.percentile(diff, 10)), float(np.percentile(diff, 90))],
     )
     small_goal = 5.0 * k_all + 10.0
-    out["goal"] = (
-        f"pct <= 3 (members >= 0.5 ms): {'met' if out['overhead_pct_p50'] <= 3 else 'missed'}"
-        if out["member_us_p50"] >= 500
-        else f"overhead <= {small_goal:.0f} us/request: {'met' if out['overhead_us_per_request_p50'] <= small_goal else 'missed'}"
+    # Both goals for every bundle; which one applies depends on the member size (small vs >= 0.5 ms).
+    out["goal_small_members"] = (
+        f"<= {small_goal:.0f} us/request: {'met' if out['overhead_us_per_request_p50'] <= small_goal else 'missed'}"
+    )
+    out["goal_large_members"] = (
+        f"<= 3%: paired p50 {'met' if out['overhead_pct_p50'] <= 3 else 'missed'}, "
+        f"p10s {'met' if out['overhead_pct_of_p10s'] <= 3 else 'missed'}"
     )
     return out
 
@@ -178,12 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {dev['load_average_1m']:.2f} -> {dev['load_average_1m_after']:.2f} (shared machine: medians are what count)"
     )
     header = ["bundle", "K", "member us", "direct p50", "direct p99", "raw p50", "naive p50", "runtime p50", "runtime p99",
-              "ovh us/req", "ovh us/member", "ovh %", "ovh % p10s", "naive us/member", "goal"]
+              "ovh us/req", "ovh us/member", "ovh %", "ovh % p10s", "naive us/member", "goal (small)", "goal (>= 0.5 ms)"]
     rows = [
         [b["source"].split(":")[0] if b["source"].startswith("synthetic") else b["source"].split(",")[0],
          b["members"], b["member_us_p50"], b["direct_us_p50"], b["direct_us_p99"], b["raw_us_p50"], b["naive_us_p50"],
          b["runtime_us_p50"], b["runtime_us_p99"], b["overhead_us_per_request_p50"], b["overhead_us_per_member_p50"],
-         b["overhead_pct_p50"], b["overhead_pct_of_p10s"], b["naive_overhead_us_per_member_p50"], b["goal"]]
+         b["overhead_pct_p50"], b["overhead_pct_of_p10s"], b["naive_overhead_us_per_member_p50"], b["goal_small_members"], b["goal_large_members"]]
         for b in result["bundles"]
     ]
     print(table(header, rows))
