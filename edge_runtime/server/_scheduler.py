@@ -10,11 +10,11 @@ requests due sooner but cannot be starved.
 
 A request with a budget that has to wait leaves the queue (503) the moment what is left of its budget
 could no longer pay for the first member, instead of being answered late. A request that finds a worker
-free is not shed: a budget too small for the first member even on an idle server is not overload, and the
-runtime answers it with the first member. A request that gets a worker hands the runtime what is left of its budget when the
-worker starts, minus what the answer still needs (a fixed reserve for encoding and sending, plus the
-measured time for a result to get back to the event loop), so queueing and a busy machine cost members,
-not deadlines: the anytime answer under load.
+free is not shed: a budget too small for the first member even on an idle server is not overload, and
+the runtime answers it with the first member. The runtime gets what is left of the budget when the worker
+starts, minus what the answer still needs (a fixed reserve for encoding and sending, plus the measured
+time for a result to get back to the event loop), so queueing and a busy machine cost members, not
+deadlines: the anytime answer under load.
 
 The queue lives on the event loop thread (no locks); only ``predict`` runs on the worker threads.
 """
@@ -125,18 +125,19 @@ class Scheduled(Generic[T]):
 
     result: T
     queue_ms: float  # waiting for a worker
-    service_ms: float  # running on the worker (includes thread hand-off)
+    service_ms: float  # the call itself, on the worker
     budget_ms: float | None  # the budget handed to the call (what was left of the request's), or None
 
 
 class Scheduler:
-    """Runs blocking calls on ``workers`` threads with a bounded, deadline-aware FIFO queue.
+    """Runs blocking calls on ``workers`` threads with a bounded earliest-deadline-first queue.
 
     Args:
         workers: worker threads; at most this many calls run at once.
         max_queue: calls allowed to wait for a worker; one more is refused with :class:`OverloadedError`.
         reserve_ms: taken off every budget for what happens after the call (encoding, sending).
-        tracker: the first-member latency estimate used to shed hopeless queued requests.
+        tracker: the latency estimates used to shed hopeless queued requests and to size the reserve.
+        no_budget_due_ms: where a request without a budget sits in the queue: due this long after arrival.
     """
 
     def __init__(
@@ -160,7 +161,7 @@ class Scheduler:
         self._order = itertools.count()
         self._queued = 0
         self.shed = 0  # requests refused so far (queue full or budget spent waiting)
-        self.completed = 0  # calls that ran to completion (or raised) on a worker
+        self.completed = 0  # calls that returned on a worker
 
     @property
     def queued(self) -> int:
