@@ -209,6 +209,7 @@ def run_dataset(spec: str, members: int, requests: int, refine_epochs: int, seed
         "accuracy": accuracy,
         "build_seconds": timings,
         "total_seconds": round(time.perf_counter() - started, 1),
+        "process_cpu_seconds_so_far": round(sum(psutil.Process().cpu_times()[:2]), 1),
         "load_average_before_after_timing": [load_before, load_after],
         "reports": {"bdistil": bd.report.to_dict(), "resched": rs.report.to_dict(), "no_resched": nr_report.to_dict(),
                     **({"bdistil_refined": refined.report.to_dict()} if refined is not None else {})},
@@ -262,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             _print_table(result, detail)
             results.append(result)
             details.append(detail)
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    cpu = psutil.Process().cpu_times()
+    print(f"\ntotal {time.perf_counter() - started:.0f} s wall, {cpu.user + cpu.system:.0f} s CPU of this process "
+          f"(the gap is time the shared machine gave to other processes); load average now {os.getloadavg()}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

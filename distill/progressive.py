@@ -23,6 +23,11 @@ Refinement, off by default and labelled ``refined`` in the report when used: ``r
 fine-tunes each accepted member's scaled output to the residual by least squares (logit regression)
 before the next round. It is not part of the paper's round; benchmarks report both variants.
 
+Measured on MNIST (20k training images, 3 epochs per member, cnn2d w8 members): the refinement lowers
+the training residual's RMS from 2.5 (three members; no fourth passed the check) to 1.3 (four members)
+but not the test accuracy (98.4% and 98.3%): the students' capacity, not the fit of the logits, limits
+accuracy there.
+
 The RESCHED and NO-RESCHED baselines live in :mod:`distill.progressive_baselines`.
 """
 
@@ -99,6 +104,7 @@ class ProgressiveConfig:
     lr: float = 3e-3  # peak Adam learning rate (cosine to 0)
     batch_size: int = 128
     refine_epochs: int = 0  # > 0: the labelled least-squares refinement of each member (not in the paper)
+    center: bool = False  # subtract each sample's mean teacher logit (softmax-invariant); no gain measured on MNIST
     seed: int = 0
     progress: bool = True  # progress bars on stderr
 
@@ -199,6 +205,9 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
     candidates = cfg.candidates or default_candidates(dataset)
     x_train, x_val = dataset.x_train, dataset.x_val
     g_train, g_val = predict_logits(teacher, x_train).astype(np.float64), predict_logits(teacher, x_val).astype(np.float64)
+    if cfg.center:
+        g_train = g_train - g_train.mean(axis=1, keepdims=True)
+        g_val = g_val - g_val.mean(axis=1, keepdims=True)
     teacher_val_pred = g_val.argmax(1)
     x_tensor = torch.from_numpy(np.ascontiguousarray(x_train))
     f_train, f_val = np.zeros_like(g_train), np.zeros_like(g_val)
