@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from distill.errors import TrainingError
+    from distill.models import build_model
     from distill.progressive import (
         BaselineConfig,
         ProgressiveConfig,
@@ -119,8 +120,6 @@ def run(args: argparse.Namespace) -> int:
             candidates, macs = _sizes_like(args.like, args.members)
         else:
             first = default_candidates(dataset)[0]
-            from distill.models import build_model
-
             candidates = [first] * args.members
             macs = [count_macs(build_model(first.model_config(dataset)), dataset.input_shape)] * args.members
         if args.baseline == "resched":
