@@ -1,7 +1,7 @@
 """Low-rank students of the MNIST teacher: accuracy, parameters and ORT latency vs the teacher, per rank.
 
 For each rank, each energy, and a measured speed-up target (ranks chosen by timing candidates beside the
-teacher, see :func:`distill.lowrank.plan_for_latency`) the teacher is factored spectrally, distilled for ``--epochs``
+teacher, see :func:`distill.lowrank.plan_for_latency`; one common rank is searched) the teacher is factored spectrally, distilled for ``--epochs``
 with the default Hinton KD loss, exported with :func:`exporters.export_onnx`, and then *all* models, the
 teacher included, are timed in one process, interleaved round by round (see
 :mod:`distill.lowrank.latency`), at batch 1 and batch 32, with the runtime's session settings (one
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         blobs[name] = export_onnx(student, example)
         rows.append({
             "name": name,
-            "rank": value if kind == "rank" else None,
+            "rank": report.rank,
             "energy": report.energy,
             "speedup_target": value if kind == "speedup" else None,
             "latency_search": list(report.latency_search),

@@ -69,20 +69,24 @@ def test_config_needs_exactly_one_rank_choice() -> None:
     with pytest.raises(TrainingError, match="speedup"):
         LowRankConfig(speedup=0.5)
     with pytest.raises(TrainingError, match="decreasing"):
-        LowRankConfig(latency_ms=1.0, energy_ladder=(0.5, 0.9))
+        LowRankConfig(latency_ms=1.0, search="energy", ladder=(0.5, 0.9))
+    with pytest.raises(TrainingError, match="whole numbers"):
+        LowRankConfig(speedup=2.0, ladder=(8.5, 4))
+    with pytest.raises(TrainingError, match="search"):
+        LowRankConfig(speedup=2.0, search="width")
 
 
 def test_latency_search_prefers_the_most_faithful_energy_that_fits(teacher_and_data: tuple[Classifier, Dataset]) -> None:
     teacher, dataset = teacher_and_data
     plans, energy, log, teacher_ms = plan_for_latency(
-        teacher, dataset, latency_ms=1e4, config=FAST_TIMING, ladder=(0.99, 0.5)
+        teacher, dataset, latency_ms=1e4, search="energy", config=FAST_TIMING, ladder=(0.99, 0.5)
     )
     assert energy == 0.99  # a generous target keeps the most energy
     assert [row["energy"] for row in log] == [0.5, 0.99]  # the cheapest candidate is measured first
     assert all(row["p50_ms"] > 0 for row in log) and teacher_ms > 0
     assert [p.rank for p in plans] == [p.rank for p in plan_ranks(teacher, energy=0.99)]
     with pytest.raises(TrainingError, match="lower --speedup"):
-        plan_for_latency(teacher, dataset, speedup=1e6, config=FAST_TIMING, ladder=(0.5,))
+        plan_for_latency(teacher, dataset, speedup=1e6, search="rank", config=FAST_TIMING, ladder=(2,))
     with pytest.raises(TrainingError, match="exactly one"):
         plan_for_latency(teacher, dataset, latency_ms=1.0, speedup=2.0)
 

@@ -36,6 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--speedup", type=float,
         help="target ORT p50 speed-up over the teacher at batch 1 (e.g. 2), timed side by side on this device",
     )
+    parser.add_argument("--search", choices=("rank", "energy"), default="rank",
+                        help="what --latency-ms/--speedup walks: one common rank (default) or retained energy")
     parser.add_argument("--factors", type=int, choices=(2, 3), default=2,
                         help="2: down/up pair (default); 3: the paper's V^T, diag(S), U chain")
     parser.add_argument("--epochs", type=int, default=3, help="distillation epochs after the spectral init")
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         rank=args.rank,
         latency_ms=args.latency_ms,
         speedup=args.speedup,
+        search=args.search,
         factors=args.factors,
         epochs=args.epochs,
         lr=args.lr,
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         heldout=(dataset.x_test, dataset.y_test),
         name=args.name,
         metadata={"data": dataset.name, "teacher": str(args.teacher_dir), "method": "lowrank"},
-        info={"method": "lowrank", "energy": report.energy, "ranks": ranks, "factors": cfg.factors,
+        info={"method": "lowrank", "energy": report.energy, "rank": report.rank, "ranks": ranks, "factors": cfg.factors,
               "accuracy": report.student_accuracy},
     )
     example = torch.from_numpy(dataset.x_test[:4])

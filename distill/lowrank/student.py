@@ -2,10 +2,10 @@
 
 The recipe (Kwon et al.'s compressed network, carried to real layers):
 
-1. choose a rank per Linear/Conv layer: by retained spectral energy, one fixed rank, or the largest
-   energy whose exported model meets a latency target *measured with ONNX Runtime on this device*,
-   either absolute (ms) or a speed-up over the teacher timed side by side (FLOP counts do not predict
-   CPU latency; the measurement does);
+1. choose a rank per Linear/Conv layer: by retained spectral energy, one fixed rank, or the most
+   faithful candidate (the largest common rank, or the largest energy) whose exported model meets a
+   latency target *measured with ONNX Runtime on this device*, either absolute (ms) or a speed-up over
+   the teacher timed side by side (FLOP counts do not predict CPU latency; the measurement does);
 2. replace each chosen layer by its rank-``r`` factor pair, initialised from the SVD of the trained
    weights (the best rank-``r`` approximation, so the student starts close to the teacher);
 3. distil from the teacher with the shared losses (:mod:`distill.losses`, default Hinton KD) through the
@@ -33,10 +33,15 @@ from distill.lowrank.latency import LatencyConfig, measure_side_by_side
 from distill.models import count_params
 from distill.train import FitConfig, accuracy, distil, predict_logits
 
-__all__ = ["ENERGY_LADDER", "LowRankConfig", "LowRankReport", "lowrank_student", "plan_for_latency"]
+__all__ = ["ENERGY_LADDER", "LowRankConfig", "LowRankReport", "RANK_LADDER", "lowrank_student", "plan_for_latency"]
 
-# Energies tried, from the most faithful down, when a latency target picks the ranks.
+# Candidates a latency target walks, from the most faithful down (search="energy" / search="rank").
 ENERGY_LADDER = (0.995, 0.99, 0.98, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+RANK_LADDER = (256, 192, 128, 96, 64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2)
+# Measured on the MNIST teacher (benchmarks/lowrank_students.py): at a 2x speed-up target the energy
+# search cut every layer alike, the classifier head and first conv included (84.8% accuracy after one
+# epoch), while one common rank left those small layers dense and kept 99.2%; so "rank" is the default.
+SEARCHES = ("energy", "rank")
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ class LowRankConfig:
     seed: int = 0
     progress: bool = False  # progress bar while distilling
     latency: LatencyConfig = field(default_factory=lambda: LatencyConfig(rounds=8, calls_per_round=25))
-    energy_ladder: tuple[float, ...] = ENERGY_LADDER  # energies a latency target chooses from, decreasing
+    search: str = "rank"  # what a latency/speed-up target walks: one common "rank", or "energy"
+    ladder: tuple[float, ...] = ()  # candidates in decreasing order; () = RANK_LADDER or ENERGY_LADDER
 
     def __post_init__(self) -> None:
         chosen = [n for n in ("energy", "rank", "latency_ms", "speedup") if getattr(self, n) is not None]
@@ -72,9 +78,9 @@ class LowRankConfig:
             raise TrainingError(f"speedup {self.speedup} must be > 1 (e.g. 2.0 for half the teacher's latency)")
         if self.factors not in (2, 3):
             raise TrainingError(f"factors must be 2 or 3, got {self.factors}")
-        ladder = self.energy_ladder
-        if not ladder or any(not 0.0 < e <= 1.0 for e in ladder) or list(ladder) != sorted(set(ladder), reverse=True):
-            raise TrainingError("energy_ladder must be distinct energies in (0, 1], in decreasing order")
+        if self.search not in SEARCHES:
+            raise TrainingError(f"search '{self.search}' is unknown; use one of {list(SEARCHES)}")
+        _check_ladder(self.search, self.ladder)
         if self.loss not in LOSSES:
             raise TrainingError(f"loss '{self.loss}' is unknown; use one of {sorted(LOSSES)}")
         FitConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)  # same checks as the loop
@@ -90,8 +96,9 @@ class LowRankReport:
     teacher_accuracy: float  # test accuracy
     init_accuracy: float  # test accuracy of the spectrally initialised student, before distillation
     student_accuracy: float  # test accuracy after distillation
-    energy: float | None  # the energy used (chosen by the latency search when a target was given)
-    latency_search: tuple[dict[str, float], ...] = ()  # energy -> measured p50 (ms) of each tried candidate
+    energy: float | None  # the energy used (given, or chosen by an energy search)
+    rank: int | None = None  # the common rank used (given, or chosen by a rank search)
+    latency_search: tuple[dict[str, float], ...] = ()  # candidate -> measured p50 (ms) beside the teacher
     teacher_latency_ms: float | None = None  # median p50 at batch 1 measured beside the candidates
     seconds: float = 0.0  # wall time of the whole build
     config: dict[str, Any] = field(default_factory=dict)
@@ -104,56 +111,77 @@ def _example(dataset: Dataset) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(dataset.x_val[:4] if len(dataset.x_val) >= 2 else dataset.x_train[:4]))
 
 
+def _check_ladder(search: str, ladder: tuple[float, ...]) -> None:
+    if not ladder:
+        return
+    if list(ladder) != sorted(set(ladder), reverse=True):
+        raise TrainingError("the ladder must hold distinct candidates in decreasing order")
+    if search == "energy" and any(not 0.0 < e <= 1.0 for e in ladder):
+        raise TrainingError("energy candidates must lie in (0, 1]")
+    if search == "rank" and any(r < 1 or int(r) != r for r in ladder):
+        raise TrainingError("rank candidates must be whole numbers >= 1")
+
+
+def _plans(teacher: nn.Module, search: str, value: float) -> list[LayerPlan]:
+    return plan_ranks(teacher, energy=value) if search == "energy" else plan_ranks(teacher, rank=int(value))
+
+
 def plan_for_latency(
     teacher: nn.Module,
     dataset: Dataset,
     latency_ms: float | None = None,
     *,
     speedup: float | None = None,
+    search: str = "rank",
+    ladder: tuple[float, ...] = (),
     factors: int = 2,
     config: LatencyConfig | None = None,
-    ladder: tuple[float, ...] = ENERGY_LADDER,
 ) -> tuple[list[LayerPlan], float, list[dict[str, float]], float]:
-    """The most faithful energy in ``ladder`` whose exported student meets a latency target.
+    """The most faithful candidate in ``ladder`` whose exported student meets a latency target.
 
     Candidates are spectrally initialised (untrained; latency does not depend on the weight values),
     exported with :func:`exporters.export_onnx` and timed at batch 1 beside the teacher, interleaved.
-    Latency falls as energy falls, so a binary search over the ladder measures only a few candidates.
-    On a shared CPU an absolute target moves with the load; a ``speedup`` target compares student and
-    teacher timed in the same rounds, which the load affects alike.
+    Latency falls along the ladder, so a binary search measures only a few candidates. On a shared CPU
+    an absolute target moves with the load; a ``speedup`` target compares student and teacher timed in
+    the same rounds, which the load affects alike.
 
     Args:
         teacher: the trained model.
         dataset: its data (validation rows are the timing inputs).
         latency_ms: target p50 at batch 1, in milliseconds; or
         speedup: target ratio teacher p50 / student p50 at batch 1 (e.g. 2.0).
+        search: "rank" (one common rank, capped per layer) or "energy" (retained spectral energy).
+        ladder: candidates in decreasing order; () = :data:`RANK_LADDER` or :data:`ENERGY_LADDER`.
         factors: 2 or 3 factors per layer.
         config: how to time the candidates.
-        ladder: energies to choose from, in decreasing order (:data:`ENERGY_LADDER` by default).
 
     Returns:
-        (plans, energy, search log rows ``{"energy", "p50_ms", "teacher_p50_ms"}``, median teacher p50 ms).
+        (plans, chosen candidate, search log rows ``{search, "p50_ms", "teacher_p50_ms"}``, median
+        teacher p50 ms).
 
     Raises:
-        TrainingError: not exactly one target, or even the lowest energy misses it (the message gives
-            what was measured).
+        TrainingError: not exactly one target, a bad ladder, or even the cheapest candidate misses the
+            target (the message gives what was measured).
     """
     from exporters import export_onnx  # torch -> ONNX lives with the exporters
 
     if (latency_ms is None) == (speedup is None):
         raise TrainingError("give exactly one of latency_ms or speedup")
+    if search not in SEARCHES:
+        raise TrainingError(f"search '{search}' is unknown; use one of {list(SEARCHES)}")
+    _check_ladder(search, ladder)
+    ladder = ladder or (RANK_LADDER if search == "rank" else ENERGY_LADDER)
     config = config or LatencyConfig(rounds=8, calls_per_round=25)
     example = _example(dataset)
     rows = dataset.x_val if len(dataset.x_val) else dataset.x_train
     teacher_blob = export_onnx(teacher, example)
     log: list[dict[str, float]] = []
 
-    def meets(energy: float) -> bool:
-        plans = plan_ranks(teacher, energy=energy)
-        blob = export_onnx(factorize(teacher, plans, factors=factors), example)
+    def meets(value: float) -> bool:
+        blob = export_onnx(factorize(teacher, _plans(teacher, search, value), factors=factors), example)
         stats = measure_side_by_side({"teacher": teacher_blob, "student": blob}, rows, config)
         student_ms, teacher_ms = stats["student"][1]["p50"], stats["teacher"][1]["p50"]
-        log.append({"energy": energy, "p50_ms": student_ms, "teacher_p50_ms": teacher_ms})
+        log.append({search: value, "p50_ms": student_ms, "teacher_p50_ms": teacher_ms})
         if latency_ms is not None:
             return student_ms <= latency_ms
         assert speedup is not None
@@ -164,7 +192,7 @@ def plan_for_latency(
         last = log[-1]
         target = f"{latency_ms} ms" if latency_ms is not None else f"a {speedup}x speed-up"
         raise TrainingError(
-            f"even energy {ladder[hi]} runs at {last['p50_ms']:.4f} ms p50 beside the teacher's "
+            f"even {search} {ladder[hi]} runs at {last['p50_ms']:.4f} ms p50 beside the teacher's "
             f"{last['teacher_p50_ms']:.4f} ms, missing {target}; raise --latency-ms or lower --speedup"
         )
     while lo < hi:
@@ -173,9 +201,8 @@ def plan_for_latency(
             hi = mid
         else:
             lo = mid + 1
-    energy = ladder[hi]
     teacher_ms = float(np.median([row["teacher_p50_ms"] for row in log]))
-    return plan_ranks(teacher, energy=energy), energy, log, teacher_ms
+    return _plans(teacher, search, ladder[hi]), ladder[hi], log, teacher_ms
 
 
 def lowrank_student(
@@ -204,12 +231,16 @@ def lowrank_student(
     teacher.eval()
     search: list[dict[str, float]] = []
     teacher_ms: float | None = None
-    energy = cfg.energy
+    energy, rank = cfg.energy, cfg.rank
     if cfg.latency_ms is not None or cfg.speedup is not None:
-        plans, energy, search, teacher_ms = plan_for_latency(
-            teacher, dataset, cfg.latency_ms, speedup=cfg.speedup, factors=cfg.factors, config=cfg.latency,
-            ladder=cfg.energy_ladder,
+        plans, chosen, search, teacher_ms = plan_for_latency(
+            teacher, dataset, cfg.latency_ms, speedup=cfg.speedup, search=cfg.search, ladder=cfg.ladder,
+            factors=cfg.factors, config=cfg.latency,
         )
+        if cfg.search == "energy":
+            energy = chosen
+        else:
+            rank = int(chosen)
     elif cfg.energy is not None:
         plans = plan_ranks(teacher, energy=cfg.energy)
     else:
@@ -245,6 +276,7 @@ def lowrank_student(
         init_accuracy=init_accuracy,
         student_accuracy=accuracy(student, dataset.x_test, dataset.y_test),
         energy=energy,
+        rank=rank,
         latency_search=tuple(search),
         teacher_latency_ms=teacher_ms,
         seconds=time.perf_counter() - start,
