@@ -10,7 +10,13 @@ the server) catches one type and prints one line. Messages say what is wrong and
     │   └── ModelLoadError     ONNX Runtime refused to load a member
     ├── InputError             a request's input has the wrong shape, dtype, values or is empty
     ├── PolicyError            an exit policy was configured with impossible values
-    └── MemberError            a member raised while evaluating a request
+    ├── MemberError            a member raised while evaluating a request
+    └── ServerError            (edge_runtime.server) the V2 server
+        ├── ServerConfigError  impossible server settings
+        ├── RequestError       a bad request: HTTP 400
+        ├── BodyTooLargeError  a body over the size limit: HTTP 413
+        ├── ModelNotFoundError an unknown model name: HTTP 404
+        └── OverloadedError    shed under load: HTTP 503 with Retry-After
 """
 
 from __future__ import annotations
