@@ -1,18 +1,19 @@
 """Low-rank students of the MNIST teacher: accuracy, parameters and ORT latency vs the teacher, per rank.
 
 For each rank, each energy, and a measured speed-up target (ranks chosen by timing candidates beside the
-teacher, see :func:`distill.lowrank.plan_for_latency`; one common rank is searched) the teacher is factored spectrally, distilled for ``--epochs``
-with the default Hinton KD loss, exported with :func:`exporters.export_onnx`, and then *all* models, the
-teacher included, are timed in one process, interleaved round by round (see
-:mod:`distill.lowrank.latency`), at batch 1 and batch 32, with the runtime's session settings (one
-intra-op thread, sequential, no spinning). Medians and p99 come from the pooled rounds; the machine's
-load average is printed, because other work on a shared CPU moves absolute numbers (the ratios, measured
-side by side, move much less).
+teacher, see :func:`distill.lowrank.plan_for_latency`; one common rank is searched) the teacher is
+factored spectrally, distilled for ``--epochs`` with the default Hinton KD loss and exported with
+:func:`exporters.export_onnx`. Then *all* models, the teacher included, are timed in one process,
+interleaved round by round (see :mod:`distill.lowrank.latency`), at batch 1 and batch 32, with the
+runtime's session settings (one intra-op thread, sequential, no spinning). Medians and p99 come from the
+pooled rounds; the machine's load average is printed, because other work on a shared CPU moves absolute
+numbers (the ratios, measured side by side, move much less).
 
 Goal: >= 2x lower p50 latency at batch 1 than the teacher at <= 1 point of accuracy loss.
 
 Usage:
-    python benchmarks/lowrank_students.py [--ranks 32 16 8] [--energies 0.9] [--speedup 2] [--epochs 1] [--json out.json]
+    python benchmarks/lowrank_students.py [--ranks 32 16 8] [--energies 0.9] [--speedup 2] [--epochs 1]
+        [--json out.json]
 
 The teacher is ``ensure_teacher`` on the shared real MNIST when present (else scikit-learn digits, and
 the output says so), cached under ``--runs-dir``.
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher, dataset, _ = ensure_teacher(data_spec, runs_dir=args.runs_dir, progress=False)
     teacher.eval()
     if args.train_rows:
-        dataset = replace(dataset, x_train=dataset.x_train[: args.train_rows], y_train=dataset.y_train[: args.train_rows])
+        rows_kept = slice(0, args.train_rows)
+        dataset = replace(dataset, x_train=dataset.x_train[rows_kept], y_train=dataset.y_train[rows_kept])
     teacher_logits = predict_logits(teacher, dataset.x_train)  # computed once for every student
     x_test, y_test = dataset.x_test, dataset.y_test
     example = torch.from_numpy(x_test[:4])

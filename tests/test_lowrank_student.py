@@ -44,6 +44,7 @@ def test_distillation_recovers_what_the_truncation_lost(teacher_and_data: tuple[
     assert report.student_accuracy >= report.teacher_accuracy - 0.08
     factored = [row for row in report.layers if row["factored"]]
     assert factored and all(row["rank"] == 6 for row in factored)
+    assert report.layers[-1]["layer"] == "head" and not report.layers[-1]["factored"]  # the head stays dense
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # the teacher is untouched
     logits, features = student(torch.from_numpy(dataset.x_test[:5]))
     assert logits.shape == (5, 10) and features.shape == (5, teacher.feature_dim)
@@ -76,7 +77,7 @@ def test_config_needs_exactly_one_rank_choice() -> None:
         LowRankConfig(speedup=2.0, search="width")
 
 
-def test_latency_search_prefers_the_most_faithful_energy_that_fits(teacher_and_data: tuple[Classifier, Dataset]) -> None:
+def test_latency_search_prefers_the_most_faithful_candidate(teacher_and_data: tuple[Classifier, Dataset]) -> None:
     teacher, dataset = teacher_and_data
     plans, energy, log, teacher_ms = plan_for_latency(
         teacher, dataset, latency_ms=1e4, search="energy", config=FAST_TIMING, ladder=(0.99, 0.5)
@@ -91,7 +92,9 @@ def test_latency_search_prefers_the_most_faithful_energy_that_fits(teacher_and_d
         plan_for_latency(teacher, dataset, latency_ms=1.0, speedup=2.0)
 
 
-def test_cli_writes_a_one_member_bundle(teacher_and_data: tuple[Classifier, Dataset], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_a_one_member_bundle(
+    teacher_and_data: tuple[Classifier, Dataset], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     teacher, _ = teacher_and_data
     checkpoint = save_model(teacher, tmp_path / "teacher")
     out, report = tmp_path / "bundle", tmp_path / "report.json"

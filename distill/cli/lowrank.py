@@ -87,12 +87,17 @@ def run(args: argparse.Namespace) -> int:
         heldout=(dataset.x_test, dataset.y_test),
         name=args.name,
         metadata={"data": dataset.name, "teacher": str(args.teacher_dir), "method": "lowrank"},
-        info={"method": "lowrank", "energy": report.energy, "rank": report.rank, "ranks": ranks, "factors": cfg.factors,
-              "accuracy": report.student_accuracy},
+        info={
+            "method": "lowrank", "energy": report.energy, "rank": report.rank, "ranks": ranks,
+            "factors": cfg.factors, "accuracy": report.student_accuracy,
+        },
     )
     example = torch.from_numpy(dataset.x_test[:4])
     latency = measure_side_by_side(
-        {"teacher": export_onnx(teacher, example), "student": result.path.joinpath(result.manifest.members[0].file).read_bytes()},
+        {
+            "teacher": export_onnx(teacher, example),
+            "student": result.path.joinpath(result.manifest.members[0].file).read_bytes(),  # what the bundle runs
+        },
         dataset.x_test[:512],
         LatencyConfig(batch_sizes=(1, 32), rounds=10, calls_per_round=20),
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import torch
 from torch import nn
@@ -192,6 +192,7 @@ def plan_ranks(
     rank: int | None = None,
     ranks: Mapping[str, int] | None = None,
     max_macs_ratio: float = 0.75,
+    keep: Collection[str] = (),
 ) -> list[LayerPlan]:
     """Choose a rank for every factorable layer; exactly one of ``energy``, ``rank``, ``ranks`` is given.
 
@@ -201,6 +202,7 @@ def plan_ranks(
         rank: the same rank for every layer (capped at the layer's full rank).
         ranks: an explicit rank per layer name; layers not named stay dense.
         max_macs_ratio: factor a layer only if the pair costs at most this fraction of its multiply-adds.
+        keep: names of layers that stay dense whatever the rank (e.g. the classifier head).
 
     Returns:
         One plan per factorable layer, in module order. ``factor`` is False where the chosen rank would
@@ -216,6 +218,9 @@ def plan_ranks(
     if not 0.0 < max_macs_ratio <= 1.0:
         raise TrainingError(f"max_macs_ratio {max_macs_ratio} must lie in (0, 1]")
     layers = factorable_layers(model)
+    unknown_keep = sorted(set(keep) - set(layers))
+    if unknown_keep:
+        raise TrainingError(f"keep names {unknown_keep} that are not Linear/Conv layers; choose from {list(layers)}")
     if ranks is not None:
         unknown = sorted(set(ranks) - set(layers))
         if unknown:
@@ -237,7 +242,7 @@ def plan_ranks(
         kept = float(power[:chosen].sum() / power.sum()) if float(power.sum()) > 0 else 1.0
         out, fan_in = _matrix(layer).shape
         kind = "linear" if isinstance(layer, nn.Linear) else type(layer).__name__.lower()
-        saves = chosen * (out + fan_in) <= max_macs_ratio * out * fan_in
+        saves = chosen * (out + fan_in) <= max_macs_ratio * out * fan_in and name not in keep
         plans.append(LayerPlan(name, kind, (out, fan_in), full, chosen, kept, saves))
     return plans
 

@@ -28,7 +28,7 @@ from torch import nn
 from distill.data import Dataset
 from distill.errors import TrainingError
 from distill.losses import LOSSES, make_loss
-from distill.lowrank.factorize import LayerPlan, describe_plans, factorize, plan_ranks
+from distill.lowrank.factorize import LayerPlan, describe_plans, factorable_layers, factorize, plan_ranks
 from distill.lowrank.latency import LatencyConfig, measure_side_by_side
 from distill.models import count_params
 from distill.train import FitConfig, accuracy, distil, predict_logits
@@ -42,6 +42,9 @@ RANK_LADDER = (256, 192, 128, 96, 64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2)
 # search cut every layer alike, the classifier head and first conv included (84.8% accuracy after one
 # epoch), while one common rank left those small layers dense and kept 99.2%; so "rank" is the default.
 SEARCHES = ("energy", "rank")
+# Timing one candidate beside the teacher. Exporting costs seconds and a call ~0.1 ms, so many calls are
+# cheap; with few (8 x 25) a 2-core machine under load once misordered ranks 6 and 16 in the search.
+SEARCH_TIMING = LatencyConfig(rounds=20, calls_per_round=50, warmup=100)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ class LowRankConfig:
     loss_params: tuple[tuple[str, object], ...] = ()  # e.g. (("alpha", 0.9), ("temperature", 4.0))
     seed: int = 0
     progress: bool = False  # progress bar while distilling
-    latency: LatencyConfig = field(default_factory=lambda: LatencyConfig(rounds=8, calls_per_round=25))
+    latency: LatencyConfig = SEARCH_TIMING  # how a latency/speed-up target times each candidate
+    keep_head: bool = True  # keep the last Linear/Conv (the classifier) dense: a rank below the class count
+    # only constrains the logits, and the head costs little
     search: str = "rank"  # what a latency/speed-up target walks: one common "rank", or "energy"
     ladder: tuple[float, ...] = ()  # candidates in decreasing order; () = RANK_LADDER or ENERGY_LADDER
 
@@ -122,8 +127,16 @@ def _check_ladder(search: str, ladder: tuple[float, ...]) -> None:
         raise TrainingError("rank candidates must be whole numbers >= 1")
 
 
-def _plans(teacher: nn.Module, search: str, value: float) -> list[LayerPlan]:
-    return plan_ranks(teacher, energy=value) if search == "energy" else plan_ranks(teacher, rank=int(value))
+def _plans(teacher: nn.Module, search: str, value: float, keep: tuple[str, ...]) -> list[LayerPlan]:
+    if search == "energy":
+        return plan_ranks(teacher, energy=value, keep=keep)
+    return plan_ranks(teacher, rank=int(value), keep=keep)
+
+
+def _head(teacher: nn.Module) -> tuple[str, ...]:
+    """The name of the last factorable layer (the classifier head), as a one-element tuple."""
+    names = list(factorable_layers(teacher))
+    return tuple(names[-1:])
 
 
 def plan_for_latency(
@@ -136,6 +149,7 @@ def plan_for_latency(
     ladder: tuple[float, ...] = (),
     factors: int = 2,
     config: LatencyConfig | None = None,
+    keep: tuple[str, ...] = (),
 ) -> tuple[list[LayerPlan], float, list[dict[str, float]], float]:
     """The most faithful candidate in ``ladder`` whose exported student meets a latency target.
 
@@ -154,6 +168,7 @@ def plan_for_latency(
         ladder: candidates in decreasing order; () = :data:`RANK_LADDER` or :data:`ENERGY_LADDER`.
         factors: 2 or 3 factors per layer.
         config: how to time the candidates.
+        keep: layer names that stay dense.
 
     Returns:
         (plans, chosen candidate, search log rows ``{search, "p50_ms", "teacher_p50_ms"}``, median
@@ -171,14 +186,14 @@ def plan_for_latency(
         raise TrainingError(f"search '{search}' is unknown; use one of {list(SEARCHES)}")
     _check_ladder(search, ladder)
     ladder = ladder or (RANK_LADDER if search == "rank" else ENERGY_LADDER)
-    config = config or LatencyConfig(rounds=8, calls_per_round=25)
+    config = config or SEARCH_TIMING
     example = _example(dataset)
     rows = dataset.x_val if len(dataset.x_val) else dataset.x_train
     teacher_blob = export_onnx(teacher, example)
     log: list[dict[str, float]] = []
 
     def meets(value: float) -> bool:
-        blob = export_onnx(factorize(teacher, _plans(teacher, search, value), factors=factors), example)
+        blob = export_onnx(factorize(teacher, _plans(teacher, search, value, keep), factors=factors), example)
         stats = measure_side_by_side({"teacher": teacher_blob, "student": blob}, rows, config)
         student_ms, teacher_ms = stats["student"][1]["p50"], stats["teacher"][1]["p50"]
         log.append({search: value, "p50_ms": student_ms, "teacher_p50_ms": teacher_ms})
@@ -202,7 +217,7 @@ def plan_for_latency(
         else:
             lo = mid + 1
     teacher_ms = float(np.median([row["teacher_p50_ms"] for row in log]))
-    return _plans(teacher, search, ladder[hi]), ladder[hi], log, teacher_ms
+    return _plans(teacher, search, ladder[hi], keep), ladder[hi], log, teacher_ms
 
 
 def lowrank_student(
@@ -232,19 +247,20 @@ def lowrank_student(
     search: list[dict[str, float]] = []
     teacher_ms: float | None = None
     energy, rank = cfg.energy, cfg.rank
+    keep = _head(teacher) if cfg.keep_head else ()
     if cfg.latency_ms is not None or cfg.speedup is not None:
         plans, chosen, search, teacher_ms = plan_for_latency(
             teacher, dataset, cfg.latency_ms, speedup=cfg.speedup, search=cfg.search, ladder=cfg.ladder,
-            factors=cfg.factors, config=cfg.latency,
+            factors=cfg.factors, config=cfg.latency, keep=keep,
         )
         if cfg.search == "energy":
             energy = chosen
         else:
             rank = int(chosen)
     elif cfg.energy is not None:
-        plans = plan_ranks(teacher, energy=cfg.energy)
+        plans = plan_ranks(teacher, energy=cfg.energy, keep=keep)
     else:
-        plans = plan_ranks(teacher, rank=cfg.rank)
+        plans = plan_ranks(teacher, rank=cfg.rank, keep=keep)
     if not any(p.factor for p in plans):
         raise TrainingError("no layer gets cheaper at this rank/energy; choose a lower --rank or --energy")
     student = factorize(teacher, plans, factors=cfg.factors).eval()
@@ -254,7 +270,8 @@ def lowrank_student(
             teacher_logits = predict_logits(teacher, dataset.x_train)
         elif teacher_logits.shape != (len(dataset.x_train), dataset.num_classes):
             raise TrainingError(
-                f"teacher_logits has shape {teacher_logits.shape}, expected {(len(dataset.x_train), dataset.num_classes)}; "
+                f"teacher_logits has shape {teacher_logits.shape}, expected "
+                f"{(len(dataset.x_train), dataset.num_classes)}; "
                 "pass the teacher's logits on dataset.x_train"
             )
         torch.manual_seed(cfg.seed)
