@@ -40,7 +40,7 @@ class DemoConfig:
     out: Path = Path("runs/demo")  # bundle, report, plot and data files go here
     runs_dir: Path = Path("runs")  # cache of trained teachers
     members: int = 4  # B-DISTIL ensemble members
-    ensemble_epochs: int = 3  # B-DISTIL training epochs per member attempt
+    ensemble_epochs: int = 0  # B-DISTIL epochs per member attempt; 0 = about 30k samples' worth, 3 at least
     teacher_epochs: int | None = None  # None: the data set's default teacher schedule
     sparsity: float = 0.8  # FCPTS global sparsity target
     fcpts_iterations: int = 400  # FCPTS calibration iterations (the paper uses ~1600)
@@ -114,7 +114,8 @@ def _build_candidates(cfg: DemoConfig, teacher: Any, data: Dataset, log: _Log) -
     def ensemble() -> Any:
         built = progressive_ensemble(
             teacher, data,
-            ProgressiveConfig(members=cfg.members, epochs=cfg.ensemble_epochs, seed=cfg.seed, progress=cfg.progress),
+            ProgressiveConfig(members=cfg.members, epochs=cfg.ensemble_epochs or max(3, round(30_000 / len(data.x_train))),
+                              seed=cfg.seed, progress=cfg.progress),
         )
         info = [{"method": "bdistil", **m.to_dict()} for m in built.report.members]
         return export_ensemble(
@@ -163,7 +164,7 @@ def _budget_runs(runtime: Any, x: np.ndarray, y: np.ndarray, budgets: list[float
     """One request per sample, batch 1, under each budget: real early exit, measured wall time."""
     rows = []
     for budget in budgets:
-        members, correct, missed, elapsed = [], 0, 0, []
+        members, correct, missed, forced, elapsed = [], 0, 0, 0, []
         for i in range(len(x)):
             started = time.perf_counter()
             answer = runtime.predict(x[i : i + 1], budget_ms=budget, entropy_threshold="off")[0]
@@ -171,12 +172,16 @@ def _budget_runs(runtime: Any, x: np.ndarray, y: np.ndarray, budgets: list[float
             elapsed.append(wall)
             members.append(answer.members_used)
             correct += int(answer.label == y[i])
-            missed += int(wall > budget)
+            late = wall > budget
+            # Member 1 always runs: a miss with one member is forced by the budget, not chosen by the policy.
+            forced += int(late and answer.members_used == 1)
+            missed += int(late and answer.members_used > 1)
         rows.append({
             "budget_ms": round(budget, 4),
             "accuracy": correct / len(x),
             "mean_members": float(np.mean(members)),
-            "miss_rate": missed / len(x),
+            "miss_rate": missed / len(x),  # over budget after the policy chose to run member 2 or later
+            "forced_miss_rate": forced / len(x),  # member 1 alone already over budget
             "latency_ms_p50": float(np.percentile(elapsed, 50)),
             "latency_ms_p99": float(np.percentile(elapsed, 99)),
         })
@@ -274,7 +279,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     ]
     entropy = log.step("entropy exit on the test split (batch 1, real early exit)", lambda: _entropy_run(runtime, x_test_raw, data.y_test))
     first, full = curve[0]["latency_ms_p99"], curve[-1]["latency_ms_p99"]
-    budgets = sorted({round(first * 1.2, 4), round((first + full) / 2, 4), round(full * 1.5, 4)})
+    budgets = sorted({round(first * 1.5, 4), round((first + full) / 2, 4), round(full * 1.5, 4)})
     budget_rows = log.step("latency-budgeted runs on the test split", lambda: _budget_runs(runtime, x_test_raw, data.y_test, budgets))
 
     candidates = []
@@ -332,8 +337,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         f"{_pct(entropy['accuracy'])}, mean members {entropy['mean_members']:.2f}, "
         f"p50 {entropy['latency_ms_p50']:.3f} ms (wall, per request)")
     say("\nLatency budgets (one request per test sample, batch 1, wall time measured around predict):")
-    say(_table(["budget ms", "test acc", "mean members", "over budget", "p50 ms", "p99 ms"],
+    say(_table(["budget ms", "test acc", "mean members", "over budget", "member 1 alone over", "p50 ms", "p99 ms"],
                [[f"{r['budget_ms']:.3f}", _pct(r["accuracy"]), f"{r['mean_members']:.2f}", _pct(r["miss_rate"]),
+                 _pct(r["forced_miss_rate"]),
                  f"{r['latency_ms_p50']:.3f}", f"{r['latency_ms_p99']:.3f}"] for r in budget_rows]))
     say("\nNote: the sparse student's zeros shrink its zipped size, not its latency: ONNX Runtime's CPU kernels "
         "gain no speed from zero weights. Low-rank factors and smaller members are what cut latency.")

@@ -66,8 +66,8 @@ def default_teacher_config(dataset: Dataset) -> TeacherConfig:
         return TeacherConfig(width=32, depth=2, hidden=128, epochs=4, lr=2e-3, batch_size=128)
     if len(dataset.input_shape) == 2:  # signals (MNIST-1D)
         return TeacherConfig(width=32, depth=3, hidden=128, epochs=60, lr=2e-3, batch_size=128)
-    if len(dataset.input_shape) == 3:  # small images (digits)
-        return TeacherConfig(width=32, depth=2, hidden=128, epochs=40, lr=2e-3, batch_size=64)
+    if len(dataset.input_shape) == 3:  # small images (digits): 99.4%, ~0.04 ms, well above ORT's call floor
+        return TeacherConfig(width=64, depth=2, hidden=256, epochs=40, lr=2e-3, batch_size=64)
     return TeacherConfig(width=256, depth=3, epochs=40, lr=1e-3)
 
 

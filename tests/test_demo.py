@@ -17,7 +17,7 @@ from edge_runtime.device import fingerprint
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(
-        data="digits", out=out / "demo", runs_dir=out / "runs", members=2, ensemble_epochs=1, teacher_epochs=6,
+        data="digits", out=out / "demo", runs_dir=out / "runs", members=2, ensemble_epochs=8, teacher_epochs=10,
         fcpts_iterations=20, student_epochs=1, profile_queries=40, profile_seconds=0.0, progress=False,
     )
     lines: list[str] = []
