@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="cache of trained teachers (default runs)")
     parser.add_argument("--members", type=int, default=4, help="B-DISTIL ensemble members (default 4)")
     parser.add_argument("--sparsity", type=float, default=0.8, help="FCPTS global sparsity target (default 0.8)")
-    parser.add_argument("--energy", type=float, default=0.8, help="low-rank spectral energy kept (default 0.8)")
+    parser.add_argument("--speedup", type=float, default=2.0, help="low-rank student's target ORT speed-up over the teacher (default 2)")
     parser.add_argument("--accuracy-drop", type=float, default=0.5, help="entropy exit: points below the full ensemble (default 0.5)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -26,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
 
     run_demo(DemoConfig(
         data=args.data, out=args.out, runs_dir=args.runs_dir, members=args.members, sparsity=args.sparsity,
-        lowrank_energy=args.energy, accuracy_drop=args.accuracy_drop, seed=args.seed, progress=not args.no_progress,
+        lowrank_speedup=args.speedup, accuracy_drop=args.accuracy_drop, seed=args.seed, progress=not args.no_progress,
     ))
     return 0
