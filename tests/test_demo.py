@@ -18,7 +18,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(
         data="digits", out=out / "demo", runs_dir=out / "runs", members=2, ensemble_epochs=8, teacher_epochs=10,
-        fcpts_iterations=20, student_epochs=1, profile_queries=40, profile_seconds=0.0, progress=False,
+        fcpts_iterations=20, student_epochs=1, lowrank_rank=16, profile_queries=40, profile_seconds=0.0, progress=False,
     )
     lines: list[str] = []
     report = run_demo(cfg, say=lines.append)
