@@ -13,6 +13,7 @@ member t-1 computed. ``width`` and ``depth`` are the cost knob.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,6 +54,11 @@ class ModelConfig:
             raise TrainingError(f"family {self.family} needs inputs of rank {expected_rank}, got shape {self.input_shape}")
         if self.width < 1 or self.depth < 1 or self.num_classes < 2 or self.hidden < 0:
             raise TrainingError("width and depth must be >= 1, hidden >= 0, num_classes >= 2")
+
+    @classmethod
+    def for_data(cls, data: Any, **architecture: Any) -> "ModelConfig":
+        """The config of ``architecture`` (family, width, depth, ...) for a data set's inputs and classes."""
+        return cls(input_shape=data.input_shape, num_classes=data.num_classes, **architecture)
 
     @property
     def feature_dim(self) -> int:

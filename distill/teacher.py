@@ -49,14 +49,7 @@ class TeacherConfig:
             raise TrainingError("a teacher needs at least one epoch")
 
     def model_config(self, dataset: Dataset) -> ModelConfig:
-        return ModelConfig(
-            input_shape=dataset.input_shape,
-            num_classes=dataset.num_classes,
-            family=self.family,
-            width=self.width,
-            depth=self.depth,
-            hidden=self.hidden,
-        )
+        return ModelConfig.for_data(dataset, family=self.family, width=self.width, depth=self.depth, hidden=self.hidden)
 
 
 def default_teacher_config(dataset: Dataset) -> TeacherConfig:
