@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from distill.errors import TrainingError
+from distill.logits import logits_of
 from distill.losses import DistillationLoss
 
 __all__ = ["FitConfig", "accuracy", "distil", "fit", "predict_logits"]
@@ -40,10 +41,13 @@ class FitConfig:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Logits of ``model`` on ``x`` (float32 model-ready inputs), in eval mode."""
+    """Logits ``(N, classes)`` of ``model`` on ``x`` (float32 model-ready inputs), in eval mode.
+
+    ``model`` may return logits in any form :func:`distill.logits.logits_of` accepts.
+    """
     was_training = model.training
     model.eval()
-    out = [model(torch.from_numpy(x[i : i + batch_size]))[0] for i in range(0, len(x), batch_size)]
+    out = [logits_of(model(torch.from_numpy(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
@@ -75,7 +79,7 @@ def fit(
     """Train ``model`` in place; returns the mean loss of each epoch run.
 
     Args:
-        model: obeys the classifier contract ``forward(x) -> (logits, features)``.
+        model: any module whose forward returns logits in a form :func:`distill.logits.logits_of` accepts.
         x, y: model-ready inputs and int labels.
         loss: a :class:`~distill.losses.DistillationLoss`.
         cfg: epochs, learning rate, batch size, seed.
@@ -107,7 +111,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            logits, _ = model(xt[idx])
+            logits = logits_of(model(xt[idx]))
             value = loss(logits, tt[idx], yt[idx])
             optimizer.zero_grad(set_to_none=True)
             value.backward()
