@@ -56,15 +56,14 @@ class GroupedNet(nn.Module):
         self.grouped = nn.Conv2d(width, 2 * width, 3, padding=1, groups=2)
         self.grouped_bn = nn.BatchNorm2d(2 * width)
         self.fc = nn.Linear(2 * width, 16, bias=False)
-        self.unused = nn.Linear(16, 16)  # its weight is used functionally, the module is never called
+        self.unused = nn.Linear(classes, classes)  # its weight is used functionally, the module is never called
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block(self.stem(x / 16.0))
         x = torch.relu(self.dw_bn(self.dw(x)))
         x = torch.relu(self.grouped_bn(self.grouped(x)))
-        x = torch.relu(self.fc(x.mean(dim=(2, 3))))
-        x = x + 0.0 * nn.functional.linear(x, self.unused.weight)
-        return self.head(x)
+        logits = self.head(torch.relu(self.fc(x.mean(dim=(2, 3)))))
+        return logits + 0.0 * nn.functional.linear(logits, self.unused.weight)
 
 
 def separable_images(n: int = 240, classes: int = 4, seed: int = 0) -> Dataset:

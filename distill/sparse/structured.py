@@ -15,7 +15,9 @@ Works on any module whose forward returns logits (:func:`distill.logits.logits_o
 forward is kept, only layers shrink. What stays as it is, and is reported (:class:`ChannelReport`
 ``kept``): the classifier head's outputs (the classes; found by tracing, :mod:`distill.layers`), and
 Linear/Conv layers the forward never calls. The input's channels are never touched. A forward that
-hard-codes a channel count (``x.view(-1, 512)``) breaks after pruning; that is caught and refused.
+hard-codes a channel count (``x.view(-1, 512)``), or uses a layer's weight functionally on pruned
+channels, breaks after pruning; the pruned copy is run once on the sample batch, so that is caught and
+refused in one line rather than returned.
 Without retraining this hurts accuracy, so :func:`channel_student` fine-tunes the shrunk model by
 distillation from the dense teacher (a few epochs, Hinton KD).
 """
@@ -99,8 +101,10 @@ def prune_channels(
                 logits = logits_of(student(x), who="the pruned model")
         except Exception as exc:  # a user forward with a hard-coded width fails here
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise TrainingError(f"the model's forward no longer runs after channel pruning ({first[:120]}); "
-                                "it may hard-code a channel count: keep more channels or prune another model") from None
+            cause = (f"layers {list(trace.unused)} are never called as modules (weights used functionally?), "
+                     "which Torch-Pruning cannot follow" if trace.unused else "it may hard-code a channel count")
+            raise TrainingError(f"the model's forward no longer runs after channel pruning ({first[:100]}): "
+                                f"{cause}; prune another model or use a sparse/low-rank student") from None
         if logits.shape[1] != trace.classes:
             raise TrainingError(f"channel pruning changed the class count {trace.classes} -> {logits.shape[1]}; "
                                 "the classifier head was not found, report this model")
