@@ -112,3 +112,28 @@ def test_archives_whose_loading_could_run_code_are_refused(tmp_path: Path) -> No
         bad = _rewrite(good, tmp_path / f"{edit.__name__}.pt2", edit)
         with pytest.raises(CheckpointError, match=message):
             load_exported_module(bad)
+
+
+class _Signal(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 6, 5, stride=2, padding=2)
+        self.same = nn.Conv1d(6, 6, 3, padding="same", bias=False)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.same(torch.relu(self.conv(x)))).mean(dim=2)
+        return self.head(h), h
+
+
+def test_conv1d_programs_with_tuple_outputs_load_too(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Signal().eval()
+    x = torch.randn(4, 2, 20)
+    program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, tmp_path / "s.pt2")
+    loaded = load_exported_module(tmp_path / "s.pt2")
+    assert type(loaded.conv) is nn.Conv1d and loaded.conv.stride == (2,) and loaded.same.padding == "same"
+    logits, features = loaded(x)
+    torch.testing.assert_close(logits, model(x)[0])
+    torch.testing.assert_close(features, model(x)[1])
