@@ -571,8 +571,9 @@ class AnytimeRuntime:
             self.evaluate_prefixes(x)
         except MemberError as exc:
             raise ModelLoadError(f"{exc}; the member cannot answer a warm-up input, re-export it") from None
+        prepared = self._prepare(x)  # members take the preprocessed input (another layout, for some bundles)
         for _ in range(runs - 1):  # these seed the observed latencies
-            self._predict_one(x, _RUN_ALL, self._zeros, perf_counter())
+            self._predict_one(prepared, _RUN_ALL, self._zeros, perf_counter())
         self._estimator.refresh()
 
 
