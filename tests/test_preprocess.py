@@ -171,3 +171,10 @@ def test_run_prints_accuracy_for_id_labels_and_refuses_unknown_names(tiny_bundle
     np.savez(tmp_path / "nox.npz", inputs=x)
     assert main(["run", str(tiny_bundle), "--input", str(tmp_path / "nox.npz")]) == 1
     assert "'x' or 'x_test'" in capsys.readouterr().err
+
+
+def test_calibrate_takes_class_names(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.random.default_rng(7).normal(size=(12, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x, y=np.array(["class_0", "class_1", "class_2"] * 4))
+    assert main(["calibrate", str(tiny_bundle), "--data", str(tmp_path / "val.npz"), "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["saved"] is False

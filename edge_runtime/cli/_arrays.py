@@ -74,7 +74,7 @@ def class_ids(y: np.ndarray, labels: tuple[str, ...], count: int) -> np.ndarray:
         raise InputError(f"labels of dtype {y.dtype} are neither class ids nor class names; use integers or strings")
     ids = y.astype(np.int64)
     if ids.size and (ids.min() < 0 or ids.max() >= len(labels)):
-        raise InputError(f"label ids must lie in 0..{len(labels) - 1} for this bundle; found {ids.min()}..{ids.max()}")
+        raise InputError(f"labels must lie in 0..{len(labels) - 1} for this bundle (class ids); found {ids.min()}..{ids.max()}")
     return ids
 
 
