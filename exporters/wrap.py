@@ -19,8 +19,10 @@ probability that underflows to 0) gives entropy 0, not ``0 * -inf``.
 3. held-out accuracy of the wrapped graph equals the reference's within the tolerance.
 
 Refused, with one line naming the fix: a model without exactly one float32 input, whose input shape
-disagrees with the data's, whose batch dimension is fixed, whose logits are not ``(N, classes)`` with the
-data's class count, or whose weights live in external data files.
+disagrees with the data's, whose batch dimension is fixed above 1, whose logits are not ``(N, classes)``
+with the data's class count, or whose weights live in external data files. A model exported with a
+fixed batch of 1 (common with older exporters) gets a symbolic batch dimension; the reference then runs
+it row by row, and if its operators bake the batch in, the gates fail and it is refused.
 
 This module imports onnx, onnxruntime, numpy and the runtime only: a device with the runtime install
 plus ``onnx`` (``pip install 'anytime-edge[wrap]'``) can wrap a model it received.
@@ -66,6 +68,8 @@ MIN_OPSET = 7
 ONNX_INSTALL_HINT = "pip install 'anytime-edge[wrap]' (or the onnx package alone)"
 _PREFIX = "model/"  # added to the user's names only when one collides with the head's
 _HEAD_INPUT = "wrap/source_logits"
+_BATCH = "batch"  # the symbolic batch dimension given to a model exported with a fixed batch of 1
+_DYNAMIC_HINT = "torch: dynamic_shapes={'x': {0: torch.export.Dim('batch')}}, or dynamic_axes for the legacy exporter"
 _HEAD_NAMES = frozenset(
     {*REQUIRED_OUTPUTS, _HEAD_INPUT, "wrap/log_probs", "wrap/p_log_p", "wrap/neg_entropy", "wrap/axes", "prev_logits"}
 )
@@ -91,6 +95,7 @@ class SourceGraph:
     output_name: str  # the graph output taken as logits
     opset: int  # version of the default ("ai.onnx") domain
     params: int  # elements in the initializers
+    fixed_batch: bool = False  # the input's batch is fixed at 1: made dynamic, kept only if the gates pass
 
 
 @dataclass(frozen=True)
@@ -233,10 +238,10 @@ def inspect_source(
                 f"the model's input '{x.name}' has rank {len(dims)} {list(dims)}, the data's samples are "
                 f"{list(input_shape)} (rank {len(input_shape) + 1} with the batch); pass the data it was trained on"
             )
-        if isinstance(dims[0], int) and dims[0] > 0:
+        if isinstance(dims[0], int) and dims[0] > 1:
             raise ExportError(
                 f"the model's input '{x.name}' has a fixed batch of {dims[0]}; re-export it with a dynamic batch "
-                "dimension (torch: dynamic_shapes={'x': {0: torch.export.Dim('batch')}})"
+                f"dimension ({_DYNAMIC_HINT})"
             )
         for got, want in zip(dims[1:], input_shape):
             if isinstance(got, int) and got > 0 and got != want:
@@ -270,7 +275,8 @@ def inspect_source(
     if opset is None or opset < MIN_OPSET:
         raise ExportError(f"the model uses opset {opset}; wrapping needs opset >= {MIN_OPSET}: convert it with onnx.version_converter")
     params = sum(int(np.prod(t.dims)) for t in graph.initializer)
-    return SourceGraph(input_name=x.name, input_shape=dims or (), output_name=output, opset=opset, params=params)
+    return SourceGraph(input_name=x.name, input_shape=dims or (), output_name=output, opset=opset, params=params,
+                       fixed_batch=dims is not None and dims[0] == 1)
 
 
 def _head_model(onnx: Any, *, batch: int | str | None, num_classes: int, opset: int, ir_version: int) -> Any:
@@ -333,6 +339,8 @@ def add_head(proto: "onnx.ModelProto", source: SourceGraph, num_classes: int) ->
     user = onnx.ModelProto()
     user.CopyFrom(proto)
     output = source.output_name
+    if source.fixed_batch:
+        _free_batch(user.graph, source.input_name)
     if _names(user.graph) & _HEAD_NAMES:
         rename_input = source.input_name in _HEAD_NAMES
         user = onnx.compose.add_prefix(user, _PREFIX, rename_inputs=rename_input)
@@ -350,6 +358,17 @@ def add_head(proto: "onnx.ModelProto", source: SourceGraph, num_classes: int) ->
         raise ConversionError(f"cannot add the probs/entropy head to the model: {first}") from exc
     lower_ir_version(wrapped)
     return wrapped
+
+
+def _free_batch(graph: Any, input_name: str) -> None:
+    """Declare a batch-1 graph's batch dimension symbolic: the input's and outputs' first dimension, and
+    drop the intermediate shape annotations (ONNX Runtime infers them again). Nodes and weights stay; a
+    graph whose operators bake in the batch (a Reshape to [1, -1]) then fails the gates and is refused."""
+    for value in (*[i for i in graph.input if i.name == input_name], *graph.output):
+        shape = value.type.tensor_type.shape
+        if value.type.tensor_type.HasField("shape") and len(shape.dim) and shape.dim[0].dim_value == 1:
+            shape.dim[0].dim_param = _BATCH  # clears dim_value (a oneof)
+    del graph.value_info[:]
 
 
 def _check_heldout(task: TaskSpec, x: np.ndarray, y: np.ndarray) -> None:
@@ -394,7 +413,8 @@ def reference_outputs(logits: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _run_source(blob: bytes, input_name: str, output: str, x: np.ndarray, batch_size: int, num_classes: int) -> np.ndarray:
-    """The source model's logits on ``x`` in ONNX Runtime (the reference for a user's .onnx)."""
+    """The source model's logits on ``x`` in ONNX Runtime (the reference for a user's .onnx); ``batch_size``
+    1 runs it row by row (a model with a fixed batch of 1)."""
     try:
         session = create_session(blob, name="source model")
     except EdgeRuntimeError as exc:
@@ -481,7 +501,8 @@ def wrap_onnx(
     proto = load_onnx(model)
     source = inspect_source(proto, input_shape=tuple(task.input.shape[1:]), num_classes=task.num_classes, output=output)
     if reference_logits is None:
-        ref_logits = _run_source(proto.SerializeToString(), source.input_name, source.output_name, x, batch_size, task.num_classes)
+        ref_logits = _run_source(proto.SerializeToString(), source.input_name, source.output_name, x,
+                                 1 if source.fixed_batch else batch_size, task.num_classes)
     else:
         ref_logits = np.asarray(reference_logits, dtype=np.float32)
         if ref_logits.shape != (x.shape[0], task.num_classes):
@@ -508,13 +529,21 @@ def wrap_onnx(
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types
             raise VerificationError(
                 f"the wrapped model fails in ONNX Runtime on a batch of {rows.stop - rows.start}: {_first_line(exc)}; "
-                "re-export the model with a dynamic batch dimension"
+                f"re-export the model with a dynamic batch dimension ({_DYNAMIC_HINT})"
             ) from exc
         for o, v in zip(REQUIRED_OUTPUTS, values):
             got[o].append(np.asarray(v))
-    actual = {o: np.concatenate(v) for o, v in got.items()}
     # Gate 2: the head against numpy, the logits against the reference.
-    diffs = check_parity(reference_outputs(ref_logits), actual, name=member, tolerance=tolerance)
+    try:
+        actual = {o: np.concatenate(v) for o, v in got.items()}
+        diffs = check_parity(reference_outputs(ref_logits), actual, name=member, tolerance=tolerance)
+    except (ValueError, VerificationError) as exc:
+        if not source.fixed_batch:
+            raise
+        raise VerificationError(
+            f"the model was exported with a fixed batch of 1 and its graph depends on it ({_first_line(exc)}); "
+            f"re-export it with a dynamic batch dimension ({_DYNAMIC_HINT})"
+        ) from exc
     gates = GateReport(
         member=member,
         max_abs_diff=diffs,
@@ -537,6 +566,7 @@ def wrap_onnx(
             **dict(info or {}),
             "method": "wrapped",
             "source_output": source.output_name,
+            **({"batch_made_dynamic": True} if source.fixed_batch else {}),
             "bytes": size,
             "bytes_zip": size_zip,
             "gates": {**gates.to_dict(), "reference": reference},

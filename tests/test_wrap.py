@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -227,7 +228,7 @@ def _two_inputs(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
     [
         (lambda tmp, w, b: _two_inputs(w, b), "has 2 inputs"),
         (lambda tmp, w, b: _linear_onnx(w, b, input_type=TensorProto.DOUBLE), "is DOUBLE; bundles take float32"),
-        (lambda tmp, w, b: _linear_onnx(w, b, batch=1), "fixed batch of 1"),
+        (lambda tmp, w, b: _linear_onnx(w, b, batch=2), "fixed batch of 2"),
         (lambda tmp, w, b: _linear_onnx(w, b, in_shape=(2, 2)), "has rank 3"),
         (lambda tmp, w, b: _linear_onnx(np.ones((4, 5)), np.zeros(5)), "outputs 5 classes, the data has 3"),
         (lambda tmp, w, b: _external(tmp, w, b), "external data"),
@@ -243,6 +244,22 @@ def test_bad_models_are_refused_in_one_line_and_nothing_is_written(make, message
         wrap_onnx(model, _task(), tmp_path / "out", heldout=(x, y))
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fixed_batch_of_one_is_made_dynamic_only_when_the_graph_allows(tmp_path: Path) -> None:
+    w, b = np.random.default_rng(7).normal(size=(4, 3)), np.zeros(3)
+    x, y = _heldout(w, b)
+    result = wrap_onnx(_linear_onnx(w, b, batch=1), _task(), tmp_path / "ok", heldout=(x, y))
+    assert result.accuracy == 1.0 and result.manifest.members[0].info["batch_made_dynamic"] is True
+    labels = [p.label for p in edge_runtime.load(result.path, warmup=0).predict(x)]  # one call, 40 rows
+    assert labels == list(y)
+    # A graph that bakes the batch into a Reshape to [1, 4] cannot take 40 rows: refused, nothing written.
+    baked = _linear_onnx(w, b, batch=1)
+    baked.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1, 4], np.int64), "shape"))
+    baked.graph.node[0].CopyFrom(helper.make_node("Reshape", ["x", "shape"], ["h"], name="flatten"))
+    with pytest.raises(VerificationError, match="dynamic batch dimension") as info:
+        wrap_onnx(baked, _task(), tmp_path / "baked", heldout=(x, y))
+    assert "\n" not in str(info.value) and not (tmp_path / "baked").exists()
 
 
 def test_class_count_is_checked_on_the_outputs_when_the_graph_does_not_say(tmp_path: Path) -> None:
@@ -333,11 +350,25 @@ def test_cli_preprocess_data_for_a_model_trained_on_standardised_inputs(digits, 
     labels = [p.label for p in edge_runtime.load(tmp_path / "b", warmup=0).predict(raw)]  # clients send raw values
     expected = (digits.x_test.reshape(len(raw), -1) @ w[:-1] + w[-1]).argmax(1)
     assert np.mean(np.array(labels) == expected) > 0.99 and np.mean(expected == digits.y_test) > 0.85
-    # Without --preprocess data the same model sees raw pixels: the CLI says it is near chance or writes a
-    # worse bundle, and never silently claims the standardised accuracy.
+    with_data = _printed_accuracy(capsys.readouterr().out)
+    assert with_data == pytest.approx(100 * np.mean(expected == digits.y_test), abs=0.01)
+    # Without --preprocess data the same model is fed raw pixels: the gates measure (and print) what that
+    # bundle really scores, which is lower, never the standardised accuracy.
     assert anytime_edge(["export", str(path), "--data", "digits", "--out", str(tmp_path / "n")]) == 0
     assert edge_runtime.load_bundle(tmp_path / "n").manifest.task.preprocess.is_identity
-    capsys.readouterr()
+    assert _printed_accuracy(capsys.readouterr().out) < with_data - 3  # measured: 86.9% vs 93.6%
+
+
+def _printed_accuracy(out: str) -> float:
+    return float(re.search(r"held-out accuracy ([0-9.]+)%", out).group(1))
+
+
+def test_cli_warns_when_accuracy_is_near_chance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "zeros.onnx"  # constant logits: every answer is class 0, ~10% on digits
+    onnx.save_model(_linear_onnx(np.zeros((64, 10)), np.zeros(10), in_shape=(1, 8, 8)), path)
+    assert anytime_edge(["export", str(path), "--data", "digits", "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "near chance" in err and "--preprocess data" in err
 
 
 def test_cli_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
