@@ -131,14 +131,15 @@ def program_logits(program: "torch.export.ExportedProgram", x: np.ndarray, batch
     """
     module = program.module()
     parts, index = [], 0
+    cuts = list(range(0, x.shape[0], batch_size)) + [x.shape[0]]
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
+        for start, stop in zip(cuts[:-1], cuts[1:]):
             try:
-                out = module(torch.from_numpy(x[start : start + batch_size]))
+                out = module(torch.from_numpy(x[start:stop]))
             except Exception as exc:  # noqa: BLE001 - guards and kernels raise many types
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 raise ConversionError(
-                    f"the program fails on held-out inputs of shape {list(x[start:start + batch_size].shape)}: {first}; "
+                    f"the program fails on held-out inputs of shape {list(x[start:stop].shape)}: {first}; "
                     "check --data, and export it with a dynamic batch (dynamic_shapes={'x': {0: Dim('batch')}})"
                 ) from exc
             index = _logits_index(out)

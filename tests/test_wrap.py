@@ -383,6 +383,18 @@ def test_cli_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert not (tmp_path / "b").exists()
 
 
+def test_cli_logits_output_picks_one_of_several_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    w, b = np.random.default_rng(8).normal(size=(64, 10)), np.zeros(10)
+    path = tmp_path / "two.onnx"  # outputs: features (N, 64) first, then y (N, 10)
+    onnx.save_model(_linear_onnx(w, b, in_shape=(1, 8, 8), extra_output=True), path)
+    assert anytime_edge(["export", str(path), "--data", "digits", "--out", str(tmp_path / "b")]) == 1
+    assert "outputs 64 classes, the data has 10" in capsys.readouterr().err
+    assert anytime_edge(["export", str(path), "--data", "digits", "--out", str(tmp_path / "b"), "--logits-output", "y"]) == 0
+    assert load_bundle(tmp_path / "b").manifest.members[0].info["source_output"] == "y"
+    assert anytime_edge(["export", str(path), "--data", "digits", "--out", str(tmp_path / "c"), "--logits-output", "z"]) == 1
+    assert "has no output 'z'; its outputs are ['features', 'y']" in capsys.readouterr().err
+
+
 def test_pt2_with_pickled_members_is_refused(resnet, digits, tmp_path: Path) -> None:
     from exporters import wrap_pt2
 

@@ -38,8 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="for .onnx/.pt2: 'none' (default) if the model takes raw values as clients send them, 'data' if it "
         "was trained on inputs standardised as --data does; checkpoints always use 'data'",
     )
-    parser.add_argument("--output", default=None, help="for .onnx: the graph output holding the logits (default: the "
-                        "only output, else the one named 'logits', else the first)")
+    parser.add_argument("--logits-output", default=None, metavar="NAME",
+                        help="for .onnx: the graph output holding the logits (default: the only output, else the one "
+                        "named 'logits', else the first)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return _wrap(args)
     if model.is_file():
         raise DistillError(f"{model} is a file but not .onnx or .pt2; pass a checkpoint directory, an .onnx or a .pt2")
-    if args.preprocess == "none" or args.output is not None:
-        flag = "--output" if args.output is not None else "--preprocess none"
+    if args.preprocess == "none" or args.logits_output is not None:
+        flag = "--logits-output" if args.logits_output is not None else "--preprocess none"
         raise DistillError(f"{flag} applies to .onnx/.pt2 models only; a checkpoint takes the data's preprocess")
     return _export_checkpoint(args)
 
@@ -94,8 +95,8 @@ def _wrap(args: argparse.Namespace) -> int:
     if not model.is_file():
         raise ExportError(f"{model} does not exist or is not a file; pass an .onnx or .pt2 model file")
     pt2 = model.suffix.lower() == ".pt2"
-    if pt2 and args.output is not None:
-        raise ExportError("--output applies to .onnx models; a .pt2 program's logits are its output (or 'logits' entry)")
+    if pt2 and args.logits_output is not None:
+        raise ExportError("--logits-output applies to .onnx models; a .pt2 program's logits are its output (or 'logits' entry)")
     dataset = load_dataset(args.data, seed=args.seed)
     preprocess = args.preprocess or "none"
     if preprocess == "data":
@@ -117,7 +118,7 @@ def _wrap(args: argparse.Namespace) -> int:
     else:
         from exporters.wrap import wrap_onnx
 
-        result = wrap_onnx(model, task, args.out, output=args.output, **common)
+        result = wrap_onnx(model, task, args.out, output=args.logits_output, **common)
     for line in result.describe():
         print(line)
     if near_chance(result.accuracy, dataset.num_classes):
