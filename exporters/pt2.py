@@ -197,8 +197,8 @@ def wrap_pt2(
 
     program = load_program(path)
     x = np.ascontiguousarray(np.asarray(heldout[0], dtype=np.float32))
-    if tuple(x.shape[1:]) != tuple(task.input.shape[1:]):
-        raise ExportError(f"held-out inputs have shape {tuple(x.shape)}, the task expects {list(task.input.shape)}")
+    if tuple(x.shape[1:]) != tuple(task.model_input_shape[1:]):
+        raise ExportError(f"held-out inputs have shape {tuple(x.shape)}, the task's members take {list(task.model_input_shape)}")
     logits, index = program_logits(program, x, batch_size)
     proto = load_onnx(program_to_onnx(program))
     if index >= len(proto.graph.output):

@@ -372,10 +372,10 @@ def _free_batch(graph: Any, input_name: str) -> None:
 
 
 def _check_heldout(task: TaskSpec, x: np.ndarray, y: np.ndarray) -> None:
-    if tuple(x.shape[1:]) != tuple(task.input.shape[1:]):
+    if tuple(x.shape[1:]) != tuple(task.model_input_shape[1:]):
         raise ExportError(
-            f"held-out inputs have shape {tuple(x.shape)}, the task expects {list(task.input.shape)}; "
-            "pass inputs of the task's shape"
+            f"held-out inputs have shape {tuple(x.shape)}, the task's members take {list(task.model_input_shape)}; "
+            "pass inputs as the model takes them (after the task's preprocess)"
         )
     if x.shape[0] < 2 or x.shape[0] != y.shape[0]:
         raise ExportError(f"held-out data needs >= 2 samples and one label each (got {x.shape[0]} inputs, {y.shape[0]} labels)")
@@ -458,8 +458,8 @@ def wrap_onnx(
     """Add the bundle head to a user's ONNX classifier and write a gated one-member bundle.
 
     Args:
-        model: the classifier (path, bytes or ModelProto): one float32 input ``(N, *task.input.shape[1:])``,
-            logits ``(N, task.num_classes)``.
+        model: the classifier (path, bytes or ModelProto): one float32 input ``task.model_input_shape``
+            (the client's input after ``task.preprocess``), logits ``(N, task.num_classes)``.
         task: labels, input shape and preprocess of the bundle. The input name is taken from the model's
             graph (the returned manifest holds it); ``task.preprocess`` maps what a client sends to what
             the model takes (identity for a model that takes raw values).
@@ -499,7 +499,7 @@ def wrap_onnx(
     _check_heldout(task, x, y)
 
     proto = load_onnx(model)
-    source = inspect_source(proto, input_shape=tuple(task.input.shape[1:]), num_classes=task.num_classes, output=output)
+    source = inspect_source(proto, input_shape=tuple(task.model_input_shape[1:]), num_classes=task.num_classes, output=output)
     if reference_logits is None:
         ref_logits = _run_source(proto.SerializeToString(), source.input_name, source.output_name, x,
                                  1 if source.fixed_batch else batch_size, task.num_classes)

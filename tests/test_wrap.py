@@ -352,11 +352,46 @@ def test_cli_preprocess_data_for_a_model_trained_on_standardised_inputs(digits, 
     assert np.mean(np.array(labels) == expected) > 0.99 and np.mean(expected == digits.y_test) > 0.85
     with_data = _printed_accuracy(capsys.readouterr().out)
     assert with_data == pytest.approx(100 * np.mean(expected == digits.y_test), abs=0.01)
-    # Without --preprocess data the same model is fed raw pixels: the gates measure (and print) what that
-    # bundle really scores, which is lower, never the standardised accuracy.
+    # Without --preprocess data the same model is fed raw pixels: the bundle computes exactly that, and the
+    # gates print what it really scores (lower), never the standardised accuracy.
     assert anytime_edge(["export", str(path), "--data", "digits", "--out", str(tmp_path / "n")]) == 0
     assert edge_runtime.load_bundle(tmp_path / "n").manifest.task.preprocess.is_identity
-    assert _printed_accuracy(capsys.readouterr().out) < with_data - 3  # measured: 86.9% vs 93.6%
+    on_raw = (raw.reshape(len(raw), -1) @ w[:-1] + w[-1]).argmax(1)
+    without = _printed_accuracy(capsys.readouterr().out)
+    assert without == pytest.approx(100 * np.mean(on_raw == digits.y_test), abs=0.01) and without < with_data
+    labels = np.array([p.label for p in edge_runtime.load(tmp_path / "n", warmup=0).predict(raw)])
+    logits = np.sort(raw.reshape(len(raw), -1) @ w[:-1] + w[-1], axis=1)
+    assert np.all((labels == on_raw) | (logits[:, -1] - logits[:, -2] < 1e-4))
+
+
+NHWC_CASE = CASE.parent / "nhwc_images.npz"
+
+
+@pytest.mark.skipif(not NHWC_CASE.is_file(), reason="the byo NHWC case is not present")
+@pytest.mark.parametrize("preprocess", ["none", "data"])
+def test_channels_last_data_with_either_preprocess(preprocess: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The case: which colour channel holds a bright square. The model answers with each channel's maximum:
+    # over (H, W) of raw NHWC arrays (--preprocess none), or of the standardised NCHW members' input (data).
+    axes = [1, 2] if preprocess == "none" else [2, 3]
+    data = load_dataset(NHWC_CASE)
+    shape = data.raw_input_shape if preprocess == "none" else data.input_shape
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMax", ["x"], ["logits"], axes=axes, keepdims=0)], "channel_max",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save_model(model, tmp_path / "m.onnx")
+    argv = ["export", str(tmp_path / "m.onnx"), "--data", str(NHWC_CASE), "--out", str(tmp_path / "b")]
+    assert anytime_edge([*argv, "--preprocess", preprocess]) == 0
+    assert _printed_accuracy(capsys.readouterr().out) > 90
+    task = load_bundle(tmp_path / "b").manifest.task
+    assert task.input.shape == (-1, 24, 24, 3)  # clients send channels-last either way
+    with np.load(NHWC_CASE) as z:
+        x_raw, y = z["x_test"], z["y_test"]
+    labels = np.array([p.label for p in edge_runtime.load(tmp_path / "b", warmup=0).predict(x_raw)])
+    assert np.mean(labels == y) > 0.9
 
 
 def _printed_accuracy(out: str) -> float:
