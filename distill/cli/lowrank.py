@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=args.progress,
     )
-    teacher, dataset, _ = resolve_teacher(args)
+    loaded, dataset = resolve_teacher(args)
+    teacher = loaded.layered("low-rank factorisation", dataset, runs_dir=args.runs_dir, progress=cfg.progress, say=print)
     if len(dataset.x_test) < 2:
         raise TrainingError("the test split needs at least 2 rows to export and time the models")
     student, report = lowrank_student(teacher, dataset, cfg)
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         heldout=(dataset.x_test, dataset.y_test),
         name=args.name,
-        metadata={"data": dataset.name, "teacher": str(args.teacher_dir), "method": "lowrank"},
+        metadata={"data": dataset.name, "teacher": loaded.source, "method": "lowrank"},
         info={
             "method": "lowrank", "energy": report.energy, "rank": report.rank, "ranks": ranks,
             "factors": cfg.factors, "accuracy": report.student_accuracy,
