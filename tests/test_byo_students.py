@@ -119,7 +119,7 @@ def test_dsd2_prunes_a_users_module(data: Dataset) -> None:
     assert accuracy(student, data.x_test, data.y_test) > CHANCE + 0.3
 
 
-@pytest.mark.parametrize("which", ["resnet", "grouped"])
+@pytest.mark.parametrize("which", ["resnet", "grouped", "loaded"])
 def test_channel_students_of_a_plain_logits_teacher(which: str, data: Dataset, request: pytest.FixtureRequest) -> None:
     teacher = request.getfixturevalue(which)
     student, report = channel_student(teacher, data, 0.5, epochs=40)
