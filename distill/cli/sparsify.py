@@ -120,7 +120,9 @@ def _run_fcpts(args: argparse.Namespace) -> int:
         f"{n} {report.init_sparsities[n]:.2f}->{report.learned_sparsities[n]:.2f}->{report.final_sparsities[n]:.2f}"
         for n in report.final_sparsities))
     print(f"test accuracy: teacher {metrics['test_accuracy']:.2%}, sparse student {report.test_accuracy:.2%} "
-          f"(no fine-tuning), achieved sparsity {global_sparsity(student):.2%}")
+          f"(no fine-tuning), achieved sparsity {global_sparsity(student):.2%}"
+          + (f"; {report.recalibrated_bn} BatchNorm layers re-estimated on the calibration inputs "
+             f"({report.accuracy_before_recalibration:.2%} before)" if report.recalibrated_bn else ""))
     result = export_student(student, dataset, args.out, name=f"fcpts-{round(cfg.target * 100)}",
                             info={"method": "fcpts", "route": cfg.route, "target": cfg.target,
                                   "sparsity": report.final_global, "learned_sparsity": report.learned_global})
