@@ -248,4 +248,4 @@ def test_wine_bundle_takes_the_clients_raw_features(tmp_path: Path, capsys: pyte
     assert last == f"accuracy {correct / len(raw_x):.4f} ({correct}/{len(raw_x)} correct)" and correct / len(raw_x) >= 0.9
     assert runtime.manifest.task.labels == tuple(names.tolist())
     assert main(["inspect", str(result.path)]) == 0
-    assert "x*[13 per channel" in capsys.readouterr().out
+    assert "x*[13 values" in capsys.readouterr().out
