@@ -176,9 +176,10 @@ def test_a_small_validation_split_warns_once(tmp_path: Path, n: int, warned: boo
     y = np.arange(n) % 3
     x = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="distill.data"):
-        load_dataset(_npz(tmp_path / "w.npz", x, y, x[:9], y[:9]))
+        data = load_dataset(_npz(tmp_path / "w.npz", x, y, x[:9], y[:9]))
     records = [r for r in caplog.records if r.name == "distill.data"]
     assert len(records) == int(warned)
+    assert data.warnings == tuple(r.getMessage() for r in records)  # kept for reports, too
     if warned:
         text = records[0].getMessage()
         assert "\n" not in text and "validation split holds 6 samples" in text and "val_fraction" in text
