@@ -417,6 +417,20 @@ def test_near_chance_measures_from_guessing_not_from_zero() -> None:
     assert not near_chance(0.7, np.array([0, 1] * 50), 2)  # a weak but real binary classifier: no warning
 
 
+def test_cli_export_still_takes_a_checkpoint(digits, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from distill.models import ModelConfig, build_model
+    from distill.teacher import save_model
+
+    checkpoint = save_model(build_model(ModelConfig.for_data(digits, width=4, depth=1)), tmp_path / "ckpt")
+    assert anytime_edge(["export", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "b")]) == 0
+    assert "accuracy torch" in capsys.readouterr().out
+    assert load_bundle(tmp_path / "b").manifest.task.preprocess == digits.preprocess  # the data's, as trained
+    assert anytime_edge(["export", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "c"),
+                         "--preprocess", "none"]) == 1
+    assert "applies to .onnx/.pt2 models only" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
 def test_cli_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     w, b = np.random.default_rng(6).normal(size=(64, 3)), np.zeros(3)
     path = tmp_path / "three.onnx"
