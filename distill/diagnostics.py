@@ -1,7 +1,7 @@
 """Students that fail say so: accuracy checks run after training, with the likely fix named.
 
 Two symptoms are checked, each against the sampling noise of the split the accuracy was measured on
-(the binomial standard error ``sqrt(p (1 - p) / n)``):
+(the binomial standard error ``sqrt(p (1 - p) / n)``, ``p`` estimated with add-one smoothing):
 
 * **near chance** — a student or ensemble prefix whose accuracy is within ``3 σ + 5`` points of chance
   (``1 / classes``): it learned next to nothing;
@@ -20,7 +20,11 @@ __all__ = ["ensemble_warnings", "student_warnings"]
 
 
 def _sigma(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1.0 - p), 1e-12) / max(n, 1))
+    """Standard error of an accuracy ``p`` on ``n`` samples, with the add-one (Laplace) estimate of ``p`` so that
+    a perfect score on a small split still has noise (45 samples at 100%: 2.1 points, not 0)."""
+    n = max(n, 1)
+    smoothed = (p * n + 1.0) / (n + 2.0)
+    return math.sqrt(smoothed * (1.0 - smoothed) / n)
 
 
 def student_warnings(name: str, accuracy: float, classes: int, n: int, fix: str = "train longer (more epochs) or use a larger student") -> list[str]:

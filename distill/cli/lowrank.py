@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     for row in report.layers:
         shape = "x".join(str(d) for d in row["shape"])  # type: ignore[union-attr]
         print(f"{row['layer']:<21} {row['kind']:<8} {shape:<14} {row['rank']:>4}/{row['full_rank']:<5} "
-              f"{row['energy_kept']:.3f}   {row['macs_ratio']:.2f}x")
+              f"{row['energy_kept']:.3f}   {row['macs_ratio']:.2f}x" + (f"  dense: {row['note']}" if row["note"] else ""))
     print(f"accuracy: teacher {report.teacher_accuracy:.4f}, student at spectral init {report.init_accuracy:.4f}, "
           f"after {cfg.epochs} distillation epochs {report.student_accuracy:.4f}")
     print(f"params: teacher {report.teacher_params}, student {report.student_params} "
