@@ -97,3 +97,37 @@ def test_uint8_input_reaches_the_members(tiny_bundle: Path) -> None:
     with TestClient(create_app(runtime, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
         out = _outputs(client.post("/v2/models/tiny/infer", json=body))
     np.testing.assert_allclose(out["probabilities"], expected.probabilities, rtol=1e-6)
+
+
+def test_first_member_failure_answers_a_generic_500_and_logs_the_details(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Case untrusted/12: the 500 body carried ORT's source path and a C++ signature."""
+    from test_runtime_session import INTERNALS, failing_first_member_bundle
+
+    runtime = edge_runtime.load(failing_first_member_bundle(tmp_path), warmup=1)
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 0, 0] = 1000
+    with TestClient(create_app(runtime, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
+        with caplog.at_level("ERROR", logger="edge_runtime.server"):
+            response = client.post("/v2/models/tiny/infer", json=_request(x))
+        assert response.status_code == 500
+        assert response.json() == {"error": "inference failed: the model could not evaluate this input; see the server log"}
+        assert not any(fragment in response.text for fragment in INTERNALS if fragment != "\n")
+        assert "member_1" in caplog.text and "reshape" in caplog.text.lower()  # the details stay in the log
+        assert client.post("/v2/models/tiny/infer", json=_request(np.zeros((1, 1, 4, 4), np.float32))).status_code == 200
+
+
+def test_classification_on_the_real_runtime_agrees_with_the_labels(tiny_bundle: Path, sample: np.ndarray) -> None:
+    runtime = edge_runtime.load(tiny_bundle, warmup=1)
+    body = _request(sample, anytime_entropy_threshold="off")
+    body["outputs"] = [{"name": "probabilities", "parameters": {"classification": 2}}, {"name": "label"}, {"name": "label_name"}]
+    with TestClient(create_app(runtime, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
+        response = client.post("/v2/models/tiny/infer", json=body)
+    assert response.status_code == 200, response.text
+    out = _outputs(response)
+    top = np.array(out["probabilities"]).reshape(4, 2)
+    for row, label, name in zip(top, out["label"], out["label_name"]):
+        value, index, text = row[0].split(":")
+        assert (int(index), text) == (label, name)
+        assert float(value) >= float(row[1].split(":")[0])
