@@ -19,6 +19,7 @@ is answered, never propagated.
 Memory per request is bounded: at most ``max_batch_rows`` samples, run through the runtime
 ``chunk_rows`` at a time (each chunk gets what is left of the budget), and the sessions are built
 without ONNX Runtime's CPU arena, which would keep the peak of the largest batch ever seen allocated.
+After a body of 1 MiB or more, what the request freed is handed back to the OS (see ``_memory``).
 
 The budget of a request counts from when its handler starts, so time spent queueing for a worker is
 spent from the budget; the runtime gets what is left (see :mod:`edge_runtime.server._scheduler`).
@@ -38,13 +39,13 @@ from typing import Any, AsyncIterator, Protocol, Sequence, Union
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.background import BackgroundTask
 
 from edge_runtime.bundle import Manifest
 from edge_runtime.errors import EdgeRuntimeError, InputError, MemberError, PolicyError
@@ -221,7 +222,7 @@ class _Server:
         threshold_arg: float | str = "off" if threshold is None else threshold
 
         def call(budget_left: float | None) -> Sequence[PredictionLike]:
-            # In chunks: ORT's buffers grow with the batch (32,000 rows at once took ~1.5 GB here).
+            # In chunks: ORT's buffers grow with the batch (one 32,000-row batch: +1.5 GB with its arena).
             x, chunk, start = decoded.x, self.config.chunk_rows, time.perf_counter()
             answers: list[PredictionLike] = []
             for first in range(0, x.shape[0], chunk):
