@@ -50,7 +50,7 @@ def read_inputs(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | 
                 if x_key in data.files:
                     return data[x_key], (data[y_key] if y_key in data.files else None)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{source} is not a readable .npz ({_line(exc)}); save it with numpy.savez, no objects") from None
+        raise InputError(f"{source} is not a readable .npz ({error_line(exc)}); save it with numpy.savez, no objects") from None
     raise InputError(f"{source} has no array 'x' or 'x_test'; save it with numpy.savez(path, x=..., y=...)")
 
 
