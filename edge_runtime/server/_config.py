@@ -44,7 +44,9 @@ class ServerConfig:
     max_body_bytes: int = 4 * _MIB  # larger request bodies (after inflating gzip/deflate) are refused with 413
     max_batch_rows: int = 4096  # samples per request; more are refused with 413 before the data is decoded
     chunk_rows: int = 256  # a batch runs through the runtime this many rows at a time (bounds ORT's buffers)
-    allowed_hosts: tuple[str, ...] | None = None  # Host/Origin names served besides loopback ones on a loopback bind; None = any on another bind; "*" = any
+    # Host/Origin names served (see served_hosts): on a loopback bind besides the loopback names; on
+    # another bind None accepts any; "*" accepts any anywhere.
+    allowed_hosts: tuple[str, ...] | None = None
     reserve_ms: float = 0.5  # kept back from each budget for encoding and sending the answer
     max_connections: int = 256  # open connections + tasks before uvicorn itself refuses with 503
     shutdown_timeout_s: float = 30.0  # on SIGTERM, wait this long for in-flight requests, then cancel
