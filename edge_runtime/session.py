@@ -3,17 +3,27 @@
 Defaults suit the small members anytime ensembles are made of: one intra-op thread, sequential execution,
 all graph optimisations, and no spinning (a spinning thread keeps burning a core after each call, which
 on a 2-core factory PC steals time from the next member and from other processes).
+
+Telemetry: official ONNX Runtime builds send usage events to Microsoft and keep a device id under
+``~/.cache`` (see onnxruntime's Privacy.md). An edge runtime on a factory PC must not phone home, so this
+module sets ``ORT_DISABLE_TELEMETRY=1`` before onnxruntime is first imported (ORT reads it once, when it
+initialises; ``onnxruntime.disable_telemetry_events()`` afterwards did not stop its DNS lookups). A value
+the user set is kept: ``ORT_DISABLE_TELEMETRY=0`` in the environment opts in to ORT's telemetry.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-import onnxruntime as ort
+TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+os.environ.setdefault(TELEMETRY_ENV, "1")  # before the import below: ORT reads it when it initialises
 
-from edge_runtime.errors import ModelLoadError
+import onnxruntime as ort  # noqa: E402 - after the telemetry default, on purpose
 
-__all__ = ["SessionConfig", "create_session"]
+from edge_runtime.errors import ModelLoadError, error_line  # noqa: E402
+
+__all__ = ["TELEMETRY_ENV", "SessionConfig", "create_session"]
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -32,6 +42,7 @@ class SessionConfig:
     parallel: bool = False  # ORT_PARALLEL execution mode instead of ORT_SEQUENTIAL
     allow_spinning: bool = False  # let idle ORT threads spin (lower latency, burns CPU)
     optimization: str = "all"  # graph optimisation level: disable / basic / extended / all
+    cpu_mem_arena: bool = False  # ORT's CPU arena: keeps the peak of any batch allocated for good (see below)
     enable_profiling: bool = False  # write ORT's Chrome-trace JSON (per-node kernel times)
     profile_prefix: str = "ort_profile"  # file prefix when enable_profiling is set
 
@@ -47,10 +58,13 @@ class SessionConfig:
         options.inter_op_num_threads = self.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL if self.parallel else ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = _OPT_LEVELS[self.optimization]
+        options.enable_cpu_mem_arena = self.cpu_mem_arena
         spinning = "1" if self.allow_spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
-        options.log_severity_level = 3  # errors only: warnings go to stderr and would break one-line CLI output
+        # Fatal only: ORT's own error lines (coloured, with build paths) would break one-line CLI output;
+        # the exception carries the same error, and the CLI and the server report it (see error_line).
+        options.log_severity_level = 4
         if self.enable_profiling:
             options.enable_profiling = True
             options.profile_file_prefix = self.profile_prefix
@@ -77,5 +91,4 @@ def create_session(model: bytes, config: SessionConfig | None = None, name: str 
     try:
         return ort.InferenceSession(model, sess_options=config.to_session_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"ONNX Runtime could not load '{name}': {first_line}; re-export the model") from exc
+        raise ModelLoadError(f"ONNX Runtime could not load '{name}': {error_line(exc)}; re-export the model") from exc
