@@ -7,13 +7,15 @@ on a 2-core factory PC steals time from the next member and from other processes
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import onnxruntime as ort
 
 from edge_runtime.errors import ModelLoadError
 
-__all__ = ["SessionConfig", "create_session"]
+__all__ = ["RunTimeout", "SessionConfig", "create_session", "run_bounded"]
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -34,10 +36,15 @@ class SessionConfig:
     optimization: str = "all"  # graph optimisation level: disable / basic / extended / all
     enable_profiling: bool = False  # write ORT's Chrome-trace JSON (per-node kernel times)
     profile_prefix: str = "ort_profile"  # file prefix when enable_profiling is set
+    # Seconds one member's first (single-sample) warm-up run may take before ONNX Runtime is told to stop
+    # it (RunOptions.terminate); a member that loops without end then fails to load. None: no limit.
+    load_timeout_s: float | None = 5.0
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("thread counts must be >= 0 (0 lets ONNX Runtime choose)")
+        if self.load_timeout_s is not None and not (0 < self.load_timeout_s < float("inf")):
+            raise ValueError(f"load_timeout_s must be a positive number of seconds or None, not {self.load_timeout_s}")
         if self.optimization not in _OPT_LEVELS:
             raise ValueError(f"optimization must be one of {sorted(_OPT_LEVELS)}, not '{self.optimization}'")
 
@@ -79,3 +86,41 @@ def create_session(model: bytes, config: SessionConfig | None = None, name: str 
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"ONNX Runtime could not load '{name}': {first_line}; re-export the model") from exc
+
+
+class RunTimeout(Exception):
+    """:func:`run_bounded` stopped a run at its deadline (internal: callers turn it into their own error)."""
+
+
+def run_bounded(session: Any, output_names: Sequence[str], feed: Mapping[str, Any], timeout_s: float | None) -> list[Any]:
+    """``session.run(output_names, feed)``, stopped by ``RunOptions.terminate`` once ``timeout_s`` has passed.
+
+    A timer thread sets ``terminate``; ONNX Runtime then stops between operators and the run raises. ORT
+    has no error code for it (onnxruntime issue #20999), so the timeout is recognised by the timer having
+    fired *and* the run having failed, never by the message text. The timer thread is always joined.
+
+    Raises:
+        RunTimeout: the deadline stopped the run.
+        Exception: whatever the run raised for any other reason.
+    """
+    if timeout_s is None:
+        return session.run(list(output_names), dict(feed))
+    options = ort.RunOptions()
+    fired = threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        options.terminate = True
+
+    timer = threading.Timer(timeout_s, stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        return session.run(list(output_names), dict(feed), options)
+    except Exception as exc:  # noqa: BLE001 - ORT's failure types vary; the timer decides what it was
+        if fired.is_set():
+            raise RunTimeout(f"stopped after {timeout_s:g} s") from exc
+        raise
+    finally:
+        timer.cancel()
+        timer.join()

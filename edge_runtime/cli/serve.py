@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from edge_runtime.cli._load import add_load_timeout
+
 # Imported at module level on purpose: without the `serve` extra the dispatcher catches this ImportError
 # and prints the pip command that installs it.
 from edge_runtime.server import ServerConfig, default_workers, serve
@@ -64,6 +66,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="requests that may wait for a worker before more are shed with 503 (default: 32)")
     parser.add_argument("--max-body-mb", type=_positive(float), default=4.0,
                         help="largest request body accepted, in MiB (default: 4)")
+    add_load_timeout(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_connections=max(256, workers + args.max_queue),
     )
-    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads))
+    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout))
     if not config.is_loopback:
         print(f"warning: serving on {config.host}, reachable from other machines", file=sys.stderr)
 
