@@ -205,7 +205,7 @@ class _DirSource(BundleSource):
             except OSError as exc:
                 raise _unreadable(self.path, shown, exc) from None
         if len(data) > cap:
-            raise _too_big(what, str(shown), len(data), cap)
+            raise _too_big(what, str(shown), cap, cap, exact=False)
         return data
 
 
@@ -282,7 +282,7 @@ class _ZipSource(BundleSource):
                 while chunk := f.read(_CHUNK):
                     out += chunk
                     if len(out) > cap:  # the header lied: stop inflating
-                        raise _too_big(what, shown, len(out), cap)
+                        raise _too_big(what, shown, cap, cap, exact=False)
         except BundleError:
             raise
         except PermissionError as exc:
@@ -300,9 +300,9 @@ def _os_metadata(name: str) -> bool:
     return parts[0] == "__MACOSX" or parts[-1] in _OS_METADATA or (parts[-1] == "" and len(parts) == 1)
 
 
-def _too_big(what: str, shown: str, size: int, cap: int) -> BundleError:
+def _too_big(what: str, shown: str, size: int, cap: int, exact: bool = True) -> BundleError:
     return BundleError(
-        f"{what} file {shown} holds {size:,} bytes (or more), over the {cap:,}-byte limit; "
+        f"{what} file {shown} holds {'' if exact else 'over '}{size:,} bytes, over the {cap:,}-byte limit; "
         "if the bundle is genuine, raise the limit (edge_runtime.LoadLimits)"
     )
 

@@ -106,6 +106,7 @@ def run_bounded(session: Any, output_names: Sequence[str], feed: Mapping[str, An
     if timeout_s is None:
         return session.run(list(output_names), dict(feed))
     options = ort.RunOptions()
+    options.log_severity_level = 4  # fatal only: ORT logs the stop as an error line; the caller reports it once
     fired = threading.Event()
 
     def stop() -> None:
