@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from edge_runtime.cli._arrays import read_npz_xy
+from edge_runtime.cli._arrays import class_ids, read_npz_xy
 from edge_runtime.cli._load import add_load_timeout
 
 __all__ = ["HELP", "configure", "run"]
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     # One warm-up pass: bounded by --load-timeout, so a member that never finishes is refused here, not
     # after hanging on the whole validation set.
     runtime = AnytimeRuntime(args.bundle, SessionConfig(load_timeout_s=args.load_timeout), warmup=1)
+    y = class_ids(y, runtime.manifest.task.labels, len(x))  # ids, or the bundle's class names
     calibration = calibrate(runtime, x, y, target, curve_points=args.points)
     if not args.dry_run:
         save_calibration(args.bundle, calibration)
