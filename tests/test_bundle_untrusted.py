@@ -559,3 +559,13 @@ def test_a_missing_member_in_an_archive_is_a_checksum_error(tiny_bundle: Path, t
         z.write(tiny_bundle / "member_1.onnx", "member_1.onnx")
     with pytest.raises(ChecksumError, match="member_2.onnx' is missing"):
         load_bundle(archive)
+
+
+def test_profile_refuses_a_member_that_never_finishes(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The profiler builds its own sessions; it runs the same bounded warm-up before timing anything."""
+    from distill.cli import main as full_main
+
+    set_member_bytes(tiny_bundle, 0, _loop_member())
+    code = full_main(["profile", str(tiny_bundle), "--min-queries", "4", "--min-seconds", "0", "--warmup", "1",
+                      "--no-memory-probe", "--load-timeout", "0.3"])
+    assert "member 'member_1' did not finish" in _one_line_error(code, capsys.readouterr().err)
