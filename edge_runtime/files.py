@@ -140,6 +140,12 @@ class FileLock:
     def __enter__(self) -> "FileLock":
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+        except PermissionError as exc:
+            # Another user's lock file (mode 0644 under umask 022): flock needs no write access to it.
+            try:
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            except OSError:
+                raise _unwritable(self.target, exc) from None
         except OSError as exc:
             raise _unwritable(self.target, exc) from None
         deadline = time.monotonic() + self.timeout_s
