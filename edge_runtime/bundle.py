@@ -36,9 +36,9 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 
 from edge_runtime._manifest_json import decode_manifest
-from edge_runtime._onnx_scan import OnnxScanError, scan_model
+from edge_runtime._member_checks import check_member_graph, check_sample_size
 from edge_runtime._sources import LoadLimits, check_member_file, open_source
-from edge_runtime.errors import BundleError, ChecksumError, ManifestError, ModelLoadError
+from edge_runtime.errors import BundleError, ChecksumError, ManifestError
 from edge_runtime.files import atomic_write, locked
 
 __all__ = [
@@ -72,7 +72,6 @@ COMBINE_RULES = ("sum", "mean")
 DTYPES = ("float32",)
 # Output names every member graph must produce (see the module docstring).
 REQUIRED_OUTPUTS = ("logits", "probs", "entropy")
-_ONNX_FLOAT = 1  # TensorProto.FLOAT
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -516,7 +515,7 @@ def load_bundle(path: PathLike | Bundle, limits: LoadLimits | None = None) -> Bu
         where = src.manifest_label
         data = decode_manifest(src.read_manifest(), where, limits.max_json_depth)
         manifest = _manifest_from_dict(data, where)
-        _check_sample_size(manifest, where, limits)
+        check_sample_size(manifest, where, limits)
         blobs = []
         total = 0
         for member in manifest.members:
@@ -528,7 +527,7 @@ def load_bundle(path: PathLike | Bundle, limits: LoadLimits | None = None) -> Bu
                     f"member '{member.name}' ({member.file}) does not match its sha256: the file was changed or "
                     "damaged after export; copy the bundle again"
                 )
-            _check_member_graph(member, blob, manifest.task)
+            check_member_graph(member, blob, manifest.task)
             blobs.append(blob)
     return Bundle(source=source, manifest=manifest, member_bytes=tuple(blobs))
 
@@ -542,49 +541,6 @@ def _manifest_from_dict(data: Mapping[str, Any], where: str) -> Manifest:
     except (TypeError, ValueError, AttributeError, OverflowError, KeyError, IndexError, RecursionError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ManifestError(f"{where} has a malformed field ({text}); rebuild the bundle") from None
-
-
-def _check_sample_size(manifest: Manifest, where: str, limits: LoadLimits) -> None:
-    elements = math.prod(manifest.task.input.shape[1:])
-    if elements > limits.max_sample_elements:
-        raise ManifestError(
-            f"{where}: task.input.shape {list(manifest.task.input.shape)} makes one sample {elements:,} elements, "
-            f"over the {limits.max_sample_elements:,} limit; fix the shape (or raise LoadLimits.max_sample_elements)"
-        )
-
-
-def _check_member_graph(member: MemberSpec, blob: bytes, task: TaskSpec) -> None:
-    """Refuse external data and an input shape the graph does not take, before ONNX Runtime sees the bytes."""
-    try:
-        facts = scan_model(blob)
-    except OnnxScanError as exc:
-        raise ModelLoadError(f"member '{member.name}' ({member.file}) is not a valid ONNX model ({exc}); re-export it") from None
-    if facts.external:
-        shown = ", ".join(repr(n) for n in facts.external[:3]) + (" ..." if len(facts.external) > 3 else "")
-        raise ModelLoadError(
-            f"member '{member.name}' ({member.file}) keeps tensors {shown} in external data files, which no checksum "
-            "covers; bundles must be self-contained: re-export the member with its weights inside the .onnx"
-        )
-    spec = task.input
-    found = facts.inputs.get(spec.name)
-    if found is None:
-        return  # the runtime's contract check names the missing input
-    elem, dims = found
-    if elem not in (0, _ONNX_FLOAT):
-        raise ModelLoadError(
-            f"member '{member.name}' input '{spec.name}' has ONNX element type {elem}, but the manifest says "
-            f"{spec.dtype}; re-export the member"
-        )
-    if dims is None:
-        return
-    want = task.model_input_shape  # the client shape after the preprocess layout
-    fixed = [d if isinstance(d, int) and d > 0 else None for d in dims]
-    if len(dims) != len(want) or any(f is not None and f != s for f, s in zip(fixed[1:], want[1:])):
-        shown = ["?" if not isinstance(d, int) or d <= 0 else d for d in dims]
-        raise ModelLoadError(
-            f"member '{member.name}' takes '{spec.name}' shaped {shown}, but the manifest says "
-            f"{list(want)}; fix task.input.shape or re-export the bundle"
-        )
 
 
 def save_manifest(path: PathLike, manifest: Manifest, *, lock: bool = True) -> None:
