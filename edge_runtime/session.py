@@ -14,7 +14,9 @@ the user set is kept: ``ORT_DISABLE_TELEMETRY=0`` in the environment opts in to 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
 os.environ.setdefault(TELEMETRY_ENV, "1")  # before the import below: ORT reads it when it initialises
@@ -23,7 +25,7 @@ import onnxruntime as ort  # noqa: E402 - after the telemetry default, on purpos
 
 from edge_runtime.errors import ModelLoadError, error_line  # noqa: E402
 
-__all__ = ["TELEMETRY_ENV", "SessionConfig", "create_session"]
+__all__ = ["TELEMETRY_ENV", "RunTimeout", "SessionConfig", "create_session", "run_bounded"]
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -45,10 +47,15 @@ class SessionConfig:
     cpu_mem_arena: bool = False  # ORT's CPU arena: keeps the peak of any batch allocated for good (see below)
     enable_profiling: bool = False  # write ORT's Chrome-trace JSON (per-node kernel times)
     profile_prefix: str = "ort_profile"  # file prefix when enable_profiling is set
+    # Seconds one member's first (single-sample) warm-up run may take before ONNX Runtime is told to stop
+    # it (RunOptions.terminate); a member that loops without end then fails to load. None: no limit.
+    load_timeout_s: float | None = 5.0
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("thread counts must be >= 0 (0 lets ONNX Runtime choose)")
+        if self.load_timeout_s is not None and not (0 < self.load_timeout_s < float("inf")):
+            raise ValueError(f"load_timeout_s must be a positive number of seconds or None, not {self.load_timeout_s}")
         if self.optimization not in _OPT_LEVELS:
             raise ValueError(f"optimization must be one of {sorted(_OPT_LEVELS)}, not '{self.optimization}'")
 
@@ -92,3 +99,42 @@ def create_session(model: bytes, config: SessionConfig | None = None, name: str 
         return ort.InferenceSession(model, sess_options=config.to_session_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
         raise ModelLoadError(f"ONNX Runtime could not load '{name}': {error_line(exc)}; re-export the model") from exc
+
+
+class RunTimeout(Exception):
+    """:func:`run_bounded` stopped a run at its deadline (internal: callers turn it into their own error)."""
+
+
+def run_bounded(session: Any, output_names: Sequence[str], feed: Mapping[str, Any], timeout_s: float | None) -> list[Any]:
+    """``session.run(output_names, feed)``, stopped by ``RunOptions.terminate`` once ``timeout_s`` has passed.
+
+    A timer thread sets ``terminate``; ONNX Runtime then stops between operators and the run raises. ORT
+    has no error code for it (onnxruntime issue #20999), so the timeout is recognised by the timer having
+    fired *and* the run having failed, never by the message text. The timer thread is always joined.
+
+    Raises:
+        RunTimeout: the deadline stopped the run.
+        Exception: whatever the run raised for any other reason.
+    """
+    if timeout_s is None:
+        return session.run(list(output_names), dict(feed))
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # fatal only: ORT logs the stop as an error line; the caller reports it once
+    fired = threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        options.terminate = True
+
+    timer = threading.Timer(timeout_s, stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        return session.run(list(output_names), dict(feed), options)
+    except Exception as exc:  # noqa: BLE001 - ORT's failure types vary; the timer decides what it was
+        if fired.is_set():
+            raise RunTimeout(f"stopped after {timeout_s:g} s") from exc
+        raise
+    finally:
+        timer.cancel()
+        timer.join()

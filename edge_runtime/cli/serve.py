@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from edge_runtime.cli._load import add_load_timeout
+
 # Imported at module level on purpose: without the `serve` extra the dispatcher catches this ImportError
 # and prints the pip command that installs it.
 from edge_runtime.server import ServerConfig, default_workers, serve
@@ -70,6 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                         help="a Host name clients use (repeatable; '*' = any). Default: on a loopback bind only "
                              "localhost/127.0.0.1/::1 (refuses DNS rebinding), on another bind any")
+    add_load_timeout(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=None if args.allowed_host is None else tuple(args.allowed_host),
         max_connections=max(256, workers + args.max_queue),
     )
-    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads))
+    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout))
     if not config.is_loopback:
         print(f"warning: serving on {config.host}, reachable from other machines", file=sys.stderr)
 
