@@ -37,6 +37,7 @@ from edge_runtime.bundle import load_bundle
 from edge_runtime.device import fingerprint
 from edge_runtime.ensemble import AnytimeRuntime
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.extras import missing_dependency_message
 from edge_runtime.session import SessionConfig
 from profiles.errors import SelectionError
 from profiles.measure import MeasureConfig, profile_bundle
@@ -329,7 +330,7 @@ def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | 
         matplotlib.use("Agg")  # files only: no display on a factory PC
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed, so no plot was written (pip install 'anytime-edge[plot]')"
+        return f"no plot was written: it {missing_dependency_message('matplotlib')}"
     cands = selection.candidates
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     others = [c for c in cands if not c.pareto]
