@@ -37,8 +37,9 @@ def install_hint(extra: str) -> str:
     """The install command for ``extra`` ("" = the runtime only), as said to a user in the checkout."""
     if extra == "train":
         return "run `make install` in the project checkout (torch's CPU build and every extra, in .venv)"
-    target = f"'.[{extra}]'" if extra else "."
-    return f"pip install -c constraints.txt {target} in the project checkout (or make install)"
+    if not extra:  # the runtime alone: its declared ranges, not the pins (those are for the training stack)
+        return "pip install . in the project checkout"
+    return f"pip install -c constraints.txt '.[{extra}]' in the project checkout (or make install)"
 
 
 def missing_dependency_message(module: str) -> str | None:

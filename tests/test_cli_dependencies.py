@@ -59,7 +59,7 @@ def test_training_commands_without_torch_name_the_install_command(argv: list[str
 
 def test_light_extras_name_a_constrained_pip_command() -> None:
     assert install_hint("serve") == "pip install -c constraints.txt '.[serve]' in the project checkout (or make install)"
-    assert install_hint("") == "pip install -c constraints.txt . in the project checkout (or make install)"
+    assert install_hint("") == "pip install . in the project checkout"
 
 
 def test_no_message_names_an_install_that_is_not_on_the_index() -> None:
