@@ -27,6 +27,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "starlette": "serve",
     "uvicorn": "serve",
     "matplotlib": "plot",
+    "adjustText": "plot",
     "httpx": "dev",
     "jsonschema": "dev",
     "pytest": "dev",
