@@ -5,7 +5,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= digits
-OUT    ?= runs/demo
+# runs/demo for the default data, else runs/<data name> (as `anytime-edge demo` does), so `make demo DATA=x`
+# never replaces the demo's run
+OUT    ?= $(if $(filter digits,$(DATA)),runs/demo,runs/$(basename $(notdir $(patsubst %/,%,$(DATA)))))
 
 # Where torch's CPU build comes from when the usual index (or a local wheel) lacks it; used for torch alone.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distill.cli._common import add_data_argument
+from distill.cli._common import add_data_argument, check_input_shape
 
 HELP = "export a trained teacher or student as a one-member bundle"
 
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, config = load_model(args.checkpoint)
     dataset = load_dataset(args.data, seed=args.seed)
+    check_input_shape(config, dataset, args.checkpoint, args.data)
     name = args.name or args.checkpoint.name
     result = export_model(
         model,
