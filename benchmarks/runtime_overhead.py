@@ -100,7 +100,7 @@ def measure(path: Path, x: np.ndarray, requests: int, warmup: int) -> dict[str, 
     pre = runtime.manifest.task.preprocess
     sample_shape = tuple(runtime.manifest.task.input.shape[1:])
     raw_inputs = [np.ascontiguousarray(x[i % len(x)].reshape(1, *sample_shape)) for i in range(min(len(x), 256))]
-    prepared = [(r.astype(np.float32) * np.float32(pre.scale) + np.float32(pre.offset)).astype(np.float32) for r in raw_inputs]
+    prepared = [pre.apply(r) for r in raw_inputs]
     chains = _chains(runtime)
     predict = runtime.predict
     variants: dict[str, Callable[[int], Any]] = {

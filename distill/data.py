@@ -6,20 +6,37 @@
 * ``mnist1d`` — MNIST-1D, generated locally by the ``mnist1d`` package (a 1-D, sensor-like signal);
 * a directory of MNIST-format IDX files (``train-images*``, ``train-labels*``, ``t10k-images*``,
   ``t10k-labels*``; gzip or not);
-* an ``.npz`` holding ``x_train, y_train, x_test, y_test`` (optional ``labels``: class names, and
-  ``layout``: "signal" or "image" to settle a rank-3 array) of any rank: (N, F) tabular, (N, C, L)
-  signals, (N, H, W) or (N, C, H, W) images.
+* an ``.npz`` (read without pickles) holding ``x_train, y_train, x_test, y_test`` of any rank: (N, F)
+  tabular, (N, C, L) signals, (N, H, W) or (N, C, H, W) / (N, H, W, C) images. Optional keys: ``labels``
+  (class names, index = class id) and ``layout``: "signal" or "image" for a rank-3 array, "nchw" or "nhwc"
+  for a rank-4 one.
 
-A rank-3 array without ``layout`` is read as signals (N, C, L) when C <= 16 and L >= 4·C, else as
-single-channel images (N, H, W). Inputs are standardised with the training split's global mean and
-standard deviation; that affine map is the bundle's ``preprocess``, so the runtime takes raw inputs as a
-client has them. The validation split is carved from train with a seeded permutation.
+Shapes. A rank-3 array without ``layout`` is read as signals (N, C, L) when C <= 16 and L >= 4·C, else as
+single-channel images (N, H, W) -> (N, 1, H, W). A rank-4 array without ``layout`` is read channels-last
+(N, H, W, C) only in the unambiguous case: the last axis is 1, 3 or 4 and both other axes are larger;
+anything else stays (N, C, H, W). Channels-last images are transposed to (N, C, H, W) for the models, and
+the bundle's preprocess records ``layout="nhwc"``, so clients keep sending (N, H, W, C).
+
+Labels. Integer (or whole float) class ids 0..C-1, or strings (unicode or bytes): string labels become
+class ids in sorted order of the names found in train and test, and the names become the labels (with a
+``labels`` key, the ids are the names' positions in it instead).
+
+Standardisation. Per feature (tabular) or per channel (signals, images), with the training split's mean
+and standard deviation (a constant feature/channel is only centred). That map, with the layout, is the
+bundle's ``preprocess`` (:class:`edge_runtime.bundle.Preprocess`), so the runtime takes raw inputs as a
+client has them; single-channel data keeps one scalar scale and offset.
+
+Validation split. Carved from train, stratified by class with a seeded generator (every class keeps at
+least one training sample). A split of fewer than ~100 samples, or fewer than 5 of some class, makes
+thresholds and early stopping noisy: ``load_dataset`` then logs one warning line on the ``distill.data``
+logger (Python prints it to stderr as one line when logging is not configured).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -31,7 +48,13 @@ from distill.errors import DataError
 from edge_runtime.bundle import Preprocess, TaskSpec, TensorSpec
 from edge_runtime.extras import missing_dependency_message
 
-__all__ = ["Dataset", "load_dataset", "shared_mnist_dir"]
+__all__ = ["MIN_VAL_PER_CLASS", "MIN_VAL_SAMPLES", "Dataset", "is_channels_last", "load_dataset", "shared_mnist_dir"]
+
+logger = logging.getLogger("distill.data")
+
+MIN_VAL_SAMPLES = 100  # below this, a validation split gives noisy thresholds and early stopping: warn
+MIN_VAL_PER_CLASS = 5  # likewise for the rarest class
+_CHANNELS_LAST = (1, 3, 4)  # last-axis sizes that mark a rank-4 array as (N, H, W, C) when H, W are larger
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -48,20 +71,28 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     labels: tuple[str, ...]  # class names, index = class id
-    preprocess: Preprocess  # raw -> model input: x * scale + offset
+    preprocess: Preprocess  # raw client input -> model input: layout transpose, then x * scale + offset
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one model input, without the batch dimension."""
+        """Shape of one model input, without the batch dimension (channels first)."""
         return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def raw_input_shape(self) -> tuple[int, ...]:
+        """Shape of one input as a client sends it (e.g. (H, W, C) for channels-last images)."""
+        return self.preprocess.raw_shape(self.input_shape)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
     def raw(self, x: np.ndarray) -> np.ndarray:
-        """Undo the preprocessing: what a client would send for model input ``x``."""
-        return ((x - self.preprocess.offset) / self.preprocess.scale).astype(np.float32)
+        """Undo the preprocessing: what a client would send for model input ``x`` (N, *input_shape).
+
+        Returns float32 of shape (N, *raw_input_shape); ``preprocess.apply`` of it gives ``x`` back.
+        """
+        return self.preprocess.invert(x)
 
     def __repr__(self) -> str:
         return (
@@ -70,8 +101,8 @@ class Dataset:
         )
 
     def task_spec(self, input_name: str = "x") -> TaskSpec:
-        """The bundle's task for models trained on this data: labels, input shape, preprocessing."""
-        return TaskSpec(labels=self.labels, input=TensorSpec(name=input_name, shape=(-1, *self.input_shape)), preprocess=self.preprocess)
+        """The bundle's task for models trained on this data: labels, the client's input shape, preprocessing."""
+        return TaskSpec(labels=self.labels, input=TensorSpec(name=input_name, shape=(-1, *self.raw_input_shape)), preprocess=self.preprocess)
 
     def fingerprint(self) -> str:
         """A short id of the data, for caching trained teachers."""
@@ -111,6 +142,7 @@ def load_dataset(spec: str | os.PathLike[str], *, seed: int = 0, val_fraction: f
         raise DataError(f"val_fraction must be in (0, 0.5), not {val_fraction}")
     text = str(spec)
     labels: tuple[str, ...] | None = None
+    layout: str | None = None  # the client layout of channels-last .npz images
     if text == "digits":
         name, (x_tr, y_tr, x_te, y_te) = "digits", _digits(seed)
     elif text == "mnist1d":
@@ -125,10 +157,10 @@ def load_dataset(spec: str | os.PathLike[str], *, seed: int = 0, val_fraction: f
         name = "mnist" if Path(text).resolve() == (shared_mnist_dir() or Path("/nonexistent")).resolve() else name
     elif text.endswith(".npz") and Path(text).is_file():
         name = Path(text).stem
-        x_tr, y_tr, x_te, y_te, labels = _npz(Path(text))
+        x_tr, y_tr, x_te, y_te, labels, layout = _npz(Path(text))
     else:
         raise DataError(f"--data '{text}' is not digits, mnist1d, mnist, an IDX directory or an existing .npz file")
-    return _finish(name, x_tr, y_tr, x_te, y_te, labels, seed, val_fraction, limit_train)
+    return _finish(name, x_tr, y_tr, x_te, y_te, labels, seed, val_fraction, limit_train, layout)
 
 
 def _digits(seed: int) -> tuple[np.ndarray, ...]:
@@ -191,7 +223,8 @@ def _idx_dir(root: Path) -> tuple[np.ndarray, ...]:
     return x_tr, one("train-labels").astype(np.int64), x_te, one("t10k-labels").astype(np.int64)
 
 
-def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...] | None]:
+def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...] | None, str | None]:
+    """The arrays of an .npz, inputs channels first; the last item is the client layout ("nhwc" or None)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
@@ -199,20 +232,131 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tu
                 raise DataError(f"{path} lacks {missing}; an .npz needs x_train, y_train, x_test, y_test")
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} as an .npz without pickles ({exc})") from exc
-    labels = tuple(str(s) for s in arrays["labels"].tolist()) if "labels" in arrays else None
-    layout = str(arrays["layout"]) if "layout" in arrays else None
+        raise DataError(f"cannot read {path} as an .npz without pickles ({exc}); store numbers and strings, not objects") from exc
+    labels = tuple(_strings(arrays["labels"]).tolist()) if "labels" in arrays else None
+    layout = None
+    if "layout" in arrays:
+        found = _strings(arrays["layout"]).reshape(-1)
+        if found.size != 1:
+            raise DataError(f"{path}: layout must be one string ('signal', 'image', 'nchw' or 'nhwc')")
+        layout = str(found[0]).lower()
     x_tr, x_te = arrays["x_train"], arrays["x_test"]
-    for key in ("x_train", "x_test", "y_train", "y_test"):
+    for key in ("x_train", "x_test"):
         if arrays[key].dtype.kind not in "biuf":
             raise DataError(f"{path}: {key} has dtype {arrays[key].dtype}; use numbers")
-    if x_tr.ndim == 3:
+    y_tr, y_te = arrays["y_train"], arrays["y_test"]
+    for key, y in (("y_train", y_tr), ("y_test", y_te)):
+        if y.dtype.kind not in "biufUS":
+            raise DataError(f"{path}: {key} has dtype {y.dtype}; use class ids (integers) or class names (strings)")
+    if y_tr.dtype.kind in "US" or y_te.dtype.kind in "US":
+        y_tr, y_te, labels = _named_labels(path, y_tr, y_te, labels)
+    x_tr, x_te, client_layout = _channels_first(path, x_tr, x_te, layout)
+    return x_tr, y_tr, x_te, y_te, labels, client_layout
+
+
+def _strings(arr: np.ndarray) -> np.ndarray:
+    """A unicode or bytes array (or scalar) as a numpy array of str."""
+    arr = np.asarray(arr)
+    return np.char.decode(arr, "utf-8") if arr.dtype.kind == "S" else arr.astype(str)
+
+
+def _named_labels(
+    path: Path, y_tr: np.ndarray, y_te: np.ndarray, labels: tuple[str, ...] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """String labels -> class ids: sorted unique names (or their positions in ``labels``), and the names."""
+    if y_tr.dtype.kind not in "US" or y_te.dtype.kind not in "US":
+        raise DataError(f"{path}: y_train is {y_tr.dtype}, y_test {y_te.dtype}; give both as class names or both as ids")
+    names_tr, names_te = _strings(y_tr), _strings(y_te)
+    found = np.unique(np.concatenate([names_tr.reshape(-1), names_te.reshape(-1)]))
+    if labels is None:
+        labels = tuple(str(n) for n in found)
+    unknown = sorted(set(found.tolist()) - set(labels))
+    if unknown:
+        raise DataError(f"{path}: labels {unknown[:5]} appear in y but not in the 'labels' array; add them or drop 'labels'")
+    if len(set(labels)) != len(labels):
+        raise DataError(f"{path}: the 'labels' array repeats names; give each class once")
+    index = {name: i for i, name in enumerate(labels)}
+    lookup = np.vectorize(index.__getitem__, otypes=[np.int64])
+    return lookup(names_tr) if names_tr.size else names_tr.astype(np.int64), lookup(names_te) if names_te.size else names_te.astype(np.int64), labels
+
+
+def is_channels_last(shape: tuple[int, ...]) -> bool:
+    """True for the unambiguous channels-last batch: (N, H, W, C) with C in {1, 3, 4} and H, W > C."""
+    return len(shape) == 4 and shape[3] in _CHANNELS_LAST and shape[1] > shape[3] and shape[2] > shape[3]
+
+
+def _channels_first(path: Path, x_tr: np.ndarray, x_te: np.ndarray, layout: str | None) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Inputs in the models' layout, and the client layout the bundle must transpose from."""
+    rank = x_tr.ndim
+    allowed = {3: ("signal", "image"), 4: ("nchw", "nhwc")}.get(rank, ())
+    if layout is not None and layout not in allowed:
+        hint = f"use one of {list(allowed)}" if allowed else "drop 'layout' (it settles rank-3 and rank-4 inputs only)"
+        raise DataError(f"{path}: layout '{layout}' does not fit inputs of rank {rank}; {hint}")
+    if rank == 3:
         signal = layout == "signal" or (layout is None and x_tr.shape[1] <= 16 and x_tr.shape[2] >= 4 * x_tr.shape[1])
-        if layout not in (None, "signal", "image"):
-            raise DataError(f"{path}: layout must be 'signal' or 'image', not '{layout}'")
-        if not signal:
-            x_tr, x_te = x_tr[:, None], x_te[:, None]
-    return x_tr, arrays["y_train"], x_te, arrays["y_test"], labels
+        return (x_tr, x_te, None) if signal else (x_tr[:, None], x_te[:, None], None)
+    if rank == 4 and (layout == "nhwc" or (layout is None and is_channels_last(x_tr.shape))):
+        return x_tr.transpose(0, 3, 1, 2), x_te.transpose(0, 3, 1, 2), "nhwc"
+    return x_tr, x_te, None
+
+
+def _standardiser(x: np.ndarray, layout: str | None) -> Preprocess:
+    """Per-feature/per-channel (axis 1) standardisation of ``x`` (N, C, ...), as a bundle preprocess.
+
+    Statistics in float64; a constant (or numerically constant) feature/channel gets scale 1, so it is
+    only centred. Data with one feature/channel keeps one scalar scale and offset (a version-1 map).
+    """
+    channels = x.shape[1] if x.ndim > 1 else 1
+    flat = x.reshape(len(x), channels, -1)
+    means, stds = np.empty(channels), np.empty(channels)
+    for c in range(channels):  # one channel at a time bounds the float64 temporaries
+        values = flat[:, c]
+        means[c] = values.mean(dtype=np.float64)
+        stds[c] = values.std(dtype=np.float64)
+    constant = ~(stds > 1e-6 * np.maximum(1.0, np.abs(means)))
+    stds[constant] = 1.0
+    scale, offset = 1.0 / stds, -means / stds
+    if channels == 1 and layout is None:
+        return Preprocess(scale=float(scale[0]), offset=float(offset[0]))
+    return Preprocess(scale=tuple(scale.tolist()), offset=tuple(offset.tolist()), layout=layout)
+
+
+def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, validation) indices with each class's share of validation as in the whole split.
+
+    The validation size is round(N * val_fraction) (at least 1), shared among classes by largest
+    remainder; every class keeps at least one training sample. Own code rather than scikit-learn's
+    StratifiedShuffleSplit, which refuses classes with one sample and splits smaller than the class count.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    n_val = max(1, int(round(len(y) * val_fraction)))
+    quota = counts * n_val / len(y)
+    take = np.floor(quota).astype(np.int64)
+    for i in np.argsort(-(quota - take), kind="stable")[: n_val - int(take.sum())]:
+        take[i] += 1
+    take = np.minimum(take, counts - 1)  # keep one of each class for training
+    val_parts, train_parts = [], []
+    for cls, k in zip(classes, take):
+        members = rng.permutation(np.flatnonzero(y == cls))
+        val_parts.append(members[:k])
+        train_parts.append(members[k:])
+    val = rng.permutation(np.concatenate(val_parts))
+    train = rng.permutation(np.concatenate(train_parts))
+    return train, val
+
+
+def _warn_small_validation(name: str, y_val: np.ndarray, labels: tuple[str, ...], present: np.ndarray) -> None:
+    """One log line when the validation split is too small to choose thresholds or stop training on."""
+    counts = np.bincount(y_val, minlength=len(labels))[present]
+    rarest = int(present[np.argmin(counts)]) if len(present) else 0
+    fewest = int(counts.min()) if len(counts) else 0
+    if len(y_val) < MIN_VAL_SAMPLES or fewest < MIN_VAL_PER_CLASS:
+        logger.warning(
+            "%s: the validation split holds %d samples (class '%s': %d); below %d samples or %d per class, "
+            "thresholds and early stopping are noisy: bring more training data or raise val_fraction",
+            name, len(y_val), labels[rarest], fewest, MIN_VAL_SAMPLES, MIN_VAL_PER_CLASS,
+        )
 
 
 def _finish(
@@ -225,6 +369,7 @@ def _finish(
     seed: int,
     val_fraction: float,
     limit_train: int | None,
+    layout: str | None = None,
 ) -> Dataset:
     if x_tr.ndim not in (2, 3, 4):
         raise DataError(f"inputs of rank {x_tr.ndim} are not supported; use (N, F), (N, C, L), (N, H, W) or (N, C, H, W)")
@@ -238,7 +383,7 @@ def _finish(
         if not np.all(np.isfinite(x)):
             raise DataError(f"the {split} inputs hold NaN or inf; clean the data first")
         if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
-            raise DataError(f"the {split} labels are not whole numbers; labels must be class ids 0..C-1")
+            raise DataError(f"the {split} labels are not whole numbers; labels must be class ids 0..C-1 or class names")
     y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
     num_classes = len(labels) if labels else int(max(y_tr.max(), y_te.max())) + 1
     for split, y in (("train", y_tr), ("test", y_te)):
@@ -248,22 +393,26 @@ def _finish(
         raise DataError("the data has a single class; a classifier needs at least two")
     labels = labels or tuple(str(c) for c in range(num_classes))
 
-    x_tr, x_te = x_tr.astype(np.float32), x_te.astype(np.float32)
-    order = np.random.default_rng(seed).permutation(len(y_tr))
-    n_val = max(1, int(round(len(order) * val_fraction)))
-    val, train = order[:n_val], order[n_val:]
+    train, val = _stratified_split(y_tr, val_fraction, seed)
     if limit_train is not None:
         train = train[:limit_train]
-    mean = float(x_tr[train].mean())
-    std = float(x_tr[train].std()) or 1.0
-    pre = Preprocess(scale=1.0 / std, offset=-mean / std)
+    x_fit = np.ascontiguousarray(x_tr[train], dtype=np.float32)
+    pre = _standardiser(x_fit, layout)
+    scale, offset = pre.arrays(x_fit.shape[1:])
 
-    def model_ready(x: np.ndarray) -> np.ndarray:
-        return (x * np.float32(pre.scale) + np.float32(pre.offset)).astype(np.float32)
+    def model_ready(x: np.ndarray) -> np.ndarray:  # x is already channels first; the layout is for clients
+        return np.ascontiguousarray(x.astype(np.float32, copy=False) * scale + offset, dtype=np.float32)
 
+    _warn_small_validation(name, y_tr[val], labels, np.unique(y_tr))
+    unseen = sorted(set(np.unique(y_te).tolist()) - set(np.unique(y_tr[train]).tolist()))
+    if unseen:
+        logger.warning(
+            "%s: classes %s appear in the test split but not in training; no model can learn them: add training samples",
+            name, [labels[c] for c in unseen][:10],
+        )
     return Dataset(
         name=name,
-        x_train=model_ready(x_tr[train]),
+        x_train=model_ready(x_fit),
         y_train=y_tr[train],
         x_val=model_ready(x_tr[val]),
         y_val=y_tr[val],

@@ -26,8 +26,10 @@ from typing import Any, Callable
 import numpy as np
 
 from distill.data import Dataset, load_dataset
+from distill.diagnostics import ensemble_warnings, student_warnings
 from distill.errors import TrainingError
-from distill.teacher import default_teacher_config, ensure_teacher
+from distill.teacher import default_teacher_config
+from distill.teachers import LoadedTeacher, load_teacher
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -39,10 +41,12 @@ class DemoConfig:
     """What the demo builds and how long it measures."""
 
     data: str = "digits"  # any spec load_dataset accepts
+    teacher: str = "auto"  # "auto", a checkpoint dir, a .onnx or a .pt2 file (distill.teachers.load_teacher)
+    teacher_inputs: str = "raw"  # what a .onnx/.pt2 teacher takes: "raw" client values or "model" inputs
     out: Path = Path("runs/demo")  # bundle, report, plot and data files go here
     runs_dir: Path = Path("runs")  # cache of trained teachers
     members: int = 4  # B-DISTIL ensemble members
-    ensemble_epochs: int = 0  # B-DISTIL epochs per member attempt; 0 = about 30k samples' worth, 3 at least
+    ensemble_epochs: int = 0  # B-DISTIL epochs per member attempt; 0 = scaled to the data (distill.train.scaled_epochs)
     teacher_epochs: int | None = None  # None: the data set's default teacher schedule
     sparsity: float = 0.8  # FCPTS global sparsity target
     fcpts_iterations: int = 400  # FCPTS calibration iterations (the paper uses ~1600)
@@ -92,7 +96,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _build_candidates(cfg: DemoConfig, teacher: Any, data: Dataset, log: _Log) -> dict[str, Any]:
+def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log: _Log) -> dict[str, Any]:
     """Train and export every candidate; returns name -> ExportResult."""
     import torch
 
@@ -108,16 +112,22 @@ def _build_candidates(cfg: DemoConfig, teacher: Any, data: Dataset, log: _Log) -
     results: dict[str, Any] = {}
     torch.manual_seed(cfg.seed)
 
+    teacher = loaded.module
     results["teacher"] = log.step(
         "export the teacher (gated: checker, torch-vs-ORT parity, held-out accuracy)",
-        lambda: export_model(teacher, task, bundles / "teacher", heldout=heldout, name="teacher",
-                             metadata={**meta, "method": "teacher"}, info={"method": "teacher"}),
+        lambda: _export_teacher(loaded, data, bundles / "teacher", meta),
     )
+    layered: list[Any] = []  # the module low-rank and FCPTS rewrite: the teacher, or a dense proxy of an ONNX one
+
+    def with_layers(method: str) -> Any:
+        if not layered:
+            layered.append(loaded.layered(method, data, runs_dir=cfg.runs_dir, progress=cfg.progress, say=log.say))
+        return layered[0]
 
     def ensemble() -> Any:
         built = progressive_ensemble(
             teacher, data,
-            ProgressiveConfig(members=cfg.members, epochs=cfg.ensemble_epochs or max(3, round(30_000 / len(data.x_train))),
+            ProgressiveConfig(members=cfg.members, epochs=cfg.ensemble_epochs,
                               seed=cfg.seed, progress=cfg.progress),
         )
         info = [{"method": "bdistil", **m.to_dict()} for m in built.report.members]
@@ -131,7 +141,7 @@ def _build_candidates(cfg: DemoConfig, teacher: Any, data: Dataset, log: _Log) -
     def lowrank() -> Any:
         def build(**choice: Any) -> tuple[Any, Any]:
             return lowrank_student(
-                teacher, data, LowRankConfig(**choice, epochs=cfg.student_epochs, seed=cfg.seed, progress=cfg.progress)
+                with_layers("low-rank factorisation"), data, LowRankConfig(**choice, epochs=cfg.student_epochs, seed=cfg.seed, progress=cfg.progress)
             )
 
         choice: dict[str, Any] = {"rank": cfg.lowrank_rank} if cfg.lowrank_rank else {"speedup": cfg.lowrank_speedup}
@@ -152,7 +162,7 @@ def _build_candidates(cfg: DemoConfig, teacher: Any, data: Dataset, log: _Log) -
 
     def sparse() -> Any:
         student, report = fcpts_student(
-            teacher, data, target=cfg.sparsity, cfg=FCPTSConfig(target=cfg.sparsity, iterations=cfg.fcpts_iterations, seed=cfg.seed)
+            with_layers("FCPTS"), data, target=cfg.sparsity, cfg=FCPTSConfig(target=cfg.sparsity, iterations=cfg.fcpts_iterations, seed=cfg.seed)
         )
         return export_model(student, task, bundles / "sparse", heldout=heldout, name="sparse",
                             metadata={**meta, "method": "fcpts", "achieved_sparsity": report.final_global},
@@ -160,6 +170,21 @@ def _build_candidates(cfg: DemoConfig, teacher: Any, data: Dataset, log: _Log) -
 
     results["sparse"] = log.step(f"FCPTS sparse student at {cfg.sparsity:.0%} global sparsity", sparse)
     return results
+
+
+def _export_teacher(loaded: LoadedTeacher, data: Dataset, out: Path, meta: dict[str, Any]) -> Any:
+    """The teacher as a one-member bundle: exported from torch, or an ONNX teacher wrapped as it is."""
+    from exporters import export_model
+
+    heldout = (data.x_test, data.y_test)
+    metadata = {**meta, "method": "teacher", "teacher_kind": loaded.kind, "teacher": loaded.source}
+    if loaded.onnx_path is not None:
+        from exporters.wrap import wrap_onnx_for_data
+
+        return wrap_onnx_for_data(loaded.onnx_path, data, out, name="teacher", metadata=metadata,
+                                  model_inputs=loaded.module.raw_inputs is False)
+    return export_model(loaded.module, data.task_spec(), out, heldout=heldout, name="teacher", metadata=metadata,
+                        info={"method": "teacher"})
 
 
 def _profile_all(cfg: DemoConfig, paths: dict[str, Path], calibration_rows: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -261,11 +286,13 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     teacher_cfg = default_teacher_config(data)
     if cfg.teacher_epochs is not None:
         teacher_cfg = replace(teacher_cfg, epochs=cfg.teacher_epochs)
-    teacher, _, teacher_metrics = log.step(
-        "train (or reuse) the teacher",
-        lambda: ensure_teacher(data, teacher_cfg, runs_dir=cfg.runs_dir, progress=cfg.progress),
+    loaded = log.step(
+        "train (or reuse) the teacher" if cfg.teacher == "auto" else f"load the teacher {cfg.teacher}",
+        lambda: load_teacher(cfg.teacher, data, runs_dir=cfg.runs_dir, inputs=cfg.teacher_inputs, progress=cfg.progress,
+                             config=teacher_cfg),
     )
-    exports = _build_candidates(cfg, teacher, data, log)
+    teacher_metrics = {"kind": loaded.kind, "source": loaded.source, **loaded.metrics}
+    exports = _build_candidates(cfg, loaded, data, log)
     paths = {name: result.path for name, result in exports.items()}
 
     x_val_raw, x_test_raw = data.raw(data.x_val), data.raw(data.x_test)
@@ -314,6 +341,12 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
             "bundle": str(result.path),
         })
 
+    warnings = ensemble_warnings("B-DISTIL", [p["accuracy"] for p in curve], data.num_classes, len(data.y_test))
+    for c in candidates:
+        if c["name"] != "bdistil":
+            warnings += student_warnings(f"the {c['name']} candidate", c["accuracy"], data.num_classes, len(data.y_test),
+                                         fix="train it longer or give it more capacity" if c["name"] != "teacher"
+                                         else "train the teacher longer or check the data")
     report: dict[str, Any] = {
         "data": {"name": data.name, "input_shape": list(data.input_shape), "classes": data.num_classes,
                  "train": len(data.x_train), "validation": len(data.x_val), "test": len(data.x_test)},
@@ -328,6 +361,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         "bundle": str(paths["bdistil"]),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "seconds": log.seconds,
+        "warnings": warnings,
     }
     plot = _plot(cfg.out / "accuracy_vs_latency.png", candidates, curve, entropy)
     report["plot"] = plot
@@ -358,6 +392,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
                  f"{r['latency_ms_p50']:.3f}", f"{r['latency_ms_p99']:.3f}"] for r in budget_rows]))
     say("\nNote: the sparse student's zeros shrink its zipped size, not its latency: ONNX Runtime's CPU kernels "
         "gain no speed from zero weights. Low-rank factors and smaller members are what cut latency.")
+    for line in warnings:
+        say(f"warning: {line}")
     say(f"\nWrote {cfg.out / 'bundle'} (the anytime bundle), {cfg.out / 'candidates'}/, {cfg.out / 'report.json'}, "
         f"{cfg.out / 'validation.npz'}, {cfg.out / 'test.npz'}"
         + (f", {plot}" if plot else " (no plot: install matplotlib, the 'plot' extra)"))

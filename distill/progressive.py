@@ -66,7 +66,7 @@ from distill.progressive_rounds import (
     residual_temperature,
     weak_learning_edge,
 )
-from distill.train import FitConfig, fit, predict_logits
+from distill.train import FitConfig, fit, predict_logits, scaled_epochs
 
 __all__ = [
     "BaselineConfig",
@@ -86,6 +86,7 @@ __all__ = [
     "prefix_accuracies",
     "progressive_ensemble",
     "resched_ensemble",
+    "scaled_epochs",
 ]
 
 CONNECT_RULES = ("none", "previous", "all")
@@ -100,7 +101,7 @@ class ProgressiveConfig:
     connect: str = "previous"  # first-try connections of member t: "none", "previous" (t-1) or "all"
     gamma: float = 0.05  # weak-learning margin: accept a member when its validation edge >= gamma
     temperature: float = 0.0  # residual temperature tau; 0 = the residual's RMS, recomputed every round
-    epochs: int = 3  # training epochs per attempt
+    epochs: int = 0  # training epochs per attempt; 0 = scaled to the data (scaled_epochs)
     lr: float = 3e-3  # peak Adam learning rate (cosine to 0)
     batch_size: int = 128
     refine_epochs: int = 0  # > 0: the labelled least-squares refinement of each member (not in the paper)
@@ -116,8 +117,8 @@ class ProgressiveConfig:
             raise TrainingError(f"connect '{self.connect}' is unknown; use one of {list(CONNECT_RULES)}")
         if not 0.0 <= self.gamma < 2.0:
             raise TrainingError(f"gamma must be in [0, 2) (the edge of |f| < 1 lies in (-2, 2)), not {self.gamma}")
-        if self.temperature < 0 or self.epochs < 1 or self.refine_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise TrainingError("temperature must be >= 0, epochs >= 1, refine_epochs >= 0, batch_size >= 1 and lr > 0")
+        if self.temperature < 0 or self.epochs < 0 or self.refine_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise TrainingError("temperature must be >= 0, epochs >= 0 (0 = scaled to the data), refine_epochs >= 0, batch_size >= 1 and lr > 0")
         if not all(isinstance(c, Candidate) for c in self.candidates):
             raise TrainingError("candidates must be Candidate instances")
 
@@ -203,6 +204,7 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
     """
     cfg = cfg or ProgressiveConfig()
     candidates = cfg.candidates or default_candidates(dataset)
+    epochs = cfg.epochs or scaled_epochs(len(dataset.x_train))
     x_train, x_val = dataset.x_train, dataset.x_val
     g_train, g_val = predict_logits(teacher, x_train).astype(np.float64), predict_logits(teacher, x_val).astype(np.float64)
     if cfg.center:
@@ -230,7 +232,7 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
             dims = [feats_train[j].shape[1] for j in conns]
             member = BoostedMember(build_model(candidate.model_config(dataset, dims)))
             trainable = _IndexedMember(member, x_tensor, [torch.from_numpy(feats_train[j]) for j in conns], scaled=False)
-            _fit(trainable, len(x_train), packed, BarrierLoss(), cfg, epochs=cfg.epochs, seed=cfg.seed + t,
+            _fit(trainable, len(x_train), packed, BarrierLoss(), cfg, epochs=epochs, seed=cfg.seed + t,
                  desc=f"bdistil member {t + 1} ({candidate.describe()})")
             h_val, _ = _raw_outputs(member, x_val, [feats_val[j] for j in conns])
             edge = weak_learning_edge(val_plus, val_minus, np.tanh(h_val.astype(np.float64)))

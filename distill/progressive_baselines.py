@@ -26,7 +26,7 @@ from distill.errors import TrainingError
 from distill.losses import DistillationLoss, make_loss
 from distill.models import Classifier, build_model
 from distill.progressive_members import Candidate, Ensemble, EnsembleReport, MemberReport, combined_logits, count_macs
-from distill.train import FitConfig, distil, predict_logits
+from distill.train import FitConfig, distil, predict_logits, scaled_epochs
 
 __all__ = ["BaselineConfig", "no_resched_students", "resched_ensemble", "width_for_macs"]
 
@@ -39,7 +39,7 @@ class BaselineConfig:
 
     loss: str = "kd"  # a name in distill.losses.LOSSES
     loss_params: tuple[tuple[str, Any], ...] = (("alpha", 0.9), ("temperature", 4.0))  # its parameters
-    epochs: int = 3
+    epochs: int = 0  # per student; 0 = scaled to the data (distill.train.scaled_epochs)
     lr: float = 3e-3
     batch_size: int = 128
     seed: int = 0
@@ -47,22 +47,22 @@ class BaselineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss_params", tuple((str(k), v) for k, v in self.loss_params))
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise TrainingError("baseline epochs and batch_size must be >= 1 and lr > 0")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise TrainingError("baseline epochs must be >= 0 (0 = scaled to the data), batch_size >= 1 and lr > 0")
         self.make_loss()  # raises TrainingError naming the fix for an unknown loss or parameter
 
     def make_loss(self) -> DistillationLoss:
         return make_loss(self.loss, **dict(self.loss_params))
 
-    def fit_config(self, k: int, desc: str) -> FitConfig:
-        return FitConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed + k, progress=self.progress, desc=desc)
+    def fit_config(self, k: int, desc: str, n_train: int = 0) -> FitConfig:
+        return FitConfig(epochs=self.epochs or scaled_epochs(n_train), lr=self.lr, batch_size=self.batch_size, seed=self.seed + k, progress=self.progress, desc=desc)
 
 
 def _train_student(candidate: Candidate, dataset: Dataset, teacher_logits: np.ndarray, cfg: BaselineConfig, k: int, desc: str) -> tuple[Classifier, float]:
     torch.manual_seed(cfg.seed * 7919 + 1000 + k)  # independent initialisations: these are separate runs
     student = build_model(candidate.model_config(dataset))
     started = time.perf_counter()
-    distil(student, dataset.x_train, dataset.y_train, teacher_logits, cfg.make_loss(), cfg.fit_config(k, desc))
+    distil(student, dataset.x_train, dataset.y_train, teacher_logits, cfg.make_loss(), cfg.fit_config(k, desc, len(dataset.x_train)))
     return student, round(time.perf_counter() - started, 2)
 
 

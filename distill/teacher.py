@@ -30,6 +30,7 @@ from distill.train import FitConfig, accuracy, fit
 __all__ = [
     "TeacherConfig",
     "default_teacher_config",
+    "default_teacher_dir",
     "ensure_teacher",
     "finished_run",
     "load_model",
@@ -95,7 +96,16 @@ def _load_tensors(path: Path) -> Any:
 
 
 def save_model(model: Classifier, out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as ``model.pt`` (state dict) + ``config.json`` (its ModelConfig and ``extra``)."""
+    """Write ``model`` as ``model.pt`` (state dict) + ``config.json`` (its ModelConfig and ``extra``).
+
+    Raises:
+        CheckpointError: ``model`` is not one of the toolkit's models (it has no ModelConfig to rebuild it from).
+    """
+    if not isinstance(getattr(model, "config", None), ModelConfig):
+        raise CheckpointError(
+            f"save_model writes the toolkit's own models; save a {type(model).__name__} with torch.export.save "
+            "(a .pt2 file) and pass that as --teacher"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / "model.pt")
@@ -191,6 +201,13 @@ def train_teacher(dataset: Dataset, cfg: TeacherConfig, out_dir: str | os.PathLi
     return model, metrics
 
 
+def default_teacher_dir(dataset: Dataset, cfg: TeacherConfig | None = None, runs_dir: str | os.PathLike[str] = "runs") -> Path:
+    """Where :func:`ensure_teacher` keeps the teacher of ``cfg`` (default: the data's) for ``dataset``."""
+    cfg = cfg or default_teacher_config(dataset)
+    key = hashlib.sha256(json.dumps([asdict(cfg), dataset.fingerprint()], sort_keys=True).encode()).hexdigest()[:10]
+    return Path(runs_dir) / "teachers" / f"{dataset.name}-{key}"
+
+
 def ensure_teacher(
     data: str | os.PathLike[str] | Dataset,
     cfg: TeacherConfig | None = None,
@@ -212,8 +229,7 @@ def ensure_teacher(
     """
     dataset = data if isinstance(data, Dataset) else load_dataset(data, seed=seed)
     cfg = cfg or default_teacher_config(dataset)
-    key = hashlib.sha256(json.dumps([asdict(cfg), dataset.fingerprint()], sort_keys=True).encode()).hexdigest()[:10]
-    out = Path(runs_dir) / "teachers" / f"{dataset.name}-{key}"
+    out = default_teacher_dir(dataset, cfg, runs_dir)
     if (out / "model.pt").is_file() and (out / "metrics.json").is_file():
         model, _ = load_model(out)
         return model, dataset, json.loads((out / "metrics.json").read_text())

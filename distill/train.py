@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from distill.errors import TrainingError
+from distill.logit_cache import cache_for
+from distill.logits import logits_of
 from distill.losses import DistillationLoss
 
-__all__ = ["FitConfig", "accuracy", "distil", "fit", "predict_logits"]
+__all__ = ["FitConfig", "accuracy", "distil", "fit", "predict_logits", "scaled_epochs"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,22 @@ class FitConfig:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Logits of ``model`` on ``x`` (float32 model-ready inputs), in eval mode."""
+    """Logits ``(N, classes)`` of ``model`` on ``x`` (float32 model-ready inputs), in eval mode.
+
+    ``model`` may return logits in any form :func:`distill.logits.logits_of` accepts. A teacher with a
+    :class:`~distill.logit_cache.LogitCache` attached is read from (or fills) that cache instead.
+    """
+    cache = cache_for(model)
+    if cache is not None:
+        return cache.logits(x, lambda rows: _forward_logits(model, rows, batch_size))
+    return _forward_logits(model, x, batch_size)
+
+
+@torch.no_grad()
+def _forward_logits(model: nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
     was_training = model.training
     model.eval()
-    out = [model(torch.from_numpy(x[i : i + batch_size]))[0] for i in range(0, len(x), batch_size)]
+    out = [logits_of(model(torch.from_numpy(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
@@ -51,6 +65,16 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> n
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy (a fraction) of ``model`` on ``x``, ``y``."""
     return float((predict_logits(model, x).argmax(1) == y).mean())
+
+
+def scaled_epochs(n_train: int, samples: int = 30_000, low: int = 3, high: int = 50) -> int:
+    """Epochs per member that see about ``samples`` training samples, clamped to ``[low, high]``.
+
+    The floor keeps large data sets (MNIST: 3 epochs) from under-training; the ceiling keeps the cost of a
+    tiny data set proportional to its size (40 samples would otherwise take 750 epochs per attempt).
+    Measured: 3 fixed epochs on digits (1.3k samples) gave F_1 8.6%, F_2 47.4%, F_3 30.4% from a 99.4% teacher.
+    """
+    return int(min(high, max(low, round(samples / max(n_train, 1)))))
 
 
 def _progress(total: int, cfg: FitConfig):  # type: ignore[no-untyped-def]
@@ -75,7 +99,7 @@ def fit(
     """Train ``model`` in place; returns the mean loss of each epoch run.
 
     Args:
-        model: obeys the classifier contract ``forward(x) -> (logits, features)``.
+        model: any module whose forward returns logits in a form :func:`distill.logits.logits_of` accepts.
         x, y: model-ready inputs and int labels.
         loss: a :class:`~distill.losses.DistillationLoss`.
         cfg: epochs, learning rate, batch size, seed.
@@ -88,7 +112,8 @@ def fit(
     if len(x) != len(y):
         raise TrainingError(f"{len(x)} inputs but {len(y)} labels")
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
-    tt = torch.from_numpy(np.ascontiguousarray(teacher_logits)) if teacher_logits is not None else yt
+    # np.require copies read-only (memory-mapped, cached) teacher logits: torch wants writable arrays
+    tt = torch.from_numpy(np.require(teacher_logits, requirements=['C', 'W'])) if teacher_logits is not None else yt
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
@@ -107,7 +132,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            logits, _ = model(xt[idx])
+            logits = logits_of(model(xt[idx]))
             value = loss(logits, tt[idx], yt[idx])
             optimizer.zero_grad(set_to_none=True)
             value.backward()

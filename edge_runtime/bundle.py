@@ -7,7 +7,9 @@ a byte of it.
 
 The graph contract every member obeys (the exporters produce it, the runtime relies on it):
 
-* input ``x``: the preprocessed task input, ``float32``, shape ``task.input.shape`` (-1 = batch);
+* input ``x``: the preprocessed task input, ``float32``, shape ``task.model_input_shape`` (-1 = batch):
+  ``task.preprocess.apply`` of the client's raw batch of shape ``task.input.shape`` (the two shapes
+  differ only when the preprocess changes the layout, e.g. channels-last client images);
 * input ``prev_logits`` (every member but the first): the ``logits`` output of the member before it;
 * one input per :class:`Connection`, fed from an output of an earlier member;
 * outputs ``logits`` (the *combined* logits of members 1..k, already summed or averaged in the graph),
@@ -32,6 +34,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
+import numpy as np
+
 from edge_runtime.errors import ChecksumError, ManifestError
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "Manifest",
     "MemberSpec",
     "Preprocess",
+    "SUPPORTED_VERSIONS",
     "TaskSpec",
     "TensorSpec",
     "connection_inputs",
@@ -53,7 +58,10 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT = "anytime-edge-bundle"
-MANIFEST_VERSION = 1
+# Version 2 (this writer): task.preprocess may hold per-channel vectors and a layout. Version 1 (scalar
+# scale/offset, no layout) still loads and means what it always meant.
+MANIFEST_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 COMBINE_RULES = ("sum", "mean")
 DTYPES = ("float32",)
@@ -102,46 +110,193 @@ class TensorSpec:
         )
 
 
+Vector = Union[float, tuple[float, ...]]
+LAYOUTS = ("nhwc",)  # raw client layouts the preprocess transposes from (None: the members' own layout)
+_NHWC_TO_NCHW = (0, 3, 1, 2)
+_NCHW_TO_NHWC = (0, 2, 3, 1)
+
+
+def _as_vector(value: Any, name: str) -> Vector:
+    """A JSON number or list of numbers as a float or a tuple of floats (one per channel/feature)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = tuple(float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1))
+        if not values:
+            raise ManifestError(f"preprocess {name} is an empty list; give one value per channel (or one number)")
+        return values
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ManifestError(f"preprocess {name} must be a number or a list of numbers, not {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Affine map from the raw input a client sends to what the members take: ``x * scale + offset``."""
+    """Map from the raw input a client sends to what the members take.
 
-    scale: float = 1.0  # e.g. 1/255 for uint8 images
-    offset: float = 0.0  # added after scaling
+    ``model_x = to_members_layout(raw) * scale + offset``, where
+
+    * ``layout`` is ``None`` (the client sends the members' layout) or ``"nhwc"`` (the client sends
+      channels-last images ``(N, H, W, C)``; they are transposed to the members' ``(N, C, H, W)``);
+    * ``scale`` and ``offset`` are each one number (the same for every value) or a vector with one entry
+      per index of the members' axis 1: per feature for tabular ``(N, F)`` inputs, per channel for signals
+      ``(N, C, L)`` and images ``(N, C, H, W)``, broadcast over the remaining axes.
+
+    :meth:`apply` computes the map, :meth:`invert` its exact inverse (model input -> raw client values),
+    :meth:`model_shape`/:meth:`raw_shape` convert sample shapes between the two sides.
+    """
+
+    scale: Vector = 1.0  # e.g. 1/255 for uint8 images, or 1/std per channel
+    offset: Vector = 0.0  # added after scaling, e.g. -mean/std per channel
+    layout: str | None = None  # None or "nhwc": the client's layout when it differs from the members'
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.scale) and math.isfinite(self.offset)) or self.scale == 0:
+        object.__setattr__(self, "scale", _as_vector(self.scale, "scale"))
+        object.__setattr__(self, "offset", _as_vector(self.offset, "offset"))
+        scale, offset = np.asarray(self.scale, dtype=np.float64), np.asarray(self.offset, dtype=np.float64)
+        if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(offset))) or np.any(scale == 0):
             raise ManifestError("preprocess scale must be finite and non-zero, offset finite")
+        if scale.size > 1 and offset.size > 1 and scale.size != offset.size:
+            raise ManifestError(f"preprocess scale has {scale.size} values, offset {offset.size}; give one per channel")
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ManifestError(f"preprocess layout '{self.layout}' is unknown; use null or one of {list(LAYOUTS)}")
 
     @property
     def is_identity(self) -> bool:
         """True when the map leaves the input unchanged (the runtime then skips it)."""
-        return self.scale == 1.0 and self.offset == 0.0
+        return self.layout is None and self.is_affine_identity
+
+    @property
+    def is_affine_identity(self) -> bool:
+        """True when scale is all ones and offset all zeros (a layout change may remain)."""
+        return bool(np.all(np.asarray(self.scale) == 1.0) and np.all(np.asarray(self.offset) == 0.0))
+
+    @property
+    def is_scalar(self) -> bool:
+        """True for one scale and one offset for every value and no layout change (a version-1 preprocess)."""
+        return isinstance(self.scale, float) and isinstance(self.offset, float) and self.layout is None
+
+    @property
+    def channels(self) -> int | None:
+        """The length of the scale/offset vectors, or None when both are single numbers."""
+        sizes = [len(v) for v in (self.scale, self.offset) if isinstance(v, tuple)]
+        return sizes[0] if sizes else None
+
+    @property
+    def transpose_axes(self) -> tuple[int, ...] | None:
+        """Axis order taking a client batch to the members' layout (``numpy.transpose``), or None."""
+        return _NHWC_TO_NCHW if self.layout == "nhwc" else None
+
+    def model_shape(self, raw_shape: Sequence[int]) -> tuple[int, ...]:
+        """The members' sample shape for a client sample shape (no batch axis): ``(H, W, C) -> (C, H, W)``."""
+        shape = tuple(int(d) for d in raw_shape)
+        if self.layout == "nhwc":
+            if len(shape) != 3:
+                raise ManifestError(f"preprocess layout 'nhwc' needs (H, W, C) samples, not {list(shape)}")
+            return (shape[2], shape[0], shape[1])
+        return shape
+
+    def raw_shape(self, model_shape: Sequence[int]) -> tuple[int, ...]:
+        """The client's sample shape for a members' sample shape (no batch axis): ``(C, H, W) -> (H, W, C)``."""
+        shape = tuple(int(d) for d in model_shape)
+        if self.layout == "nhwc":
+            if len(shape) != 3:
+                raise ManifestError(f"preprocess layout 'nhwc' needs (C, H, W) member inputs, not {list(shape)}")
+            return (shape[1], shape[2], shape[0])
+        return shape
+
+    def arrays(self, model_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``scale`` and ``offset`` as float32 arrays that broadcast against a batch ``(N, *model_shape)``.
+
+        A vector becomes shape ``(C, 1, ..., 1)`` (C = ``model_shape[0]``); a number a 0-d array.
+
+        Raises:
+            ManifestError: a vector's length differs from ``model_shape[0]``.
+        """
+        shape = tuple(int(d) for d in model_shape)
+        out = []
+        for name, value in (("scale", self.scale), ("offset", self.offset)):
+            arr = np.asarray(value, dtype=np.float32)
+            if arr.ndim:
+                if not shape or arr.size != shape[0]:
+                    raise ManifestError(
+                        f"preprocess {name} has {arr.size} values but the members' inputs {list(shape)} have "
+                        f"{shape[0] if shape else 0} channels/features on axis 1; give one value per channel"
+                    )
+                arr = arr.reshape((arr.size,) + (1,) * (len(shape) - 1))
+            out.append(arr)
+        return out[0], out[1]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Raw client batch ``(N, *raw_shape)`` -> members' float32 batch ``(N, *model_shape)`` (C-contiguous)."""
+        arr = np.asarray(x, dtype=np.float32)
+        if self.transpose_axes is not None:
+            arr = arr.transpose(self.transpose_axes)
+        scale, offset = self.arrays(arr.shape[1:])
+        return np.ascontiguousarray(arr * scale + offset, dtype=np.float32)
+
+    def invert(self, x: np.ndarray) -> np.ndarray:
+        """Members' batch ``(N, *model_shape)`` -> the raw client values ``(N, *raw_shape)`` (float32)."""
+        arr = np.asarray(x, dtype=np.float64)
+        scale, offset = self.arrays(arr.shape[1:])
+        raw = (arr - offset.astype(np.float64)) / scale.astype(np.float64)
+        if self.layout == "nhwc":
+            raw = raw.transpose(_NCHW_TO_NHWC)
+        return np.ascontiguousarray(raw, dtype=np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: numbers or lists for scale/offset, and ``layout`` (null when None)."""
+        def jsonable(v: Vector) -> float | list[float]:
+            return list(v) if isinstance(v, tuple) else v
+
+        return {"scale": jsonable(self.scale), "offset": jsonable(self.offset), "layout": self.layout}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "Preprocess":
+        """Parse ``task.preprocess`` (missing keys: identity)."""
+        if d is None:
+            return cls()
+        if not isinstance(d, Mapping):
+            raise ManifestError("task.preprocess must be a JSON object; rebuild the bundle with the exporters")
+        layout = d.get("layout")
+        if layout is not None and not isinstance(layout, str):
+            raise ManifestError(f"preprocess layout must be a string or null, not {layout!r}")
+        return cls(scale=d.get("scale", 1.0), offset=d.get("offset", 0.0), layout=layout)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What the bundle classifies."""
+    """What the bundle classifies.
+
+    ``input.shape`` is the *client's* shape: what ``run``, :meth:`AnytimeRuntime.predict` and the server
+    accept (raw values, -1 = batch). The members' graph input ``x`` takes ``preprocess.apply(raw)``, of
+    shape :attr:`model_input_shape`; the two differ only when ``preprocess.layout`` transposes (e.g. a
+    client's ``(-1, H, W, C)`` for members taking ``(-1, C, H, W)``). Version-1 bundles have no layout, so
+    there both shapes are the same, as they always were.
+    """
 
     labels: tuple[str, ...]  # class labels, index = class id
-    input: TensorSpec  # the one input tensor
+    input: TensorSpec  # the one input tensor, in the client's (raw) shape
     preprocess: Preprocess = field(default_factory=Preprocess)
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
             raise ManifestError("task.labels must name at least two classes")
+        self.preprocess.arrays(self.preprocess.model_shape(self.input.shape[1:]))  # raises on a mismatch
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def model_input_shape(self) -> tuple[int, ...]:
+        """Shape of the members' input ``x`` (-1 = batch): the client shape after the preprocess layout."""
+        return (-1, *self.preprocess.model_shape(self.input.shape[1:]))
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TaskSpec":
-        pre = d.get("preprocess") or {}
         return cls(
             labels=tuple(str(label) for label in _require(d, "labels", "task")),
             input=TensorSpec.from_dict(_require(d, "input", "task")),
-            preprocess=Preprocess(scale=float(pre.get("scale", 1.0)), offset=float(pre.get("offset", 0.0))),
+            preprocess=Preprocess.from_dict(d.get("preprocess")),
         )
 
 
@@ -231,10 +386,15 @@ class Manifest:
     version: int = MANIFEST_VERSION
 
     def __post_init__(self) -> None:
-        if self.version != MANIFEST_VERSION:
+        if self.version not in SUPPORTED_VERSIONS:
             raise ManifestError(
-                f"manifest version {self.version} is not supported by this runtime (reads {MANIFEST_VERSION}); "
+                f"manifest version {self.version} is not supported by this runtime (reads {list(SUPPORTED_VERSIONS)}); "
                 "re-export the bundle or upgrade anytime-edge"
+            )
+        if self.version < 2 and not self.task.preprocess.is_scalar:
+            raise ManifestError(
+                "a version-1 manifest holds per-channel or layout preprocessing, which needs version 2; "
+                "set version to 2 or re-export the bundle"
             )
         if not self.members:
             raise ManifestError("the manifest lists no members; export at least one model into the bundle")

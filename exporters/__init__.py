@@ -1,5 +1,6 @@
 """torch -> ONNX export into anytime-edge bundles, every export gated (checker, parity, accuracy).
 
+``wrap_onnx`` (a user's ONNX classifier -> bundle) needs onnx but not torch; ``wrap_pt2`` needs torch.
 The names below load lazily: ``import exporters.bundle`` (used by tests and tools that only write
 bundles) does not import torch; the first use of an export function does, and a missing torch raises an
 ImportError that names the ``train`` extra.
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from exporters.export import ExportResult, MemberExport, compressed_size, export_ensemble, export_model
     from exporters.onnx import OPSET, MemberHead, export_onnx
     from exporters.verify import GateReport, Tolerance
+    from exporters.wrap import WrapResult, wrap_onnx
+    from exporters.pt2 import wrap_pt2
 
 __all__ = [
     "ConversionError",
@@ -27,11 +30,14 @@ __all__ = [
     "OPSET",
     "Tolerance",
     "VerificationError",
+    "WrapResult",
     "archive_bundle",
     "compressed_size",
     "export_ensemble",
     "export_model",
     "export_onnx",
+    "wrap_onnx",
+    "wrap_pt2",
     "write_bundle",
 ]
 
@@ -46,11 +52,14 @@ _SOURCES = {
     "MemberHead": "exporters.onnx",
     "Tolerance": "exporters.verify",
     "VerificationError": "exporters.errors",
+    "WrapResult": "exporters.wrap",
     "archive_bundle": "exporters.bundle",
     "compressed_size": "exporters.export",
     "export_ensemble": "exporters.export",
     "export_model": "exporters.export",
     "export_onnx": "exporters.onnx",
+    "wrap_onnx": "exporters.wrap",
+    "wrap_pt2": "exporters.pt2",
     "write_bundle": "exporters.bundle",
 }
 

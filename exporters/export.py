@@ -109,10 +109,10 @@ def _as_labels(y: ArrayLike) -> np.ndarray:
 
 
 def _check_heldout(task: TaskSpec, x: torch.Tensor, y: np.ndarray) -> None:
-    if tuple(x.shape[1:]) != tuple(task.input.shape[1:]):
+    if tuple(x.shape[1:]) != tuple(task.model_input_shape[1:]):
         raise ExportError(
-            f"held-out inputs have shape {tuple(x.shape)}, the task expects {list(task.input.shape)}; "
-            "pass preprocessed inputs of the task's shape"
+            f"held-out inputs have shape {tuple(x.shape)}, the task expects {list(task.model_input_shape)} (the members' input); "
+            "pass preprocessed inputs of the members' shape (Dataset.x_test, not raw client values)"
         )
     if x.shape[0] < 2 or x.shape[0] != y.shape[0]:
         raise ExportError(f"held-out data needs >= 2 samples and one label each (got {x.shape[0]} inputs, {y.shape[0]} labels)")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 from edge_runtime.extras import install_hint
 from exporters.errors import ConversionError
+from exporters.irversion import lower_ir_version
 
 if TYPE_CHECKING:
     import onnx
@@ -259,28 +260,8 @@ def export_member(
     if program is None:  # pragma: no cover - dynamo=True always returns a program
         raise ConversionError("torch.onnx.export returned nothing; upgrade torch to >= 2.5")
     proto = program.model_proto
-    _lower_ir_version(proto)
+    lower_ir_version(proto)
     return proto.SerializeToString()
-
-
-def _lower_ir_version(proto: "onnx.ModelProto") -> None:
-    """Stamp the lowest IR version the model's opsets allow, if the model still checks at it.
-
-    torch writes the newest IR version (10), but the runtime install accepts onnxruntime >= 1.17, which
-    reads IR <= 9 and would refuse the file on the device. Opset 18 needs only IR 8, and these graphs use
-    none of the newer IR features (float8/int4 types, function overloads); the checker confirms it.
-    """
-    import onnx
-
-    minimum = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
-    if minimum >= proto.ir_version:
-        return
-    original = proto.ir_version
-    proto.ir_version = minimum
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError:
-        proto.ir_version = original
 
 
 def export_onnx(model: nn.Module, example_x: "torch.Tensor", *, input_name: str = "x", emit_features: bool = False) -> bytes:

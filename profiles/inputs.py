@@ -139,9 +139,11 @@ def task_batches(
         MeasurementError: ``data`` does not have the task's shape or holds NaN/inf.
     """
     spec = manifest.task.input
-    row_shape = tuple(spec.shape[1:])
+    row_shape = tuple(spec.shape[1:])  # the client's shape; members take manifest.task.model_input_shape
+    pre = manifest.task.preprocess
     if data is None:
-        return [rng.standard_normal((batch, *row_shape)).astype(np.float32) for _ in range(count)]
+        shape = tuple(manifest.task.model_input_shape[1:]) if preprocess else row_shape
+        return [rng.standard_normal((batch, *shape)).astype(np.float32) for _ in range(count)]
     if data.ndim != len(spec.shape) or tuple(data.shape[1:]) != row_shape or len(data) == 0:
         raise MeasurementError(
             f"data x has shape {list(data.shape)} but the bundle takes [N, {', '.join(map(str, row_shape))}]; "
@@ -150,9 +152,8 @@ def task_batches(
     x = data.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         raise MeasurementError("data x holds NaN or inf; clean the data file")
-    pre = manifest.task.preprocess
     if preprocess and not pre.is_identity:  # members take preprocessed input, as the runtime feeds them
-        x = (x * np.float32(pre.scale) + np.float32(pre.offset)).astype(np.float32)
+        x = pre.apply(x)
     rows = rng.permutation(len(x))
     out = []
     for i in range(count):

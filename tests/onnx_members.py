@@ -105,6 +105,7 @@ def make_bundle(
     B-DISTIL exporter does) instead of the shared ``conn_features``.
     """
     scales = scales or [1.0] * num_members
+    pre = preprocess or Preprocess(scale=1.0, offset=0.0)
 
     def conn_name(k: int) -> str:
         return f"features_from_{k - 1}" if distinct_connection_names else "conn_features"
@@ -129,8 +130,8 @@ def make_bundle(
         name="tiny",
         task=TaskSpec(
             labels=tuple(f"class_{c}" for c in range(num_classes)),
-            input=TensorSpec(name="x", shape=(-1, *input_shape)),
-            preprocess=preprocess or Preprocess(scale=1.0, offset=0.0),
+            input=TensorSpec(name="x", shape=(-1, *pre.raw_shape(input_shape))),
+            preprocess=pre,
         ),
         members=members,
         calibration=None if calibration is None else Calibration(calibration, "test", 1.0, 1.0),

@@ -125,7 +125,7 @@ def test_no_weak_learner_at_all_is_an_error_naming_the_fix(monkeypatch: pytest.M
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"members": 0}, "members"), ({"connect": "sideways"}, "connect"), ({"gamma": 2.5}, "gamma"), ({"epochs": 0}, "epochs")],
+    [({"members": 0}, "members"), ({"connect": "sideways"}, "connect"), ({"gamma": 2.5}, "gamma"), ({"epochs": -1}, "epochs")],
 )
 def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(TrainingError, match=message):

@@ -163,8 +163,8 @@ def test_impossible_policy_values_are_rejected(tiny_bundle: Path, kwargs: dict) 
 def test_tampered_and_unknown_version_bundles_do_not_load(tiny_bundle: Path) -> None:
     manifest_path = tiny_bundle / MANIFEST_NAME
     data = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps({**data, "version": 2}))
-    with pytest.raises(ManifestError, match="version 2"):
+    manifest_path.write_text(json.dumps({**data, "version": 3}))
+    with pytest.raises(ManifestError, match="version 3"):
         edge_runtime.load(tiny_bundle)
     manifest_path.write_text(json.dumps(data))
     member = tiny_bundle / "member_1.onnx"

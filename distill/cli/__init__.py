@@ -18,7 +18,7 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
     "profile": ("profiles.cli.profile", "measure latency and memory of bundles/ONNX models on this device"),
     "select": ("profiles.cli.select", "choose what to deploy from measured accuracy, latency and memory"),
     "train-teacher": ("distill.cli.train_teacher", "train (or resume) the teacher classifier on a data set"),
-    "export": ("distill.cli.export", "export a trained teacher or student as a one-member bundle"),
+    "export": ("distill.cli.export", "export a checkpoint, or wrap an .onnx / .pt2 classifier, as a one-member bundle"),
     "ensemble": ("distill.cli.ensemble", "distil a teacher into a progressive ensemble (B-DISTIL)"),
     "sparsify": ("distill.cli.sparsify", "sparse students: FCPTS sparsity allocation or DSD² pruning"),
     "lowrank": ("distill.cli.lowrank", "low-rank students with spectral init, distilled from the teacher"),

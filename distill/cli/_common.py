@@ -27,31 +27,30 @@ def add_data_argument(parser: argparse.ArgumentParser, default: str = "digits") 
 
 def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--teacher",
         "--teacher-dir",
+        dest="teacher",
         default="auto",
-        help="a checkpoint from `anytime-edge train-teacher`, or 'auto' to train/reuse the default teacher "
-        "under --runs-dir",
+        help="the teacher: 'auto' (train/reuse the default teacher under --runs-dir), a checkpoint directory from "
+        "`anytime-edge train-teacher`, an ONNX classifier (.onnx; logits only), or a torch.export program (.pt2)",
     )
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="cache of trained teachers")
+    parser.add_argument(
+        "--teacher-inputs",
+        choices=("raw", "model"),
+        default="raw",
+        help="what a .onnx/.pt2 teacher takes: raw values as in --data (default) or standardised model inputs",
+    )
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="cache of trained teachers and teacher logits")
 
 
 def resolve_teacher(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """(teacher, dataset, metrics) for --teacher-dir/--data: a checkpoint, or the cached default teacher."""
+    """(LoadedTeacher, dataset) for --teacher/--data (see :func:`distill.teachers.load_teacher`)."""
     from distill.data import load_dataset
-    from distill.errors import CheckpointError
-    from distill.teacher import ensure_teacher, load_model
-    from distill.train import accuracy
+    from distill.teachers import load_teacher
 
     dataset = load_dataset(args.data, seed=args.seed)
-    if args.teacher_dir == "auto":
-        return ensure_teacher(dataset, runs_dir=args.runs_dir)
-    teacher, config = load_model(args.teacher_dir)
-    if tuple(config["model"]["input_shape"]) != dataset.input_shape:
-        raise CheckpointError(
-            f"the teacher in {args.teacher_dir} takes inputs {tuple(config['model']['input_shape'])}, "
-            f"but --data {args.data} has {dataset.input_shape}; pass the data it was trained on"
-        )
-    return teacher, dataset, {"test_accuracy": accuracy(teacher, dataset.x_test, dataset.y_test)}
+    progress = bool(getattr(args, "progress", not getattr(args, "no_progress", False)))
+    return load_teacher(args.teacher, dataset, runs_dir=args.runs_dir, inputs=args.teacher_inputs, progress=progress), dataset
 
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distill.cli._common import add_data_argument, add_progress_argument
+from distill.cli._common import add_data_argument, add_progress_argument, add_teacher_arguments
 
 HELP = "the main job end to end: teacher, students, bundle, profiles, anytime"
 
@@ -13,7 +13,7 @@ HELP = "the main job end to end: teacher, students, bundle, profiles, anytime"
 def configure(parser: argparse.ArgumentParser) -> None:
     add_data_argument(parser)
     parser.add_argument("--out", type=Path, help="output directory (default runs/demo for digits, else runs/<data name>)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="cache of trained teachers (default runs)")
+    add_teacher_arguments(parser)
     parser.add_argument("--members", type=int, default=4, help="B-DISTIL ensemble members (default 4)")
     parser.add_argument("--sparsity", type=float, default=0.8, help="FCPTS global sparsity target (default 0.8)")
     parser.add_argument("--speedup", type=float, default=2.0, help="low-rank student's target ORT speed-up over the teacher (default 2)")
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out(args.data)
     print(f"writing to {out}" + (" (replacing the run already there)" if (out / "report.json").exists() else ""))
     run_demo(DemoConfig(
-        data=args.data, out=out, runs_dir=args.runs_dir, members=args.members, sparsity=args.sparsity,
+        data=args.data, teacher=args.teacher, teacher_inputs=args.teacher_inputs, out=out, runs_dir=args.runs_dir, members=args.members, sparsity=args.sparsity,
         lowrank_speedup=args.speedup, accuracy_drop=args.accuracy_drop, seed=args.seed, progress=args.progress,
     ))
     return 0

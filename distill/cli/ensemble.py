@@ -2,7 +2,8 @@
 
 Examples::
 
-    anytime-edge ensemble --data mnist --teacher-dir auto --members 4 --out runs/bdistil
+    anytime-edge ensemble --data mnist --teacher auto --members 4 --out runs/bdistil
+    anytime-edge ensemble --data digits --teacher my_model.onnx --members 4 --out runs/bdistil-mine
     anytime-edge ensemble --data mnist --members 4 --baseline resched --like runs/bdistil --out runs/resched
     anytime-edge ensemble --data mnist --members 4 --baseline no-resched --like runs/bdistil --out runs/noresched
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", choices=("resched", "no-resched"), help="build a baseline instead of B-DISTIL")
     parser.add_argument("--like", type=Path, help="a B-DISTIL bundle whose member sizes a baseline copies")
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs per member/student (default 3)")
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="training epochs per member/student; 0 (default) = about 30k samples' worth, 3 to 50")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--gamma", type=float, default=0.05, help="weak-learning margin of the edge check (default 0.05)")
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from distill.diagnostics import ensemble_warnings, student_warnings
     from distill.errors import TrainingError
     from distill.models import build_model
     from distill.progressive import (
@@ -80,18 +84,18 @@ def run(args: argparse.Namespace) -> int:
         progressive_ensemble,
         resched_ensemble,
     )
-    from distill.train import accuracy
     from exporters import export_ensemble, export_model
 
     torch.set_num_threads(1)  # small members on a shared CPU: one thread is fastest and fair to others
     if args.members < 1:
         raise TrainingError("--members must be >= 1")
-    teacher, full, metrics = resolve_teacher(args)
+    loaded, full = resolve_teacher(args)
+    teacher = loaded.module
     dataset = limit_training(full, args.limit_train)
     task = full.task_spec()
     heldout = (full.x_test, full.y_test)
-    teacher_acc = float(metrics.get("test_accuracy", accuracy(teacher, full.x_test, full.y_test)))
-    metadata = {"data": full.name, "teacher": str(args.teacher_dir), "teacher_test_accuracy": teacher_acc}
+    teacher_acc = float(loaded.metrics["test_accuracy"])
+    metadata = {"data": full.name, "teacher": loaded.source, "teacher_kind": loaded.kind, "teacher_test_accuracy": teacher_acc}
     rows: list[tuple[str, float]] = []
     summary: dict[str, Any]
 
@@ -145,9 +149,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"teacher test accuracy {100 * teacher_acc:.2f}%")
     for label, acc in rows:
         print(f"{label:<48} test accuracy {100 * acc:.2f}%")
+    accs, n_test = [a for _, a in rows], len(full.y_test)
+    if args.baseline == "no-resched":  # independent students, one per length: each judged alone
+        warnings = [w for t, a in enumerate(accs, 1) for w in student_warnings(f"no-resched t={t}", a, full.num_classes, n_test)]
+    else:
+        warnings = ensemble_warnings(args.baseline or "B-DISTIL", accs, full.num_classes, n_test)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"bundle: {args.out}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {**summary, "teacher_test_accuracy": teacher_acc, "prefix_test_accuracy": [a for _, a in rows]}
+        payload = {**summary, "teacher_test_accuracy": teacher_acc, "prefix_test_accuracy": accs, "warnings": warnings}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=args.progress,
     )
-    teacher, dataset, _ = resolve_teacher(args)
+    loaded, dataset = resolve_teacher(args)
+    teacher = loaded.layered("low-rank factorisation", dataset, runs_dir=args.runs_dir, progress=cfg.progress, say=print)
     if len(dataset.x_test) < 2:
         raise TrainingError("the test split needs at least 2 rows to export and time the models")
     student, report = lowrank_student(teacher, dataset, cfg)
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         heldout=(dataset.x_test, dataset.y_test),
         name=args.name,
-        metadata={"data": dataset.name, "teacher": str(args.teacher_dir), "method": "lowrank"},
+        metadata={"data": dataset.name, "teacher": loaded.source, "method": "lowrank"},
         info={
             "method": "lowrank", "energy": report.energy, "rank": report.rank, "ranks": ranks,
             "factors": cfg.factors, "accuracy": report.student_accuracy,
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     for row in report.layers:
         shape = "x".join(str(d) for d in row["shape"])  # type: ignore[union-attr]
         print(f"{row['layer']:<21} {row['kind']:<8} {shape:<14} {row['rank']:>4}/{row['full_rank']:<5} "
-              f"{row['energy_kept']:.3f}   {row['macs_ratio']:.2f}x")
+              f"{row['energy_kept']:.3f}   {row['macs_ratio']:.2f}x" + (f"  dense: {row['note']}" if row["note"] else ""))
     print(f"accuracy: teacher {report.teacher_accuracy:.4f}, student at spectral init {report.init_accuracy:.4f}, "
           f"after {cfg.epochs} distillation epochs {report.student_accuracy:.4f}")
     print(f"params: teacher {report.teacher_params}, student {report.student_params} "

@@ -77,7 +77,8 @@ def _run_channels(args: argparse.Namespace) -> int:
     from distill.sparse.deploy import export_student
     from distill.sparse.structured import channel_student
 
-    teacher, dataset, _ = resolve_teacher(args)
+    loaded, dataset = resolve_teacher(args)
+    teacher = loaded.layered("channel pruning", dataset, runs_dir=args.runs_dir, say=print)
     student, report = channel_student(teacher, dataset, args.keep, epochs=args.finetune_epochs,
                                       limit=args.finetune_samples, seed=args.seed)
     print(f"channels kept {args.keep:.0%}: {report.params_dense} -> {report.params_shrunk} parameters; test accuracy "
@@ -113,7 +114,8 @@ def _run_fcpts(args: argparse.Namespace) -> int:
 
     cfg = FCPTSConfig(target=args.target, route=args.route, init=args.init, iterations=args.iterations,
                       calibration_samples=args.calibration, density=args.density, seed=args.seed)
-    teacher, dataset, metrics = resolve_teacher(args)
+    loaded, dataset = resolve_teacher(args)
+    teacher, metrics = loaded.layered("FCPTS", dataset, runs_dir=args.runs_dir, say=print), loaded.metrics
     student, report = fcpts_student(teacher, dataset, cfg=cfg)
     print(f"FCPTS ({cfg.route}, {cfg.density} density) target {cfg.target:.1%}: learned {report.learned_global:.3%}, "
           f"final {report.final_global:.3%}{' (after exact projection)' if report.projected else ''}, "

@@ -16,7 +16,10 @@ Runtime runs ``r * (in + out)`` multiply-adds per output position instead of ``i
 
 A layer is only factored when that count is at most ``max_macs_ratio`` (default 0.75) of the dense one:
 a pair that saves little still pays a second node's fixed cost in ONNX Runtime, and factoring a small
-classifier head below the class count only constrains the logits. Other layers stay as they are.
+classifier head below the class count only constrains the logits. Every ``nn.Linear`` / ``nn.Conv1d`` /
+``nn.Conv2d`` of any module is a candidate (bias-free, before BatchNorm, inside residual blocks: only the
+layer is swapped, the forward is the model's own); grouped and depthwise convs, layers the forward never
+calls, and layers kept on purpose stay dense, and each plan says why (``LayerPlan.note``).
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import copy
 from dataclasses import dataclass
 from typing import Callable, Collection, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from distill.errors import TrainingError
+from distill.layers import candidate_layers, trace_layers
 
 __all__ = [
     "LayerPlan",
@@ -155,7 +160,7 @@ def _load_factors(
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """What happens to one layer of the model."""
+    """What happens to one Linear/Conv layer of the model."""
 
     name: str  # dotted module name
     kind: str  # "linear", "conv1d" or "conv2d"
@@ -164,6 +169,7 @@ class LayerPlan:
     rank: int  # chosen rank
     energy: float  # fraction of spectral energy the chosen rank keeps
     factor: bool  # True when the pair saves enough multiply-adds (else the layer stays dense)
+    note: str = ""  # why the layer stays dense ("" when factored)
 
     @property
     def dense_macs(self) -> int:
@@ -177,12 +183,17 @@ class LayerPlan:
 
 
 def factorable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Linear and (ungrouped) Conv1d/Conv2d layers by dotted name, in module order."""
-    found: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) or (isinstance(module, _CONVS) and module.groups == 1):
-            found[name] = module
-    return found
+    """Linear and ungrouped Conv1d/Conv2d layers by dotted name, in module order (what can be factored)."""
+    return {name: m for name, m in candidate_layers(model).items() if _unsupported(m) is None}
+
+
+def _unsupported(layer: nn.Module) -> str | None:
+    """Why this layer cannot be factored, or None."""
+    if isinstance(layer, _CONVS) and layer.groups != 1:
+        if layer.groups == layer.in_channels:
+            return f"depthwise conv (groups={layer.groups}): each filter sees one channel, nothing to factor"
+        return f"grouped conv (groups={layer.groups}): not supported by the factorisation"
+    return None
 
 
 def plan_ranks(
@@ -192,21 +203,27 @@ def plan_ranks(
     rank: int | None = None,
     ranks: Mapping[str, int] | None = None,
     max_macs_ratio: float = 0.75,
-    keep: Collection[str] = (),
+    keep: Collection[str] | Mapping[str, str] = (),
+    example: np.ndarray | torch.Tensor | None = None,
 ) -> list[LayerPlan]:
-    """Choose a rank for every factorable layer; exactly one of ``energy``, ``rank``, ``ranks`` is given.
+    """Choose a rank for every Linear/Conv layer; exactly one of ``energy``, ``rank``, ``ranks`` is given.
+
+    Every ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` gets a plan; the ones that stay dense say why in
+    ``note``: grouped or depthwise convs (not supported), layers the forward never calls (only known with
+    ``example``), layers in ``keep``, and layers the chosen rank would not make cheap enough.
 
     Args:
-        model: the trained model.
+        model: the trained model (any module; see :mod:`distill.layers`).
         energy: keep this fraction of each layer's spectral energy (per-layer ranks differ).
         rank: the same rank for every layer (capped at the layer's full rank).
         ranks: an explicit rank per layer name; layers not named stay dense.
         max_macs_ratio: factor a layer only if the pair costs at most this fraction of its multiply-adds.
-        keep: names of layers that stay dense whatever the rank (e.g. the classifier head).
+        keep: names of layers that stay dense whatever the rank (e.g. the classifier head); a mapping
+            gives the reason reported for each.
+        example: a few model-ready inputs; when given, layers the forward does not call stay dense.
 
     Returns:
-        One plan per factorable layer, in module order. ``factor`` is False where the chosen rank would
-        not save enough multiply-adds.
+        One plan per Linear/Conv layer, in module order.
 
     Raises:
         TrainingError: not exactly one choice, a rank below 1, or a name that is not a factorable layer.
@@ -217,18 +234,31 @@ def plan_ranks(
         raise TrainingError(f"rank must be >= 1, got {rank}")
     if not 0.0 < max_macs_ratio <= 1.0:
         raise TrainingError(f"max_macs_ratio {max_macs_ratio} must lie in (0, 1]")
-    layers = factorable_layers(model)
-    unknown_keep = sorted(set(keep) - set(layers))
+    layers = candidate_layers(model)
+    reasons = dict(keep) if isinstance(keep, Mapping) else {name: "kept dense (keep)" for name in keep}
+    unknown_keep = sorted(set(reasons) - set(layers))
     if unknown_keep:
         raise TrainingError(f"keep names {unknown_keep} that are not Linear/Conv layers; choose from {list(layers)}")
     if ranks is not None:
         unknown = sorted(set(ranks) - set(layers))
         if unknown:
             raise TrainingError(f"{unknown} are not Linear/Conv layers of the model; choose from {list(layers)}")
+        refused = {n: _unsupported(layers[n]) for n in ranks if _unsupported(layers[n])}
+        if refused:
+            name, why = next(iter(refused.items()))
+            raise TrainingError(f"'{name}' cannot be factored: {why}; leave it out of ranks")
+    unused = set(trace_layers(model, example).unused) if example is not None else set()
     plans = []
     for name, layer in layers.items():
-        s = torch.linalg.svdvals(_matrix(layer))
-        full = int(s.numel())
+        matrix = _matrix(layer)
+        out, fan_in = matrix.shape
+        full = min(out, fan_in)
+        kind = "linear" if isinstance(layer, nn.Linear) else type(layer).__name__.lower()
+        skip = _unsupported(layer) or ("not called by the model's forward" if name in unused else None) or reasons.get(name)
+        if skip is not None:
+            plans.append(LayerPlan(name, kind, (out, fan_in), full, full, 1.0, False, skip))
+            continue
+        s = torch.linalg.svdvals(matrix)
         if energy is not None:
             chosen = rank_for_energy(s, energy)
         elif rank is not None:
@@ -240,18 +270,18 @@ def plan_ranks(
                 raise TrainingError(f"rank for '{name}' must be >= 1")
         power = s.double() ** 2
         kept = float(power[:chosen].sum() / power.sum()) if float(power.sum()) > 0 else 1.0
-        out, fan_in = _matrix(layer).shape
-        kind = "linear" if isinstance(layer, nn.Linear) else type(layer).__name__.lower()
-        saves = chosen * (out + fan_in) <= max_macs_ratio * out * fan_in and name not in keep
-        plans.append(LayerPlan(name, kind, (out, fan_in), full, chosen, kept, saves))
+        ratio = chosen * (out + fan_in) / (out * fan_in)
+        saves = ratio <= max_macs_ratio
+        note = "" if saves else f"rank {chosen} would cost {ratio:.2f}x the dense multiply-adds (limit {max_macs_ratio})"
+        plans.append(LayerPlan(name, kind, (out, fan_in), full, chosen, kept, saves, note))
     return plans
 
 
 def factorize(model: nn.Module, plans: list[LayerPlan], factors: int = 2) -> nn.Module:
     """A copy of ``model`` with every planned layer (``factor=True``) replaced by its low-rank chain.
 
-    The copy keeps the model's ``forward`` (the member contract ``forward(x) -> (logits, features)``)
-    because only submodules are swapped. ``model`` itself is not changed.
+    The copy keeps the model's own ``forward`` (whatever it returns: plain logits, ``(logits, features)``,
+    a mapping) because only submodules are swapped. ``model`` itself is not changed.
     """
     new = copy.deepcopy(model)
     for plan in plans:
@@ -262,10 +292,10 @@ def factorize(model: nn.Module, plans: list[LayerPlan], factors: int = 2) -> nn.
         layer = getattr(parent, child)
         if isinstance(layer, nn.Linear):
             replacement: nn.Module = LowRankLinear.from_linear(layer, plan.rank, factors=factors)
-        elif isinstance(layer, _CONVS):
+        elif isinstance(layer, _CONVS) and _unsupported(layer) is None:
             replacement = LowRankConv.from_conv(layer, plan.rank, factors=factors)
         else:
-            raise TrainingError(f"layer '{plan.name}' is a {type(layer).__name__}, not Linear/Conv; re-plan the model")
+            raise TrainingError(f"layer '{plan.name}' is a {type(layer).__name__} that cannot be factored; re-plan the model")
         setattr(parent, child, replacement)
     return new
 
@@ -282,6 +312,7 @@ def describe_plans(plans: list[LayerPlan]) -> list[dict[str, object]]:
             "energy_kept": round(p.energy, 6) if p.factor else 1.0,
             "factored": p.factor,
             "macs_ratio": round(p.factored_macs / p.dense_macs, 4) if p.factor else 1.0,
+            "note": p.note,
         }
         for p in plans
     ]

@@ -11,15 +11,17 @@ The recipe (Kwon et al.'s compressed network, carried to real layers):
 3. distil from the teacher with the shared losses (:mod:`distill.losses`, default Hinton KD) through the
    shared training loop (:func:`distill.train.distil`).
 
-The student keeps the teacher's ``forward(x) -> (logits, features)``, so it exports as a one-member
-bundle, and each factor stays its own MatMul/Gemm/Conv node in the graph.
+The student keeps the teacher's own ``forward`` (only layers are swapped), so it returns what the teacher
+returns and exports as a one-member bundle; each factor stays its own MatMul/Gemm/Conv node in the graph.
+The teacher may be any module (:mod:`distill.layers` finds its layers and its classifier head by tracing
+one small batch, not by attribute names).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -28,7 +30,8 @@ from torch import nn
 from distill.data import Dataset
 from distill.errors import TrainingError
 from distill.losses import LOSSES, make_loss
-from distill.lowrank.factorize import LayerPlan, describe_plans, factorable_layers, factorize, plan_ranks
+from distill.layers import classifier_head
+from distill.lowrank.factorize import LayerPlan, describe_plans, factorize, plan_ranks
 from distill.lowrank.latency import LatencyConfig, measure_side_by_side
 from distill.models import count_params
 from distill.train import FitConfig, accuracy, distil, predict_logits
@@ -127,16 +130,18 @@ def _check_ladder(search: str, ladder: tuple[float, ...]) -> None:
         raise TrainingError("rank candidates must be whole numbers >= 1")
 
 
-def _plans(teacher: nn.Module, search: str, value: float, keep: tuple[str, ...]) -> list[LayerPlan]:
+def _plans(
+    teacher: nn.Module, search: str, value: float, keep: Mapping[str, str], example: torch.Tensor | None = None
+) -> list[LayerPlan]:
     if search == "energy":
-        return plan_ranks(teacher, energy=value, keep=keep)
-    return plan_ranks(teacher, rank=int(value), keep=keep)
+        return plan_ranks(teacher, energy=value, keep=keep, example=example)
+    return plan_ranks(teacher, rank=int(value), keep=keep, example=example)
 
 
-def _head(teacher: nn.Module) -> tuple[str, ...]:
-    """The name of the last factorable layer (the classifier head), as a one-element tuple."""
-    names = list(factorable_layers(teacher))
-    return tuple(names[-1:])
+def _head(teacher: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """{name: reason} for the classifier head: the last Linear/Conv the forward calls (:mod:`distill.layers`)."""
+    head = classifier_head(teacher, example)
+    return {} if head is None else {head: "classifier head (kept dense; keep_head=False factors it)"}
 
 
 def plan_for_latency(
@@ -149,7 +154,7 @@ def plan_for_latency(
     ladder: tuple[float, ...] = (),
     factors: int = 2,
     config: LatencyConfig | None = None,
-    keep: tuple[str, ...] = (),
+    keep: Mapping[str, str] | tuple[str, ...] = (),
 ) -> tuple[list[LayerPlan], float, list[dict[str, float]], float]:
     """The most faithful candidate in ``ladder`` whose exported student meets a latency target.
 
@@ -168,7 +173,7 @@ def plan_for_latency(
         ladder: candidates in decreasing order; () = :data:`RANK_LADDER` or :data:`ENERGY_LADDER`.
         factors: 2 or 3 factors per layer.
         config: how to time the candidates.
-        keep: layer names that stay dense.
+        keep: layer names that stay dense (a mapping gives the reason each plan reports).
 
     Returns:
         (plans, chosen candidate, search log rows ``{search, "p50_ms", "teacher_p50_ms"}``, median
@@ -188,12 +193,13 @@ def plan_for_latency(
     ladder = ladder or (RANK_LADDER if search == "rank" else ENERGY_LADDER)
     config = config or SEARCH_TIMING
     example = _example(dataset)
+    keep = dict(keep) if isinstance(keep, Mapping) else {name: "kept dense (keep)" for name in keep}
     rows = dataset.x_val if len(dataset.x_val) else dataset.x_train
     teacher_blob = export_onnx(teacher, example)
     log: list[dict[str, float]] = []
 
     def meets(value: float) -> bool:
-        blob = export_onnx(factorize(teacher, _plans(teacher, search, value, keep), factors=factors), example)
+        blob = export_onnx(factorize(teacher, _plans(teacher, search, value, keep, example), factors=factors), example)
         stats = measure_side_by_side({"teacher": teacher_blob, "student": blob}, rows, config)
         student_ms, teacher_ms = stats["student"][1]["p50"], stats["teacher"][1]["p50"]
         log.append({search: value, "p50_ms": student_ms, "teacher_p50_ms": teacher_ms})
@@ -219,7 +225,7 @@ def plan_for_latency(
         else:
             lo = mid + 1
     teacher_ms = float(np.median([row["teacher_p50_ms"] for row in log]))
-    return _plans(teacher, search, ladder[hi], keep), ladder[hi], log, teacher_ms
+    return _plans(teacher, search, ladder[hi], keep, example), ladder[hi], log, teacher_ms
 
 
 def lowrank_student(
@@ -232,7 +238,10 @@ def lowrank_student(
     """Factor ``teacher`` into a low-rank student and distil it (the teacher is not modified).
 
     Args:
-        teacher: a trained classifier obeying ``forward(x) -> (logits, features)``.
+        teacher: any trained classifier whose forward returns logits in a form
+            :func:`distill.logits.logits_of` accepts (a toolkit model, a user's module, a loaded ``.pt2``).
+            Every Linear/Conv it calls is a candidate; the report's ``layers`` rows say which were
+            factored and, in ``note``, why the others stay dense.
         dataset: the data the teacher was trained on (train split distils, test split reports).
         cfg: rank choice and distillation schedule.
         teacher_logits: the teacher's logits on ``dataset.x_train`` when already computed (building
@@ -249,7 +258,8 @@ def lowrank_student(
     search: list[dict[str, float]] = []
     teacher_ms: float | None = None
     energy, rank = cfg.energy, cfg.rank
-    keep = _head(teacher) if cfg.keep_head else ()
+    example = _example(dataset)
+    keep = _head(teacher, example) if cfg.keep_head else {}
     if cfg.latency_ms is not None or cfg.speedup is not None:
         plans, chosen, search, teacher_ms = plan_for_latency(
             teacher, dataset, cfg.latency_ms, speedup=cfg.speedup, search=cfg.search, ladder=cfg.ladder,
@@ -260,9 +270,9 @@ def lowrank_student(
         else:
             rank = int(chosen)
     elif cfg.energy is not None:
-        plans = plan_ranks(teacher, energy=cfg.energy, keep=keep)
+        plans = plan_ranks(teacher, energy=cfg.energy, keep=keep, example=example)
     else:
-        plans = plan_ranks(teacher, rank=cfg.rank, keep=keep)
+        plans = plan_ranks(teacher, rank=cfg.rank, keep=keep, example=example)
     if not any(p.factor for p in plans):
         raise TrainingError("no layer gets cheaper at this rank/energy; choose a lower --rank or --energy")
     student = factorize(teacher, plans, factors=cfg.factors).eval()

@@ -6,7 +6,8 @@
 * :mod:`~distill.sparse.entropy` — the ReLU-input entropy monitor (PAPERS.md §4);
 * :mod:`~distill.sparse.dsd2` — vanilla vs distilled iterative pruning, early stopping (PAPERS.md §4);
 * :mod:`~distill.sparse.deploy` — export, file sizes, and measured ORT latency (no gain from zeros);
-* :mod:`~distill.sparse.structured` — channel pruning that rebuilds smaller layers (real CPU speed).
+* :mod:`~distill.sparse.structured` — channel pruning (Torch-Pruning's dependency graph) that rebuilds
+  smaller layers of any module (real CPU speed).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from distill.sparse.masks import (
     masks_for_sparsities,
     prunable_layers,
 )
-from distill.sparse.structured import ChannelReport, ShrunkClassifier, channel_student, shrink_channels
+from distill.sparse.structured import ChannelReport, channel_student, prune_channels, shrink_channels
 
 __all__ = [
     "ALLOCATIONS",
@@ -54,7 +55,6 @@ __all__ = [
     "OnnxComparison",
     "ROUTES",
     "RoundRecord",
-    "ShrunkClassifier",
     "Uniform",
     "allocate",
     "apply_masks",
@@ -73,6 +73,7 @@ __all__ = [
     "onnx_bytes",
     "plot_curves",
     "prunable_layers",
+    "prune_channels",
     "prune_global_l1",
     "relu_entropy",
     "run_dsd2",

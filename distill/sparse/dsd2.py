@@ -99,7 +99,7 @@ class RoundRecord:
     train_accuracy: float  # on the noisy training labels (how much noise is memorised)
     val_accuracy: float  # clean validation split: what early stopping sees
     test_accuracy: float
-    entropy: float  # mean ReLU-input entropy, bits
+    entropy: float  # mean ReLU-input entropy, bits (NaN: the model has no nn.ReLU module)
     seconds: float  # wall time of the round (prune + retrain + evaluation)
 
 
@@ -117,9 +117,12 @@ class DSD2Result:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        def row(record: RoundRecord) -> dict[str, Any]:  # NaN is not JSON: an unknown entropy is null
+            return {k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(record).items()}
+
         return {
-            "vanilla": [asdict(r) for r in self.vanilla],
-            "distilled": [asdict(r) for r in self.distilled],
+            "vanilla": [row(r) for r in self.vanilla],
+            "distilled": [row(r) for r in self.distilled],
             "teacher_round": self.teacher_round,
             "picked_round": self.picked_round,
             "stop_round": self.stop_round,
@@ -155,22 +158,30 @@ def prune_global_l1(model: nn.Module, fraction: float) -> None:
 
 
 def _baked(model: nn.Module) -> nn.Module:
-    """A fresh copy with the pruning masks folded into plain weights (exported, or used as the teacher).
+    """A copy of ``model`` with the pruning masks folded into plain weights (exported, or used as the teacher).
 
-    Rebuilt from the state dict: a pruned module holds ``weight`` as a computed tensor, which
-    ``copy.deepcopy`` refuses.
+    Works for any module: a pruned layer holds ``weight`` as a computed tensor, which ``copy.deepcopy``
+    refuses, so that attribute is set aside while copying and the copy's pruning is then made permanent
+    (``torch.nn.utils.prune.remove``). ``model`` keeps its masks.
     """
-    state = model.state_dict()
-    plain: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith("_orig"):
-            base = key[: -len("_orig")]
-            plain[base] = (value * state[f"{base}_mask"]).detach().clone()
-        elif not key.endswith("_mask"):
-            plain[key] = value.detach().clone()
-    out = build_model(model.config) if hasattr(model, "config") else copy.deepcopy(model)
-    out.load_state_dict(plain)
+    pruned = [m for m in model.modules() if hasattr(m, "weight_orig") and hasattr(m, "weight_mask")]
+    computed = {m: m.__dict__.pop("weight") for m in pruned if "weight" in m.__dict__}
+    try:
+        out = copy.deepcopy(model)
+    finally:
+        for m, weight in computed.items():
+            m.__dict__["weight"] = weight
+    for m in out.modules():
+        if hasattr(m, "weight_orig") and hasattr(m, "weight_mask"):
+            prune.remove(m, "weight")
     return out.eval()
+
+
+def _entropy(model: nn.Module, x: np.ndarray, samples: int) -> float:
+    """Mean ReLU-input entropy, or NaN for a model without ``nn.ReLU`` modules (nothing to hook)."""
+    if not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        return float("nan")
+    return relu_entropy(model, x, max_samples=samples).mean
 
 
 def run_pruning(
@@ -216,7 +227,7 @@ def run_pruning(
             train_accuracy=float((predict_logits(baked, data.x_train).argmax(1) == train_labels).mean()),
             val_accuracy=accuracy(baked, data.x_val, data.y_val),
             test_accuracy=accuracy(baked, data.x_test, data.y_test),
-            entropy=relu_entropy(baked, data.x_val, max_samples=cfg.entropy_samples).mean,
+            entropy=_entropy(baked, data.x_val, cfg.entropy_samples),
             seconds=time.perf_counter() - started,
         )
         records.append(record)
@@ -269,7 +280,7 @@ def find_dip(accuracies: list[float], margin: float = 0.005) -> tuple[int, int] 
 
 def run_dsd2(
     data: Any,
-    model_cfg: ModelConfig,
+    model_cfg: ModelConfig | nn.Module,
     cfg: DSD2Config,
     on_round: Callable[[str, RoundRecord], None] | None = None,
 ) -> tuple[DSD2Result, nn.Module, nn.Module]:
@@ -277,7 +288,11 @@ def run_dsd2(
 
     Args:
         data: a :class:`distill.data.Dataset`.
-        model_cfg: the architecture of both runs (an over-parameterised one shows the dip).
+        model_cfg: the architecture of both runs (an over-parameterised one shows the dip): a
+            :class:`~distill.models.ModelConfig` (both runs start from one fresh seeded initialisation),
+            or any module whose forward returns logits (:func:`distill.logits.logits_of`); both runs then
+            start from a copy of its weights (pass a freshly initialised module to follow the paper, a
+            trained one to prune it). Every Conv1d/Conv2d/Linear weight is pruned.
         cfg: schedule, label noise and distillation settings.
         on_round: called with ("vanilla" | "distilled", record) after every round.
 
@@ -290,14 +305,19 @@ def run_dsd2(
     def log(kind: str) -> Callable[[RoundRecord], None] | None:
         return None if on_round is None else (lambda rec: on_round(kind, rec))
 
+    def fresh() -> nn.Module:
+        if isinstance(model_cfg, nn.Module):
+            return copy.deepcopy(model_cfg)
+        return build_model(model_cfg)
+
     torch.manual_seed(cfg.seed)
-    vanilla, vanilla_models = run_pruning(build_model(model_cfg), data, labels, cfg, label="vanilla", on_round=log("vanilla"))
+    vanilla, vanilla_models = run_pruning(fresh(), data, labels, cfg, label="vanilla", on_round=log("vanilla"))
     teacher_round = max(range(len(vanilla)), key=lambda r: (vanilla[r].val_accuracy, r))
     teacher_logits = predict_logits(vanilla_models[teacher_round], data.x_train)
     del vanilla_models
     torch.manual_seed(cfg.seed)  # the student starts from the same initialisation as the vanilla run
     distilled, student_models = run_pruning(
-        build_model(model_cfg), data, labels, cfg, teacher_logits=teacher_logits, label="distilled", on_round=log("distilled")
+        fresh(), data, labels, cfg, teacher_logits=teacher_logits, label="distilled", on_round=log("distilled")
     )
     picked, stop = early_stopping_pick([r.val_accuracy for r in distilled], cfg.stop_tolerance)
     vanilla_picked, _ = early_stopping_pick([r.val_accuracy for r in vanilla], cfg.stop_tolerance)
@@ -309,7 +329,8 @@ def run_dsd2(
         stop_round=stop,
         vanilla_picked_round=vanilla_picked,
         noise=cfg.noise,
-        config={**asdict(cfg), "model": model_cfg.to_dict()},
+        config={**asdict(cfg), "model": model_cfg.to_dict() if isinstance(model_cfg, ModelConfig)
+                else {"module": type(model_cfg).__name__}},
     )
     return result, student_models[picked], student_models[0]
 

@@ -4,17 +4,19 @@ Gong et al., "Fast and Controllable Post-training Sparsity", AAAI 2024 (code: Mo
 Only the allocation is learned; the weights stay frozen. Per prunable layer ``l``:
 
 * one learnable score ``s_l``; threshold ``t_l = sigmoid(s_l)`` applied to the *raw* ``|w|`` — as in the
-  authors' code (their "v1" threshold: no normalisation of ``|w|``). Raw |w| of the Conv/Linear layers
-  here lie well inside (0, 1), the range a sigmoid can reach; a layer with ``|w| >= 1`` could not be
-  pruned past those weights. Scores are clamped below at -30 (the authors' floor) so a dense layer's
-  score stays finite;
+  authors' code (their "v1" threshold: no normalisation of ``|w|``). Raw |w| of the toolkit's
+  Conv/Linear layers lie well inside (0, 1), the range a sigmoid can reach. Deviation, for any model: a
+  layer with some ``|w| >= 1`` (common before BatchNorm) could not be pruned past those weights, so its
+  ``|w|`` is divided by its largest ``|w|`` first; layers with every ``|w| < 1`` are unchanged. Scores are
+  clamped below at -30 (the authors' floor) so a dense layer's score stays finite;
 * hard mask ``m = 1[|w| > t]`` in the forward pass; layer sparsity ``S_l = mean(|w| <= t)`` is exact;
 * ``dS_l/dt = p_l(t) + p_l(-t)``, ``p_l`` the density of the layer's *signed* weights, estimated by a
   100-bin histogram over ``[min w, max w]`` (the authors' box kernel, the default) or by a Gaussian KDE
   with Silverman's bandwidth ``1.06 · std · n^(-1/5)`` (``density="kde"``);
 * global sparsity ``S = Σ n_l S_l / Σ n_l``; loss ``L_rec + λ |S - S*|`` with ``L_rec`` = Σ over blocks of
   the MSE between sparse and dense block outputs on unlabeled calibration inputs. A *block* ends at each
-  ReLU module; the last block's output is the logits. Deviation, measured: each block's MSE is divided by
+  ``nn.ReLU`` module (a functional ``torch.relu`` is invisible, so such a model has fewer, longer blocks);
+  the last block's output is the logits, found by :func:`distill.logits.logits_of`. Deviation, measured: each block's MSE is divided by
   the dense block's mean square. With the authors' plain MSE (their blocks end in BatchNorm'd ResNet
   stages) the un-normalised activations of these BN-free models gave ``L_rec`` ~10-30, which swamped
   ``λ|S - S*|`` under the STE route: the learned global sparsity drifted from 70-90% down to ~49% on the
@@ -54,6 +56,7 @@ from torch import nn
 from torch.func import functional_call
 
 from distill.errors import TrainingError
+from distill.logits import logits_of
 from distill.sparse.baselines import ALLOCATIONS, check_target
 from distill.sparse.masks import apply_masks, masks_for_sparsities, prunable_layers
 
@@ -220,7 +223,9 @@ def fcpts_allocate(model: nn.Module, calibration: np.ndarray | torch.Tensor, cfg
     """Learn per-layer sparsities for ``model`` under the global target; the model is not modified.
 
     Args:
-        model: a trained classifier; ``forward(x)`` returns logits or ``(logits, features)``.
+        model: any trained classifier whose forward returns logits in a form
+            :func:`distill.logits.logits_of` accepts; every Conv1d/Conv2d/Linear weight is pruned
+            (grouped and depthwise convs too: masks need no particular layer shape).
         calibration: unlabeled model-ready inputs; the first ``cfg.calibration_samples`` are used.
         cfg: target, route, schedule and density estimator.
 
@@ -238,7 +243,10 @@ def fcpts_allocate(model: nn.Module, calibration: np.ndarray | torch.Tensor, cfg
     for p in dense.parameters():
         p.requires_grad_(False)
     layers = prunable_layers(dense)
-    weights = {n: m.weight.detach() for n, m in layers.items()}
+    raw = {n: m.weight.detach() for n, m in layers.items()}
+    # Thresholds live in (0, 1): a layer with some |w| >= 1 is compared in units of its largest |w|
+    # (module doc); layers with all |w| < 1, as the paper's, keep the raw |w|.
+    weights = {n: w / max(1.0, float(w.abs().max()) * (1 + 1e-6)) for n, w in raw.items()}
     sizes = {n: w.numel() for n, w in weights.items()}
     total = sum(sizes.values())
     densities = {n: _LayerDensity(w, cfg) for n, w in weights.items()}
@@ -254,8 +262,7 @@ def fcpts_allocate(model: nn.Module, calibration: np.ndarray | torch.Tensor, cfg
     def blocks(params: dict[str, torch.Tensor] | None, inputs: torch.Tensor) -> list[torch.Tensor]:
         captured.clear()
         out = functional_call(dense, params, (inputs,)) if params is not None else dense(inputs)
-        logits = out[0] if isinstance(out, (tuple, list)) else out
-        return [*captured, logits]
+        return [*captured, logits_of(out, who="the teacher")]
 
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, float]] = []
@@ -280,7 +287,7 @@ def fcpts_allocate(model: nn.Module, calibration: np.ndarray | torch.Tensor, cfg
                     else:
                         with torch.no_grad():
                             mask = (w.abs() > thresholds[n]).to(w.dtype)
-                    params[f"{n}.weight"] = w * mask
+                    params[f"{n}.weight"] = raw[n] * mask
                 sparse = blocks(params, batch)
                 # Each block's MSE is divided by the dense block's mean square, so blocks of different
                 # activation scale weigh alike and L_rec is comparable to the λ|S - S*| term (module doc).

@@ -1,113 +1,125 @@
 """Structured channel pruning: the one kind of sparsity that ONNX Runtime's CPU kernels turn into speed.
 
 Unstructured zeros (FCPTS, DSD²) leave every layer its full shape, so the device multiplies by them. This
-module removes whole output channels (Conv) and units (Linear) instead and rebuilds *smaller* layers:
-fewer rows in one layer and fewer input columns in the next, so the exported graph really does less work.
-Which channels go: the smallest L1 norms of their filters (Li et al., "Pruning Filters for Efficient
-ConvNets"), the same share ``1 - keep`` in every hidden layer; the input layer's inputs and the head's
-classes are never touched. Without retraining this hurts accuracy badly, so :func:`channel_student`
-fine-tunes the shrunk model by distillation from the dense teacher (a few epochs, Hinton KD).
+module removes whole output channels (Conv) and units (Linear) and rebuilds *smaller* layers, so the
+exported graph really does less work. Which layers must shrink together is a property of the graph, not
+of the layer list: a residual block ties the channels of every conv that feeds the sum, BatchNorm follows
+its conv, a depthwise conv ties its input to its output, a Flatten ties a channel to a block of the next
+Linear's inputs. Torch-Pruning's dependency graph (Fang et al., "DepGraph: Towards Any Structural
+Pruning", CVPR 2023; the maintained ``torch-pruning`` package) traces the model on a sample batch and
+finds those coupled groups; :class:`torch_pruning.pruner.MetaPruner` removes the same share ``1 - keep``
+of every group, ranked by magnitude importance (group L1 norm: the mean over the group's layers of each
+channel's weight norm, normalised per group; Li et al.'s filter-L1 criterion carried to coupled groups).
 
-Works for the project's :class:`~distill.models.Classifier` families without connections (mlp, cnn1d,
-cnn2d): Conv/Linear + ReLU (+ max-pool) bodies, a Flatten, the penultimate Linear + ReLU and the head.
+Works on any module whose forward returns logits (:func:`distill.logits.logits_of`): the model's own
+forward is kept, only layers shrink. What stays as it is, and is reported (:class:`ChannelReport`
+``kept``): the classifier head's outputs (the classes; found by tracing, :mod:`distill.layers`), and
+Linear/Conv layers the forward never calls. The input's channels are never touched. A forward that
+hard-codes a channel count (``x.view(-1, 512)``), or uses a layer's weight functionally on pruned
+channels, breaks after pruning; the pruned copy is run once on the sample batch, so that is caught and
+refused in one line rather than returned.
+Without retraining this hurts accuracy, so :func:`channel_student` fine-tunes the shrunk model by
+distillation from the dense teacher (a few epochs, Hinton KD).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from distill.errors import TrainingError
+from distill.layers import candidate_layers, trace_layers
+from distill.logits import logits_of
+from edge_runtime.extras import missing_dependency_message
 
-__all__ = ["ChannelReport", "ShrunkClassifier", "channel_student", "shrink_channels"]
-
-
-class ShrunkClassifier(nn.Module):
-    """A classifier with physically fewer channels; ``forward(x) -> (logits, features)`` like the original."""
-
-    def __init__(self, body: nn.Sequential, penultimate: nn.Sequential, head: nn.Linear) -> None:
-        super().__init__()
-        self.body, self.penultimate, self.head = body, penultimate, head
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.penultimate(self.body(x))
-        return self.head(features), features
+__all__ = ["ChannelReport", "channel_student", "prune_channels", "shrink_channels"]
 
 
-def _keep_rows(weight: torch.Tensor, keep: float) -> torch.Tensor:
-    """Sorted indices of the output channels/units with the largest L1 norm (at least one)."""
-    n = weight.shape[0]
-    k = max(1, int(round(keep * n)))
-    norms = weight.detach().abs().reshape(n, -1).sum(dim=1)
-    return torch.sort(torch.topk(norms, k).indices).values
+def _example(model: nn.Module, example: np.ndarray | torch.Tensor | None) -> torch.Tensor:
+    if example is not None:
+        x = example if isinstance(example, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))
+        return x[:2]
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "input_shape"):  # the toolkit's own models know their input
+        return torch.zeros(2, *config.input_shape)
+    raise TrainingError("channel pruning traces the model on a sample batch: pass example= (a few model-ready inputs)")
 
 
-def _sliced(layer: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Module:
-    """A new Conv/Linear holding ``layer``'s weights for the kept outputs (rows) and inputs (cols)."""
-    w = layer.weight.detach()
-    if cols is not None:
-        w = w[:, cols]
-    if rows is not None:
-        w = w[rows]
-    b = layer.bias.detach()[rows] if layer.bias is not None and rows is not None else (None if layer.bias is None else layer.bias.detach())
-    if isinstance(layer, nn.Linear):
-        new: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
-    else:
-        new = type(layer)(w.shape[1], w.shape[0], layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                          dilation=layer.dilation, bias=b is not None)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
-
-
-def shrink_channels(model: nn.Module, keep: float) -> ShrunkClassifier:
-    """A smaller copy of ``model`` keeping the ``keep`` share of channels/units of every hidden layer.
+def prune_channels(
+    model: nn.Module, keep: float, example: np.ndarray | torch.Tensor | None = None
+) -> tuple[nn.Module, dict[str, tuple[int, int]], dict[str, str]]:
+    """A smaller copy of ``model`` keeping the ``keep`` share of the channels/units of every coupled group.
 
     Args:
-        model: a :class:`~distill.models.Classifier` without connections.
-        keep: share of channels/units kept per hidden layer, in (0, 1].
+        model: any classifier module (left unchanged).
+        keep: share of channels/units kept, in (0, 1].
+        example: a few model-ready inputs for tracing; optional for the toolkit's own models.
+
+    Returns:
+        (the pruned copy in eval mode, {layer: (out channels before, after)} for every Linear/Conv the
+        forward calls, {layer: why it was not pruned} for the layers left whole on purpose).
 
     Raises:
-        TrainingError: bad ``keep``, or a model this rebuilder does not understand.
+        TrainingError: bad ``keep``, a toolkit member with connections, a forward that fails on the
+            example, or one that no longer runs after pruning (hard-coded shapes); one line each.
     """
     if not 0.0 < keep <= 1.0:
         raise TrainingError(f"keep must lie in (0, 1] (0.5 keeps half the channels), not {keep}")
     if getattr(model, "mixer", None) is not None:
         raise TrainingError("channel pruning does not support members with connections; prune a plain classifier")
-    if not all(hasattr(model, a) for a in ("body", "penultimate", "head")):
-        raise TrainingError("channel pruning needs a distill.models.Classifier (body, penultimate, head)")
-    example = torch.zeros(1, *model.config.input_shape)
-    body: list[nn.Module] = []
-    kept: torch.Tensor | None = None  # kept channels of the tensor flowing into the next layer
-    x = example
-    with torch.no_grad():
-        for layer in model.body:
-            if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-                rows = _keep_rows(layer.weight[:, kept] if kept is not None else layer.weight, keep)
-                body.append(_sliced(layer, rows, kept))
-                kept = rows
-            elif isinstance(layer, nn.Flatten):
-                if kept is not None and x.dim() > 2:  # channel c owns a contiguous block of the flat vector
-                    per_channel = int(torch.tensor(x.shape[2:]).prod())
-                    kept = (kept[:, None] * per_channel + torch.arange(per_channel)[None]).flatten()
-                body.append(copy.deepcopy(layer))
-            elif isinstance(layer, (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d)):
-                body.append(copy.deepcopy(layer))
-            else:
-                raise TrainingError(f"channel pruning does not know layer {type(layer).__name__}; use mlp/cnn1d/cnn2d models")
-            x = layer(x)
-        linear = model.penultimate[0]
-        rows = _keep_rows(linear.weight[:, kept] if kept is not None else linear.weight, keep)
-        penultimate = nn.Sequential(_sliced(linear, rows, kept), nn.ReLU())
-        head = _sliced(model.head, None, rows)
-    return ShrunkClassifier(nn.Sequential(*body), penultimate, head).eval()
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        raise TrainingError(f"channel pruning {missing_dependency_message('torch_pruning')}") from None
+    x = _example(model, example)
+    student = copy.deepcopy(model).eval()
+    trace = trace_layers(student, x)
+    layers = candidate_layers(student)
+    kept: dict[str, str] = {}
+    if trace.head is not None:
+        kept[trace.head] = "classifier head: its outputs are the classes"
+    for name in trace.unused:
+        kept[name] = "not called by the model's forward"
+    before = {name: _width(layers[name]) for name in trace.executed}
+    if keep < 1.0:
+        pruner = tp.pruner.MetaPruner(
+            student,
+            x,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=1.0 - keep,
+            ignored_layers=[layers[name] for name in kept],
+            output_transform=lambda out: logits_of(out, who="the model"),
+        )
+        pruner.step()
+        try:
+            with torch.no_grad():
+                logits = logits_of(student(x), who="the pruned model")
+        except Exception as exc:  # a user forward with a hard-coded width fails here
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            cause = (f"layers {list(trace.unused)} are never called as modules (weights used functionally?), "
+                     "which Torch-Pruning cannot follow" if trace.unused else "it may hard-code a channel count")
+            raise TrainingError(f"the model's forward no longer runs after channel pruning ({first[:100]}): "
+                                f"{cause}; prune another model or use a sparse/low-rank student") from None
+        if logits.shape[1] != trace.classes:
+            raise TrainingError(f"channel pruning changed the class count {trace.classes} -> {logits.shape[1]}; "
+                                "the classifier head was not found, report this model")
+    after = {name: _width(layers[name]) for name in trace.executed}
+    return student.eval(), {n: (before[n], after[n]) for n in trace.executed}, kept
+
+
+def _width(layer: nn.Module) -> int:
+    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+
+
+def shrink_channels(model: nn.Module, keep: float, example: np.ndarray | torch.Tensor | None = None) -> nn.Module:
+    """The pruned copy of :func:`prune_channels` alone (same arguments and errors)."""
+    return prune_channels(model, keep, example)[0]
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,8 @@ class ChannelReport:
     accuracy_finetuned: float
     finetune_epochs: int
     seconds: float  # shrink + fine-tune wall time
+    layers: dict[str, list[int]] = field(default_factory=dict)  # layer -> [out channels before, after]
+    kept: dict[str, str] = field(default_factory=dict)  # layers left whole on purpose -> why
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -131,17 +145,23 @@ def channel_student(teacher: nn.Module, dataset: Any, keep: float, *, epochs: in
     """Shrink ``teacher`` to ``keep`` of its channels, then distil it from the dense teacher.
 
     Args:
-        teacher: the dense classifier (unchanged).
+        teacher: the dense classifier, any module whose forward returns logits (unchanged).
         dataset: a :class:`distill.data.Dataset`; fine-tuning uses its first ``limit`` training samples.
-        keep: share of channels/units kept per hidden layer.
+        keep: share of channels/units kept per coupled group of layers.
         epochs: KD fine-tuning epochs (alpha 0.9, T 4); 0 = none.
         seed: seeds the batch order.
+
+    Returns:
+        (the student in eval mode, the report: parameters, accuracies, per-layer widths, layers kept whole).
+
+    Raises:
+        TrainingError: see :func:`prune_channels`.
     """
     from distill.losses import make_loss
     from distill.train import FitConfig, accuracy, fit, predict_logits
 
     started = time.perf_counter()
-    student = shrink_channels(teacher, keep)
+    student, widths, kept = prune_channels(teacher, keep, dataset.x_train[:2])
     before = accuracy(student, dataset.x_test, dataset.y_test)
     if epochs:
         x, y = dataset.x_train[:limit], dataset.y_train[:limit]
@@ -158,5 +178,7 @@ def channel_student(teacher: nn.Module, dataset: Any, keep: float, *, epochs: in
         accuracy_finetuned=accuracy(student, dataset.x_test, dataset.y_test),
         finetune_epochs=epochs,
         seconds=time.perf_counter() - started,
+        layers={name: list(w) for name, w in widths.items()},
+        kept=kept,
     )
     return student, report

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from edge_runtime.cli._arrays import read_npz_xy
+from edge_runtime.cli._arrays import class_ids, read_npz_xy
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         target = CalibrationTarget(accuracy_drop=0.5 if args.accuracy_drop is None else args.accuracy_drop)
     x, y = read_npz_xy(args.data)
     runtime = AnytimeRuntime(args.bundle, warmup=0)
+    y = class_ids(y, runtime.manifest.task.labels, len(x))  # ids, or the bundle's class names
     calibration = calibrate(runtime, x, y, target, curve_points=args.points)
     if not args.dry_run:
         save_calibration(args.bundle, calibration)

@@ -65,7 +65,8 @@ def describe_bundle(path: str, check: bool = False) -> dict[str, Any]:
         "task": {
             "labels": list(m.task.labels),
             "input": {"name": m.task.input.name, "shape": list(m.task.input.shape), "dtype": m.task.input.dtype},
-            "preprocess": {"scale": m.task.preprocess.scale, "offset": m.task.preprocess.offset},
+            "preprocess": m.task.preprocess.to_dict(),
+            "member_input_shape": list(m.task.model_input_shape),
         },
         "combine": m.combine,
         "members": members,
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"bundle   {d['name']}  ({d['source']}, manifest v{d['version']}, {d['size_bytes'] / 1024:.1f} KiB)",
         f"task     input {task['input']['name']} {task['input']['shape']} {task['input']['dtype']}, "
-        f"preprocess x*{task['preprocess']['scale']:g}+{task['preprocess']['offset']:g}; labels: {shown}",
+        f"preprocess {_describe_preprocess(task['preprocess'], task['member_input_shape'])}; labels: {shown}",
         f"members  {len(d['members'])}, logits combined by {d['combine']}",
     ]
     for k, mem in enumerate(d["members"], 1):
@@ -134,3 +135,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _ms(value: Any) -> str:
     return f"{float(value):.3f} ms" if isinstance(value, (int, float)) else "-"
+
+
+def _describe_preprocess(pre: dict[str, Any], member_shape: list[int]) -> str:
+    """``x*s+o`` for scalars; per-channel vectors summarised by their length and range."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, list):
+            return f"[{len(v)} per channel, {min(v):g}..{max(v):g}]"
+        return f"{v:g}"
+
+    text = f"x*{value(pre['scale'])}+{value(pre['offset'])}"
+    if pre.get("layout"):
+        text = f"{pre['layout']} -> members {member_shape}, then {text}"
+    return text

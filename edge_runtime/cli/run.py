@@ -1,4 +1,9 @@
-"""``anytime-edge run BUNDLE --input FILE.npy``: classify inputs with early exit, one line per sample.
+"""``anytime-edge run BUNDLE --input FILE``: classify inputs with early exit, one line per sample.
+
+``FILE`` is a ``.npy`` array or an ``.npz`` with ``x`` (or ``x_test``) of raw inputs in the bundle's
+``task.input`` shape; when the ``.npz`` also holds ``y`` (or ``y_test``) — class ids or the bundle's
+class names — a last line gives the accuracy (``accuracy A (K/N correct)``, or a JSON object with
+``accuracy``, ``correct`` and ``samples`` under ``--json``).
 
 Each sample is one request by default (its own budget and elapsed time, as on a device serving one
 input at a time); ``--batch-size`` groups rows into batched requests, where samples still exit one by
@@ -12,17 +17,22 @@ import argparse
 import json
 import sys
 
-from edge_runtime.cli._arrays import read_npy
+from edge_runtime.cli._arrays import class_ids, read_inputs
 
 __all__ = ["HELP", "configure", "run"]
 
-HELP = "evaluate a bundle on inputs from a .npy file, with early exit"
+HELP = "evaluate a bundle on inputs from a .npy or .npz file, with early exit (accuracy when labels are given)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``run`` arguments."""
     parser.add_argument("bundle", help="bundle directory or .zip")
-    parser.add_argument("--input", required=True, metavar="FILE.npy", help="inputs (N, ...) or one sample, raw values")
+    parser.add_argument(
+        "--input",
+        required=True,
+        metavar="FILE",
+        help="raw inputs (N, ...) or one sample: a .npy, or an .npz with x (or x_test) and optional labels y (or y_test)",
+    )
     parser.add_argument("--budget-ms", default=None, metavar="B", help="latency budget per request in ms, or 'off' (default: none)")
     parser.add_argument(
         "--entropy",
@@ -47,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise PolicyError("--threads must be >= 0 (0 lets ONNX Runtime choose)")
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
-    x = read_npy(args.input)
+    x, y = read_inputs(args.input)
     runtime = edge_runtime.load(
         args.bundle,
         session_config=SessionConfig(intra_op_threads=args.threads),
@@ -62,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.input} holds shape {list(x.shape)}, but the bundle takes {[-1, *sample_shape]}; "
             f"save an array of shape (N, {', '.join(map(str, sample_shape))})"
         )
+    ids = None if y is None else class_ids(y, runtime.manifest.task.labels, len(x))
     answers = []
     for start in range(0, max(len(x), 1), args.batch_size):
         answers.extend(runtime.predict(x[start : start + args.batch_size]))
@@ -76,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
                 f"members={p.members_used}/{members} exit={p.exit_reason} entropy={p.entropy:.4f} "
                 f"elapsed={p.elapsed_ms:.3f}ms"
             )
+    if ids is not None:
+        correct = sum(int(p.label == t) for p, t in zip(answers, ids.tolist()))
+        accuracy = correct / len(answers)
+        if args.json:
+            lines.append(json.dumps({"accuracy": accuracy, "correct": correct, "samples": len(answers)}))
+        else:
+            lines.append(f"accuracy {accuracy:.4f} ({correct}/{len(answers)} correct)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -1,0 +1,308 @@
+"""Load a ``torch.export`` program (``.pt2``, written by ``torch.export.save``) as a trainable ``nn.Module``.
+
+``ExportedProgram.module()`` gives a graph of aten calls: ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d``
+with the weights as attributes, no ``nn.Linear`` or ``nn.Conv2d`` in sight, and a module that refuses
+``train()``. The methods that rewrite layers (low-rank, FCPTS, DSD², channel pruning) look for real layers, so
+:func:`load_exported_module` rewrites the graph (an FX pass): each such call whose weight (and bias) is a
+parameter used by that call only becomes a ``call_module`` of a new ``nn.Linear`` / ``nn.Conv1d`` /
+``nn.Conv2d`` holding the *same* parameters, placed at the parameter's original module path (``head``,
+``blocks.0.conv1``). The result is a plain :class:`torch.fx.GraphModule`: ``train()``/``eval()`` work,
+gradients reach every parameter, and its logits equal the program's. What stays functional: BatchNorm in
+its exported (eval) form, i.e. it normalises with the running statistics and does not update them while
+training (its affine weight and bias still train); any other op.
+
+Safety. ``torch.export.load`` alone is not safe for files from strangers (torch's documentation says so):
+it unpickles weights marked ``use_pickle`` and opaque constants with plain pickle, falls back to
+``torch.load(weights_only=False)`` for legacy payloads, passes symbolic-shape strings to ``sympy.sympify``
+(an ``eval``), resolves node targets by walking attributes from ``torch``, and ``ExportedProgram.module()``
+compiles the file's guard code. Before and around ``torch.export.load`` this loader therefore
+
+* refuses archives holding anything but the JSON program, raw weight/constant payloads, sample inputs and
+  extra files (no AOTInductor/ExecuTorch binaries, no legacy ``.pt`` payloads, no pickled weights,
+  no custom or opaque objects);
+* accepts node targets only from ``torch.ops.*``, a few ``operator`` / ``math`` functions and
+  ``torch.sym_*``; symbolic expressions only made of ``Symbol``/``Integer`` calls, numbers, shape symbols
+  and torch's sympy functions; parameter names only of dotted identifiers;
+* forces every ``torch.load`` inside to ``weights_only=True`` (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), and drops
+  the program's guard code (input-shape assertions) before building the module.
+
+These checks close every code path found in torch 2.13's loader; they are a review, not a proof, so load
+programs from sources you trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import fx, nn
+
+from distill.errors import CheckpointError
+
+__all__ = ["load_exported_module", "modularise"]
+
+_ATEN = torch.ops.aten
+_LAYER_OPS = {
+    _ATEN.linear.default: nn.Linear,
+    _ATEN.conv1d.default: nn.Conv1d,
+    _ATEN.conv1d.padding: nn.Conv1d,
+    _ATEN.conv2d.default: nn.Conv2d,
+    _ATEN.conv2d.padding: nn.Conv2d,
+}
+# Archive members a plain exported program has (paths below the archive's root folder).
+_ALLOWED_MEMBERS = re.compile(
+    r"^(archive_format|archive_version|byteorder|\.data/[A-Za-z0-9_.]+|models/[A-Za-z0-9_]+\.json|"
+    r"data/weights/[A-Za-z0-9_.]+|data/constants/[A-Za-z0-9_.]+|data/sample_inputs/[A-Za-z0-9_]+\.pt|extra/.+)$"
+)
+_TARGET = re.compile(
+    r"^(torch\.ops\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,2}|torch\.sym_[a-z_]+|torch\._sym_sqrt|"
+    r"_operator\.(getitem|add|sub|mul|truediv|floordiv|mod|pow|neg|pos|abs|eq|ne|lt|le|gt|ge|and_|or_|not_)|"
+    r"math\.[a-z0-9_]+)$"
+)
+_EXPR_TOKEN = re.compile(r"\s+|\d+(\.\d+)?(e-?\d+)?|[A-Za-z_][A-Za-z0-9_]*|'[a-z]+\d+'|\*\*|[-+*/%(),=<>!]")
+_EXPR_NAMES = {
+    "Symbol", "Integer", "Float", "Rational", "positive", "integer", "real", "nonnegative", "True", "False",
+    "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "oo",
+    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
+    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
+    "ToFloat", "Identity",
+}
+_SHAPE_SYMBOL = re.compile(r"^[a-z]+\d+$")
+_FQN = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+
+
+def _refuse(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {why}; give a program written by torch.export.save (untouched)")
+
+
+def _walk(value: Any, key: str | None = None) -> Iterator[tuple[str | None, Any]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v, key)
+    else:
+        yield key, value
+
+
+def _safe_expression(expr: str) -> bool:
+    position = 0
+    while position < len(expr):
+        match = _EXPR_TOKEN.match(expr, position)
+        if match is None:
+            return False
+        token = match.group(0)
+        if (token[0].isalpha() or token[0] == "_") and token not in _EXPR_NAMES and not _SHAPE_SYMBOL.match(token):
+            return False
+        position = match.end()
+    return True
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse an archive whose loading could run code (module docstring); one line naming the problem."""
+    if not zipfile.is_zipfile(path):
+        raise _refuse(path, "not a torch.export program (.pt2 is a zip archive)")
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/")]
+        roots = {n.split("/", 1)[0] for n in names}
+        if len(roots) != 1 or any("/" not in n for n in names):
+            raise _refuse(path, "not a torch.export program (one root folder expected)")
+        root = roots.pop() + "/"
+        members = [n[len(root):] for n in names]
+        if "archive_format" not in members or archive.read(root + "archive_format").strip() != b"pt2":
+            raise _refuse(path, "not a torch.export program of the current archive format")
+        for member in members:
+            if not _ALLOWED_MEMBERS.match(member):
+                raise _refuse(path, f"holds '{member}', which this loader does not open (binaries, pickles)")
+            if member.startswith(("data/weights/", "data/constants/")) and member.endswith(".pt"):
+                raise _refuse(path, f"holds a legacy pickled payload '{member}'")
+        for member in members:
+            if not member.startswith(("data/weights/", "data/constants/")) or not member.endswith("_config.json"):
+                continue
+            config = json.loads(archive.read(root + member))
+            for fqn, meta in config.get("config", {}).items():
+                if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
+                    raise _refuse(path, f"stores '{fqn}' as a pickled object, which this loader refuses to unpickle")
+                if not _FQN.match(fqn):
+                    raise _refuse(path, f"names a tensor {fqn!r}, not a dotted identifier")
+        programs = [m for m in members if m.startswith("models/")]
+        if not programs:
+            raise _refuse(path, "holds no program (models/*.json)")
+        for member in programs:
+            for key, value in _walk(json.loads(archive.read(root + member))):
+                if key == "target" and isinstance(value, str) and not _TARGET.match(value):
+                    raise _refuse(path, f"calls '{value[:60]}', outside torch.ops / operator / math")
+                if key == "expr_str" and isinstance(value, str) and not _safe_expression(value):
+                    raise _refuse(path, f"holds a symbolic shape expression this loader does not accept: {value[:60]!r}")
+
+
+@contextlib.contextmanager
+def _weights_only() -> Iterator[None]:
+    """Every ``torch.load`` inside runs with ``weights_only=True``, whatever its caller asked for."""
+    saved = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
+
+
+def _arguments(node: fx.Node) -> dict[str, Any]:
+    """The call's arguments by schema name, defaults filled in."""
+    schema = node.target._schema  # type: ignore[union-attr]
+    bound: dict[str, Any] = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            bound[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            bound[arg.name] = node.kwargs[arg.name]
+        else:
+            bound[arg.name] = arg.default_value
+    return bound
+
+
+def _own_parameter(gm: fx.GraphModule, node: Any) -> nn.Parameter | None:
+    """The parameter a ``get_attr`` node reads, when this one call is its only user."""
+    if not isinstance(node, fx.Node) or node.op != "get_attr" or len(node.users) != 1:
+        return None
+    value = gm.get_parameter(node.target) if _is_parameter(gm, str(node.target)) else None
+    return value
+
+
+def _is_parameter(gm: fx.GraphModule, target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+    except AttributeError:
+        return False
+    return True
+
+
+def _layer_for(node: fx.Node, weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Module | None:
+    kind = _LAYER_OPS[node.target]  # type: ignore[index]
+    args = _arguments(node)
+    if kind is nn.Linear:
+        if weight.dim() != 2:
+            return None
+        layer: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    else:
+        if weight.dim() != (3 if kind is nn.Conv1d else 4):
+            return None
+        groups = int(args["groups"])
+        padding = args["padding"] if isinstance(args["padding"], str) else tuple(int(p) for p in args["padding"])
+        layer = kind(
+            weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
+            stride=tuple(int(s) for s in args["stride"]), padding=padding,
+            dilation=tuple(int(d) for d in args["dilation"]), groups=groups, bias=bias is not None, device="meta",
+        )
+    layer.weight = weight
+    layer.bias = bias  # type: ignore[assignment]
+    return layer
+
+
+def modularise(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, str]]:
+    """Rewrite ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` calls into ``nn.Linear`` / ``nn.Conv*`` modules.
+
+    A call is rewritten when its weight (and bias, if any) are parameters read by that call only and the
+    module that owns them holds nothing else; the new layer takes those very ``nn.Parameter`` objects and the
+    owner's path. Calls that do not qualify stay functional (their parameters still train).
+
+    Args:
+        gm: an FX graph module of aten calls, e.g. ``ExportedProgram.module()``.
+
+    Returns:
+        (a new plain GraphModule sharing ``gm``'s parameters and buffers, {call name: why it stayed
+        functional} for the Linear/Conv calls not rewritten).
+    """
+    graph = gm.graph
+    kept: dict[str, str] = {}
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _LAYER_OPS:
+            continue
+        args = _arguments(node)
+        weight_node, bias_node = args["weight"], args["bias"]
+        weight = _own_parameter(gm, weight_node)
+        bias = None if bias_node is None else _own_parameter(gm, bias_node)
+        if weight is None or (bias_node is not None and bias is None):
+            kept[node.name] = "weight or bias is not a parameter used by this call only"
+            continue
+        owner_path = str(weight_node.target).rpartition(".")[0]
+        owner = gm.get_submodule(owner_path) if owner_path else None
+        expected = {"weight"} | ({"bias"} if bias is not None else set())
+        if (
+            owner is None or isinstance(owner, (nn.Linear, nn.Conv1d, nn.Conv2d))
+            or set(dict(owner.named_parameters(recurse=False))) != expected
+            or list(owner.buffers(recurse=False)) or list(owner.children())
+            or (bias is not None and str(bias_node.target) != f"{owner_path}.bias")
+            or not str(weight_node.target).endswith(".weight")
+        ):
+            kept[node.name] = "its parameters do not sit alone in one module"
+            continue
+        layer = _layer_for(node, weight, bias)
+        if layer is None:
+            kept[node.name] = "unexpected weight shape"
+            continue
+        parent_path, _, child = owner_path.rpartition(".")
+        setattr(gm.get_submodule(parent_path) if parent_path else gm, child, layer)
+        with graph.inserting_before(node):
+            call = graph.call_module(owner_path, (args["input"],))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+        for attr in (weight_node, bias_node):
+            if isinstance(attr, fx.Node) and not attr.users:
+                graph.erase_node(attr)
+    graph.lint()
+    out = fx.GraphModule(gm, graph, class_name="ExportedClassifier")
+    for name in ("_in_spec", "_out_spec"):  # the pytree calling convention of the exported forward
+        if hasattr(gm, name):
+            setattr(out, name, getattr(gm, name))
+    return out, kept
+
+
+def load_exported_module(path: str | os.PathLike[str]) -> nn.Module:
+    """A trainable module from a ``torch.export`` program file, its Linear/Conv calls as real layers.
+
+    Args:
+        path: a ``.pt2`` file written by ``torch.export.save``.
+
+    Returns:
+        A :class:`torch.fx.GraphModule` in eval mode whose forward is the program's (same inputs, same
+        outputs); ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` modules where the program called
+        ``aten.linear`` / ``aten.conv*`` on its own parameters. ``module.exported_functional`` lists the
+        calls left functional and why.
+
+    Raises:
+        CheckpointError: the file is missing, not a torch.export program, or holds something whose loading
+            could run code (see the module docstring); one line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; give a .pt2 file written by torch.export.save")
+    _check_archive(path)
+    try:
+        with _weights_only():
+            program = torch.export.load(path)
+    except Exception as exc:  # torch raises many kinds here; the user needs one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} is not a loadable torch.export program ({first[:120]}); "
+                              "re-save it with torch.export.save") from None
+    signature = program.graph_signature
+    for fqn in [*program.state_dict, *program.constants, *signature.parameters, *signature.buffers]:
+        if not _FQN.match(fqn):
+            raise _refuse(path, f"names a tensor {fqn!r}, not a dotted identifier")
+    if getattr(program, "_guards_code", None):
+        program._guards_code = []  # compiled to Python by .module(); only input-shape assertions
+    module, functional = modularise(program.module())
+    module.exported_functional = functional  # type: ignore[assignment]
+    return module.eval()

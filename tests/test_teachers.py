@@ -1,0 +1,265 @@
+"""Bring-your-own teachers: how logits are found, .onnx/.pt2/module teachers, the logits cache, diagnostics."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402 - after the importorskip that guards a runtime-only install
+
+from distill.data import load_dataset  # noqa: E402
+from distill.diagnostics import ensemble_warnings, student_warnings  # noqa: E402
+from distill.errors import CheckpointError, TrainingError  # noqa: E402
+from distill.logit_cache import LogitCache, attach, cache_for  # noqa: E402
+from distill.logits import logits_of  # noqa: E402
+from distill.progressive import ProgressiveConfig, limit_training, progressive_ensemble  # noqa: E402
+from distill.teacher import save_model  # noqa: E402
+from distill.teachers import RawInputTeacher, load_teacher  # noqa: E402
+from distill.train import FitConfig, predict_logits, scaled_epochs  # noqa: E402
+
+
+class Block(nn.Module):
+    """A residual block with BatchNorm, as in the case's user model (shared/cases/byo/plain_logits_teacher.py)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(y)))
+
+
+class SmallResNet(nn.Module):
+    """A user's teacher: takes raw digits pixels (0..16), scales them itself, returns plain logits."""
+
+    def __init__(self, width: int = 8, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.Sequential(Block(width), Block(width))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x / 16.0))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def user_resnet(digits):
+    """The user's ResNet trained briefly on raw digits pixels, as the user would have it."""
+    torch.manual_seed(0)
+    model = SmallResNet()
+    x, y = torch.from_numpy(digits.raw(digits.x_train)), torch.from_numpy(digits.y_train)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(4):
+        for i in range(0, len(x), 64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def user_files(user_resnet, digits, tmp_path_factory):
+    """The same model saved as a torch.export program and as ONNX (raw-pixel inputs, dynamic batch)."""
+    root = tmp_path_factory.mktemp("byo")
+    example = (torch.from_numpy(digits.raw(digits.x_val[:2])),)
+    batch = {"x": {0: torch.export.Dim("batch")}}
+    program = torch.export.export(user_resnet, example, dynamic_shapes=batch)
+    torch.export.save(program, str(root / "resnet.pt2"))
+    torch.onnx.export(user_resnet, example, str(root / "resnet.onnx"), dynamo=True, external_data=False,
+                      dynamic_shapes=batch, input_names=["x"], verbose=False)
+    return root
+
+
+def test_logits_found_in_every_accepted_form() -> None:
+    z = torch.randn(3, 4)
+    assert logits_of(z) is z
+    assert logits_of((z, torch.randn(3, 8))) is z
+    assert logits_of([z]) is z
+    assert logits_of({"logits": z, "aux": 1}) is z
+
+
+@pytest.mark.parametrize("output", [None, "x", (), {"scores": torch.zeros(2, 3)}, (1, 2)])
+def test_logits_refused_in_other_forms(output: object) -> None:
+    with pytest.raises(TrainingError, match="forward must return logits"):
+        logits_of(output, who="the teacher")
+
+
+def test_logits_must_be_two_dimensional() -> None:
+    with pytest.raises(TrainingError, match=r"shape \(3,\)"):
+        logits_of(torch.zeros(3))
+
+
+def test_plain_logits_module_gives_every_row(user_resnet, digits) -> None:
+    """The bug this replaces took model(x)[0], the first row, as the logits."""
+    teacher = RawInputTeacher(user_resnet, digits)
+    logits = predict_logits(teacher, digits.x_test)
+    assert logits.shape == (len(digits.x_test), 10)
+    expected = user_resnet(torch.from_numpy(digits.raw(digits.x_test))).detach().numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_raw_input_teacher_undoes_the_preprocess(user_resnet, digits) -> None:
+    teacher = RawInputTeacher(user_resnet, digits)
+    x = digits.x_val[:5]
+    with torch.no_grad():
+        via_adapter = teacher(torch.from_numpy(x))
+        direct = user_resnet(torch.from_numpy(digits.raw(x)))
+    np.testing.assert_allclose(via_adapter.numpy(), direct.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["module", "onnx", "pt2"])
+def test_byo_teacher_builds_a_three_member_bdistil_ensemble(kind, user_resnet, user_files, digits, tmp_path) -> None:
+    spec = user_resnet if kind == "module" else user_files / f"resnet.{kind}"
+    loaded = load_teacher(spec, digits, runs_dir=tmp_path)
+    assert loaded.kind == kind
+    assert loaded.metrics["test_accuracy"] > 0.8  # the user's model, reached through the inverse preprocess
+    small = limit_training(digits, None)
+    ensemble = progressive_ensemble(loaded.module, small, ProgressiveConfig(members=3, epochs=10, progress=False))
+    assert len(ensemble.members) == 3
+    assert ensemble.report.members[-1].val_accuracy > 0.6
+
+
+def test_onnx_and_pt2_teachers_match_the_torch_model(user_resnet, user_files, digits, tmp_path) -> None:
+    reference = predict_logits(RawInputTeacher(user_resnet, digits), digits.x_test)
+    for name in ("resnet.onnx", "resnet.pt2"):
+        loaded = load_teacher(user_files / name, digits, runs_dir=tmp_path, cache=False)
+        np.testing.assert_allclose(predict_logits(loaded.module, digits.x_test), reference, rtol=1e-3, atol=1e-3)
+
+
+def test_onnx_teacher_has_no_layers_to_rewrite(user_files, digits, tmp_path) -> None:
+    loaded = load_teacher(user_files / "resnet.onnx", digits, runs_dir=tmp_path)
+    assert not loaded.has_layers
+    with pytest.raises(TrainingError, match=r"is ONNX \(logits only\).*\.pt2"):
+        loaded.require_layers("lowrank")
+
+
+def test_teacher_that_does_not_fit_the_data_is_refused(user_files, tmp_path) -> None:
+    wine_like = load_dataset(_tabular_npz(tmp_path))
+    with pytest.raises(CheckpointError, match="fails on --data inputs"):
+        load_teacher(user_files / "resnet.onnx", wine_like, runs_dir=tmp_path)
+
+
+def test_unknown_teacher_spec_is_one_line(digits, tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="not 'auto', a checkpoint directory, an existing .onnx"):
+        load_teacher(tmp_path / "missing.onnx", digits, runs_dir=tmp_path)
+
+
+def test_save_model_of_a_user_module_names_the_fix(user_resnet, tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="torch.export.save"):
+        save_model(user_resnet, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+
+
+def _tabular_npz(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    path = tmp_path / "tab.npz"
+    np.savez(path, x_train=x[:150], y_train=y[:150], x_test=x[150:], y_test=y[150:])
+    return path
+
+
+# --- the logits cache ---------------------------------------------------------------------------------
+
+
+class CountingTeacher(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.linear(x)
+
+
+def test_cache_hit_miss_and_rebuild_after_corruption(tmp_path) -> None:
+    teacher = CountingTeacher()
+    cache = LogitCache(tmp_path, "t1")
+    attach(teacher, cache)
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    first = predict_logits(teacher, x)
+    assert (cache.misses, cache.hits, teacher.calls) == (1, 0, 1)
+    again = predict_logits(teacher, x)
+    assert (cache.misses, cache.hits, teacher.calls) == (1, 1, 1)
+    np.testing.assert_array_equal(first, again)
+    other = x + 1  # different inputs never read another entry
+    predict_logits(teacher, other)
+    assert cache.misses == 2
+    stored = next(tmp_path.glob("t1/*.npy"))
+    stored.write_bytes(stored.read_bytes()[:-8])  # truncated: checksum and shape no longer hold
+    for npy in tmp_path.glob("t1/*.npy"):
+        raw = bytearray(npy.read_bytes())
+        raw[-1] ^= 0xFF  # one flipped bit in the data
+        npy.write_bytes(bytes(raw))
+    rebuilt = predict_logits(teacher, x)
+    assert cache.misses == 3 and teacher.calls == 3
+    np.testing.assert_allclose(rebuilt, first)
+    assert not list(tmp_path.glob("t1/.*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_cache_entry_with_a_mismatched_record_is_rebuilt(tmp_path) -> None:
+    teacher = CountingTeacher()
+    cache = LogitCache(tmp_path, "t2")
+    attach(teacher, cache)
+    x = np.ones((6, 4), np.float32)
+    predict_logits(teacher, x)
+    meta = next(tmp_path.glob("t2/*.json"))
+    record = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**record, "shape": [7, 3]}))
+    predict_logits(teacher, x)
+    assert cache.misses == 2
+
+
+def test_copies_of_a_teacher_do_not_inherit_its_cache(tmp_path) -> None:
+    teacher = CountingTeacher()
+    attach(teacher, LogitCache(tmp_path, "t3"))
+    student = copy.deepcopy(teacher)
+    assert cache_for(teacher) is not None and cache_for(student) is None
+
+
+def test_cli_teachers_share_the_cache_across_runs(user_files, digits, tmp_path) -> None:
+    first = load_teacher(user_files / "resnet.onnx", digits, runs_dir=tmp_path)
+    predict_logits(first.module, digits.x_train)
+    second = load_teacher(user_files / "resnet.onnx", digits, runs_dir=tmp_path)
+    assert second.identity == first.identity
+    predict_logits(second.module, digits.x_train)
+    assert cache_for(second.module).hits >= 1
+
+
+# --- students that fail say so ------------------------------------------------------------------------
+
+
+def test_near_chance_student_is_warned() -> None:
+    assert student_warnings("lowrank", 0.12, 10, 360)
+    assert not student_warnings("lowrank", 0.9, 10, 360)
+
+
+def test_falling_prefixes_are_warned_beyond_noise() -> None:
+    """The ensemble command once gave F_1 8.6%, F_2 47.4%, F_3 30.4% and exited quietly."""
+    found = ensemble_warnings("B-DISTIL", [0.086, 0.474, 0.304], 10, 360)
+    assert any("F_1" in w and "near chance" in w for w in found)
+    assert any("F_3" in w and "below F_2" in w for w in found)
+    assert not ensemble_warnings("B-DISTIL", [0.90, 0.95, 0.948, 0.96], 10, 360)  # a 0.2-point dip is noise
+
+
+def test_scaled_epochs_grow_with_small_data_but_stay_bounded() -> None:
+    assert scaled_epochs(54_000) == 3
+    assert scaled_epochs(1_300) == 23
+    assert scaled_epochs(40) == 50  # the 40-sample sensor set took 750 epochs per attempt before
+    assert FitConfig(epochs=scaled_epochs(40)).epochs == 50
