@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from onnx_members import make_bundle
 
@@ -30,13 +32,19 @@ PIP_TIMEOUT_S = 240
 
 
 def runtime_floors() -> dict[str, str]:
-    """``{distribution: lowest version}`` from pyproject.toml's runtime dependencies (each must be ``>=X``)."""
+    """``{distribution: lowest version}`` of pyproject.toml's runtime dependencies for this Python.
+
+    Each must be ``name>=X`` (with an optional environment marker), exactly one per name applying here.
+    """
     tomllib = pytest.importorskip("tomllib")
-    floors = {}
+    floors: dict[str, str] = {}
     for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][0-9.]*)", dep.strip())
-        assert match, f"runtime dependency '{dep}' should be a plain 'name>=floor'"
-        floors[match.group(1)] = match.group(2)
+        req = Requirement(dep)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        (spec,) = req.specifier
+        assert spec.operator == ">=" and req.name not in floors, f"runtime dependency '{dep}' should be a plain floor"
+        floors[req.name] = spec.version
     return floors
 
 
@@ -78,7 +86,7 @@ def test_the_runtime_works_at_its_declared_floors(floor_venv: tuple[Path, Path],
     assert versions.returncode == 0, versions.stderr
     installed = json.loads(versions.stdout)
     for name, floor in runtime_floors().items():  # "1.19" is installed as "1.19.0"
-        assert installed[name].split(".")[: len(floor.split("."))] == floor.split("."), (name, installed[name])
+        assert Version(installed[name]) == Version(floor), (name, installed[name])
 
     bundle = make_bundle(tmp_path / "bundle", num_members=2)
     inspect = _run([python, "-m", "edge_runtime", "inspect", str(bundle)], cwd=tmp_path)
