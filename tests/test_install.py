@@ -1,7 +1,7 @@
 """`make install` takes torch's CPU build, for torch alone, wherever the usual index has only the CUDA one.
 
 Two file indexes stand in for the network: the "usual" one serves torch 2.13.0 (on Linux x86-64 that is
-PyPI's CUDA build) and the "CPU" one serves 2.13.0+cpu, each as a tiny placeholder wheel, so the test
+the package index's CUDA build) and the "CPU" one serves 2.13.0+cpu, each as a tiny placeholder wheel, so the test
 checks the Makefile's logic and constraints.txt's pin without downloading anything (issue 17 item 4).
 """
 
