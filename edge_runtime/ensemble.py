@@ -239,7 +239,8 @@ class AnytimeRuntime:
         Args:
             x: a batch shaped ``(N, *task.input.shape[1:])``, or one unbatched sample shaped
                 ``task.input.shape[1:]`` (answered as a batch of one). Any real numeric dtype (cast to
-                float32); raw values as the client has them (the bundle's preprocess is applied here).
+                float32); raw values in the client's layout (e.g. ``(N, H, W, C)`` images for a bundle whose
+                preprocess has ``layout="nhwc"``); the bundle's preprocess is applied here.
             budget_ms: latency budget for this request in ms, ``"off"``, or None for the runtime default.
             entropy_threshold: a number (nats), ``"calibrated"``, ``"off"``, or None for the runtime default.
 

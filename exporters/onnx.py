@@ -21,14 +21,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from edge_runtime.extras import install_hint
 from exporters.errors import ConversionError
 from exporters.irversion import lower_ir_version
-
-if TYPE_CHECKING:
-    import onnx
 
 try:
     import torch

@@ -90,7 +90,7 @@ def _wrap(args: argparse.Namespace) -> int:
     from edge_runtime.bundle import Preprocess
     from exporters.bundle import archive_bundle
     from exporters.errors import ExportError
-    from exporters.wrap import near_chance
+    from exporters.wrap import chance_accuracy, near_chance
 
     model: Path = args.model
     if not model.is_file():
@@ -122,10 +122,11 @@ def _wrap(args: argparse.Namespace) -> int:
         result = wrap_onnx(model, task, args.out, output=args.logits_output, **common)
     for line in result.describe():
         print(line)
-    if near_chance(result.accuracy, dataset.num_classes):
+    if near_chance(result.accuracy, dataset.y_test, dataset.num_classes):
         other = "data" if preprocess == "none" else "none"
         print(
-            f"warning: held-out accuracy {100 * result.accuracy:.1f}% is near chance ({100 / dataset.num_classes:.1f}%); "
+            f"warning: held-out accuracy {100 * result.accuracy:.1f}% is near chance "
+            f"({100 * chance_accuracy(dataset.y_test, dataset.num_classes):.1f}%); "
             f"if the model expects other input scaling try --preprocess {other}, or check --data",
             file=sys.stderr,
         )
