@@ -11,6 +11,7 @@ the server) catches one type and prints one line. Messages say what is wrong and
     ├── InputError             a request's input has the wrong shape, dtype, values or is empty
     ├── PolicyError            an exit policy was configured with impossible values
     ├── MemberError            a member raised while evaluating a request
+    ├── DependencyError        onnxruntime is installed but cannot import (e.g. built for NumPy 1.x)
     └── ServerError            (edge_runtime.server) the V2 server
         ├── ServerConfigError  impossible server settings
         ├── RequestError       a bad request: HTTP 400
@@ -28,6 +29,7 @@ import re
 __all__ = [
     "BundleError",
     "ChecksumError",
+    "DependencyError",
     "EdgeRuntimeError",
     "InputError",
     "ManifestError",
@@ -68,6 +70,13 @@ class PolicyError(EdgeRuntimeError):
 
 class MemberError(EdgeRuntimeError):
     """A member raised while evaluating a request."""
+
+
+class DependencyError(EdgeRuntimeError, ImportError):
+    """An installed dependency cannot be imported (a broken pair such as onnxruntime 1.17 with numpy 2).
+
+    Also an ImportError, so code that treats a failed import as "not available" still does.
+    """
 
 
 _BANNER = re.compile(r"^[\W_]*$")  # a line of only '*', '=', '-' ...: a banner, not a message

@@ -13,19 +13,68 @@ the user set is kept: ``ORT_DISABLE_TELEMETRY=0`` in the environment opts in to 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
 import threading
 from dataclasses import dataclass
+from importlib import metadata
+from types import ModuleType
 from typing import Any, Mapping, Sequence
 
+from edge_runtime.errors import DependencyError, ModelLoadError, error_line
+
+__all__ = ["ORT_FLOOR", "TELEMETRY_ENV", "RunTimeout", "SessionConfig", "create_session", "run_bounded"]
+
 TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
-os.environ.setdefault(TELEMETRY_ENV, "1")  # before the import below: ORT reads it when it initialises
+os.environ.setdefault(TELEMETRY_ENV, "1")  # before onnxruntime is imported below: ORT reads it when it initialises
 
-import onnxruntime as ort  # noqa: E402 - after the telemetry default, on purpose
+# The lowest onnxruntime declared in pyproject.toml: the first release built for NumPy 2 (1.17 and 1.18.0
+# were built for NumPy 1.x and cannot import with numpy 2; 1.18.1 caps numpy<2 itself).
+ORT_FLOOR = "1.19"
 
-from edge_runtime.errors import ModelLoadError, error_line  # noqa: E402
 
-__all__ = ["TELEMETRY_ENV", "RunTimeout", "SessionConfig", "create_session", "run_bounded"]
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def _import_onnxruntime() -> ModuleType:
+    """Import onnxruntime; an installed-but-broken one becomes one line that names the fix.
+
+    An onnxruntime built for NumPy 1.x under numpy 2 prints numpy's banner and two tracebacks to stderr and
+    raises a bare ImportError; that output is held back and replaced by :class:`DependencyError`.
+
+    Raises:
+        DependencyError: onnxruntime is installed but fails to import.
+        ModuleNotFoundError: onnxruntime is not installed (the CLI names the install command).
+    """
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            import onnxruntime
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime":
+            raise
+        ort_version, numpy_version = _version("onnxruntime"), _version("numpy")
+        if "NumPy 1.x" in captured.getvalue() or "_ARRAY_API" in captured.getvalue():
+            raise DependencyError(
+                f"onnxruntime {ort_version} cannot import with numpy {numpy_version} (it was built for NumPy 1.x); "
+                f"pip install 'onnxruntime>={ORT_FLOOR}' (or pip install 'numpy<2')"
+            ) from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DependencyError(
+            f"onnxruntime {ort_version} fails to import ({reason}); "
+            f"reinstall it: pip install --force-reinstall 'onnxruntime>={ORT_FLOOR}'"
+        ) from exc
+    sys.stderr.write(captured.getvalue())  # a healthy import's own warnings are not ours to hide
+    return onnxruntime
+
+
+ort = _import_onnxruntime()
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -159,10 +159,10 @@ def test_missing_extra_names_the_pip_command() -> None:
     code = _BLOCK_STARLETTE + "import edge_runtime.server\n"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
-    assert "pip install 'anytime-edge[serve]'" in proc.stderr.strip().splitlines()[-1]
+    assert "pip install -c constraints.txt '.[serve]'" in proc.stderr.strip().splitlines()[-1]
 
     code = _BLOCK_STARLETTE + "from edge_runtime.cli import main\nsys.exit(main(['serve', 'bundle']))\n"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
-    assert "pip install 'anytime-edge[serve]'" in proc.stderr
+    assert "pip install -c constraints.txt '.[serve]'" in proc.stderr

@@ -1,6 +1,6 @@
 """Serve a bundle over the Open Inference Protocol (KServe V2) REST API, with latency budgets and early exit.
 
-Needs the ``serve`` extra (starlette, uvicorn): ``pip install 'anytime-edge[serve]'``. Nothing outside this
+Needs the ``serve`` extra (starlette, uvicorn): ``pip install -c constraints.txt '.[serve]'`` in the checkout. Nothing outside this
 package imports it, so a runtime-only install works without the extra.
 
     from edge_runtime import load
@@ -16,13 +16,15 @@ Content-Type and Content-Encoding in :mod:`edge_runtime.server._http`.
 
 from __future__ import annotations
 
+from edge_runtime.extras import install_hint
+
 try:
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401
 except ImportError as exc:  # name the extra, as httpx does for its optional dependencies
     raise ImportError(
         f"the anytime-edge server needs '{exc.name}', which is not installed; "
-        "install the extra with: pip install 'anytime-edge[serve]'",
+        f"{install_hint('serve')}",
         name=exc.name,
     ) from exc
 
