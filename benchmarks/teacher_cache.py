@@ -22,37 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill.data import load_dataset  # noqa: E402 - after the path insert for running from a checkout
+from _byo_models import UserResNet, save_user_files  # noqa: E402 - beside this script
+from distill.data import load_dataset  # noqa: E402
 from distill.teachers import load_teacher  # noqa: E402
 from distill.train import predict_logits  # noqa: E402
-
-
-class _Block(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
-class _ResNet(nn.Module):
-    def __init__(self, channels: int, width: int, classes: int) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.blocks = nn.Sequential(_Block(width), _Block(width))
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
 
 
 def main() -> int:
@@ -66,15 +43,11 @@ def main() -> int:
     data = load_dataset(args.data)
     if len(data.input_shape) != 3:
         parser.error("--data must hold images (N, C, H, W)")
-    model = _ResNet(data.input_shape[0], args.width, data.num_classes).eval()
+    model = UserResNet(data.input_shape[0], args.width, data.num_classes, input_scale=1.0).eval()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        example = (torch.from_numpy(data.raw(data.x_val[:2])),)
-        batch = {"x": {0: torch.export.Dim("batch")}}
         files = {"onnx": Path(tmp) / "teacher.onnx", "pt2": Path(tmp) / "teacher.pt2"}
-        torch.onnx.export(model, example, str(files["onnx"]), dynamo=True, external_data=False, dynamic_shapes=batch,
-                          input_names=["x"], verbose=False)
-        torch.export.save(torch.export.export(model, example, dynamic_shapes=batch), str(files["pt2"]))
+        save_user_files(model, torch.from_numpy(data.raw(data.x_val[:2])), str(files["onnx"]), str(files["pt2"]))
         for kind, path in files.items():
             for r in range(args.repeats):
                 runs = Path(tmp) / f"runs-{kind}-{r}"

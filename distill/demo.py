@@ -149,7 +149,7 @@ def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log
             student, report = build(**choice)
         except TrainingError as exc:
             # On a busy machine no candidate may time out 2x faster; a demo should still finish.
-            log.say(f"    note: {exc}; falling back to rank {FALLBACK_RANK}")
+            log.say(f"    note: {exc}; meanwhile the demo uses rank {FALLBACK_RANK}")
             choice = {"rank": FALLBACK_RANK}
             student, report = build(**choice)
         return export_model(student, task, bundles / "lowrank", heldout=heldout, name="lowrank",
@@ -179,12 +179,30 @@ def _export_teacher(loaded: LoadedTeacher, data: Dataset, out: Path, meta: dict[
     heldout = (data.x_test, data.y_test)
     metadata = {**meta, "method": "teacher", "teacher_kind": loaded.kind, "teacher": loaded.source}
     if loaded.onnx_path is not None:
-        from exporters.wrap import wrap_onnx_for_data
-
-        return wrap_onnx_for_data(loaded.onnx_path, data, out, name="teacher", metadata=metadata,
-                                  model_inputs=loaded.module.raw_inputs is False)
+        return _wrap_onnx_teacher(loaded, data, out, metadata)
     return export_model(loaded.module, data.task_spec(), out, heldout=heldout, name="teacher", metadata=metadata,
                         info={"method": "teacher"})
+
+
+def _wrap_onnx_teacher(loaded: LoadedTeacher, data: Dataset, out: Path, metadata: dict[str, Any]) -> Any:
+    """An ONNX teacher wrapped as it is (exporters.wrap), reported like an export (one member)."""
+    from dataclasses import replace as replaced
+
+    from edge_runtime.bundle import Preprocess
+    from exporters import ExportResult, MemberExport
+    from exporters.wrap import wrap_onnx
+
+    assert loaded.onnx_path is not None
+    raw = getattr(loaded.module, "raw_inputs", True)
+    task = replaced(data.task_spec(), preprocess=Preprocess()) if raw else data.task_spec()
+    x = data.raw(data.x_test) if raw else data.x_test
+    started = time.perf_counter()
+    wrapped = wrap_onnx(loaded.onnx_path, task, out, heldout=(x, data.y_test), name="teacher", metadata=metadata,
+                        info={"method": "teacher", "source_format": "onnx"})
+    member = MemberExport(name="teacher", bytes=wrapped.bytes, bytes_zip=wrapped.bytes_zip, params=wrapped.params,
+                          nonzero_params=wrapped.params, export_seconds=round(time.perf_counter() - started, 2),
+                          gates=wrapped.gates)
+    return ExportResult(path=wrapped.path, manifest=wrapped.manifest, members=(member,))
 
 
 def _profile_all(cfg: DemoConfig, paths: dict[str, Path], calibration_rows: np.ndarray) -> dict[str, dict[str, Any]]:

@@ -36,6 +36,7 @@ from torch import nn
 from distill.errors import TrainingError
 from distill.layers import candidate_layers, trace_layers
 from distill.logits import logits_of
+from edge_runtime.extras import missing_dependency_message
 
 __all__ = ["ChannelReport", "channel_student", "prune_channels", "shrink_channels"]
 
@@ -75,7 +76,7 @@ def prune_channels(
     try:
         import torch_pruning as tp
     except ImportError:
-        raise TrainingError("channel pruning needs torch-pruning: pip install 'anytime-edge[train]'") from None
+        raise TrainingError(f"channel pruning {missing_dependency_message('torch_pruning')}") from None
     x = _example(model, example)
     student = copy.deepcopy(model).eval()
     trace = trace_layers(student, x)
