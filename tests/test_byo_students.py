@@ -137,15 +137,20 @@ def test_recalibration_averages_the_inputs_statistics_with_dropout_off() -> None
     torch.testing.assert_close(model[2].running_var, h.var(0), rtol=0.05, atol=1e-3)
 
 
-def test_dsd2_prunes_a_users_module(data: Dataset) -> None:
+@pytest.mark.parametrize("source", ["module", "pt2"])
+def test_dsd2_prunes_a_users_module(source: str, data: Dataset, tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = DSD2Config(rounds=2, epochs=2, dense_epochs=3, lr=1e-2, batch_size=32, entropy_samples=64)
-    result, student, dense = run_dsd2(data, SmallResNet(width=8), cfg)
+    model: nn.Module = SmallResNet(width=8)
+    if source == "pt2":  # an untrained architecture given as a program: it trains and prunes the same way
+        model = load_exported_module(export_pt2(model, tmp_path / "arch.pt2", data.x_train))
+    result, student, dense = run_dsd2(data, model, cfg)
     sparsities = [r.sparsity for r in result.distilled]
     assert sparsities[0] == 0.0 and sparsities[1] == pytest.approx(0.2, abs=0.01) and sparsities[2] > sparsities[1]
     assert not any(hasattr(m, "weight_mask") for m in student.modules())  # masks baked into plain weights
     assert global_sparsity(student) == pytest.approx(result.distilled[result.picked_round].sparsity)
-    assert np.isfinite(result.distilled[0].entropy) and result.config["model"] == {"module": "SmallResNet"}
+    assert np.isfinite(result.distilled[0].entropy) == (source == "module")  # the program's ReLUs are functional
+    assert result.config["model"] == {"module": type(model).__name__}
     assert accuracy(student, data.x_test, data.y_test) > CHANCE + 0.3
 
 
