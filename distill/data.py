@@ -46,6 +46,7 @@ import numpy as np
 
 from distill.errors import DataError
 from edge_runtime.bundle import Preprocess, TaskSpec, TensorSpec
+from edge_runtime.extras import missing_dependency_message
 
 __all__ = ["MIN_VAL_PER_CLASS", "MIN_VAL_SAMPLES", "Dataset", "is_channels_last", "load_dataset", "shared_mnist_dir"]
 
@@ -71,6 +72,7 @@ class Dataset:
     y_test: np.ndarray
     labels: tuple[str, ...]  # class names, index = class id
     preprocess: Preprocess  # raw client input -> model input: layout transpose, then x * scale + offset
+    warnings: tuple[str, ...] = ()  # one-line findings about the data (also logged on "distill.data"), for reports
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -166,7 +168,7 @@ def _digits(seed: int) -> tuple[np.ndarray, ...]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise DataError("the digits data needs scikit-learn: pip install 'anytime-edge[train]'") from exc
+        raise DataError(f"the digits data {missing_dependency_message('sklearn')}") from exc
     bunch = load_digits()
     x = bunch.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), values 0..16
     y = bunch.target.astype(np.int64)
@@ -181,7 +183,7 @@ def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
-        raise DataError("the mnist1d data needs the mnist1d package: pip install 'anytime-edge[train]'") from exc
+        raise DataError(f"the mnist1d data {missing_dependency_message('mnist1d')}") from exc
     args = get_dataset_args()
     args.seed = seed
     data = make_dataset(args)  # generated locally; get_dataset would try the network first
@@ -345,17 +347,29 @@ def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np
     return train, val
 
 
-def _warn_small_validation(name: str, y_val: np.ndarray, labels: tuple[str, ...], present: np.ndarray) -> None:
-    """One log line when the validation split is too small to choose thresholds or stop training on."""
+def _data_warnings(name: str, y_val: np.ndarray, y_fit: np.ndarray, y_test: np.ndarray, labels: tuple[str, ...]) -> tuple[str, ...]:
+    """One-line findings, each logged as a warning on ``distill.data``: a validation split too small to
+    choose thresholds or stop training on, and test classes that training never shows."""
+    found = []
+    present = np.unique(y_fit)
     counts = np.bincount(y_val, minlength=len(labels))[present]
     rarest = int(present[np.argmin(counts)]) if len(present) else 0
     fewest = int(counts.min()) if len(counts) else 0
     if len(y_val) < MIN_VAL_SAMPLES or fewest < MIN_VAL_PER_CLASS:
-        logger.warning(
-            "%s: the validation split holds %d samples (class '%s': %d); below %d samples or %d per class, "
-            "thresholds and early stopping are noisy: bring more training data or raise val_fraction",
-            name, len(y_val), labels[rarest], fewest, MIN_VAL_SAMPLES, MIN_VAL_PER_CLASS,
+        found.append(
+            f"{name}: the validation split holds {len(y_val)} samples (class '{labels[rarest]}': {fewest}); below "
+            f"{MIN_VAL_SAMPLES} samples or {MIN_VAL_PER_CLASS} per class, thresholds and early stopping are noisy: "
+            "bring more training data or raise val_fraction"
         )
+    unseen = sorted(set(np.unique(y_test).tolist()) - set(present.tolist()))
+    if unseen:
+        found.append(
+            f"{name}: classes {[labels[c] for c in unseen][:10]} appear in the test split but not in training; "
+            "no model can learn them: add training samples"
+        )
+    for line in found:
+        logger.warning("%s", line)
+    return tuple(found)
 
 
 def _finish(
@@ -402,13 +416,7 @@ def _finish(
     def model_ready(x: np.ndarray) -> np.ndarray:  # x is already channels first; the layout is for clients
         return np.ascontiguousarray(x.astype(np.float32, copy=False) * scale + offset, dtype=np.float32)
 
-    _warn_small_validation(name, y_tr[val], labels, np.unique(y_tr))
-    unseen = sorted(set(np.unique(y_te).tolist()) - set(np.unique(y_tr[train]).tolist()))
-    if unseen:
-        logger.warning(
-            "%s: classes %s appear in the test split but not in training; no model can learn them: add training samples",
-            name, [labels[c] for c in unseen][:10],
-        )
+    findings = _data_warnings(name, y_tr[val], y_tr[train], y_te, labels)
     return Dataset(
         name=name,
         x_train=model_ready(x_fit),
@@ -419,4 +427,5 @@ def _finish(
         y_test=y_te,
         labels=labels,
         preprocess=pre,
+        warnings=findings,
     )

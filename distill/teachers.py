@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -151,14 +151,15 @@ class LoadedTeacher:
         return bool(rewritable_layers(self.module))
 
     def layered(self, method: str, dataset: Dataset, *, runs_dir: str | os.PathLike[str] = "runs", progress: bool = True,
-                say: Any = None) -> nn.Module:
+                say: Any = None, proxy_config: Any = None) -> nn.Module:
         """A module with layers for ``method``: the teacher itself, or for an ONNX teacher its :func:`dense_proxy`.
 
-        ``say`` (a print-like callable) is told when the proxy stands in for the teacher.
+        ``say`` (a print-like callable) is told when the proxy stands in for the teacher; ``proxy_config`` is
+        the proxy's TeacherConfig (None: the data's default teacher architecture and schedule).
         """
         if self.kind != "onnx":
             return self.require_layers(method)
-        proxy = dense_proxy(self, dataset, runs_dir=runs_dir, progress=progress)
+        proxy = dense_proxy(self, dataset, runs_dir=runs_dir, progress=progress, config=proxy_config)
         if say is not None:
             from distill.train import accuracy
 
@@ -182,12 +183,16 @@ class LoadedTeacher:
         return self.module
 
 
-def dense_proxy(teacher: LoadedTeacher, dataset: Dataset, *, runs_dir: str | os.PathLike[str] = "runs", progress: bool = True) -> nn.Module:
+def dense_proxy(teacher: LoadedTeacher, dataset: Dataset, *, runs_dir: str | os.PathLike[str] = "runs", progress: bool = True,
+                config: Any = None) -> nn.Module:
     """A toolkit model (the data's default teacher architecture) distilled from a logits-only teacher.
 
     Methods that rewrite layers (low-rank, FCPTS, DSD², channels) cannot act on an ONNX teacher; they act on
     this dense proxy instead, trained once by knowledge distillation (``kd``: alpha 0.9, T 4) from the
     teacher's (cached) logits and kept under ``runs_dir/proxies/<teacher id>``.
+
+    Args:
+        config: the proxy's :class:`~distill.teacher.TeacherConfig` (None: the data's default teacher's).
 
     Returns:
         The proxy in eval mode (``forward(x) -> (logits, features)``, model-ready inputs).
@@ -197,14 +202,15 @@ def dense_proxy(teacher: LoadedTeacher, dataset: Dataset, *, runs_dir: str | os.
     from distill.teacher import default_teacher_config, load_model, save_model
     from distill.train import FitConfig, fit, predict_logits
 
-    out = Path(runs_dir) / "proxies" / (teacher.identity or "module")
+    cfg = config or default_teacher_config(dataset)
+    key = hashlib.sha256(json.dumps([teacher.identity, asdict(cfg), dataset.fingerprint()], sort_keys=True).encode()).hexdigest()[:16]
+    out = Path(runs_dir) / "proxies" / key
     if teacher.identity and (out / "model.pt").is_file():
         try:
             model, _ = load_model(out)
             return model
         except CheckpointError:  # damaged: train it again
             pass
-    cfg = default_teacher_config(dataset)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_config(dataset))
     logits = predict_logits(teacher.module, dataset.x_train)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_runtime.bundle import Bundle, Manifest, PathLike, connection_inputs, load_bundle
-from edge_runtime.errors import InputError, MemberError, ModelLoadError, PolicyError
+from edge_runtime.errors import InputError, MemberError, ModelLoadError, PolicyError, error_line
 from edge_runtime.policies import (
     CALIBRATED,
     ExitPolicy,
@@ -239,7 +239,8 @@ class AnytimeRuntime:
         Args:
             x: a batch shaped ``(N, *task.input.shape[1:])``, or one unbatched sample shaped
                 ``task.input.shape[1:]`` (answered as a batch of one). Any real numeric dtype (cast to
-                float32); raw values as the client has them (the bundle's preprocess is applied here).
+                float32); raw values in the client's layout (e.g. ``(N, H, W, C)`` images for a bundle whose
+                preprocess has ``layout="nhwc"``); the bundle's preprocess is applied here.
             budget_ms: latency budget for this request in ms, ``"off"``, or None for the runtime default.
             entropy_threshold: a number (nats), ``"calibrated"``, ``"off"``, or None for the runtime default.
 
@@ -292,7 +293,7 @@ class AnytimeRuntime:
                     outs = run(names, feed, None)
                 except Exception as exc:  # noqa: BLE001 - any failure inside ORT is the member's
                     self._errors[k] += 1
-                    raise MemberError(f"member '{self.manifest.members[k].name}' failed: {_first_line(exc)}") from exc
+                    raise MemberError(f"member '{self.manifest.members[k].name}' failed: {error_line(exc)}") from exc
                 member_ms[k] += (perf_counter() - t) * 1e3
                 for name, _ in conns:  # a connection input is this member's only: the next one rejects it
                     del feed[name]
@@ -428,11 +429,11 @@ class AnytimeRuntime:
         self._errors[k] += 1
         name = self.manifest.members[k].name
         if k == 0:
-            raise MemberError(f"the first member '{name}' failed, so there is no answer: {_first_line(exc)}") from exc
+            raise MemberError(f"the first member '{name}' failed, so there is no answer: {error_line(exc)}") from exc
         import logging  # only on this rare path: logging costs ~10 ms of import time on a small CPU
 
         logging.getLogger("edge_runtime").warning(
-            "member '%s' failed; answering with members 1..%d: %s", name, k, _first_line(exc)
+            "member '%s' failed; answering with members 1..%d: %s", name, k, error_line(exc)
         )
 
     # ------------------------------------------------------------------ set-up helpers
@@ -466,7 +467,7 @@ class AnytimeRuntime:
             try:
                 arr = np.asarray(x)
             except (TypeError, ValueError) as exc:
-                raise InputError(f"input is not an array ({_first_line(exc)}); send a numeric batch") from None
+                raise InputError(f"input is not an array ({error_line(exc)}); send a numeric batch") from None
         dtype = arr.dtype
         if dtype is not _FLOAT32:
             if dtype.kind not in "biuf":
@@ -623,11 +624,6 @@ def _dot_flags_non_finite(size: int) -> bool:
             if math.isfinite(probe.dot(probe)):
                 return False
     return True
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _RUN_ALL = RunAll()

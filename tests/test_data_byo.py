@@ -176,9 +176,10 @@ def test_a_small_validation_split_warns_once(tmp_path: Path, n: int, warned: boo
     y = np.arange(n) % 3
     x = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="distill.data"):
-        load_dataset(_npz(tmp_path / "w.npz", x, y, x[:9], y[:9]))
+        data = load_dataset(_npz(tmp_path / "w.npz", x, y, x[:9], y[:9]))
     records = [r for r in caplog.records if r.name == "distill.data"]
     assert len(records) == int(warned)
+    assert data.warnings == tuple(r.getMessage() for r in records)  # kept for reports, too
     if warned:
         text = records[0].getMessage()
         assert "\n" not in text and "validation split holds 6 samples" in text and "val_fraction" in text
@@ -248,4 +249,22 @@ def test_wine_bundle_takes_the_clients_raw_features(tmp_path: Path, capsys: pyte
     assert last == f"accuracy {correct / len(raw_x):.4f} ({correct}/{len(raw_x)} correct)" and correct / len(raw_x) >= 0.9
     assert runtime.manifest.task.labels == tuple(names.tolist())
     assert main(["inspect", str(result.path)]) == 0
-    assert "x*[13 per channel" in capsys.readouterr().out
+    assert "x*[13 values" in capsys.readouterr().out
+
+
+@needs_cases
+def test_nhwc_case_raw_client_arrays_answer_as_the_nchw_model_input(tmp_path: Path) -> None:
+    import edge_runtime
+    from edge_runtime.bundle import load_bundle
+    from edge_runtime.session import create_session
+    from onnx_members import make_bundle
+
+    data = load_dataset(CASES / "nhwc_images.npz")
+    bundle = make_bundle(tmp_path / "nhwc", num_members=1, input_shape=data.input_shape, preprocess=data.preprocess)
+    task = load_bundle(bundle).manifest.task
+    assert task.input == data.task_spec().input and task.preprocess == data.preprocess  # clients: (-1, 24, 24, 3)
+    with np.load(CASES / "nhwc_images.npz") as z:
+        raw = z["x_test"][:32]  # uint8 (32, 24, 24, 3), straight from the file
+    expected = create_session(load_bundle(bundle).member_bytes[0]).run(["probs"], {"x": data.x_test[:32]})[0]
+    answers = edge_runtime.load(bundle, warmup=1).predict(raw)
+    np.testing.assert_allclose(np.stack([p.probabilities for p in answers]), expected, rtol=1e-5, atol=1e-6)

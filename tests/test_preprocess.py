@@ -127,7 +127,7 @@ def test_the_server_takes_raw_nhwc_requests(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "srv", num_members=1, input_shape=(3, 4, 4), preprocess=pre)
     raw = np.random.default_rng(4).normal(size=(2, 4, 4, 3)).astype(np.float32)
     request = {"inputs": [{"name": "x", "shape": [2, 4, 4, 3], "datatype": "FP32", "data": raw.ravel().tolist()}]}
-    with TestClient(create_app(bundle, ServerConfig(workers=1))) as client:
+    with TestClient(create_app(bundle, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
         assert client.get("/v2/models/tiny").json()["inputs"][0]["shape"] == [-1, 4, 4, 3]
         response = client.post("/v2/models/tiny/infer", json=request)
     assert response.status_code == 200, response.text
@@ -178,3 +178,17 @@ def test_calibrate_takes_class_names(tiny_bundle: Path, tmp_path: Path, capsys: 
     np.savez(tmp_path / "val.npz", x=x, y=np.array(["class_0", "class_1", "class_2"] * 4))
     assert main(["calibrate", str(tiny_bundle), "--data", str(tmp_path / "val.npz"), "--dry-run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["saved"] is False
+
+
+def test_profiler_batches_feed_members_their_layout(tmp_path: Path) -> None:
+    from profiles.inputs import task_batches
+
+    pre = Preprocess(scale=(2.0, 1.0, 0.5), offset=(0.0, 1.0, 0.0), layout="nhwc")
+    manifest = load_bundle(make_bundle(tmp_path / "prof", num_members=1, input_shape=(3, 5, 4), preprocess=pre)).manifest
+    raw = np.random.default_rng(8).normal(size=(6, 5, 4, 3)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    (members,) = task_batches(manifest, 6, 1, raw, rng)  # what member-level timing feeds: preprocessed, NCHW
+    assert members.shape == (6, 3, 5, 4)
+    np.testing.assert_allclose(np.sort(members.ravel()), np.sort(pre.apply(raw).ravel()), rtol=1e-6)
+    assert task_batches(manifest, 2, 1, raw, rng, preprocess=False)[0].shape == (2, 5, 4, 3)  # for the runtime: raw
+    assert task_batches(manifest, 2, 1, None, rng)[0].shape == (2, 3, 5, 4)

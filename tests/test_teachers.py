@@ -12,44 +12,16 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402 - after the importorskip that guards a runtime-only install
 
+from byo_teachers import SmallResNet  # noqa: E402 - the user's ResNet of shared/cases/byo
 from distill.data import load_dataset  # noqa: E402
 from distill.diagnostics import ensemble_warnings, student_warnings  # noqa: E402
 from distill.errors import CheckpointError, TrainingError  # noqa: E402
 from distill.logit_cache import LogitCache, attach, cache_for  # noqa: E402
 from distill.logits import logits_of  # noqa: E402
 from distill.progressive import ProgressiveConfig, limit_training, progressive_ensemble  # noqa: E402
-from distill.teacher import save_model  # noqa: E402
+from distill.teacher import TeacherConfig, save_model  # noqa: E402
 from distill.teachers import RawInputTeacher, load_teacher  # noqa: E402
 from distill.train import FitConfig, predict_logits, scaled_epochs  # noqa: E402
-
-
-class Block(nn.Module):
-    """A residual block with BatchNorm, as in the case's user model (shared/cases/byo/plain_logits_teacher.py)."""
-
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(x + self.bn2(self.conv2(y)))
-
-
-class SmallResNet(nn.Module):
-    """A user's teacher: takes raw digits pixels (0..16), scales them itself, returns plain logits."""
-
-    def __init__(self, width: int = 8, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.blocks = nn.Sequential(Block(width), Block(width))
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x / 16.0))
-        return self.head(x.mean(dim=(2, 3)))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +33,7 @@ def digits():
 def user_resnet(digits):
     """The user's ResNet trained briefly on raw digits pixels, as the user would have it."""
     torch.manual_seed(0)
-    model = SmallResNet()
+    model = SmallResNet(width=8, classes=10)
     x, y = torch.from_numpy(digits.raw(digits.x_train)), torch.from_numpy(digits.y_train)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(4):
@@ -263,3 +235,18 @@ def test_scaled_epochs_grow_with_small_data_but_stay_bounded() -> None:
     assert scaled_epochs(1_300) == 23
     assert scaled_epochs(40) == 50  # the 40-sample sensor set took 750 epochs per attempt before
     assert FitConfig(epochs=scaled_epochs(40)).epochs == 50
+
+
+def test_onnx_teacher_reaches_layer_methods_through_a_cached_dense_proxy(user_files, digits, tmp_path) -> None:
+    small = limit_training(digits, 300)
+    loaded = load_teacher(user_files / "resnet.onnx", small, runs_dir=tmp_path)
+    said: list[str] = []
+    quick = TeacherConfig(width=16, depth=2, hidden=64, epochs=30, lr=3e-3, batch_size=32)
+    proxy = loaded.layered("low-rank factorisation", small, runs_dir=tmp_path, progress=False, say=said.append, proxy_config=quick)
+    assert said and "dense proxy" in said[0] and "resnet.onnx" in said[0]
+    agreement = (predict_logits(proxy, small.x_test).argmax(1) == predict_logits(loaded.module, small.x_test).argmax(1)).mean()
+    assert agreement > 0.8  # it learned the teacher's answers, not just the labels
+    assert any(isinstance(m, nn.Linear) for m in proxy.modules())
+    again = loaded.layered("FCPTS", small, runs_dir=tmp_path, progress=False, proxy_config=quick)  # kept on disk: same weights
+    for a, b in zip(proxy.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)

@@ -323,7 +323,7 @@ def test_cli_export_and_every_bundle_command(resnet, digits, tmp_path: Path, cap
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from starlette.testclient import TestClient
-    with TestClient(create_app(bundle, ServerConfig(workers=1))) as client:
+    with TestClient(create_app(bundle, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
         body = {"inputs": [{"name": "x", "shape": [3, 1, 8, 8], "datatype": "FP32", "data": raw[:3].ravel().tolist()}]}
         response = client.post(f"/v2/models/{load_bundle(bundle).manifest.name}/infer", json=body)
     assert response.status_code == 200, response.text
@@ -406,6 +406,31 @@ def test_cli_warns_when_accuracy_is_near_chance(tmp_path: Path, capsys: pytest.C
     assert "near chance" in err and "--preprocess data" in err
 
 
+def test_near_chance_measures_from_guessing_not_from_zero() -> None:
+    from exporters.wrap import chance_accuracy, near_chance
+
+    balanced = np.repeat(np.arange(10), 10)
+    assert chance_accuracy(balanced, 10) == pytest.approx(0.1)
+    assert near_chance(0.15, balanced, 10) and not near_chance(0.3, balanced, 10)
+    skewed = np.array([0] * 90 + [1] * 10)  # always answering 0 scores 90%
+    assert near_chance(0.9, skewed, 2) and not near_chance(0.97, skewed, 2)
+    assert not near_chance(0.7, np.array([0, 1] * 50), 2)  # a weak but real binary classifier: no warning
+
+
+def test_cli_export_still_takes_a_checkpoint(digits, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from distill.models import ModelConfig, build_model
+    from distill.teacher import save_model
+
+    checkpoint = save_model(build_model(ModelConfig.for_data(digits, width=4, depth=1)), tmp_path / "ckpt")
+    assert anytime_edge(["export", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "b")]) == 0
+    assert "accuracy torch" in capsys.readouterr().out
+    assert load_bundle(tmp_path / "b").manifest.task.preprocess == digits.preprocess  # the data's, as trained
+    assert anytime_edge(["export", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "c"),
+                         "--preprocess", "none"]) == 1
+    assert "applies to .onnx/.pt2 models only" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
 def test_cli_refuses_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     w, b = np.random.default_rng(6).normal(size=(64, 3)), np.zeros(3)
     path = tmp_path / "three.onnx"
@@ -428,6 +453,33 @@ def test_cli_logits_output_picks_one_of_several_outputs(tmp_path: Path, capsys: 
     assert load_bundle(tmp_path / "b").manifest.members[0].info["source_output"] == "y"
     assert anytime_edge(["export", str(path), "--data", "digits", "--out", str(tmp_path / "c"), "--logits-output", "z"]) == 1
     assert "has no output 'z'; its outputs are ['features', 'y']" in capsys.readouterr().err
+
+
+def test_pt2_returning_a_mapping_uses_its_logits_entry(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from exporters import wrap_pt2
+
+    class Mapped(torch.nn.Module):  # Hugging Face style: the logits are not the first leaf
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(4, 6)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return {"hidden": h, "logits": self.head(h)}
+
+    torch.manual_seed(0)
+    model = Mapped().eval()
+    x = np.random.default_rng(9).normal(size=(50, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x))["logits"].numpy()
+    program = torch.export.export(model, (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "mapped.pt2")
+    result = wrap_pt2(tmp_path / "mapped.pt2", _task(), tmp_path / "b", heldout=(x, want.argmax(1)))
+    assert result.accuracy == 1.0 and result.gates.max_abs_diff["logits"] < 1e-4
+    probs = edge_runtime.load(result.path, warmup=0).evaluate_prefixes(x).probs[0]
+    np.testing.assert_allclose(probs, reference_outputs(want)["probs"], atol=1e-5)
 
 
 def test_pt2_with_pickled_members_is_refused(resnet, digits, tmp_path: Path) -> None:
@@ -488,5 +540,5 @@ def test_onnx_wrap_runs_on_a_runtime_only_install(digits, tmp_path: Path) -> Non
     done = _runtime_only(tmp_path, ("torch", "onnx", "onnxscript", "sklearn", "matplotlib", "scipy"),
                          [*argv[:4], "--out", str(tmp_path / "c")])
     assert done.returncode == 1
-    assert "anytime-edge[wrap]" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "pip install -c constraints.txt '.[wrap]'" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()

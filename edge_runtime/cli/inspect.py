@@ -148,7 +148,7 @@ def _describe_preprocess(pre: dict[str, Any], member_shape: list[int]) -> str:
 
     def value(v: Any) -> str:
         if isinstance(v, list):
-            return f"[{len(v)} per channel, {min(v):g}..{max(v):g}]"
+            return f"[{len(v)} values, {min(v):g}..{max(v):g}]"
         return f"{v:g}"
 
     text = f"x*{value(pre['scale'])}+{value(pre['offset'])}"
