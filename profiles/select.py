@@ -144,8 +144,10 @@ def _bundle_candidates(
             notes.append(f"{path}: {why}; measured now and stored")
         else:
             notes.append(f"{path}: {why}; measured now (not stored)")
-    runtime = AnytimeRuntime(bundle, session_config, entropy_threshold="off", warmup=0)
     try:
+        # warmup=1: one pass bounded by session_config.load_timeout_s, so a member that never finishes is
+        # refused in one line instead of hanging on the whole validation set.
+        runtime = AnytimeRuntime(bundle, session_config, entropy_threshold="off", warmup=1)
         prefixes = runtime.evaluate_prefixes(x)
     except EdgeRuntimeError as exc:
         raise SelectionError(f"{path}: {exc}") from exc

@@ -115,6 +115,9 @@ def test_cli_serves_a_real_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> Non
             assert response.status_code == 200
             assert response.json()["parameters"]["anytime_member_count"] == 3
             assert client.post("/v2/models/tiny/infer", content=b"{").status_code == 400
+            # case untrusted/13 through uvicorn: a rebound Host and a text/plain web-page post
+            assert client.get("/v2", headers={"Host": "attacker.example"}).status_code == 421
+            assert client.post("/v2/models/tiny/infer", json=body, headers={"Content-Type": "text/plain"}).status_code == 415
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

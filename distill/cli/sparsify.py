@@ -84,6 +84,7 @@ def _run_channels(args: argparse.Namespace) -> int:
     print(f"channels kept {args.keep:.0%}: {report.params_dense} -> {report.params_shrunk} parameters; test accuracy "
           f"dense {report.accuracy_dense:.2%}, shrunk {report.accuracy_shrunk:.2%} before and "
           f"{report.accuracy_finetuned:.2%} after {report.finetune_epochs} KD epochs ({report.seconds:.1f} s)")
+    print("left whole: " + ("; ".join(f"{name} ({why})" for name, why in report.kept.items()) or "nothing"))
     result = export_student(student, dataset, args.out, name=f"channels-{round(args.keep * 100)}",
                             info={"method": "channels", "keep": args.keep, **report.to_dict()})
     for line in result.describe():

@@ -10,7 +10,8 @@ package imports it, so a runtime-only install works without the extra.
 
 The wire format (tensors, outputs, ``anytime_*`` parameters, batch reporting) is described in
 :mod:`edge_runtime.server._protocol`, the endpoints and errors in :mod:`edge_runtime.server._app`, the
-worker pool and load shedding in :mod:`edge_runtime.server._scheduler`.
+worker pool and load shedding in :mod:`edge_runtime.server._scheduler`, the checks of Host, Origin,
+Content-Type and Content-Encoding in :mod:`edge_runtime.server._http`.
 """
 
 from __future__ import annotations
@@ -31,27 +32,32 @@ from edge_runtime.server._app import RuntimeLike, create_app
 from edge_runtime.server._config import ServerConfig, default_workers
 from edge_runtime.server._errors import (
     BodyTooLargeError,
+    CallerRefusedError,
     ModelNotFoundError,
     OverloadedError,
     RequestError,
     ServerConfigError,
     ServerError,
+    UnsupportedMediaTypeError,
 )
-from edge_runtime.server._protocol import OUTPUT_NAMES, PARAM_BUDGET_MS, PARAM_ENTROPY_THRESHOLD
+from edge_runtime.server._protocol import OUTPUT_NAMES, PARAM_BUDGET_MS, PARAM_CLASSIFICATION, PARAM_ENTROPY_THRESHOLD
 from edge_runtime.server._serve import serve
 
 __all__ = [
     "BodyTooLargeError",
+    "CallerRefusedError",
     "ModelNotFoundError",
     "OUTPUT_NAMES",
     "OverloadedError",
     "PARAM_BUDGET_MS",
+    "PARAM_CLASSIFICATION",
     "PARAM_ENTROPY_THRESHOLD",
     "RequestError",
     "RuntimeLike",
     "ServerConfig",
     "ServerConfigError",
     "ServerError",
+    "UnsupportedMediaTypeError",
     "create_app",
     "default_workers",
     "serve",
