@@ -1,9 +1,10 @@
 """Cluttered MNIST: each real MNIST digit at a random place on a larger canvas strewn with clutter.
 
 The construction of DeepMind's ``mnist-cluttered`` generator (github.com/google-deepmind/mnist-cluttered,
-``mnist_cluttered.lua``), the "cluttered translated MNIST" of Mnih et al. 2014 ("Recurrent Models of
-Visual Attention", 60x60) and of Jaderberg et al. 2015 ("Spatial Transformer Networks", Sec. 4.1, 60x60
-with 8x8 clutter): on a black ``canvas`` x ``canvas`` image,
+``mnist_cluttered.lua``: 8x8 distractors by default, its README example 100x100 with 8 of them), behind the
+cluttered MNIST of Mnih et al. 2014 ("Recurrent Models of Visual Attention") and Jaderberg et al. 2015
+("Spatial Transformer Networks", Sec. 4.1), whose common 60x60 copy carries 6 distractors (the Lasagne
+STN recipe's ``mnist_cluttered_60x60_6distortions.npz``). On a black ``canvas`` x ``canvas`` image,
 
 1. ``pieces`` clutter patches, each a ``patch`` x ``patch`` crop at a uniform position of another random
    digit of the same split, are added at uniform positions; the sum is clipped to 255;
@@ -18,7 +19,8 @@ uint8 (0..255) rather than floats in [0, 1].
 Determinism: all random numbers of a split are drawn up front from ``numpy.random.default_rng([seed,
 split])`` in a fixed order, and images are rendered in fixed chunks, so the same source files, config
 and numpy give the same bytes on every run. Generation is vectorised (fancy indexing per clutter piece
-over a chunk of images): all 70k images take a few seconds.
+over a chunk of images): all 70k images take 3.5-7 s on this project's 2 shared cores, gzip reading
+included (``benchmarks/cluttered_teacher.py``).
 
 Cache: ``<cache_dir>/cluttered-mnist-<fingerprint>.npz`` (uncompressed, read without pickles), the
 fingerprint a hash of :data:`GENERATOR_VERSION`, the :class:`ClutterConfig` and the bytes of the four
@@ -59,7 +61,7 @@ class ClutterConfig:
     """How each cluttered image is built (see the module docstring)."""
 
     canvas: int = 64  # side of the square output image, pixels
-    pieces: int = 6  # clutter patches per image (Mnih et al.: 4 on 60x60, 8 on 100x100; 6 keeps that density)
+    pieces: int = 6  # clutter patches per image (6, as the common 60x60 set)
     patch: int = 8  # side of each clutter patch, pixels (8x8 as in the original generator)
     seed: int = 0  # seeds every random draw; the standard data set uses 0
 
