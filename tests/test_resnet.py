@@ -16,7 +16,7 @@ from distill.progressive_members import count_macs
 from distill.teacher import default_teacher_config, load_model, save_model, train_teacher
 from edge_runtime.bundle import TaskSpec, TensorSpec, load_bundle
 from edge_runtime.session import create_session
-from exporters import export_model
+from exporters import export_ensemble, export_model
 
 torch.set_num_threads(1)
 
@@ -95,6 +95,23 @@ def test_exports_through_the_gates_after_training(tmp_path: Path) -> None:
     session = create_session(load_bundle(result.path).member_bytes[0])
     logits = session.run(None, {"x": x[:3].numpy()})[0]
     np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_connected_resnet_members_export_as_an_anytime_bundle(tmp_path: Path) -> None:
+    first = _resnet(width=2, depth=2).eval()
+    second = _resnet(width=2, depth=2, connection_dims=(first.feature_dim,)).eval()
+    x = torch.randn(32, 1, 16, 16)
+    with torch.no_grad():
+        y = first(x)[0].argmax(1)
+    task = TaskSpec(labels=tuple("abcde"), input=TensorSpec("x", (-1, 1, 16, 16)))
+    result = export_ensemble([first, second], task, tmp_path / "b", heldout=(x, y), connections=[(), (0,)], combine="mean")
+    s1, s2 = (create_session(b) for b in load_bundle(result.path).member_bytes)
+    logits1, _, _, features = s1.run(None, {"x": x[:3].numpy()})
+    logits2 = s2.run(None, {"x": x[:3].numpy(), "prev_logits": logits1, "features_from_0": features})[0]
+    with torch.no_grad():
+        own1, h1 = first(x[:3])
+        want = ((own1 + second(x[:3], h1)[0]) / 2).numpy()
+    np.testing.assert_allclose(logits2, want, rtol=1e-4, atol=1e-4)
 
 
 def test_checkpoint_round_trip_keeps_batchnorm_state(tmp_path: Path) -> None:
