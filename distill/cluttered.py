@@ -43,7 +43,8 @@ import numpy as np
 
 from distill.data import _read_idx
 from distill.errors import DataError
-from distill.logit_cache import _atomic_write
+from edge_runtime.errors import BundleError
+from edge_runtime.files import atomic_write
 
 __all__ = ["CACHE_ENV", "GENERATOR_VERSION", "ClutterConfig", "ClutteredMnist", "cluttered_mnist", "render"]
 
@@ -167,13 +168,16 @@ def _read_cache(path: Path, config: ClutterConfig) -> dict[str, np.ndarray] | No
 
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez(f, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
 
-    _atomic_write(path, write)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+    except (OSError, BundleError) as exc:
+        raise DataError(f"cannot write the cluttered-mnist cache {path} ({exc}); "
+                        f"set {CACHE_ENV} to a writable directory") from None
 
 
 def cluttered_mnist(

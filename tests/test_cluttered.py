@@ -141,6 +141,13 @@ def test_missing_mnist_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.Mon
         load_dataset(f"cluttered-mnist:{tmp_path}")
 
 
+def test_unwritable_cache_names_the_fix(idx_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(DataError, match=CACHE_ENV):
+        cluttered_mnist(idx_dir, cache_dir=blocker / "cache")
+
+
 def test_bad_configs_and_inputs_are_refused() -> None:
     with pytest.raises(DataError, match="patch"):
         ClutterConfig(patch=0)
