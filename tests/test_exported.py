@@ -35,6 +35,16 @@ def _run_exporters(path: Path) -> None:
     program_logits(load_program(path), X)  # what wrap_pt2 runs before the ONNX conversion
 
 
+@pytest.fixture
+def code_ran():  # type: ignore[no-untyped-def]
+    """``code_ran(name)``: whether a payload set ``builtins.ANYTIME_EDGE_<name>``; all removed afterwards."""
+    import builtins
+
+    yield lambda name: hasattr(builtins, f"ANYTIME_EDGE_{name}")
+    for name in [n for n in vars(builtins) if n.startswith("ANYTIME_EDGE_")]:
+        delattr(builtins, name)
+
+
 # (load a file and run the result on X, the error that loader raises)
 LOADERS = [pytest.param(_run_distill, CheckpointError, id="distill"),
            pytest.param(_run_exporters, ExportError, id="exporters")]
@@ -164,9 +174,7 @@ UNSAFE = [(_pickled_weight, "pickled object"), (_foreign_target, "calls 'torch.o
 
 
 @pytest.mark.parametrize(("run", "error"), LOADERS)
-def test_archives_whose_loading_could_run_code_are_refused(run, error, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import builtins
-
+def test_archives_whose_loading_could_run_code_are_refused(run, error, code_ran, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     good = export_pt2(SmallResNet().eval(), tmp_path / "good.pt2", X)
     assert any(n.endswith("data/sample_inputs/model.pt") for n in zipfile.ZipFile(good).namelist())
     for edit, message in UNSAFE:
@@ -174,7 +182,7 @@ def test_archives_whose_loading_could_run_code_are_refused(run, error, tmp_path:
         with pytest.raises(error, match=message) as err:
             run(bad)
         assert "\n" not in str(err.value) and "torch.export.save" in str(err.value), edit.__name__
-    assert not hasattr(builtins, "ANYTIME_EDGE_PICKLE_RAN")
+    assert not code_ran("PICKLE_RAN")
 
 
 def test_cli_export_refuses_an_unsafe_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -216,10 +224,8 @@ def test_conv1d_programs_with_tuple_outputs_load_too(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("run", "error"), LOADERS)
-def test_guard_code_in_the_file_is_never_run(run, error, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_guard_code_in_the_file_is_never_run(run, error, code_ran, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """``ExportedProgram.module()`` compiles the file's guard code; a crafted guard could run anything."""
-    import builtins
-
     good = export_pt2(SmallResNet().eval(), tmp_path / "good.pt2", X)
     payload = "__import__('builtins').setattr(__import__('builtins'), 'ANYTIME_EDGE_GUARD_RAN', 1) is None"
 
@@ -231,4 +237,4 @@ def test_guard_code_in_the_file_is_never_run(run, error, tmp_path: Path) -> None
         return name, data
 
     run(_rewrite(good, tmp_path / "guard.pt2", guard))  # loads and runs the forward on X
-    assert not hasattr(builtins, "ANYTIME_EDGE_GUARD_RAN")
+    assert not code_ran("GUARD_RAN")
