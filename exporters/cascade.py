@@ -12,11 +12,18 @@ Rules checked before anything is written, each refused in one line that names th
 
 * every input is a bundle with exactly one member (a multi-member bundle already combines its members);
 * every input has the same task: labels (names and order), client input shape and dtype, and the same
-  preprocess (the runtime applies one preprocess to a request and hands the same ``x`` to every member);
-* every member's graph takes its input under the same name (the runtime feeds one name).
+  preprocess layout.
 
-Member files are copied byte for byte; each input's checksum is verified when it is loaded and the
-cascade's are recomputed from the copied bytes (:func:`exporters.bundle.write_bundle`, which also writes
+The runtime applies one preprocess (the first bundle's) to a request and feeds the result to every
+member under one input name. A member whose bundle scales/offsets inputs differently (e.g. a user's
+``.onnx`` teacher wrapped to take raw values, beside students that take standardised ones), or whose graph
+names its input differently, is *adapted*: one Identity, or a Mul and an Add folding
+``own_preprocess(first_preprocess⁻¹(x))`` into one affine map, is put in front of its graph, and the
+adapted graph is checked against the original on random inputs before anything is written. That needs the
+onnx package (the ``wrap`` extra); without it such inputs are refused with the fix.
+
+Otherwise member files are copied byte for byte; each input's checksum is verified when it is loaded and
+the cascade's are recomputed from the written bytes (:func:`exporters.bundle.write_bundle`, which also writes
 atomically and loads the result back). Calibration and profiles of the inputs are not carried over: a
 cascade's thresholds and prefix latencies are its own, so run ``calibrate`` and ``profile`` on it.
 
@@ -29,9 +36,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from edge_runtime.bundle import Bundle, Manifest, MemberSpec, PathLike, load_bundle
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.bundle import Bundle, Manifest, MemberSpec, PathLike, TaskSpec, load_bundle
 from exporters.bundle import archive_bundle, write_bundle
-from exporters.errors import ExportError
+from exporters.errors import ExportError, VerificationError
 
 __all__ = ["CascadeResult", "compose_cascade"]
 
@@ -83,7 +94,15 @@ def compose_cascade(
     first = loaded[0].manifest
     for bundle, label in zip(loaded, labels):
         _check_input(bundle.manifest, label, first, labels[0])
-    members = _member_specs(loaded)
+    blobs, adapted = [], []
+    for bundle, label in zip(loaded, labels):
+        blob, how = _adapted_member(bundle, label, first.task)
+        blobs.append(blob)
+        adapted.append(how)
+    members = tuple(
+        replace(spec, info={**dict(spec.info), "cascade_adapted": how}) if how else spec
+        for spec, how in zip(_member_specs(loaded), adapted)
+    )
     manifest = Manifest(
         name=name,
         task=first.task,
@@ -98,11 +117,11 @@ def compose_cascade(
             ],
         },
     )
-    target = write_bundle(out_dir, manifest, [b.member_bytes[0] for b in loaded], overwrite=overwrite)
+    target = write_bundle(out_dir, manifest, blobs, overwrite=overwrite)
     packed = archive_bundle(target, archive) if archive is not None else None
     written = load_bundle(target).manifest
     latencies = _stored_latencies(loaded)
-    warnings: list[str] = []
+    warnings = [f"{m.name}: {how} (checked against the original graph)" for m, how in zip(members, adapted) if how]
     if latencies is not None and any(b < a for a, b in zip(latencies, latencies[1:])):
         order = ", ".join(f"{m.name} {t:.3f} ms" for m, t in zip(members, latencies))
         warnings.append(
@@ -130,17 +149,74 @@ def _check_input(manifest: Manifest, label: str, first: Manifest, first_label: s
             f"{label} takes {task.input.dtype} {list(task.input.shape)}, {first_label} {ref.input.dtype} "
             f"{list(ref.input.shape)}; a cascade's members must take the same client input: export them for one task"
         )
-    if task.preprocess != ref.preprocess:
+    if task.preprocess.layout != ref.preprocess.layout:
         raise ExportError(
-            f"{label} preprocesses inputs as {_describe(task.preprocess.to_dict())}, {first_label} as "
-            f"{_describe(ref.preprocess.to_dict())}; the runtime applies one preprocess to every member: export them "
-            "with the same preprocess (for a wrapped model trained on standardised inputs `anytime-edge export "
-            "MODEL --data DATA --preprocess data`, for one taking raw values `--preprocess none` everywhere)"
+            f"{label} takes client inputs in layout {task.preprocess.layout}, {first_label} in {ref.preprocess.layout}; "
+            "the runtime feeds every member one layout: export them with the same layout"
         )
-    if task.input.name != ref.input.name:
+
+
+def _adapted_member(bundle: Bundle, label: str, ref: TaskSpec) -> tuple[bytes, str]:
+    """Member bytes that take the runtime's ``x`` for task ``ref``, and how they were adapted ("" = not)."""
+    blob, task = bundle.member_bytes[0], bundle.manifest.task
+    renamed = task.input.name != ref.input.name
+    affine = task.preprocess != ref.preprocess
+    if not (renamed or affine):
+        return blob, ""
+    what = [f"input '{task.input.name}' fed as '{ref.input.name}'"] if renamed else []
+    if affine:
+        what.append(f"its preprocess ({_describe(task.preprocess.to_dict())}) folded in after the cascade's "
+                    f"({_describe(ref.preprocess.to_dict())})")
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:
         raise ExportError(
-            f"{label}'s graph takes its input as '{task.input.name}', {first_label}'s as '{ref.input.name}'; the runtime "
-            "feeds one input name to every member: rename the graph input of one model and export it again"
+            f"{label} needs adapting to join this cascade ({'; '.join(what)}), which needs the onnx package: "
+            "pip install 'anytime-edge[wrap]', or export every model with the same preprocess and input name"
+        ) from None
+    model_shape = ref.model_input_shape[1:]
+    model = onnx.load_from_string(blob)
+    graph = model.graph
+    old, new = task.input.name, ref.input.name
+    used = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
+    prefix = "cascade/"
+    if renamed and new in used or any(name.startswith(prefix) for name in used):
+        raise ExportError(f"{label}'s graph already uses the name '{new}' or '{prefix}...'; rename its input and export it again")
+    (graph_input,) = [i for i in graph.input if i.name == old]
+    graph_input.name = new
+    if affine:
+        # x_own = P_own(P_ref^-1(x)) = x * a + b, per channel where the preprocesses are (members' axis 1).
+        s_ref, o_ref = (v.astype(np.float64) for v in ref.preprocess.arrays(model_shape))
+        s_own, o_own = (v.astype(np.float64) for v in task.preprocess.arrays(model_shape))
+        a, b = s_own / s_ref, o_own - o_ref * s_own / s_ref
+        graph.initializer.extend([numpy_helper.from_array(np.asarray(a, np.float32), prefix + "scale"),
+                                  numpy_helper.from_array(np.asarray(b, np.float32), prefix + "offset")])
+        nodes = [helper.make_node("Mul", [new, prefix + "scale"], [prefix + "scaled"], name=prefix + "mul"),
+                 helper.make_node("Add", [prefix + "scaled", prefix + "offset"], [old], name=prefix + "add")]
+    else:
+        nodes = [helper.make_node("Identity", [new], [old], name=prefix + "rename")]
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    adapted = model.SerializeToString()
+    _check_adapted(blob, task, adapted, ref, label)
+    return adapted, "; ".join(what)
+
+
+def _check_adapted(original: bytes, own: TaskSpec, adapted: bytes, ref: TaskSpec, label: str) -> None:
+    """The adapted graph on ``ref``'s preprocess must answer as the original on its own (random raw inputs)."""
+    from edge_runtime.session import SessionConfig, create_session
+
+    raw = np.random.default_rng(0).normal(0.0, 1.0, (8, *ref.input.shape[1:])).astype(np.float32)
+    outs = []
+    for blob, task in ((original, own), (adapted, ref)):
+        session = create_session(blob, SessionConfig(), name=label)
+        outs.append(session.run(["probs"], {task.input.name: task.preprocess.apply(raw)})[0])
+    gap = float(np.max(np.abs(outs[0] - outs[1])))
+    if not gap <= 1e-4:
+        raise VerificationError(
+            f"{label} adapted to the cascade's input differs from the original by {gap:.3g} in probability; "
+            "export every model with the same preprocess instead"
         )
 
 
