@@ -311,3 +311,48 @@ def test_cli_composes_on_a_runtime_only_install(parts: list[Path], tmp_path: Pat
     needs_onnx = cli("cascade", str(parts[0]), str(raw_model), "--out", str(tmp_path / "e"))
     assert needs_onnx.returncode == 1 and len(needs_onnx.stderr.strip().splitlines()) == 1
     assert "needs the onnx package" in needs_onnx.stderr and not (tmp_path / "e").exists()
+
+
+def test_bundles_from_the_real_exporters_compose(tmp_path: Path) -> None:
+    """A torch student through export_model (standardised inputs, input 'x') then a user's ONNX wrapped by
+    wrap_onnx (raw pixels, input 'pixels'): each cascade prefix answers as its own bundle does."""
+    torch = pytest.importorskip("torch")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from distill.data import load_dataset
+    from exporters import export_model, wrap_onnx
+
+    digits = load_dataset("digits")
+
+    def lstsq(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), -1)
+        return np.linalg.lstsq(np.c_[x, np.ones(len(x))], np.eye(10)[digits.y_train], rcond=None)[0].astype(np.float32)
+
+    w = lstsq(digits.x_train)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(w.shape[0] - 1, 10))
+    with torch.no_grad():
+        student[1].weight.copy_(torch.from_numpy(w[:-1].T.copy()))
+        student[1].bias.copy_(torch.from_numpy(w[-1]))
+    first = export_model(student, digits.task_spec(), tmp_path / "student", heldout=(digits.x_test, digits.y_test),
+                         name="student").path
+    raw_test = digits.raw(digits.x_test)
+    w = lstsq(digits.raw(digits.x_train))
+    shape = list(digits.raw_input_shape)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["pixels"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["mm"]),
+         helper.make_node("Add", ["mm", "b"], ["scores"])],
+        "user", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", *shape])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(w[:-1], "W"), numpy_helper.from_array(w[-1], "b")],
+    )
+    user = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    user.ir_version = 8
+    raw_task = replace(digits.task_spec(), preprocess=Preprocess())
+    second = wrap_onnx(user, raw_task, tmp_path / "user", heldout=(raw_test, digits.y_test), name="user").path
+    result = compose_cascade([first, second], tmp_path / "cascade")
+    assert [m.name for m in result.manifest.members] == ["student", "user"]
+    cascade = edge_runtime.load(result.path, entropy_threshold="off", warmup=0).evaluate_prefixes(raw_test)
+    alone = [edge_runtime.load(p, warmup=0).evaluate_prefixes(raw_test).probs[0] for p in (first, second)]
+    np.testing.assert_array_equal(cascade.probs[0], alone[0])
+    np.testing.assert_allclose(cascade.probs[1], alone[1], atol=1e-5)
+    assert (cascade.labels[1] == alone[1].argmax(1)).mean() > 0.99
