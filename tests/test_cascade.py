@@ -153,7 +153,8 @@ def test_budget_policy_on_a_cascade(parts: list[Path], tmp_path: Path, x: np.nda
 def test_profile_select_and_server_work_on_a_cascade(parts: list[Path], tmp_path: Path, x: np.ndarray) -> None:
     import warnings
 
-    from profiles import MeasureConfig, evaluate_candidates, find_profile, profile_bundle, store_profile
+    from profiles import MeasureConfig, SelectionError, evaluate_candidates, find_profile, profile_bundle, store_profile
+    from profiles.select import auto_budgets
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -170,9 +171,19 @@ def test_profile_select_and_server_work_on_a_cascade(parts: list[Path], tmp_path
     assert [m["conditional_on"] for m in profile["members"]] == [[], []]
     y = by_hand(parts[1], x)[0]["probs"].argmax(1)
     save_calibration(cascade, calibrate(edge_runtime.load(cascade, warmup=0), x, y, CalibrationTarget.members(1.5)))
-    candidates = evaluate_candidates([cascade], x, y, measure=fast)
-    assert [(c.kind, c.members) for c in candidates] == [("prefix", 1), ("prefix", 2), ("threshold", 2)]
-    assert candidates[1].accuracy == 1.0  # the labels are the big model's answers
+    # Budgets no member 2 fits / every member fits: the runtime's real runs exit at member 1 / run both.
+    candidates = evaluate_candidates([cascade], x, y, measure=fast, budget_runs=[1e-6, 1e6])
+    assert [(c.kind, c.members) for c in candidates] == [("prefix", 1), ("prefix", 2), ("threshold", 2), ("budget", 2), ("budget", 2)]
+    prefix1, prefix2, _, tight, roomy = candidates
+    assert prefix2.accuracy == 1.0  # the labels are the big model's answers
+    assert (tight.budget_ms, tight.mean_members, tight.accuracy) == (1e-6, 1.0, prefix1.accuracy)
+    assert (roomy.mean_members, roomy.accuracy) == (2.0, 1.0)
+    # One latency basis for every point: the profiled latency of the prefix each sample exits at.
+    assert tight.latency_ms == pytest.approx(prefix1.latency_ms) and roomy.latency_ms == pytest.approx(prefix2.latency_ms)
+    assert auto_budgets(profile) == [round((profile["prefixes"][0]["latency_ms"]["p99"]
+                                            + profile["prefixes"][1]["latency_ms"]["p99"]) / 2, 4)]
+    with pytest.raises(SelectionError, match="positive budget"):
+        evaluate_candidates([cascade], x, y, measure=fast, budget_runs=[0.0])
     runtime = edge_runtime.load(cascade, warmup=1)
     request = {"inputs": [{"name": "x", "shape": [1, *SHAPE], "datatype": "FP32", "data": x[0].ravel().tolist()}],
                "parameters": {"anytime_entropy_threshold": "off"}}
@@ -303,6 +314,14 @@ def test_cli_composes_on_a_runtime_only_install(parts: list[Path], tmp_path: Pat
     np.save(tmp_path / "in.npy", np.zeros((2, *SHAPE), np.float32))
     ran = cli("run", str(tmp_path / "c.zip"), "--input", str(tmp_path / "in.npy"), "--json")
     assert ran.returncode == 0, ran.stderr
+    x = np.random.default_rng(2).normal(size=(40, *SHAPE)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x, y=by_hand(parts[1], x)[0]["probs"].argmax(1))
+    chosen = cli("select", str(tmp_path / "c"), "--data", str(tmp_path / "val.npz"), "--min-queries", "20",
+                 "--min-seconds", "0", "--budget-runs", "0.000001,1000", "--json")
+    assert chosen.returncode == 0, chosen.stderr
+    rows = json.loads(chosen.stdout)["candidates"]
+    assert [(r["kind"], r["budget_ms"], r["mean_members"]) for r in rows] == [
+        ("prefix", None, 1.0), ("prefix", None, 2.0), ("budget", 1e-6, 1.0), ("budget", 1000.0, 2.0)]
     ensemble = make_bundle(tmp_path / "ens", num_members=2, input_shape=SHAPE)
     refused = cli("cascade", str(parts[0]), str(ensemble), "--out", str(tmp_path / "d"))
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
