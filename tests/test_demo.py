@@ -80,4 +80,7 @@ def test_cascade_of_the_cheapest_student_then_the_teacher(demo) -> None:
     assert cascade["curve"][-1]["accuracy"] == pytest.approx(accuracy["teacher"])
     assert cascade["curve"][0]["accuracy"] == pytest.approx(accuracy[cascade["members"][0]])
     assert 1.0 <= cascade["entropy_exit"]["mean_members"] <= 2.0
+    # The exits sit on the curves' latency basis: each sample costs its exit prefix's profiled p50.
+    for exit_, curve in ((cascade["entropy_exit"], cascade["curve"]), (report["entropy_exit"], report["anytime_curve"])):
+        assert curve[0]["latency_ms_p50"] <= exit_["profiled_ms_p50"] <= curve[-1]["latency_ms_p50"]
     assert any(line.startswith("\nCascade ") for line in result["lines"])
