@@ -5,15 +5,28 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= digits
-OUT    ?= runs/demo
+# runs/demo for the default data, else runs/<data name> (as `anytime-edge demo` does), so `make demo DATA=x`
+# never replaces the demo's run
+OUT    ?= $(if $(filter digits,$(DATA)),runs/demo,runs/$(basename $(notdir $(patsubst %/,%,$(DATA)))))
 
-.PHONY: demo test install bench clean
+# Where torch's CPU build comes from when the usual index (or a local wheel) lacks it; used for torch alone.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: demo test install torch-cpu bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(MAKE) --no-print-directory torch-cpu
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(STAMP)
+
+# torch first, alone and without its dependencies (the next step takes those from the usual index), at the
+# build constraints.txt pins: from the usual index or a local wheel if it is there, else from TORCH_INDEX.
+torch-cpu:
+	@$(BIN)/pip install --quiet --no-deps -c constraints.txt torch 2>/dev/null || { \
+	  echo "torch's CPU build is not on the usual index; installing it from $(TORCH_INDEX)"; \
+	  $(BIN)/pip install --quiet --no-deps -c constraints.txt --index-url $(TORCH_INDEX) torch; }
 
 install: $(STAMP)
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from distill.errors import DataError
 from edge_runtime.bundle import Preprocess, TaskSpec, TensorSpec
+from edge_runtime.extras import missing_dependency_message
 
 __all__ = ["MIN_VAL_PER_CLASS", "MIN_VAL_SAMPLES", "Dataset", "is_channels_last", "load_dataset", "shared_mnist_dir"]
 
@@ -167,7 +168,7 @@ def _digits(seed: int) -> tuple[np.ndarray, ...]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise DataError("the digits data needs scikit-learn: pip install 'anytime-edge[train]'") from exc
+        raise DataError(f"the digits data {missing_dependency_message('sklearn')}") from exc
     bunch = load_digits()
     x = bunch.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), values 0..16
     y = bunch.target.astype(np.int64)
@@ -182,7 +183,7 @@ def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
-        raise DataError("the mnist1d data needs the mnist1d package: pip install 'anytime-edge[train]'") from exc
+        raise DataError(f"the mnist1d data {missing_dependency_message('mnist1d')}") from exc
     args = get_dataset_args()
     args.seed = seed
     data = make_dataset(args)  # generated locally; get_dataset would try the network first

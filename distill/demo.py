@@ -150,7 +150,7 @@ def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log
             student, report = build(**choice)
         except TrainingError as exc:
             # On a busy machine no candidate may time out 2x faster; a demo should still finish.
-            log.say(f"    note: {exc}; falling back to rank {FALLBACK_RANK}")
+            log.say(f"    note: {exc}; meanwhile the demo uses rank {FALLBACK_RANK}")
             choice = {"rank": FALLBACK_RANK}
             student, report = build(**choice)
         return export_model(student, task, bundles / "lowrank", heldout=heldout, name="lowrank",

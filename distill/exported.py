@@ -6,10 +6,13 @@ with the weights as attributes, no ``nn.Linear`` or ``nn.Conv2d`` in sight, and 
 :func:`load_exported_module` rewrites the graph (an FX pass): each such call whose weight (and bias) is a
 parameter used by that call only becomes a ``call_module`` of a new ``nn.Linear`` / ``nn.Conv1d`` /
 ``nn.Conv2d`` holding the *same* parameters, placed at the parameter's original module path (``head``,
-``blocks.0.conv1``). The result is a plain :class:`torch.fx.GraphModule`: ``train()``/``eval()`` work,
-gradients reach every parameter, and its logits equal the program's. What stays functional: BatchNorm in
-its exported (eval) form, i.e. it normalises with the running statistics and does not update them while
-training (its affine weight and bias still train); any other op.
+``blocks.0.conv1``); likewise each ``aten.batch_norm`` in eval form (how a model exported in eval mode
+holds it) becomes an ``nn.BatchNorm1d/2d`` with the same weight, bias and running statistics. The result is
+a plain :class:`torch.fx.GraphModule`: ``train()``/``eval()`` work and mean what they meant for the
+original module (BatchNorm uses batch statistics and updates the running ones while training), gradients
+reach every parameter, and in eval mode its logits equal the program's. A call whose tensors are shared
+or not parameters stays functional and is listed in ``exported_functional``; every other op stays as the
+program has it.
 
 Safety. ``torch.export.load`` alone is not safe for files from strangers (torch's documentation says so):
 it unpickles weights marked ``use_pickle`` and opaque constants with plain pickle, falls back to
@@ -172,14 +175,6 @@ def _arguments(node: fx.Node) -> dict[str, Any]:
     return bound
 
 
-def _own_parameter(gm: fx.GraphModule, node: Any) -> nn.Parameter | None:
-    """The parameter a ``get_attr`` node reads, when this one call is its only user."""
-    if not isinstance(node, fx.Node) or node.op != "get_attr" or len(node.users) != 1:
-        return None
-    value = gm.get_parameter(node.target) if _is_parameter(gm, str(node.target)) else None
-    return value
-
-
 def _is_parameter(gm: fx.GraphModule, target: str) -> bool:
     try:
         gm.get_parameter(target)
@@ -210,60 +205,137 @@ def _layer_for(node: fx.Node, weight: nn.Parameter, bias: nn.Parameter | None) -
     return layer
 
 
-def modularise(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, str]]:
-    """Rewrite ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` calls into ``nn.Linear`` / ``nn.Conv*`` modules.
+def _owner(gm: fx.GraphModule, nodes: dict[str, Any], params: set[str], buffers: set[str]) -> str | None:
+    """The module path that holds exactly the tensors ``nodes`` read (``{attr: get_attr node}``), or None.
 
-    A call is rewritten when its weight (and bias, if any) are parameters read by that call only and the
-    module that owns them holds nothing else; the new layer takes those very ``nn.Parameter`` objects and the
-    owner's path. Calls that do not qualify stay functional (their parameters still train).
+    The owner must hold the parameters ``params`` and no others, only buffers among ``buffers``, no
+    submodules, and each tensor must be read by this one call.
+    """
+    targets = {attr: str(node.target) for attr, node in nodes.items()}
+    paths = {t.rpartition(".")[0] for t in targets.values()}
+    if len(paths) != 1 or any(t.rpartition(".")[2] != attr for attr, t in targets.items()):
+        return None
+    path = paths.pop()
+    if not path:
+        return None
+    owner = gm.get_submodule(path)
+    if (
+        type(owner) is not nn.Module  # already rewritten, or a real module the graph only reads from
+        or set(dict(owner.named_parameters(recurse=False))) != params
+        or not set(dict(owner.named_buffers(recurse=False))) <= buffers
+        or list(owner.children())
+        or any(len(node.users) != 1 for node in nodes.values())
+    ):
+        return None
+    return path
+
+
+def _get_attrs(args: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
+    """{name: get_attr node} for the tensor arguments given (None ones left out); None if one is not a get_attr."""
+    found = {}
+    for name in names:
+        node = args[name]
+        if node is None:
+            continue
+        if not isinstance(node, fx.Node) or node.op != "get_attr":
+            return None
+        found[name] = node
+    return found
+
+
+def _swap(gm: fx.GraphModule, node: fx.Node, path: str, layer: nn.Module, source: fx.Node, reads: dict[str, Any]) -> None:
+    """Put ``layer`` at ``path`` and replace the call ``node`` by a call of it on ``source``."""
+    parent_path, _, child = path.rpartition(".")
+    setattr(gm.get_submodule(parent_path) if parent_path else gm, child, layer)
+    graph = gm.graph
+    with graph.inserting_before(node):
+        call = graph.call_module(path, (source,))
+    call.meta = dict(node.meta)
+    node.replace_all_uses_with(call)
+    graph.erase_node(node)
+    for attr in reads.values():
+        if not attr.users:
+            graph.erase_node(attr)
+
+
+def _batch_norm(gm: fx.GraphModule, node: fx.Node, args: dict[str, Any]) -> str | None:
+    """Rewrite an eval-form ``aten.batch_norm`` into ``nn.BatchNorm1d/2d``; the reason when it cannot."""
+    if args["training"] or args["running_mean"] is None or (args["weight"] is None) != (args["bias"] is None):
+        return "not in eval form with running statistics"
+    value = getattr(args["input"], "meta", {}).get("val")
+    rank = value.dim() if isinstance(value, torch.Tensor) else None
+    kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}.get(rank) if rank else None
+    reads = _get_attrs(args, ("weight", "bias", "running_mean", "running_var"))
+    if kind is None or reads is None:
+        return "input rank or statistics not understood"
+    affine = args["weight"] is not None
+    path = _owner(gm, reads, {"weight", "bias"} if affine else set(), {"running_mean", "running_var", "num_batches_tracked"})
+    if path is None:
+        return "its tensors do not sit alone in one module"
+    owner = gm.get_submodule(path)
+    mean = owner.get_buffer("running_mean")
+    layer = kind(mean.numel(), eps=float(args["eps"]), momentum=float(args["momentum"]), affine=affine, device="meta")
+    if affine:
+        layer.weight, layer.bias = owner.get_parameter("weight"), owner.get_parameter("bias")
+    layer.running_mean, layer.running_var = mean, owner.get_buffer("running_var")
+    if "num_batches_tracked" in dict(owner.named_buffers(recurse=False)):
+        layer.num_batches_tracked = owner.get_buffer("num_batches_tracked")
+    else:
+        layer.num_batches_tracked = torch.zeros((), dtype=torch.long)
+    _swap(gm, node, path, layer, args["input"], reads)
+    return None
+
+
+def _linear_or_conv(gm: fx.GraphModule, node: fx.Node, args: dict[str, Any]) -> str | None:
+    """Rewrite ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` into a layer; the reason when it cannot."""
+    reads = _get_attrs(args, ("weight", "bias"))
+    if reads is None or "weight" not in reads:
+        return "weight or bias is not a parameter of the program"
+    if not all(_is_parameter(gm, str(n.target)) for n in reads.values()):
+        return "weight or bias is a constant, not a parameter"
+    path = _owner(gm, reads, set(reads), set())
+    if path is None:
+        return "its parameters do not sit alone in one module"
+    owner = gm.get_submodule(path)
+    bias = owner.get_parameter("bias") if "bias" in reads else None
+    layer = _layer_for(node, owner.get_parameter("weight"), bias)
+    if layer is None:
+        return "unexpected weight shape"
+    _swap(gm, node, path, layer, args["input"], reads)
+    return None
+
+
+def modularise(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, str]]:
+    """Rewrite layer calls of an aten graph into ``nn`` modules holding the same parameters and buffers.
+
+    ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` become ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d``;
+    ``aten.batch_norm`` in eval form (running statistics, ``training=False``: how a model exported in
+    eval mode holds it) becomes ``nn.BatchNorm1d`` / ``nn.BatchNorm2d``. A call is rewritten when the
+    tensors it reads are read by that call only and sit alone in one module (the original module's
+    path); the new module takes those very tensors and that path. Other calls stay functional (their
+    parameters still train; a functional BatchNorm keeps its eval form).
 
     Args:
-        gm: an FX graph module of aten calls, e.g. ``ExportedProgram.module()``.
+        gm: an FX graph module of aten calls, e.g. ``ExportedProgram.module()`` (changed in place).
 
     Returns:
         (a new plain GraphModule sharing ``gm``'s parameters and buffers, {call name: why it stayed
-        functional} for the Linear/Conv calls not rewritten).
+        functional} for the layer calls not rewritten).
     """
-    graph = gm.graph
     kept: dict[str, str] = {}
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in _LAYER_OPS:
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
             continue
-        args = _arguments(node)
-        weight_node, bias_node = args["weight"], args["bias"]
-        weight = _own_parameter(gm, weight_node)
-        bias = None if bias_node is None else _own_parameter(gm, bias_node)
-        if weight is None or (bias_node is not None and bias is None):
-            kept[node.name] = "weight or bias is not a parameter used by this call only"
+        if node.target in _LAYER_OPS:
+            why = _linear_or_conv(gm, node, _arguments(node))
+        elif node.target is _ATEN.batch_norm.default:
+            why = _batch_norm(gm, node, _arguments(node))
+        else:
             continue
-        owner_path = str(weight_node.target).rpartition(".")[0]
-        owner = gm.get_submodule(owner_path) if owner_path else None
-        expected = {"weight"} | ({"bias"} if bias is not None else set())
-        if (
-            owner is None or isinstance(owner, (nn.Linear, nn.Conv1d, nn.Conv2d))
-            or set(dict(owner.named_parameters(recurse=False))) != expected
-            or list(owner.buffers(recurse=False)) or list(owner.children())
-            or (bias is not None and str(bias_node.target) != f"{owner_path}.bias")
-            or not str(weight_node.target).endswith(".weight")
-        ):
-            kept[node.name] = "its parameters do not sit alone in one module"
-            continue
-        layer = _layer_for(node, weight, bias)
-        if layer is None:
-            kept[node.name] = "unexpected weight shape"
-            continue
-        parent_path, _, child = owner_path.rpartition(".")
-        setattr(gm.get_submodule(parent_path) if parent_path else gm, child, layer)
-        with graph.inserting_before(node):
-            call = graph.call_module(owner_path, (args["input"],))
-        call.meta = dict(node.meta)
-        node.replace_all_uses_with(call)
-        graph.erase_node(node)
-        for attr in (weight_node, bias_node):
-            if isinstance(attr, fx.Node) and not attr.users:
-                graph.erase_node(attr)
-    graph.lint()
-    out = fx.GraphModule(gm, graph, class_name="ExportedClassifier")
+        if why is not None:
+            kept[node.name] = why
+    gm.graph.lint()
+    out = fx.GraphModule(gm, gm.graph, class_name="ExportedClassifier")
     for name in ("_in_spec", "_out_spec"):  # the pytree calling convention of the exported forward
         if hasattr(gm, name):
             setattr(out, name, getattr(gm, name))
@@ -278,9 +350,9 @@ def load_exported_module(path: str | os.PathLike[str]) -> nn.Module:
 
     Returns:
         A :class:`torch.fx.GraphModule` in eval mode whose forward is the program's (same inputs, same
-        outputs); ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` modules where the program called
-        ``aten.linear`` / ``aten.conv*`` on its own parameters. ``module.exported_functional`` lists the
-        calls left functional and why.
+        outputs); ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.BatchNorm1d/2d`` modules where the
+        program called the matching aten op on its own tensors. ``module.exported_functional`` lists
+        the calls left functional and why.
 
     Raises:
         CheckpointError: the file is missing, not a torch.export program, or holds something whose loading

@@ -27,7 +27,17 @@ from distill.losses import CrossEntropy
 from distill.models import Classifier, ModelConfig, build_model, count_params
 from distill.train import FitConfig, accuracy, fit
 
-__all__ = ["TeacherConfig", "default_teacher_config", "default_teacher_dir", "ensure_teacher", "load_model", "save_model", "train_teacher"]
+__all__ = [
+    "TeacherConfig",
+    "default_teacher_config",
+    "default_teacher_dir",
+    "ensure_teacher",
+    "finished_run",
+    "load_model",
+    "save_model",
+    "teacher_identity",
+    "train_teacher",
+]
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,24 @@ def load_model(checkpoint_dir: str | os.PathLike[str]) -> tuple[Classifier, dict
     return model, config
 
 
+def teacher_identity(dataset: Dataset, cfg: TeacherConfig) -> dict[str, Any]:
+    """What makes two teacher runs the same (config, data name and fingerprint), as stored in config.json."""
+    return json.loads(json.dumps({"teacher": asdict(cfg), "data": dataset.name, "data_fingerprint": dataset.fingerprint()}))
+
+
+def finished_run(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(identity, metrics)`` of the finished :func:`train_teacher` run in ``out_dir``, or None if none is."""
+    out = Path(out_dir)
+    try:
+        config = json.loads((out / "config.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not (out / "model.pt").is_file() or not isinstance(config, dict):
+        return None
+    return {key: config.get(key) for key in ("teacher", "data", "data_fingerprint")}, metrics
+
+
 def train_teacher(dataset: Dataset, cfg: TeacherConfig, out_dir: str | os.PathLike[str], progress: bool = True) -> tuple[Classifier, dict[str, Any]]:
     """Train a teacher on ``dataset`` into ``out_dir``, resuming from ``progress.pt`` if present.
 
@@ -136,7 +164,7 @@ def train_teacher(dataset: Dataset, cfg: TeacherConfig, out_dir: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_config(dataset))
-    identity = {"teacher": asdict(cfg), "data": dataset.name, "data_fingerprint": dataset.fingerprint()}
+    identity = teacher_identity(dataset, cfg)
     start_epoch, optimizer_state = 0, None
     progress_path = out / "progress.pt"
     progress_meta = out / "progress.json"

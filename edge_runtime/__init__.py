@@ -28,7 +28,7 @@ from edge_runtime.errors import (
 )
 
 if TYPE_CHECKING:
-    from edge_runtime.bundle import Bundle, Calibration, Manifest, PathLike, load_bundle
+    from edge_runtime.bundle import Bundle, Calibration, LoadLimits, Manifest, PathLike, load_bundle
     from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibration
     from edge_runtime.ensemble import AnytimeRuntime, PrefixEvaluation
     from edge_runtime.policies import ExitPolicy
@@ -45,6 +45,7 @@ __all__ = [
     "EdgeRuntimeError",
     "ExitPolicy",
     "InputError",
+    "LoadLimits",
     "Manifest",
     "ManifestError",
     "MemberError",
@@ -67,6 +68,7 @@ _LAZY = {
     "Calibration": "edge_runtime.bundle",
     "CalibrationTarget": "edge_runtime.calibrate",
     "ExitPolicy": "edge_runtime.policies",
+    "LoadLimits": "edge_runtime.bundle",
     "Manifest": "edge_runtime.bundle",
     "Prediction": "edge_runtime.result",
     "PrefixEvaluation": "edge_runtime.ensemble",

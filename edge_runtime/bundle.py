@@ -32,15 +32,18 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from edge_runtime.errors import ChecksumError, ManifestError
+from edge_runtime._manifest_json import decode_manifest
+from edge_runtime._member_checks import check_member_graph, check_sample_size
+from edge_runtime._sources import LoadLimits, check_member_file, open_source
+from edge_runtime.errors import BundleError, ChecksumError, ManifestError
+from edge_runtime.files import atomic_write, locked
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -49,6 +52,7 @@ __all__ = [
     "COMBINE_RULES",
     "Calibration",
     "Connection",
+    "LoadLimits",
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
     "Manifest",
@@ -61,6 +65,7 @@ __all__ = [
     "load_bundle",
     "save_manifest",
     "sha256_bytes",
+    "update_manifest",
 ]
 
 BUNDLE_FORMAT = "anytime-edge-bundle"
@@ -493,57 +498,19 @@ class Bundle:
         return replace(self, manifest=manifest)
 
 
-def _read_entries(source: Path) -> tuple[bytes, "_Reader"]:
-    if source.is_dir():
-        manifest_path = source / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise ManifestError(f"{source} has no {MANIFEST_NAME}; point at a bundle directory made by the exporters")
-        return manifest_path.read_bytes(), _DirReader(source)
-    if source.is_file() and zipfile.is_zipfile(source):
-        archive = zipfile.ZipFile(source)
-        try:
-            return archive.read(MANIFEST_NAME), _ZipReader(archive)
-        except KeyError:
-            raise ManifestError(f"{source} holds no {MANIFEST_NAME}; it is not a bundle archive") from None
-    if not source.exists():
-        raise ManifestError(f"bundle {source} does not exist; check the path")
-    raise ManifestError(f"{source} is neither a bundle directory nor a .zip bundle")
+def load_bundle(path: PathLike | Bundle, limits: LoadLimits | None = None) -> Bundle:
+    """Read a bundle directory or ``.zip`` as untrusted input, validate the manifest, verify every member.
 
-
-class _Reader:
-    def read(self, name: str) -> bytes:
-        raise NotImplementedError
-
-
-class _DirReader(_Reader):
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-
-    def read(self, name: str) -> bytes:
-        path = (self.root / name).resolve()
-        if self.root not in path.parents:
-            raise ManifestError(f"member file '{name}' points outside the bundle; rebuild the bundle")
-        if not path.is_file():
-            raise ChecksumError(f"member file '{name}' is missing from {self.root}; copy the whole bundle")
-        return path.read_bytes()
-
-
-class _ZipReader(_Reader):
-    def __init__(self, archive: zipfile.ZipFile) -> None:
-        self.archive = archive
-
-    def read(self, name: str) -> bytes:
-        try:
-            return self.archive.read(name)
-        except KeyError:
-            raise ChecksumError(f"member file '{name}' is missing from the archive; rebuild it") from None
-
-
-def load_bundle(path: PathLike | Bundle) -> Bundle:
-    """Read a bundle directory or ``.zip``, validate the manifest and verify every member's sha256.
+    Directory and archive go through the same checks (see ``edge_runtime._sources``): every file must
+    resolve inside the bundle, sizes are capped by ``limits`` (from headers and while reading), and every
+    parse failure becomes one line. Each member must match its sha256, be self-contained (no ONNX external
+    data: ONNX Runtime would read such files from the working directory, and no checksum covers them) and
+    take the manifest's input shape, which is checked before anything is allocated for it.
 
     Args:
-        path: the bundle directory, a ``.zip`` of it, or an already loaded :class:`Bundle`.
+        path: the bundle directory, a ``.zip`` of it (its contents, or one top-level folder holding them),
+            or an already loaded :class:`Bundle`.
+        limits: size caps; the defaults of :class:`LoadLimits` when None.
 
     Returns:
         The verified bundle, with member bytes held in memory.
@@ -551,67 +518,124 @@ def load_bundle(path: PathLike | Bundle) -> Bundle:
     Raises:
         ManifestError: the manifest is missing, malformed or of an unknown version.
         ChecksumError: a member file is missing or was changed after export.
+        ModelLoadError: a member is not well-formed ONNX, uses external data, or takes another input shape.
+        BundleError: a file is unreadable, too large, outside the bundle, or the archive is damaged.
     """
     if isinstance(path, Bundle):
         return path
+    limits = limits or LoadLimits()
     source = Path(path)
-    raw, reader = _read_entries(source)
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{MANIFEST_NAME} in {source} is not valid JSON ({exc}); rebuild the bundle") from exc
-    manifest = Manifest.from_dict(data)
-    blobs = []
-    for member in manifest.members:
-        blob = reader.read(member.file)
-        if sha256_bytes(blob) != member.sha256:
-            raise ChecksumError(
-                f"member '{member.name}' ({member.file}) does not match its sha256: the file was changed or "
-                "damaged after export; copy the bundle again"
-            )
-        blobs.append(blob)
+    with open_source(source, limits) as src:
+        where = src.manifest_label
+        data = decode_manifest(src.read_manifest(), where, limits.max_json_depth)
+        manifest = _manifest_from_dict(data, where)
+        check_sample_size(manifest, where, limits)
+        blobs = []
+        total = 0
+        for member in manifest.members:
+            check_member_file(member.file, member.name)
+            blob = src.read_member(member.file, member.name, min(limits.max_member_bytes, limits.max_bundle_bytes - total))
+            total += len(blob)
+            if sha256_bytes(blob) != member.sha256:
+                raise ChecksumError(
+                    f"member '{member.name}' ({member.file}) does not match its sha256: the file was changed or "
+                    "damaged after export; copy the bundle again"
+                )
+            check_member_graph(member, blob, manifest.task)
+            blobs.append(blob)
     return Bundle(source=source, manifest=manifest, member_bytes=tuple(blobs))
 
 
-def save_manifest(path: PathLike, manifest: Manifest) -> None:
-    """Replace the manifest of a bundle directory or ``.zip`` atomically (calibration, profiles).
+def _manifest_from_dict(data: Mapping[str, Any], where: str) -> Manifest:
+    try:
+        return Manifest.from_dict(data)
+    except ManifestError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+    # decode_manifest checked the JSON types; what remains is a value the dataclasses cannot convert.
+    except (TypeError, ValueError, AttributeError, OverflowError, KeyError, IndexError, RecursionError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ManifestError(f"{where} has a malformed field ({text}); rebuild the bundle") from None
+
+
+def save_manifest(path: PathLike, manifest: Manifest, *, lock: bool = True) -> None:
+    """Replace the manifest of a bundle directory or ``.zip`` atomically.
 
     The new manifest is written beside the old one and renamed over it, so a reader sees either the old
-    or the new manifest, never half of one.
+    or the new manifest, never half of one. The file keeps its mode (a new one follows the umask). To
+    change the manifest that is there, use :func:`update_manifest`, which reads it under the same lock.
+
+    Args:
+        path: the bundle directory or ``.zip``.
+        manifest: the manifest to write.
+        lock: hold the bundle's manifest lock while writing (False only for a private staging directory).
+
+    Raises:
+        BundleError: the bundle cannot be read, or its directory cannot be written.
     """
     source = Path(path)
-    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
-    if source.is_dir():
-        _atomic_write(source / MANIFEST_NAME, text.encode("utf-8"))
+    if not lock:
+        _write_manifest(source, manifest)
         return
-    if source.is_file() and zipfile.is_zipfile(source):
-        fd, tmp = tempfile.mkstemp(dir=source.parent, prefix=f".{source.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            with zipfile.ZipFile(source) as old, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as new:
-                for info in old.infolist():
-                    if info.filename != MANIFEST_NAME:
-                        new.writestr(info, old.read(info.filename))
-                new.writestr(MANIFEST_NAME, text)
-            os.replace(tmp, source)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return
-    raise ManifestError(f"{source} is not a bundle directory or .zip; cannot save its manifest")
+    with locked(_lock_target(source)):
+        _write_manifest(source, manifest)
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+def update_manifest(path: PathLike, change: Callable[[Bundle], Manifest], limits: LoadLimits | None = None) -> Manifest:
+    """Read, change and rewrite a bundle's manifest under its lock, so concurrent updates are never lost.
+
+    ``calibrate`` and ``profile`` both read-modify-write ``manifest.json``; two of them at once used to lose
+    one result. Here the bundle is loaded (and verified) *after* the lock is taken (``.manifest.json.lock``
+    beside the manifest, or ``.<name>.zip.lock`` beside an archive), ``change`` builds the new manifest
+    from it, and the write is atomic; stale temp files of a writer that died are removed first.
+
+    Args:
+        path: the bundle directory or ``.zip``.
+        change: given the freshly loaded bundle, returns the manifest to write.
+        limits: size caps for the load.
+
+    Returns:
+        The manifest as written.
+
+    Raises:
+        BundleError: the bundle cannot be read, verified or written, or another writer holds the lock too long.
+    """
+    source = Path(path)
+    with locked(_lock_target(source)):
+        manifest = change(load_bundle(source, limits))
+        _write_manifest(source, manifest)
+    return manifest
+
+
+def _lock_target(source: Path) -> Path:
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        is_dir = source.is_dir()
+    except OSError:
+        is_dir = False
+    return source / MANIFEST_NAME if is_dir else source
+
+
+def _write_manifest(source: Path, manifest: Manifest) -> None:
+    text = (json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n").encode("utf-8")
+    try:
+        is_dir, is_file = source.is_dir(), source.is_file()
+    except OSError as exc:
+        raise BundleError(f"cannot reach {source} ({exc}); check the path and permissions") from None
+    if is_dir:
+        atomic_write(source / MANIFEST_NAME, text)
+        return
+    if not is_file:
+        raise ManifestError(f"{source} is not a bundle directory or .zip; cannot save its manifest")
+    bundle = load_bundle(source)  # the members to carry over, verified (and within the limits)
+    with open_source(source, LoadLimits()) as src:
+        prefix = src.archive_prefix
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as new:
+            new.writestr(prefix + MANIFEST_NAME, text)
+            for spec, blob in zip(bundle.manifest.members, bundle.member_bytes):
+                new.writestr(prefix + spec.file, blob)
+
+    atomic_write(source, write)
 
 
 def connection_inputs(members: Sequence[MemberSpec]) -> set[tuple[int, str]]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_runtime.bundle import Calibration, PathLike, load_bundle, save_manifest
+from edge_runtime.bundle import Calibration, PathLike, update_manifest
 from edge_runtime.errors import InputError, PolicyError
 
 if TYPE_CHECKING:
@@ -231,10 +231,12 @@ def calibrate(
 
 
 def save_calibration(bundle_path: PathLike, calibration: Calibration) -> None:
-    """Store ``calibration`` in the bundle's manifest, atomically (the bundle is verified first).
+    """Store ``calibration`` in the bundle's manifest, atomically and under the manifest lock.
+
+    The manifest is re-read under the lock (:func:`~edge_runtime.bundle.update_manifest`), so a profile
+    stored by another process meanwhile is kept.
 
     Raises:
-        BundleError: the bundle cannot be read or verified.
+        BundleError: the bundle cannot be read, verified or written.
     """
-    bundle = load_bundle(bundle_path)
-    save_manifest(bundle_path, replace(bundle.manifest, calibration=calibration))
+    update_manifest(bundle_path, lambda bundle: replace(bundle.manifest, calibration=calibration))

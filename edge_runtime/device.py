@@ -33,7 +33,9 @@ def _cpu_model() -> str:
 @lru_cache(maxsize=1)
 def device_info() -> dict[str, Any]:
     """Facts about this machine that bear on latency (the fields the fingerprint hashes, and a few more)."""
-    import onnxruntime  # the runtime's one heavy dependency; imported here so `device` stays cheap to import
+    # The runtime's one heavy dependency, imported here so `device` stays cheap to import; through
+    # edge_runtime.session, which sets the no-telemetry default before onnxruntime is first imported.
+    from edge_runtime.session import ort as onnxruntime
 
     try:
         affinity = sorted(psutil.Process().cpu_affinity())  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_runtime.bundle import Bundle, Manifest, PathLike, connection_inputs, load_bundle
-from edge_runtime.errors import InputError, MemberError, ModelLoadError, PolicyError
+from edge_runtime.errors import InputError, MemberError, ModelLoadError, PolicyError, error_line
 from edge_runtime.policies import (
     CALIBRATED,
     ExitPolicy,
@@ -42,7 +42,7 @@ from edge_runtime.policies import (
     policy_for,
 )
 from edge_runtime.result import Prediction
-from edge_runtime.session import SessionConfig, create_session
+from edge_runtime.session import RunTimeout, SessionConfig, create_session, run_bounded
 
 __all__ = ["AnytimeRuntime", "PrefixEvaluation"]
 
@@ -294,7 +294,7 @@ class AnytimeRuntime:
                     outs = run(names, feed, None)
                 except Exception as exc:  # noqa: BLE001 - any failure inside ORT is the member's
                     self._errors[k] += 1
-                    raise MemberError(f"member '{self.manifest.members[k].name}' failed: {_first_line(exc)}") from exc
+                    raise MemberError(f"member '{self.manifest.members[k].name}' failed: {error_line(exc)}") from exc
                 member_ms[k] += (perf_counter() - t) * 1e3
                 for name, _ in conns:  # a connection input is this member's only: the next one rejects it
                     del feed[name]
@@ -434,11 +434,11 @@ class AnytimeRuntime:
         self._errors[k] += 1
         name = self.manifest.members[k].name
         if k == 0:
-            raise MemberError(f"the first member '{name}' failed, so there is no answer: {_first_line(exc)}") from exc
+            raise MemberError(f"the first member '{name}' failed, so there is no answer: {error_line(exc)}") from exc
         import logging  # only on this rare path: logging costs ~10 ms of import time on a small CPU
 
         logging.getLogger("edge_runtime").warning(
-            "member '%s' failed; answering with members 1..%d: %s", name, k, _first_line(exc)
+            "member '%s' failed; answering with members 1..%d: %s", name, k, error_line(exc)
         )
 
     # ------------------------------------------------------------------ set-up helpers
@@ -472,7 +472,7 @@ class AnytimeRuntime:
             try:
                 arr = np.asarray(x)
             except (TypeError, ValueError) as exc:
-                raise InputError(f"input is not an array ({_first_line(exc)}); send a numeric batch") from None
+                raise InputError(f"input is not an array ({error_line(exc)}); send a numeric batch") from None
         dtype = arr.dtype
         if dtype is not _FLOAT32:
             if dtype.kind not in "biuf":
@@ -574,18 +574,55 @@ class AnytimeRuntime:
         return self.manifest.member_latency_ms(fingerprint(), quantile)
 
     def _warm_up(self, runs: int) -> None:
+        """Run every member ``runs`` times on one zero sample; the first pass is bounded in time.
+
+        The first run of a session is slow (allocations, lazy initialisation) and not recorded. It runs
+        under ``session_config.load_timeout_s`` per member, enforced by ONNX Runtime's
+        ``RunOptions.terminate``: a member that would run for hours (a ``Loop`` with a huge trip count)
+        fails to load instead of hanging ``run``, ``serve`` and ``inspect --check``. The later runs seed
+        the observed latencies; they stop early once the warm-up has used the timeout once per member.
+        """
         if runs == 0:
             return
         x = np.zeros((1, *self._sample_shape), dtype=np.float32)
-        try:
-            # The first run of a session is slow (allocations, lazy initialisation): not recorded.
-            self.evaluate_prefixes(x)
-        except MemberError as exc:
-            raise ModelLoadError(f"{exc}; the member cannot answer a warm-up input, re-export it") from None
         prepared = self._prepare(x)  # members take the preprocessed input (another layout, for some bundles)
+        t0 = perf_counter()
+        self._first_pass(prepared)
+        timeout = self._config.load_timeout_s
+        budget_s = math.inf if timeout is None else timeout * self.num_members
         for _ in range(runs - 1):  # these seed the observed latencies
+            if perf_counter() - t0 > budget_s:
+                break
             self._predict_one(prepared, _RUN_ALL, self._zeros, perf_counter())
         self._estimator.refresh()
+
+    def _first_pass(self, x: np.ndarray) -> None:
+        timeout = self._config.load_timeout_s
+        feed: dict[str, np.ndarray] = {self._x_name: x}
+        carried: dict[tuple[int, str], np.ndarray] = {}
+        for k, ((_, names, conns, keeps), session) in enumerate(zip(self._plan, self._sessions)):
+            name = self.manifest.members[k].name
+            for input_name, key in conns:
+                feed[input_name] = carried[key]
+            try:
+                outs = run_bounded(session, names, feed, timeout)
+            except RunTimeout:
+                raise ModelLoadError(
+                    f"member '{name}' did not finish one single-sample warm-up run within {timeout:g} s, so ONNX "
+                    "Runtime stopped it (a member that slow, or one that loops without end, cannot serve); "
+                    "re-export the member, or allow more time with --load-timeout"
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - any failure inside ORT is the member's
+                self._errors[k] += 1
+                raise ModelLoadError(
+                    f"member '{name}' failed: {error_line(exc)}; the member cannot answer a warm-up input, re-export it"
+                ) from None
+            for input_name, _ in conns:
+                del feed[input_name]
+            for key, i in keeps:
+                carried[key] = outs[i]
+            if self._chains:
+                feed[_PREV] = outs[0]
 
 
 def _dot_flags_non_finite(size: int) -> bool:
@@ -598,11 +635,6 @@ def _dot_flags_non_finite(size: int) -> bool:
             if math.isfinite(probe.dot(probe)):
                 return False
     return True
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _RUN_ALL = RunAll()

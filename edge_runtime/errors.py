@@ -11,25 +11,32 @@ the server) catches one type and prints one line. Messages say what is wrong and
     ├── InputError             a request's input has the wrong shape, dtype, values or is empty
     ├── PolicyError            an exit policy was configured with impossible values
     ├── MemberError            a member raised while evaluating a request
+    ├── DependencyError        onnxruntime is installed but cannot import (e.g. built for NumPy 1.x)
     └── ServerError            (edge_runtime.server) the V2 server
         ├── ServerConfigError  impossible server settings
         ├── RequestError       a bad request: HTTP 400
-        ├── BodyTooLargeError  a body over the size limit: HTTP 413
+        ├── BodyTooLargeError  a body (inflated) or batch over the limits: HTTP 413
+        ├── UnsupportedMediaTypeError  a Content-Type/-Encoding not read: HTTP 415
+        ├── CallerRefusedError a Host (421) or web page Origin (403) not served
         ├── ModelNotFoundError an unknown model name: HTTP 404
         └── OverloadedError    shed under load: HTTP 503 with Retry-After
 """
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BundleError",
     "ChecksumError",
+    "DependencyError",
     "EdgeRuntimeError",
     "InputError",
     "ManifestError",
     "MemberError",
     "ModelLoadError",
     "PolicyError",
+    "error_line",
 ]
 
 
@@ -63,3 +70,39 @@ class PolicyError(EdgeRuntimeError):
 
 class MemberError(EdgeRuntimeError):
     """A member raised while evaluating a request."""
+
+
+class DependencyError(EdgeRuntimeError, ImportError):
+    """An installed dependency cannot be imported (a broken pair such as onnxruntime 1.17 with numpy 2).
+
+    Also an ImportError, so code that treats a failed import as "not available" still does.
+    """
+
+
+_BANNER = re.compile(r"^[\W_]*$")  # a line of only '*', '=', '-' ...: a banner, not a message
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_NODE = re.compile(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: ")
+_SOURCE_LOCATION = re.compile(r"(?:[\w.+:-]*[/\\])*[\w.+-]+\.(?:h|hpp|hh|c|cc|cpp|cxx|cu):\d+\s*")
+_CPP_SIGNATURE = re.compile(r"\b(?:\w+::)+~?\w+(?:<[^()]*>)?\([^()]*\)(?:\s*const)?\s*")
+_MAX_CHARS = 300
+
+
+def error_line(exc: BaseException) -> str:
+    """One line of an exception's message for a user: the first meaningful line, without native internals.
+
+    ONNX Runtime's messages carry its build paths (``/onnxruntime_src/.../reshape_helper.h:84``), C++
+    signatures, its ``[ONNXRuntimeError] : 1 : FAIL :`` prefix and multi-line "EP Error" banners; none of
+    it helps the user and some of it describes the build. Those parts are dropped here; the full
+    exception belongs in a log. Other exceptions give their first non-empty line. At most 300 characters.
+
+    Returns:
+        The line, or the exception's type name when its message is empty.
+    """
+    lines = [line.strip() for line in str(exc).splitlines()]
+    text = next((line for line in lines if line and not _BANNER.match(line)), "")
+    text = _ORT_PREFIX.sub("", text)
+    text = _ORT_NODE.sub(lambda m: f"{m.group(1)} node{' ' + repr(m.group(2)) if m.group(2) else ''}: ", text)
+    text = _CPP_SIGNATURE.sub("", _SOURCE_LOCATION.sub("", text)).strip()
+    if len(text) > _MAX_CHARS:
+        text = text[: _MAX_CHARS - 3].rstrip() + "..."
+    return text or type(exc).__name__

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edge_runtime.bundle import MANIFEST_NAME, Manifest, MemberSpec, load_bundle, save_manifest, sha256_bytes
+from edge_runtime.files import atomic_write, locked, make_dir
 from exporters.errors import ExportError
 
 __all__ = ["archive_bundle", "write_bundle"]
@@ -49,13 +50,14 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Manifest, member_byt
         members.append(replace(spec, file=spec.file or f"{spec.name}.onnx", sha256=sha256_bytes(blob)))
     manifest = replace(manifest, members=tuple(members))
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.staging."))
+    # Not mkdtemp: its 0700 would survive the rename and lock out every other user (make_dir follows the umask).
+    staging = make_dir(target.parent, f".{target.name}.staging.")
     try:
         for spec, blob in zip(members, member_bytes):
             path = staging / spec.file
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(blob)
-        save_manifest(staging, manifest)
+        save_manifest(staging, manifest, lock=False)  # a private directory: nobody else writes it
         load_bundle(staging)  # the bundle must load before anyone else can see it
         if target.exists():
             trash = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
@@ -75,16 +77,16 @@ def archive_bundle(bundle_dir: str | os.PathLike[str], archive: str | os.PathLik
     source = Path(bundle_dir)
     bundle = load_bundle(source)
     target = Path(archive)
-    fd, tmp = tempfile.mkstemp(dir=target.parent if target.parent.exists() else None, suffix=".zip.tmp")
-    os.close(fd)
-    try:
+    if not target.parent.exists():
+        raise ExportError(f"{target.parent} does not exist; create it or choose another archive path")
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.write(source / MANIFEST_NAME, MANIFEST_NAME)
-            for spec in bundle.manifest.members:
-                zf.write(source / spec.file, spec.file)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            zf.writestr(MANIFEST_NAME, (source / MANIFEST_NAME).read_bytes())
+            for spec, blob in zip(bundle.manifest.members, bundle.member_bytes):
+                zf.writestr(spec.file, blob)  # the verified bytes, not a second read of the files
+
+    with locked(target):  # the archive's manifest lock: no calibrate/profile rewrites it meanwhile
+        atomic_write(target, write)  # mode: the umask for a new archive, the old mode for a rewrite
     load_bundle(target)
     return target

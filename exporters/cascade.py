@@ -34,13 +34,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
-
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from edge_runtime.bundle import Bundle, Manifest, MemberSpec, PathLike, TaskSpec, load_bundle
+from edge_runtime.extras import install_hint
 from exporters.bundle import archive_bundle, write_bundle
 from exporters.errors import ExportError, VerificationError
 
@@ -173,7 +172,7 @@ def _adapted_member(bundle: Bundle, label: str, ref: TaskSpec) -> tuple[bytes, s
     except ImportError:
         raise ExportError(
             f"{label} needs adapting to join this cascade ({'; '.join(what)}), which needs the onnx package: "
-            "pip install 'anytime-edge[wrap]', or export every model with the same preprocess and input name"
+            f"{install_hint('wrap')}, or export every model with the same preprocess and input name"
         ) from None
     model_shape = ref.model_input_shape[1:]
     model = onnx.load_from_string(blob)

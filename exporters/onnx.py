@@ -23,6 +23,7 @@ import logging
 import warnings
 from typing import Iterator, Sequence
 
+from edge_runtime.extras import install_hint
 from exporters.errors import ConversionError
 from exporters.irversion import lower_ir_version
 
@@ -31,7 +32,7 @@ try:
     from torch import nn
 except ImportError as exc:  # pragma: no cover - exercised only on a runtime-only install
     raise ImportError(
-        "exporting needs torch, onnx and onnxscript; install them with: pip install 'anytime-edge[train]'"
+        f"exporting needs torch, onnx and onnxscript; {install_hint('train')}", name=exc.name
     ) from exc
 
 __all__ = ["COMBINE_RULES", "OPSET", "MemberHead", "export_member", "export_onnx", "output_names", "split_member_output"]

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edge_runtime.bundle import TaskSpec
+from edge_runtime.extras import install_hint
 from exporters.errors import ConversionError, ExportError
 from exporters.verify import Tolerance
 from exporters.wrap import WrapResult, wrap_onnx
@@ -31,7 +32,7 @@ from exporters.wrap import WrapResult, wrap_onnx
 try:
     import torch
 except ImportError as exc:  # pragma: no cover - exercised only on a runtime-only install
-    raise ImportError("wrapping a .pt2 program needs torch: pip install 'anytime-edge[train]'") from exc
+    raise ImportError(f"wrapping a .pt2 program needs torch; {install_hint('train')}", name=exc.name) from exc
 
 __all__ = ["load_program", "program_logits", "program_to_onnx", "wrap_pt2"]
 

@@ -25,7 +25,7 @@ fixed batch of 1 (common with older exporters) gets a symbolic batch dimension; 
 it row by row, and if its operators bake the batch in, the gates fail and it is refused.
 
 This module imports onnx, onnxruntime, numpy and the runtime only: a device with the runtime install
-plus ``onnx`` (``pip install 'anytime-edge[wrap]'``) can wrap a model it received.
+plus ``onnx`` (``pip install -c constraints.txt '.[wrap]'`` in the checkout) can wrap a model it received.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import numpy as np
 
 from edge_runtime.bundle import REQUIRED_OUTPUTS, Manifest, MemberSpec, TaskSpec, load_bundle
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.extras import install_hint
 from edge_runtime.session import create_session
 from exporters.bundle import write_bundle
 from exporters.errors import ConversionError, ExportError, VerificationError
@@ -66,7 +67,7 @@ __all__ = [
 
 # LogSoftmax/Exp/Mul/ReduceSum/Neg/Identity with broadcasting Mul exist from opset 7 on.
 MIN_OPSET = 7
-ONNX_INSTALL_HINT = "pip install 'anytime-edge[wrap]' (or the onnx package alone)"
+ONNX_INSTALL_HINT = f"{install_hint('wrap')}; or the onnx package alone"
 _PREFIX = "model/"  # added to the user's names only when one collides with the head's
 _HEAD_INPUT = "wrap/source_logits"
 _BATCH = "batch"  # the symbolic batch dimension given to a model exported with a fixed batch of 1

@@ -412,6 +412,12 @@ def _bundle_subject(loaded: Bundle, config: MeasureConfig, data: np.ndarray | No
     rng = np.random.default_rng(config.seed)
 
     def make_chain(sessions: list[Any]) -> _Chain:
+        # One bounded warm-up pass first (SessionConfig.load_timeout_s, RunOptions.terminate): a member
+        # that never finishes is refused with one line instead of hanging the measurement.
+        try:
+            AnytimeRuntime(loaded, config.session, entropy_threshold="off", warmup=1, sessions=sessions)
+        except EdgeRuntimeError as exc:
+            raise MeasurementError(str(exc)) from exc
         feeders = [_bundle_feeder(manifest, k, s) for k, s in enumerate(sessions)]
         return _Chain(sessions, fetches, feeders)
 

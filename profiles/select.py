@@ -43,6 +43,7 @@ from edge_runtime.bundle import load_bundle
 from edge_runtime.device import fingerprint
 from edge_runtime.ensemble import AnytimeRuntime
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.extras import missing_dependency_message
 from edge_runtime.session import SessionConfig
 from profiles.errors import SelectionError
 from profiles.measure import MeasureConfig, profile_bundle
@@ -175,8 +176,10 @@ def _bundle_candidates(
             notes.append(f"{path}: {why}; measured now and stored")
         else:
             notes.append(f"{path}: {why}; measured now (not stored)")
-    runtime = AnytimeRuntime(bundle, session_config, entropy_threshold="off", warmup=0)
     try:
+        # warmup=1: one pass bounded by session_config.load_timeout_s, so a member that never finishes is
+        # refused in one line instead of hanging on the whole validation set.
+        runtime = AnytimeRuntime(bundle, session_config, entropy_threshold="off", warmup=1)
         prefixes = runtime.evaluate_prefixes(x)
     except EdgeRuntimeError as exc:
         raise SelectionError(f"{path}: {exc}") from exc
@@ -286,13 +289,18 @@ def evaluate_candidates(
     return out
 
 
-def pareto_front(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """``candidates`` with ``pareto`` set on those no other beats on accuracy (up) and p50 latency (down)."""
+def pareto_front(candidates: Sequence[Candidate], quantile: str = "p50") -> list[Candidate]:
+    """``candidates`` with ``pareto`` set on those no other beats on accuracy (up) and latency (down).
+
+    Args:
+        candidates: the candidates, in any order.
+        quantile: the latency statistic compared (the selection's front uses p50).
+    """
     flagged = []
     for c in candidates:
         dominated = any(
-            o.accuracy >= c.accuracy and o.latency_ms["p50"] <= c.latency_ms["p50"]
-            and (o.accuracy > c.accuracy or o.latency_ms["p50"] < c.latency_ms["p50"])
+            o.accuracy >= c.accuracy and o.latency_ms[quantile] <= c.latency_ms[quantile]
+            and (o.accuracy > c.accuracy or o.latency_ms[quantile] < c.latency_ms[quantile])
             for o in candidates
         )
         flagged.append(replace(c, pareto=not dominated))
@@ -377,39 +385,47 @@ def select(
 
 
 def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | None:
-    """Write a PNG of accuracy vs p50 latency with the Pareto front and the choice marked.
+    """Write a PNG of accuracy vs latency with the Pareto front, the budget and the choice marked.
+
+    The latency axis is the statistic the budget is judged on (the selection's budget quantile when there
+    is a budget, else p50), so the budget line and the points compare like for like; the front drawn is
+    the front on that statistic. Labels are moved apart by adjustText, so close candidates stay legible.
 
     Returns:
-        None when written, else a one-line reason (matplotlib is not installed).
+        None when written, else a one-line reason (matplotlib or adjustText is not installed).
     """
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # files only: no display on a factory PC
         import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed, so no plot was written (pip install 'anytime-edge[plot]')"
-    cands = selection.candidates
+        from adjustText import adjust_text
+    except ImportError as exc:
+        return f"no plot was written: it {missing_dependency_message(exc.name or 'matplotlib')}"
+    stat = selection.budget_quantile if selection.budget_ms is not None else "p50"
+    cands = pareto_front(selection.candidates, stat)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     others = [c for c in cands if not c.pareto]
-    front = sorted((c for c in cands if c.pareto), key=lambda c: c.latency_ms["p50"])
-    ax.scatter([c.latency_ms["p50"] for c in others], [c.accuracy for c in others], c="0.6", label="candidate")
-    ax.step([c.latency_ms["p50"] for c in front], [c.accuracy for c in front], where="post", c="C0", lw=1)
-    ax.scatter([c.latency_ms["p50"] for c in front], [c.accuracy for c in front], c="C0", label="Pareto front")
+    front = sorted((c for c in cands if c.pareto), key=lambda c: c.latency_ms[stat])
+    ax.scatter([c.latency_ms[stat] for c in others], [c.accuracy for c in others], c="0.6", label="candidate")
+    ax.step([c.latency_ms[stat] for c in front], [c.accuracy for c in front], where="post", c="C0", lw=1)
+    ax.scatter([c.latency_ms[stat] for c in front], [c.accuracy for c in front], c="C0", label=f"Pareto front ({stat})")
     chosen = selection.chosen
-    ax.scatter([chosen.latency_ms["p50"]], [chosen.accuracy], s=160, facecolors="none", edgecolors="C3", lw=2, label=f"chosen: {chosen.name}")
+    ax.scatter([chosen.latency_ms[stat]], [chosen.accuracy], s=160, facecolors="none", edgecolors="C3", lw=2, label=f"chosen: {chosen.name}")
     labels: dict[tuple[float, float], list[str]] = {}
     for c in cands:  # candidates at the same point (e.g. a full prefix and its threshold) share one label
-        labels.setdefault((c.latency_ms["p50"], c.accuracy), []).append(c.name)
-    for point, names in labels.items():
-        ax.annotate(", ".join(names), point, fontsize=7, xytext=(3, 3), textcoords="offset points")
+        labels.setdefault((c.latency_ms[stat], c.accuracy), []).append(c.name)
+    texts = [ax.text(x, y, ", ".join(names), fontsize=7) for (x, y), names in labels.items()]
     if selection.budget_ms is not None:
-        ax.axvline(selection.budget_ms, c="C3", ls="--", lw=1, label=f"budget {selection.budget_ms} ms ({selection.budget_quantile})")
-    ax.set_xlabel("p50 latency per query, batch 1 (ms; every point from this device's profiles)")
+        ax.axvline(selection.budget_ms, c="C3", ls="--", lw=1, label=f"budget {selection.budget_ms:g} ms ({stat})")
+    ax.margins(0.1)  # room for labels at the edges
+    ax.set_xlabel(f"{stat} latency per query, batch 1 (ms, profiled on this device)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"accuracy vs latency on device {selection.fingerprint}", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    xs, ys = zip(*labels)
+    adjust_text(texts, x=list(xs), y=list(ys), ax=ax, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None

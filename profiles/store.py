@@ -51,7 +51,7 @@ import os
 from dataclasses import replace
 from typing import Any, Mapping
 
-from edge_runtime.bundle import Bundle, Manifest, load_bundle, save_manifest
+from edge_runtime.bundle import Bundle, Manifest, load_bundle, update_manifest
 from edge_runtime.device import fingerprint as device_fingerprint
 from profiles.errors import ProfileError
 from profiles.measure import PROFILE_VERSION, QUANTILES
@@ -86,8 +86,9 @@ def validate_profile(profile: Mapping[str, Any], manifest: Manifest) -> None:
 def store_profile(bundle: str | os.PathLike[str], profile: Mapping[str, Any]) -> Manifest:
     """Put ``profile`` into the bundle under its fingerprint and rewrite the manifest atomically.
 
-    Other devices' profiles are kept; this device's is replaced. The bundle is verified (checksums)
-    before it is touched.
+    Other devices' profiles are kept; this device's is replaced. The manifest is read, verified and
+    rewritten under the bundle's manifest lock (:func:`edge_runtime.bundle.update_manifest`), so a
+    calibration or profile stored by another process meanwhile is kept.
 
     Args:
         bundle: the bundle directory or ``.zip`` (a path: the manifest is rewritten in place).
@@ -100,15 +101,15 @@ def store_profile(bundle: str | os.PathLike[str], profile: Mapping[str, Any]) ->
         ProfileError: the profile does not describe this bundle's members.
         edge_runtime.errors.BundleError: the bundle is invalid.
     """
-    loaded = load_bundle(bundle)
-    validate_profile(profile, loaded.manifest)
     key = str(profile.get("fingerprint") or "")
     if not key:
         raise ProfileError("the profile has no device fingerprint; profile the bundle again")
-    profiles = {**loaded.manifest.profiles, key: dict(profile)}
-    manifest = replace(loaded.manifest, profiles=profiles)
-    save_manifest(loaded.source, manifest)
-    return manifest
+
+    def add(loaded: Bundle) -> Manifest:  # runs under the manifest lock, on the manifest as it is now
+        validate_profile(profile, loaded.manifest)
+        return replace(loaded.manifest, profiles={**loaded.manifest.profiles, key: dict(profile)})
+
+    return update_manifest(bundle, add)
 
 
 def find_profile(bundle: str | os.PathLike[str] | Bundle | Manifest, fingerprint: str | None = None) -> dict[str, Any] | None:

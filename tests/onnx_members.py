@@ -137,3 +137,17 @@ def make_bundle(
         calibration=None if calibration is None else Calibration(calibration, "test", 1.0, 1.0),
     )
     return write_bundle(out_dir, manifest, blobs)
+
+
+def set_member_bytes(bundle_dir: Path, index: int, blob: bytes) -> None:
+    """Replace member ``index``'s file with ``blob`` and fix its sha256 in the manifest (what an attacker
+    who controls the whole bundle can do: checksums then prove nothing about intent, only integrity)."""
+    import hashlib
+    import json
+
+    path = Path(bundle_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    member = manifest["members"][index]
+    (Path(bundle_dir) / member["file"]).write_bytes(blob)
+    member["sha256"] = hashlib.sha256(blob).hexdigest()
+    path.write_text(json.dumps(manifest, indent=1))

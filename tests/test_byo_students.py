@@ -119,7 +119,7 @@ def test_dsd2_prunes_a_users_module(data: Dataset) -> None:
     assert accuracy(student, data.x_test, data.y_test) > CHANCE + 0.3
 
 
-@pytest.mark.parametrize("which", ["resnet", "grouped"])
+@pytest.mark.parametrize("which", ["resnet", "grouped", "loaded"])
 def test_channel_students_of_a_plain_logits_teacher(which: str, data: Dataset, request: pytest.FixtureRequest) -> None:
     teacher = request.getfixturevalue(which)
     student, report = channel_student(teacher, data, 0.5, epochs=40)
@@ -127,3 +127,28 @@ def test_channel_students_of_a_plain_logits_teacher(which: str, data: Dataset, r
     assert report.params_shrunk < 0.5 * report.params_dense
     assert predict_logits(student, data.x_test[:2]).shape == (2, 4)
     assert report.accuracy_finetuned > 0.8 and report.accuracy_finetuned > report.accuracy_shrunk
+
+
+class _Adapter(nn.Module):
+    """What a caller may wrap around a user's module: an affine input map, then the module."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(2.0))
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.inner(x * self.scale / 2.0)}
+
+
+def test_a_wrapped_teacher_with_mapping_outputs_works_for_every_method(resnet: nn.Module, data: Dataset) -> None:
+    teacher = _Adapter(resnet).eval()
+    student, report = lowrank_student(teacher, data, LowRankConfig(rank=3, epochs=2, lr=1e-2, batch_size=32))
+    assert isinstance(student.get_submodule("inner.blocks.0.conv1"), LowRankConv)
+    assert _notes(report)["inner.head"].startswith("classifier head") and set(student(torch.zeros(1, 1, 8, 8))) == {"logits"}
+    _, fcpts = fcpts_student(teacher, data, cfg=FCPTSConfig(target=0.5, iterations=10, batch_size=16, calibration_samples=32))
+    assert abs(fcpts.final_global - 0.5) <= 0.005
+    logits = predict_logits(teacher, data.x_train)
+    _, channels = channel_student(teacher, data, 0.5, epochs=1, teacher_logits=logits)
+    assert channels.kept == {"inner.head": "classifier head: its outputs are the classes"}
+    assert channels.layers["inner.blocks.0.conv1"] == [16, 8]

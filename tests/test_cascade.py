@@ -187,7 +187,7 @@ def test_profile_select_and_server_work_on_a_cascade(parts: list[Path], tmp_path
     runtime = edge_runtime.load(cascade, warmup=1)
     request = {"inputs": [{"name": "x", "shape": [1, *SHAPE], "datatype": "FP32", "data": x[0].ravel().tolist()}],
                "parameters": {"anytime_entropy_threshold": "off"}}
-    with TestClient(create_app(runtime, ServerConfig(workers=1))) as client:
+    with TestClient(create_app(runtime, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
         response = client.post("/v2/models/cascade/infer", json=request)
     assert response.status_code == 200, response.text
     params = response.json()["parameters"]

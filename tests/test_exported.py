@@ -25,6 +25,8 @@ def test_loaded_program_has_real_layers_and_the_same_logits(make, tmp_path: Path
     loaded = load_exported_module(export_pt2(model, tmp_path / "m.pt2", X))
     original = {n: type(m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     rebuilt = {n: type(m) for n, m in loaded.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    norms = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert norms == {n for n, m in loaded.named_modules() if isinstance(m, nn.BatchNorm2d)}
     called = {n: t for n, t in original.items() if n != "unused"}  # GroupedNet uses that weight functionally
     assert rebuilt == called
     if make is GroupedNet:
@@ -37,12 +39,14 @@ def test_loaded_program_has_real_layers_and_the_same_logits(make, tmp_path: Path
 
 
 def test_loaded_program_trains_exactly_like_the_original(tmp_path: Path) -> None:
-    """Same steps on the module and on its loaded program: the same losses (BatchNorm in eval form in both)."""
+    """Same steps on the module and on its loaded program, both in train mode: the same losses and statistics."""
     data = separable_images(64)
     x, y = torch.from_numpy(data.x_train[:32]), torch.from_numpy(data.y_train[:32])
     torch.manual_seed(0)
     model = SmallResNet().eval()
     loaded = load_exported_module(export_pt2(model, tmp_path / "m.pt2", X)).train()
+    assert type(loaded.get_submodule("stem.1")) is nn.BatchNorm2d and loaded.exported_functional == {}
+    model.train()
     curves = []
     for net in (model, loaded):
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -57,6 +61,9 @@ def test_loaded_program_trains_exactly_like_the_original(tmp_path: Path) -> None
     assert loaded.get_submodule("stem.0").weight.grad.abs().sum() > 0  # the rebuilt layers get gradients
     np.testing.assert_allclose(curves[1], curves[0], rtol=1e-3)
     assert curves[1][-1] < 0.7 * curves[1][0]
+    torch.testing.assert_close(loaded.get_submodule("blocks.1.bn2").running_var, model.blocks[1].bn2.running_var)
+    loaded.eval(), model.eval()
+    torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=1e-4)
 
 
 def test_files_that_are_not_programs_are_one_line_errors(tmp_path: Path) -> None:
@@ -112,3 +119,28 @@ def test_archives_whose_loading_could_run_code_are_refused(tmp_path: Path) -> No
         bad = _rewrite(good, tmp_path / f"{edit.__name__}.pt2", edit)
         with pytest.raises(CheckpointError, match=message):
             load_exported_module(bad)
+
+
+class _Signal(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 6, 5, stride=2, padding=2)
+        self.same = nn.Conv1d(6, 6, 3, padding="same", bias=False)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.same(torch.relu(self.conv(x)))).mean(dim=2)
+        return self.head(h), h
+
+
+def test_conv1d_programs_with_tuple_outputs_load_too(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Signal().eval()
+    x = torch.randn(4, 2, 20)
+    program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, tmp_path / "s.pt2")
+    loaded = load_exported_module(tmp_path / "s.pt2")
+    assert type(loaded.conv) is nn.Conv1d and loaded.conv.stride == (2,) and loaded.same.padding == "same"
+    logits, features = loaded(x)
+    torch.testing.assert_close(logits, model(x)[0])
+    torch.testing.assert_close(features, model(x)[1])

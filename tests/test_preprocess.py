@@ -127,7 +127,7 @@ def test_the_server_takes_raw_nhwc_requests(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "srv", num_members=1, input_shape=(3, 4, 4), preprocess=pre)
     raw = np.random.default_rng(4).normal(size=(2, 4, 4, 3)).astype(np.float32)
     request = {"inputs": [{"name": "x", "shape": [2, 4, 4, 3], "datatype": "FP32", "data": raw.ravel().tolist()}]}
-    with TestClient(create_app(bundle, ServerConfig(workers=1))) as client:
+    with TestClient(create_app(bundle, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
         assert client.get("/v2/models/tiny").json()["inputs"][0]["shape"] == [-1, 4, 4, 3]
         response = client.post("/v2/models/tiny/infer", json=request)
     assert response.status_code == 200, response.text

@@ -103,5 +103,5 @@ def test_profiler_runs_on_a_runtime_only_install(connected_bundle: Path, tmp_pat
     profile = json.loads(results[0].stdout)[0]
     assert profile["memory_mb"]["method"] == "fresh runtime process"
     assert find_profile(connected_bundle) is not None
-    assert "matplotlib is not installed" in results[1].stderr  # the plot is skipped in one line, not a crash
+    assert "needs matplotlib (the 'plot' extra), which is not installed" in results[1].stderr  # one line, not a crash
     assert not (tmp_path / "f.png").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx_members import make_bundle
+from onnx_members import make_bundle, set_member_bytes
 
 import edge_runtime
 from edge_runtime.bundle import MANIFEST_NAME, Connection, Preprocess, load_bundle
@@ -174,12 +174,12 @@ def test_tampered_and_unknown_version_bundles_do_not_load(tiny_bundle: Path) -> 
 
 
 def test_onnx_that_fails_to_load_is_a_load_error(tiny_bundle: Path, tmp_path: Path) -> None:
-    bundle = load_bundle(tiny_bundle)
-    blobs = list(bundle.member_bytes)
-    blobs[1] = b"not an onnx protobuf"
-    path = write_bundle(tmp_path / "broken", bundle.manifest, blobs)
+    set_member_bytes(tiny_bundle, 1, b"not an onnx protobuf")
     with pytest.raises(ModelLoadError, match="member_2"):
-        edge_runtime.load(path)
+        edge_runtime.load(tiny_bundle)
+    set_member_bytes(tiny_bundle, 1, b"\x08\x07\x3a\x00")  # well-formed protobuf: ir_version 7, an empty graph
+    with pytest.raises(ModelLoadError, match="member_2"):
+        edge_runtime.load(tiny_bundle)
 
 
 def test_graph_inputs_must_match_the_manifest_connections(tiny_bundle: Path, tmp_path: Path) -> None:

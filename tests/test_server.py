@@ -102,7 +102,7 @@ def runtime() -> FakeRuntime:
 
 @pytest.fixture
 def client(runtime: FakeRuntime):
-    with TestClient(create_app(runtime, ServerConfig(workers=1))) as c:
+    with TestClient(create_app(runtime, ServerConfig(workers=1)), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -131,7 +131,7 @@ def test_server_metadata(client: TestClient) -> None:
     meta = client.get("/v2").json()
     assert meta["name"] == "anytime-edge"
     assert isinstance(meta["version"], str) and meta["version"]
-    assert meta["extensions"] == []
+    assert meta["extensions"] == ["classification"]
 
 
 @pytest.mark.parametrize("path", ["/v2/models/fake", "/v2/models/fake/versions/1"])
@@ -177,7 +177,7 @@ def test_unknown_model_path_or_method(client: TestClient, method: str, path: str
 def test_model_name_and_defaults_come_from_config() -> None:
     fake = FakeRuntime()
     app = create_app(fake, ServerConfig(model_name="digits", budget_ms=40.0, entropy_threshold=0.7, workers=1))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         assert c.get("/v2/models/digits").json()["name"] == "digits"
         assert_error(c.get("/v2/models/fake"), 404, "digits")
         params = c.post("/v2/models/digits/infer", json=infer_body()).json()["parameters"]
@@ -301,7 +301,7 @@ def test_bad_binary_requests(client: TestClient) -> None:
 
 def test_body_limit_413() -> None:
     app = create_app(FakeRuntime(), ServerConfig(workers=1, max_body_bytes=2048))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         big = json.dumps(infer_body(tensor([1, 2, 3, 4]), padding="x" * 4096))
         assert_error(c.post(INFER, content=big), 413, "--max-body-mb")
 
@@ -372,7 +372,7 @@ def test_response_parameters_for_one_sample(client: TestClient) -> None:
 
 def test_response_parameters_summarise_a_batch() -> None:
     fake = FakeRuntime(members=[(1, "confident", 0.05), (3, "complete", 0.9), (2, "budget", 0.4)])
-    with TestClient(create_app(fake, ServerConfig(workers=1))) as c:
+    with TestClient(create_app(fake, ServerConfig(workers=1)), base_url="http://127.0.0.1") as c:
         response = c.post(INFER, json=infer_body(tensor(list(range(12)), shape=(3, 2, 2))))
     params = response.json()["parameters"]
     assert params["anytime_batch_size"] == 3
@@ -403,7 +403,7 @@ def test_outputs_select_and_order(client: TestClient) -> None:
 )
 def test_runtime_errors_are_answered_and_the_server_survives(error: BaseException, status: int) -> None:
     fake = FakeRuntime(error=error)
-    with TestClient(create_app(fake, ServerConfig(workers=1))) as c:
+    with TestClient(create_app(fake, ServerConfig(workers=1)), base_url="http://127.0.0.1") as c:
         assert_error(c.post(INFER, json=infer_body()), status)
         fake.error = None
         assert c.post(INFER, json=infer_body()).status_code == 200
@@ -411,7 +411,7 @@ def test_runtime_errors_are_answered_and_the_server_survives(error: BaseExceptio
 
 def test_shutdown_marks_not_ready() -> None:
     app = create_app(FakeRuntime(), ServerConfig(workers=1))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         assert c.get("/v2/health/ready").status_code == 200
     # leaving the block runs the lifespan shutdown, as SIGTERM does under uvicorn
     assert app.state.server.ready is False

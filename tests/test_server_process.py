@@ -115,6 +115,9 @@ def test_cli_serves_a_real_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> Non
             assert response.status_code == 200
             assert response.json()["parameters"]["anytime_member_count"] == 3
             assert client.post("/v2/models/tiny/infer", content=b"{").status_code == 400
+            # case untrusted/13 through uvicorn: a rebound Host and a text/plain web-page post
+            assert client.get("/v2", headers={"Host": "attacker.example"}).status_code == 421
+            assert client.post("/v2/models/tiny/infer", json=body, headers={"Content-Type": "text/plain"}).status_code == 415
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -156,10 +159,10 @@ def test_missing_extra_names_the_pip_command() -> None:
     code = _BLOCK_STARLETTE + "import edge_runtime.server\n"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
-    assert "pip install 'anytime-edge[serve]'" in proc.stderr.strip().splitlines()[-1]
+    assert "pip install -c constraints.txt '.[serve]'" in proc.stderr.strip().splitlines()[-1]
 
     code = _BLOCK_STARLETTE + "from edge_runtime.cli import main\nsys.exit(main(['serve', 'bundle']))\n"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
-    assert "pip install 'anytime-edge[serve]'" in proc.stderr
+    assert "pip install -c constraints.txt '.[serve]'" in proc.stderr

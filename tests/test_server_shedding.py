@@ -44,7 +44,7 @@ async def _send(client: httpx.AsyncClient, payload: dict[str, Any], after_s: flo
 def run_concurrently(app: Any, payloads: list[tuple[dict[str, Any], float]]) -> list[httpx.Response]:
     async def main() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return list(await asyncio.gather(*(_send(client, p, after) for p, after in payloads)))
 
     return asyncio.run(main())

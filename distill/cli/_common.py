@@ -5,15 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["add_data_argument", "add_teacher_arguments", "resolve_teacher"]
+__all__ = [
+    "DefaultsHelpFormatter",
+    "add_data_argument",
+    "add_progress_argument",
+    "add_teacher_arguments",
+    "check_input_shape",
+    "resolve_teacher",
+]
 
 
 def add_data_argument(parser: argparse.ArgumentParser, default: str = "digits") -> None:
     parser.add_argument(
         "--data",
         default=default,
-        help="digits (default), mnist1d, mnist (the shared real MNIST), a directory of IDX files, or an .npz "
-        "with x_train, y_train, x_test, y_test",
+        help="digits, mnist1d, mnist (the shared real MNIST), a directory of IDX files, or an .npz "
+        "with x_train, y_train, x_test, y_test (default %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split and of training")
 
@@ -44,3 +51,33 @@ def resolve_teacher(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     dataset = load_dataset(args.data, seed=args.seed)
     progress = bool(getattr(args, "progress", not getattr(args, "no_progress", False)))
     return load_teacher(args.teacher, dataset, runs_dir=args.runs_dir, inputs=args.teacher_inputs, progress=progress), dataset
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress`` (shown by default), the one spelling every training command uses."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with every option's default, except options without one (None) or whose help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def check_input_shape(config: dict, dataset, checkpoint: object, data: str) -> None:  # type: ignore[no-untyped-def, type-arg]
+    """Refuse data whose inputs differ from the ones a checkpoint's model takes, before the model sees them.
+
+    Raises:
+        CheckpointError: one line naming both shapes and the fix.
+    """
+    from distill.errors import CheckpointError
+
+    expected = tuple(config["model"]["input_shape"])
+    if expected != tuple(dataset.input_shape):
+        raise CheckpointError(
+            f"the model in {checkpoint} takes inputs {expected}, but --data {data} has {tuple(dataset.input_shape)}; "
+            "pass the data it was trained on"
+        )

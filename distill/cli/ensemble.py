@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distill.cli._common import add_data_argument, add_teacher_arguments, resolve_teacher
+from distill.cli._common import add_data_argument, add_progress_argument, add_teacher_arguments, resolve_teacher
 from distill.cli._loss_args import add_loss_arguments, loss_from_args
 
 HELP = "distil a teacher into a progressive ensemble (B-DISTIL)"
@@ -48,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-train", type=int, help="train on only the first N training samples (quicker)")
     add_loss_arguments(parser, default="kd")
     parser.add_argument("--json", type=Path, help="also write the build report and prefix accuracies here")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_progress_argument(parser)
 
 
 def _sizes_like(bundle: Path, members: int) -> tuple[list[Any], list[int]]:
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline is None:
         cfg = ProgressiveConfig(
             members=args.members, connect=args.connect, gamma=args.gamma, epochs=args.epochs, lr=args.lr,
-            batch_size=args.batch_size, refine_epochs=args.refine_epochs, seed=args.seed, progress=not args.no_progress,
+            batch_size=args.batch_size, refine_epochs=args.refine_epochs, seed=args.seed, progress=args.progress,
         )
         ensemble = progressive_ensemble(teacher, dataset, cfg)
         info = [{"method": ensemble.report.method, **m.to_dict()} for m in ensemble.report.members]
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         loss = loss_from_args(args)
         base = BaselineConfig(loss=loss.name, loss_params=tuple(sorted(loss.params().items())), epochs=args.epochs,
-                              lr=args.lr, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+                              lr=args.lr, batch_size=args.batch_size, seed=args.seed, progress=args.progress)
         if args.like is not None:
             candidates, macs = _sizes_like(args.like, args.members)
         else:

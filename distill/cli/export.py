@@ -3,7 +3,7 @@
 MODEL is a checkpoint directory written by the toolkit (config.json + model.pt), a user's ONNX classifier
 (``.onnx``), or a ``torch.export`` program (``.pt2``, written by ``torch.export.save``). An ``.onnx`` or
 ``.pt2`` gets the bundle head added by :mod:`exporters.wrap` (the ``.onnx`` case needs no torch:
-``pip install 'anytime-edge[wrap]'`` on top of the runtime install is enough).
+``pip install -c constraints.txt '.[wrap]'`` on top of the runtime install is enough).
 
 Inputs: a checkpoint was trained on the data's standardised inputs, so its bundle standardises what
 clients send. A user's own model takes raw values by default (``--preprocess none``: the bundle passes
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from distill.cli._common import add_data_argument
+from distill.cli._common import add_data_argument, check_input_shape
 
 HELP = "export a checkpoint, or wrap an .onnx / .pt2 classifier, as a one-member bundle"
 WRAPPED_SUFFIXES = (".onnx", ".pt2")
@@ -64,6 +64,7 @@ def _export_checkpoint(args: argparse.Namespace) -> int:
 
     model, config = load_model(args.model)
     dataset = load_dataset(args.data, seed=args.seed)
+    check_input_shape(config, dataset, args.model, args.data)
     name = args.name or args.model.name
     result = export_model(
         model,

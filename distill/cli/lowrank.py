@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from distill.cli._common import add_data_argument, add_teacher_arguments, resolve_teacher
+from distill.cli._common import add_data_argument, add_progress_argument, add_teacher_arguments, resolve_teacher
 from distill.cli._loss_args import add_loss_arguments, loss_from_args
 
 HELP = "low-rank students with spectral init, distilled from the teacher"
@@ -47,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     parser.add_argument("--name", default="lowrank", help="bundle and member name")
     parser.add_argument("--json", type=Path, help="also write the report (ranks, accuracy, latency) here")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar while distilling")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """``anytime-edge sparsify``: sparse students, exported as one-member bundles with the zeros baked in.
 
     anytime-edge sparsify fcpts --data mnist --target 0.8 [--route ste|sparsity-only] --out OUT
-    anytime-edge sparsify dsd2  --data mnist --noise 0.3 --rounds 20 --out OUT [--plot curves.png]
+    anytime-edge sparsify dsd2  --data mnist [--noise 0.3] --rounds 20 --out OUT [--plot curves.png]
     anytime-edge sparsify channels --data mnist --keep 0.5 --out OUT
 
 fcpts and dsd2 print accuracy, achieved sparsity, file size raw and deflated, and ORT latency measured
@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from distill.cli._common import add_data_argument, add_teacher_arguments
+from distill.cli._common import DefaultsHelpFormatter, add_data_argument, add_progress_argument, add_teacher_arguments
 
 HELP = "sparse students: FCPTS sparsity allocation or DSD² pruning"
 
@@ -25,7 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     methods = parser.add_subparsers(dest="method", metavar="METHOD")
     methods.required = True
 
-    fcpts = methods.add_parser("fcpts", help="post-training: learn per-layer sparsity under a global target (no labels)")
+    fcpts = methods.add_parser("fcpts", help="post-training: learn per-layer sparsity under a global target (no labels)",
+                               formatter_class=DefaultsHelpFormatter)
     add_data_argument(fcpts, default="mnist")
     add_teacher_arguments(fcpts)
     fcpts.add_argument("--target", type=float, default=0.8, help="global sparsity of the Conv/Linear weights (0.8 = 80%% zeros)")
@@ -39,18 +40,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fcpts.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     fcpts.add_argument("--report", type=Path, help="also write the allocation report as JSON here")
 
-    dsd2 = methods.add_parser("dsd2", help="iterative global magnitude pruning, vanilla vs distilled (DSD²)")
+    dsd2 = methods.add_parser("dsd2", help="iterative global magnitude pruning, vanilla vs distilled (DSD²)",
+                              formatter_class=DefaultsHelpFormatter)
     add_data_argument(dsd2, default="mnist")
     dsd2.add_argument("--limit-train", type=int, default=2000, help="training samples used (a small set shows the dip)")
     dsd2.add_argument("--family", default="mlp", help="model family of both runs (mlp, cnn1d, cnn2d, auto)")
     dsd2.add_argument("--width", type=int, default=256, help="hidden units / channels (over-parameterised shows the dip)")
     dsd2.add_argument("--depth", type=int, default=2, help="hidden layers / conv blocks")
-    dsd2.add_argument("--noise", type=float, default=0.3, help="symmetric label noise on the training split")
+    dsd2.add_argument("--noise", type=float, default=0.0,
+                      help="symmetric label noise added to the training labels (0: your labels as given; 0.3 shows the dip)")
     dsd2.add_argument("--rounds", type=int, default=20, help="pruning rounds, 20%% of the remaining weights each")
     dsd2.add_argument("--epochs", type=int, default=10, help="training epochs of the dense model and of every round")
     dsd2.add_argument("--dense-epochs", type=int, default=30, help="epochs of the dense model (fit the noise first; 0 = --epochs)")
     dsd2.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate per round")
     dsd2.add_argument("--early-stop", action="store_true", help="stop the distilled run when validation accuracy drops")
+    add_progress_argument(dsd2)
     dsd2.add_argument("--out", type=Path, required=True, help="bundle directory for the picked student")
     dsd2.add_argument("--plot", type=Path, help="PNG of accuracy and entropy vs sparsity (needs matplotlib)")
     dsd2.add_argument("--log", type=Path, help="JSON of both curves, the teacher round and the pick")
@@ -58,7 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _configure_channels(methods) -> None:  # type: ignore[no-untyped-def]
-    channels = methods.add_parser("channels", help="structured: remove whole channels (smaller layers, real CPU speed)")
+    channels = methods.add_parser("channels", help="structured: remove whole channels (smaller layers, real CPU speed)",
+                                  formatter_class=DefaultsHelpFormatter)
     add_data_argument(channels, default="mnist")
     add_teacher_arguments(channels)
     channels.add_argument("--keep", type=float, default=0.5, help="share of channels/units kept in every hidden layer")
@@ -79,6 +84,7 @@ def _run_channels(args: argparse.Namespace) -> int:
     print(f"channels kept {args.keep:.0%}: {report.params_dense} -> {report.params_shrunk} parameters; test accuracy "
           f"dense {report.accuracy_dense:.2%}, shrunk {report.accuracy_shrunk:.2%} before and "
           f"{report.accuracy_finetuned:.2%} after {report.finetune_epochs} KD epochs ({report.seconds:.1f} s)")
+    print("left whole: " + ("; ".join(f"{name} ({why})" for name, why in report.kept.items()) or "nothing"))
     result = export_student(student, dataset, args.out, name=f"channels-{round(args.keep * 100)}",
                             info={"method": "channels", "keep": args.keep, **report.to_dict()})
     for line in result.describe():
@@ -141,10 +147,12 @@ def _run_dsd2(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, seed=args.seed, limit_train=args.limit_train)
     model_cfg = ModelConfig(dataset.input_shape, dataset.num_classes, family=args.family, width=args.width, depth=args.depth)
     cfg = DSD2Config(rounds=args.rounds, epochs=args.epochs, dense_epochs=args.dense_epochs, lr=args.lr, noise=args.noise, seed=args.seed,
-                     early_stop=args.early_stop, progress=True)
+                     early_stop=args.early_stop, progress=args.progress)
+
+    train_label = "train(noisy)" if cfg.noise else "train"
 
     def show(kind: str, r) -> None:  # type: ignore[no-untyped-def]
-        print(f"{kind:9s} round {r.round:2d}: sparsity {r.sparsity:6.2%}  train(noisy) {r.train_accuracy:6.2%}  "
+        print(f"{kind:9s} round {r.round:2d}: sparsity {r.sparsity:6.2%}  {train_label} {r.train_accuracy:6.2%}  "
               f"val {r.val_accuracy:6.2%}  test {r.test_accuracy:6.2%}  entropy {r.entropy:.3f}  ({r.seconds:.1f} s)", flush=True)
 
     result, student, dense = run_dsd2(dataset, model_cfg, cfg, on_round=show)

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from distill.cli._common import add_data_argument
+from distill.cli._common import add_data_argument, add_progress_argument
 
 HELP = "train (or resume) the teacher classifier on a data set"
 
@@ -22,12 +22,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="training epochs")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--batch-size", type=int, help="batch size")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_argument(parser)
+    parser.add_argument("--force", action="store_true", help="retrain even if --out holds a finished teacher")
 
 
 def run(args: argparse.Namespace) -> int:
     from distill.data import load_dataset
-    from distill.teacher import default_teacher_config, train_teacher
+    from distill.errors import CheckpointError
+    from distill.teacher import default_teacher_config, finished_run, teacher_identity, train_teacher
 
     dataset = load_dataset(args.data, seed=args.seed)
     cfg = default_teacher_config(dataset)
@@ -47,7 +49,19 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(cfg, seed=args.seed, **overrides)
     print(f"data {dataset!r}")
     print(f"teacher {cfg}")
-    _, metrics = train_teacher(dataset, cfg, args.out, progress=not args.no_progress)
+    finished = None if args.force else finished_run(args.out)
+    if finished is not None:
+        identity, metrics = finished
+        if identity != teacher_identity(dataset, cfg):
+            raise CheckpointError(
+                f"{args.out} holds a finished teacher of other data or settings; "
+                "pass --force to replace it, or choose another --out"
+            )
+        print(f"{args.out} already holds this teacher, trained to the end (test accuracy "
+              f"{metrics.get('test_accuracy', float('nan')):.2%}); reusing it (--force retrains)")
+        print(f"checkpoint: {args.out} (model.pt = state dict, config.json)")
+        return 0
+    _, metrics = train_teacher(dataset, cfg, args.out, progress=args.progress)
     if metrics["resumed_from_epoch"]:
         print(f"resumed from epoch {metrics['resumed_from_epoch']}")
     print(json.dumps(metrics, indent=2))

@@ -36,6 +36,7 @@ from torch import nn
 from distill.errors import TrainingError
 from distill.layers import candidate_layers, trace_layers
 from distill.logits import logits_of
+from edge_runtime.extras import missing_dependency_message
 
 __all__ = ["ChannelReport", "channel_student", "prune_channels", "shrink_channels"]
 
@@ -75,7 +76,7 @@ def prune_channels(
     try:
         import torch_pruning as tp
     except ImportError:
-        raise TrainingError("channel pruning needs torch-pruning: pip install 'anytime-edge[train]'") from None
+        raise TrainingError(f"channel pruning {missing_dependency_message('torch_pruning')}") from None
     x = _example(model, example)
     student = copy.deepcopy(model).eval()
     trace = trace_layers(student, x)
@@ -140,7 +141,16 @@ class ChannelReport:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def channel_student(teacher: nn.Module, dataset: Any, keep: float, *, epochs: int = 2, limit: int = 20000, seed: int = 0) -> tuple[nn.Module, ChannelReport]:
+def channel_student(
+    teacher: nn.Module,
+    dataset: Any,
+    keep: float,
+    *,
+    epochs: int = 2,
+    limit: int = 20000,
+    seed: int = 0,
+    teacher_logits: np.ndarray | None = None,
+) -> tuple[nn.Module, ChannelReport]:
     """Shrink ``teacher`` to ``keep`` of its channels, then distil it from the dense teacher.
 
     Args:
@@ -149,6 +159,8 @@ def channel_student(teacher: nn.Module, dataset: Any, keep: float, *, epochs: in
         keep: share of channels/units kept per coupled group of layers.
         epochs: KD fine-tuning epochs (alpha 0.9, T 4); 0 = none.
         seed: seeds the batch order.
+        teacher_logits: the teacher's logits on ``dataset.x_train`` when already computed (a cache);
+            only the first ``limit`` rows are used.
 
     Returns:
         (the student in eval mode, the report: parameters, accuracies, per-layer widths, layers kept whole).
@@ -164,9 +176,15 @@ def channel_student(teacher: nn.Module, dataset: Any, keep: float, *, epochs: in
     before = accuracy(student, dataset.x_test, dataset.y_test)
     if epochs:
         x, y = dataset.x_train[:limit], dataset.y_train[:limit]
+        if teacher_logits is None:
+            soft = predict_logits(teacher, x)
+        elif teacher_logits.shape != (len(dataset.x_train), dataset.num_classes):
+            raise TrainingError(f"teacher_logits has shape {teacher_logits.shape}, expected "
+                                f"{(len(dataset.x_train), dataset.num_classes)}: the teacher's logits on dataset.x_train")
+        else:
+            soft = np.asarray(teacher_logits[:limit], dtype=np.float32)
         fit(student, x, y, make_loss("kd", alpha=0.9, temperature=4.0),
-            FitConfig(epochs=epochs, lr=1e-3, batch_size=128, seed=seed, progress=False),
-            teacher_logits=predict_logits(teacher, x))
+            FitConfig(epochs=epochs, lr=1e-3, batch_size=128, seed=seed, progress=False), teacher_logits=soft)
     student.eval()
     report = ChannelReport(
         keep=keep,

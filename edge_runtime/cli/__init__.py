@@ -17,6 +17,8 @@ import importlib
 import sys
 from typing import Mapping, Sequence
 
+from edge_runtime.extras import missing_dependency_message
+
 __all__ = ["RUNTIME_COMMANDS", "dispatch", "main"]
 
 # name -> (module path, one-line help). Help lives here so `--help` imports nothing heavy.
@@ -61,12 +63,10 @@ def dispatch(
             try:
                 module = importlib.import_module(module_path)
             except ImportError as exc:
-                missing = exc.name or str(exc)
-                print(
-                    f"{prog} {name}: needs '{missing}', which is not installed; "
-                    f"install the extra with: pip install 'anytime-edge[{_extra_for(module_path)}]'",
-                    file=sys.stderr,
-                )
+                line = _import_failure_line(exc)
+                if line is None:
+                    raise
+                print(f"{prog} {name}: {line}", file=sys.stderr)
                 return 1
             module.configure(command_parser)
             command_parser.set_defaults(_run=module.run)
@@ -77,18 +77,24 @@ def dispatch(
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - only package errors are turned into one line
-        if isinstance(exc, _known_errors()):
-            print(f"{prog} {args.command}: {exc}", file=sys.stderr)
+        line = str(exc) if isinstance(exc, _known_errors()) else None
+        if line is None and isinstance(exc, ImportError):
+            line = _import_failure_line(exc)
+        if line is not None:
+            print(f"{prog} {args.command}: {line}", file=sys.stderr)
             return 1
         raise
 
 
-def _extra_for(module_path: str) -> str:
-    if module_path == "edge_runtime.cli.serve":
-        return "serve"
-    if module_path.startswith(("distill", "exporters")):
-        return "train"
-    return "all"
+def _import_failure_line(exc: ImportError) -> str | None:
+    """The one line for an import that failed (a missing extra, a broken onnxruntime), or None for a bug.
+
+    The one place a missing optional dependency becomes the install command (edge_runtime.extras), whether
+    the command's module or the command itself (a lazy import) hit it.
+    """
+    if isinstance(exc, _known_errors()):
+        return str(exc)
+    return missing_dependency_message(exc.name) if exc.name else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

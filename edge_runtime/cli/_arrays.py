@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import InputError
+from edge_runtime.errors import InputError, error_line
 
 __all__ = ["class_ids", "read_inputs", "read_npy", "read_npz_xy"]
 
@@ -28,7 +28,7 @@ def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
     except IsADirectoryError:
         raise InputError(f"{source} is a directory; give a .npy file") from None
     except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"{source} is not a readable .npy array ({_line(exc)}); save it with numpy.save") from None
+        raise InputError(f"{source} is not a readable .npy array ({error_line(exc)}); save it with numpy.save") from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         arr.close()
         raise InputError(f"{source} is an .npz archive; give a .npy array (numpy.save) for --input")
@@ -50,7 +50,7 @@ def read_inputs(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | 
                 if x_key in data.files:
                     return data[x_key], (data[y_key] if y_key in data.files else None)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{source} is not a readable .npz ({_line(exc)}); save it with numpy.savez, no objects") from None
+        raise InputError(f"{source} is not a readable .npz ({error_line(exc)}); save it with numpy.savez, no objects") from None
     raise InputError(f"{source} has no array 'x' or 'x_test'; save it with numpy.savez(path, x=..., y=...)")
 
 
@@ -96,9 +96,4 @@ def read_npz_xy(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     except TypeError:
         raise InputError(f"{source} is not an .npz archive; save it with numpy.savez(path, x=..., y=...)") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{source} is not a readable .npz ({_line(exc)}); save it with numpy.savez") from None
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise InputError(f"{source} is not a readable .npz ({error_line(exc)}); save it with numpy.savez") from None

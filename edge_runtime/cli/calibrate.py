@@ -12,6 +12,7 @@ import json
 import sys
 
 from edge_runtime.cli._arrays import class_ids, read_npz_xy
+from edge_runtime.cli._load import add_load_timeout
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -31,6 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=int, default=64, help="trade-off points kept in the manifest (default 64)")
     parser.add_argument("--dry-run", action="store_true", help="print the choice without saving it")
     parser.add_argument("--json", action="store_true", help="print the calibration as one JSON object")
+    add_load_timeout(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibration
     from edge_runtime.ensemble import AnytimeRuntime
     from edge_runtime.errors import InputError
+    from edge_runtime.session import SessionConfig
 
     if args.points < 2:
         raise InputError("--points must be >= 2")
@@ -48,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         target = CalibrationTarget(accuracy_drop=0.5 if args.accuracy_drop is None else args.accuracy_drop)
     x, y = read_npz_xy(args.data)
-    runtime = AnytimeRuntime(args.bundle, warmup=0)
+    # One warm-up pass: bounded by --load-timeout, so a member that never finishes is refused here, not
+    # after hanging on the whole validation set.
+    runtime = AnytimeRuntime(args.bundle, SessionConfig(load_timeout_s=args.load_timeout), warmup=1)
     y = class_ids(y, runtime.manifest.task.labels, len(x))  # ids, or the bundle's class names
     calibration = calibrate(runtime, x, y, target, curve_points=args.points)
     if not args.dry_run:

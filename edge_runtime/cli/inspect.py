@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from edge_runtime.cli._load import DEFAULT_LOAD_TIMEOUT_S, add_load_timeout
+
 __all__ = ["HELP", "configure", "describe_bundle", "run"]
 
 HELP = "show a bundle's task, members, threshold and profiles"
@@ -22,10 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help="bundle directory or .zip")
     parser.add_argument("--check", action="store_true", help="also load every member in ONNX Runtime")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_load_timeout(parser)
 
 
-def describe_bundle(path: str, check: bool = False) -> dict[str, Any]:
+def describe_bundle(path: str, check: bool = False, load_timeout_s: float | None = DEFAULT_LOAD_TIMEOUT_S) -> dict[str, Any]:
     """A JSON-ready description of the bundle at ``path`` (checksums verified).
+
+    ``load_timeout_s`` bounds each member's first warm-up run under ``check`` (None: no limit).
 
     Raises:
         BundleError: the bundle cannot be read or verified (or, with ``check``, loaded by ORT).
@@ -86,15 +91,16 @@ def describe_bundle(path: str, check: bool = False) -> dict[str, Any]:
     }
     if check:
         from edge_runtime.ensemble import AnytimeRuntime
+        from edge_runtime.session import SessionConfig
 
-        runtime = AnytimeRuntime(bundle, warmup=2)
+        runtime = AnytimeRuntime(bundle, SessionConfig(load_timeout_s=load_timeout_s), warmup=2)
         out["check"] = {"loaded": True, "session_config": runtime.session_config.describe()}
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the description as text or JSON."""
-    d = describe_bundle(args.bundle, check=args.check)
+    d = describe_bundle(args.bundle, check=args.check, load_timeout_s=args.load_timeout)
     if args.json:
         sys.stdout.write(json.dumps(d, indent=2) + "\n")
         return 0

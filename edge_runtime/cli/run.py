@@ -18,6 +18,7 @@ import json
 import sys
 
 from edge_runtime.cli._arrays import class_ids, read_inputs
+from edge_runtime.cli._load import add_load_timeout
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -43,6 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="ONNX Runtime intra-op threads (default 1)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="rows per request (default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_load_timeout(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     x, y = read_inputs(args.input)
     runtime = edge_runtime.load(
         args.bundle,
-        session_config=SessionConfig(intra_op_threads=args.threads),
+        session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout),
         entropy_threshold=_number_or_word(args.entropy),
         budget_ms=_number_or_word(args.budget_ms),
     )

@@ -1,6 +1,7 @@
 """``anytime-edge serve BUNDLE``: serve a bundle over the Open Inference Protocol (KServe V2).
 
-Binds 127.0.0.1 by default; ``--host 0.0.0.0`` exposes the model to the network and says so. Prints the
+Binds 127.0.0.1 by default, and then answers only requests addressed to a loopback name (``--allowed-host``
+adds names); ``--host 0.0.0.0`` exposes the model to the network and says so. Prints the
 base URL once listening; SIGTERM or Ctrl-C finishes in-flight requests, then exits.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any, Callable
+
+from edge_runtime.cli._load import add_load_timeout
 
 # Imported at module level on purpose: without the `serve` extra the dispatcher catches this ImportError
 # and prints the pip command that installs it.
@@ -63,7 +66,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=32,
                         help="requests that may wait for a worker before more are shed with 503 (default: 32)")
     parser.add_argument("--max-body-mb", type=_positive(float), default=4.0,
-                        help="largest request body accepted, in MiB (default: 4)")
+                        help="largest request body accepted, in MiB, after inflating gzip/deflate (default: 4)")
+    parser.add_argument("--max-batch", type=_positive(int), default=4096,
+                        help="most samples per request; larger batches are refused with 413 (default: 4096)")
+    parser.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                        help="a Host name clients use (repeatable; '*' = any). Default: on a loopback bind only "
+                             "localhost/127.0.0.1/::1 (refuses DNS rebinding), on another bind any")
+    add_load_timeout(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,9 +89,11 @@ def run(args: argparse.Namespace) -> int:
         workers=workers,
         max_queue=args.max_queue,
         max_body_bytes=int(args.max_body_mb * 2**20),
+        max_batch_rows=args.max_batch,
+        allowed_hosts=None if args.allowed_host is None else tuple(args.allowed_host),
         max_connections=max(256, workers + args.max_queue),
     )
-    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads))
+    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout))
     if not config.is_loopback:
         print(f"warning: serving on {config.host}, reachable from other machines", file=sys.stderr)
 

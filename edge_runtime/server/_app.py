@@ -9,9 +9,17 @@ Endpoints (each model endpoint also under ``/v2/models/{name}/versions/{version}
     GET  /v2/models/{name}/ready      {"name", "ready"}
     POST /v2/models/{name}/infer      inference (see :mod:`edge_runtime.server._protocol`)
 
-Every error is ``{"error": "<one line naming the fix>"}``: 400 bad request, 404 unknown model or path, 405
-wrong method, 413 body too large, 503 shed under load (with Retry-After), 500 a fault in the bundle. No
-request can stop the server: whatever a handler raises is answered, never propagated.
+Every error is ``{"error": "<one line naming the fix>"}``: 400 bad request, 403 a web page's Origin, 404
+unknown model or path, 405 wrong method, 413 body or batch too large, 415 a Content-Type or -Encoding not
+read, 421 a Host not served (see :mod:`edge_runtime.server._http`), 503 shed under load (with Retry-After),
+500 a fault in the bundle. A 500 says what failed in general terms only; ONNX Runtime's own message (build
+paths, C++ signatures) goes to the server log. No request can stop the server: whatever a handler raises
+is answered, never propagated.
+
+Memory per request is bounded: at most ``max_batch_rows`` samples, run through the runtime
+``chunk_rows`` at a time (each chunk gets what is left of the budget), and the sessions are built
+without ONNX Runtime's CPU arena, which would keep the peak of the largest batch ever seen allocated.
+After a body of 1 MiB or more, what the request freed is handed back to the OS (see ``_memory``).
 
 The budget of a request counts from when its handler starts, so time spent queueing for a worker is
 spent from the budget; the runtime gets what is left (see :mod:`edge_runtime.server._scheduler`).
@@ -24,22 +32,27 @@ import logging
 import math
 import os
 import time
+import traceback
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Protocol, Sequence, Union
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge_runtime.bundle import Manifest
-from edge_runtime.errors import EdgeRuntimeError, InputError, PolicyError
+from edge_runtime.errors import EdgeRuntimeError, InputError, MemberError, PolicyError
 from edge_runtime.server._config import ServerConfig
-from edge_runtime.server._errors import BodyTooLargeError, ModelNotFoundError, OverloadedError, RequestError, ServerError
+from edge_runtime.server._errors import ModelNotFoundError, OverloadedError, ServerError
+from edge_runtime.server._http import CallerCheck, check_content_type, header_length, read_body
+from edge_runtime.server._memory import RELEASE_AFTER_BYTES, release_freed_memory
 from edge_runtime.server._protocol import (
     MODEL_VERSION,
     InferRequest,
@@ -49,13 +62,14 @@ from edge_runtime.server._protocol import (
     model_metadata,
     summarize,
 )
-from edge_runtime.server._scheduler import LatencyTracker, Scheduler, most_members
+from edge_runtime.server._scheduler import _MIN_BUDGET_MS, LatencyTracker, Scheduler, most_members
 
 __all__ = ["RuntimeLike", "create_app"]
 
 logger = logging.getLogger("edge_runtime.server")
 
 SERVER_NAME = "anytime-edge"
+EXTENSIONS = ("classification",)  # V2 extensions implemented (see _protocol)
 _DECODE_INLINE_BYTES = 64 * 1024  # larger bodies are parsed on a thread so the event loop keeps serving
 
 
@@ -104,7 +118,7 @@ class _Server:
             self.default_threshold = getattr(runtime, "entropy_threshold", self._calibrated())
         self.ready = True
         self.metadata = model_metadata(self.name, self.manifest)
-        self.server_metadata = {"name": SERVER_NAME, "version": _version(), "extensions": []}
+        self.server_metadata = {"name": SERVER_NAME, "version": _version(), "extensions": list(EXTENSIONS)}
 
     def _calibrated(self) -> float | None:
         calibration = self.manifest.calibration
@@ -147,7 +161,11 @@ class _Server:
 
     async def infer(self, request: Request) -> Response:
         arrival = time.perf_counter()
-        return await self._guard(self._infer, request, arrival)
+        response = await self._guard(self._infer, request, arrival)
+        if getattr(request.state, "body_bytes", 0) >= RELEASE_AFTER_BYTES:
+            # after the answer is sent, on a thread: the request's lists and arrays are garbage by then
+            response.background = BackgroundTask(release_freed_memory)
+        return response
 
     async def _model_info(self, request: Request) -> Response:
         self.check_model(request)
@@ -161,36 +179,60 @@ class _Server:
         """Run a handler and answer whatever it raises; nothing a request does reaches uvicorn."""
         try:
             return await handler(request, *args)
-        except OverloadedError as exc:
+        except Exception as exc:  # noqa: BLE001 - the server answers every request and stays up
+            try:
+                return self._refusal(request, exc)
+            finally:
+                # The traceback's frames hold the request's parsed body (tens of MB for a big one) in
+                # reference cycles through asyncio's futures, which only a full GC pass would free; a
+                # server that refused six 4 MiB requests kept ~100 MB that way. Drop their locals now.
+                traceback.clear_frames(exc.__traceback__)
+
+    def _refusal(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, OverloadedError):
             return _error(exc.status, str(exc), {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
-        except ServerError as exc:
+        if isinstance(exc, ServerError):
             return _error(exc.status, str(exc))
-        except (InputError, PolicyError) as exc:  # the runtime's own checks of the input and the threshold
+        if isinstance(exc, (InputError, PolicyError)):  # the runtime's own checks of the input and the threshold
             return _error(400, str(exc))
-        except EdgeRuntimeError as exc:
+        if isinstance(exc, MemberError):  # ONNX Runtime's message carries build paths and C++ signatures: log it only
+            logger.error("inference failed on %s %s", request.method, request.url.path, exc_info=exc)
+            return _error(500, "inference failed: the model could not evaluate this input; see the server log")
+        if isinstance(exc, EdgeRuntimeError):
             logger.error("inference failed: %s", exc)
             return _error(500, f"inference failed: {exc}")
-        except Exception:  # noqa: BLE001 - the server answers every request and stays up
-            logger.exception("unexpected error while answering %s %s", request.method, request.url.path)
-            return _error(500, "internal error while answering the request; see the server log")
+        logger.error("unexpected error while answering %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal error while answering the request; see the server log")
 
     async def _infer(self, request: Request, arrival: float) -> Response:
         self.check_model(request)
-        body = await _read_body(request, self.config.max_body_bytes)
+        check_content_type(request)
+        json_length = header_length(request)
+        body = await read_body(request, self.config.max_body_bytes)
+        request.state.body_bytes = len(body)
         self.scheduler.check_capacity()  # before decoding: under overload the event loop's time is what is short
-        json_length = _header_length(request)
-        spec = self.manifest.task.input
+        spec, rows = self.manifest.task.input, self.config.max_batch_rows
         if len(body) > _DECODE_INLINE_BYTES:
-            decoded = await run_in_threadpool(decode_infer_request, body, spec, json_length)
+            decoded = await run_in_threadpool(decode_infer_request, body, spec, json_length, rows)
         else:
-            decoded = decode_infer_request(body, spec, json_length)
+            decoded = decode_infer_request(body, spec, json_length, rows)
+        del body
         budget, threshold = self.resolve(decoded.budget_ms, decoded.entropy_threshold)
         # Explicit values reach the runtime, so what the answer reports is what was applied.
         threshold_arg: float | str = "off" if threshold is None else threshold
 
         def call(budget_left: float | None) -> Sequence[PredictionLike]:
-            budget_arg: float | str = "off" if budget_left is None else budget_left
-            return self.runtime.predict(decoded.x, budget_ms=budget_arg, entropy_threshold=threshold_arg)
+            # In chunks: ORT's buffers grow with the batch (one 32,000-row batch: +1.5 GB with its arena).
+            x, chunk, start = decoded.x, self.config.chunk_rows, time.perf_counter()
+            answers: list[PredictionLike] = []
+            for first in range(0, x.shape[0], chunk):
+                budget_arg: float | str = "off"
+                if budget_left is not None:
+                    budget_arg = max(budget_left - (time.perf_counter() - start) * 1e3, _MIN_BUDGET_MS)
+                answers.extend(
+                    self.runtime.predict(x[first : first + chunk], budget_ms=budget_arg, entropy_threshold=threshold_arg)
+                )
+            return answers
 
         done = await self.scheduler.run(call, arrival, budget, most_members)
         predictions = done.result
@@ -214,7 +256,7 @@ class _Server:
         params["anytime_elapsed_ms"] = (time.perf_counter() - arrival) * 1e3
         request_id = decoded.id if decoded.id is not None else uuid.uuid4().hex
         try:
-            body = encode_infer_response(self.name, decoded, request_id, predictions, params)
+            body = encode_infer_response(self.name, decoded, request_id, predictions, params, self.manifest.task.labels)
         except ValueError:
             raise EdgeRuntimeError("the model produced NaN or infinity; check the bundle with `anytime-edge inspect`") from None
         return Response(body, media_type="application/json")
@@ -222,35 +264,6 @@ class _Server:
     async def shutdown(self) -> None:
         self.ready = False
         await run_in_threadpool(self.scheduler.close)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise RequestError("Content-Length is not a number") from None
-        if size > limit:
-            raise BodyTooLargeError(f"the body has {size} bytes, more than this server's limit of {limit}; send fewer samples per request or raise --max-body-mb")
-    chunks: list[bytes] = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise BodyTooLargeError(f"the body exceeds this server's limit of {limit} bytes; send fewer samples per request or raise --max-body-mb")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _header_length(request: Request) -> int | None:
-    value = request.headers.get("inference-header-content-length")
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise RequestError(f"Inference-Header-Content-Length {value!r} is not a number of bytes") from None
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -299,6 +312,11 @@ def create_app(runtime: RuntimeLike | PathLike, config: ServerConfig | None = No
         yield
         await server.shutdown()
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+        middleware=[Middleware(CallerCheck, hosts=config.served_hosts)],
+    )
     app.state.server = server
     return app

@@ -41,7 +41,12 @@ class ServerConfig:
     workers: int = field(default_factory=default_workers)  # inference threads (the bounded pool)
     max_queue: int = 32  # requests allowed to wait for a worker; more are shed with 503
     no_budget_due_ms: float = 1000.0  # in the earliest-deadline-first queue, a request without a budget is due this long after arrival
-    max_body_bytes: int = 4 * _MIB  # larger request bodies are refused with 413
+    max_body_bytes: int = 4 * _MIB  # larger request bodies (after inflating gzip/deflate) are refused with 413
+    max_batch_rows: int = 4096  # samples per request; more are refused with 413 before the data is decoded
+    chunk_rows: int = 256  # a batch runs through the runtime this many rows at a time (bounds ORT's buffers)
+    # Host/Origin names served (see served_hosts): on a loopback bind besides the loopback names; on
+    # another bind None accepts any; "*" accepts any anywhere.
+    allowed_hosts: tuple[str, ...] | None = None
     reserve_ms: float = 0.5  # kept back from each budget for encoding and sending the answer
     max_connections: int = 256  # open connections + tasks before uvicorn itself refuses with 503
     shutdown_timeout_s: float = 30.0  # on SIGTERM, wait this long for in-flight requests, then cancel
@@ -65,6 +70,18 @@ class ServerConfig:
             raise ServerConfigError(f"max_queue must be >= 0 (0 = never queue), not {self.max_queue}")
         if self.max_body_bytes < 1024:
             raise ServerConfigError(f"max_body_bytes must be at least 1024, not {self.max_body_bytes}")
+        if self.max_batch_rows < 1:
+            raise ServerConfigError(f"max_batch_rows must be >= 1, not {self.max_batch_rows}")
+        if self.chunk_rows < 1:
+            raise ServerConfigError(f"chunk_rows must be >= 1, not {self.chunk_rows}")
+        if self.allowed_hosts is not None:
+            if isinstance(self.allowed_hosts, str) or not all(
+                isinstance(h, str) and h and not any(c.isspace() or c in "/@" for c in h) for h in self.allowed_hosts
+            ):
+                raise ServerConfigError(
+                    f"allowed_hosts must be host names such as ('edge-7.factory.lan',), not {self.allowed_hosts!r}"
+                )
+            object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
         if not (math.isfinite(self.no_budget_due_ms) and self.no_budget_due_ms > 0):
             raise ServerConfigError(f"no_budget_due_ms must be a positive number, not {self.no_budget_due_ms}")
         if not (math.isfinite(self.reserve_ms) and self.reserve_ms >= 0):
@@ -76,6 +93,21 @@ class ServerConfig:
             )
         if not (math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > 0):
             raise ServerConfigError(f"shutdown_timeout_s must be a positive number, not {self.shutdown_timeout_s}")
+
+    @property
+    def served_hosts(self) -> frozenset[str] | None:
+        """The Host/Origin names requests may carry; None = any (a non-loopback bind with no list).
+
+        On a loopback bind the loopback names (and the bound address) always count: a browser page
+        can reach 127.0.0.1, so other names are refused there unless listed (DNS rebinding). A listed
+        ``"*"`` accepts any name (behind a proxy that checks them).
+        """
+        if (self.allowed_hosts is None and not self.is_loopback) or "*" in (self.allowed_hosts or ()):
+            return None
+        hosts = set(self.allowed_hosts or ())
+        if self.is_loopback:
+            hosts |= {"localhost", "127.0.0.1", "::1", self.host}
+        return frozenset(h.lower() for h in hosts)
 
     @property
     def is_loopback(self) -> bool:

@@ -6,7 +6,9 @@ They derive from :class:`edge_runtime.errors.EdgeRuntimeError`, so the CLI print
     └── ServerError              base of the server's errors; ``status`` is the HTTP status
         ├── ServerConfigError    a ServerConfig field is impossible (not an HTTP answer)
         ├── RequestError         400: the request body is not a valid V2 request for this model
-        ├── BodyTooLargeError    413: the body exceeds ServerConfig.max_body_bytes
+        ├── BodyTooLargeError    413: the body (inflated) exceeds max_body_bytes, or the batch max_batch_rows
+        ├── UnsupportedMediaTypeError 415: a Content-Type or Content-Encoding the server does not read
+        ├── CallerRefusedError   421/403: a Host or Origin not served here (DNS rebinding, web pages)
         ├── ModelNotFoundError   404: no model or version of that name is served here
         └── OverloadedError      503: shed because the request could not be answered within its budget
 """
@@ -17,11 +19,13 @@ from edge_runtime.errors import EdgeRuntimeError
 
 __all__ = [
     "BodyTooLargeError",
+    "CallerRefusedError",
     "ModelNotFoundError",
     "OverloadedError",
     "RequestError",
     "ServerConfigError",
     "ServerError",
+    "UnsupportedMediaTypeError",
 ]
 
 
@@ -45,6 +49,20 @@ class BodyTooLargeError(ServerError):
     """The request body is larger than the server accepts."""
 
     status = 413
+
+
+class UnsupportedMediaTypeError(ServerError):
+    """The body's Content-Type or Content-Encoding is not one the server reads."""
+
+    status = 415
+
+
+class CallerRefusedError(ServerError):
+    """The request names a Host (421) or comes from a web page Origin (403) that this server does not serve."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ModelNotFoundError(ServerError):

@@ -9,12 +9,18 @@ or flat, row-major; the values must fit the datatype they claim, must be finite,
 float32 for the members. Triton's binary tensor extension is read too (an input whose ``parameters`` name a
 ``binary_data_size``, after a JSON header of ``Inference-Header-Content-Length`` bytes), the way
 ``tritonclient`` sends inputs by default. Answers are always JSON (a client that asked for binary outputs
-reads JSON ``data`` when no ``binary_data_size`` is given), so the server lists no extensions.
+reads JSON ``data`` when no ``binary_data_size`` is given). A request may hold at most ``max_rows`` samples
+(the server's ``max_batch_rows``); more are refused with 413 before the data is decoded.
 
 Outputs, per sample (``outputs`` in the request selects and orders them; all by default):
 
 * ``probabilities`` FP32 [N, C], ``label`` INT64 [N], ``label_name`` BYTES [N];
 * ``members_used`` INT32 [N], ``entropy`` FP32 [N], ``exit_reason`` BYTES [N].
+
+Classification extension (as Triton's, listed in ``GET /v2``): a requested ``probabilities`` output with
+``"parameters": {"classification": K}`` (tritonclient's ``class_count``) is answered as BYTES [N, min(K, C)]
+strings ``"<probability>:<index>:<label>"``, the K most probable classes first, the probability printed
+as C's ``%f`` (Triton's ``std::to_string``), ties in class order. Other outputs refuse the parameter.
 
 Parameters (the V2 ``parameters`` object has no standard keys; this project's carry the ``anytime_``
 prefix). In a request: ``anytime_budget_ms`` (milliseconds > 0, or ``"off"``) and
@@ -40,13 +46,14 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from edge_runtime.bundle import Manifest, TensorSpec
-from edge_runtime.server._errors import RequestError
+from edge_runtime.server._errors import BodyTooLargeError, RequestError
 
 __all__ = [
     "InferRequest",
     "MODEL_VERSION",
     "OUTPUT_NAMES",
     "PARAM_BUDGET_MS",
+    "PARAM_CLASSIFICATION",
     "PARAM_ENTROPY_THRESHOLD",
     "PARAM_PREFIX",
     "PLATFORM",
@@ -55,6 +62,7 @@ __all__ = [
     "encode_infer_response",
     "model_metadata",
     "summarize",
+    "top_classes",
 ]
 
 MODEL_VERSION = "1"  # a server serves one bundle, exposed as version "1"
@@ -62,6 +70,7 @@ PLATFORM = "anytime-edge"
 PARAM_PREFIX = "anytime_"
 PARAM_BUDGET_MS = "anytime_budget_ms"
 PARAM_ENTROPY_THRESHOLD = "anytime_entropy_threshold"
+PARAM_CLASSIFICATION = "classification"  # Triton's classification extension, on a requested output
 _REQUEST_PARAMS = (PARAM_BUDGET_MS, PARAM_ENTROPY_THRESHOLD)
 
 # V2 datatype -> numpy dtype, for the datatypes an input may be sent as. Little-endian, as the binary
@@ -111,6 +120,7 @@ class InferRequest:
     budget_ms: float | str | None = None  # anytime_budget_ms if the request set it: ms or "off"
     entropy_threshold: float | str | None = None  # anytime_entropy_threshold: nats, "calibrated" or "off"
     outputs: tuple[str, ...] = OUTPUT_NAMES  # the outputs to answer with, in order
+    classification: int | None = None  # top-K classes asked of 'probabilities' (classification extension)
 
 
 def model_metadata(name: str, manifest: Manifest) -> dict[str, Any]:
@@ -130,7 +140,9 @@ def model_metadata(name: str, manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def decode_infer_request(body: bytes, spec: TensorSpec, json_length: int | None = None) -> InferRequest:
+def decode_infer_request(
+    body: bytes, spec: TensorSpec, json_length: int | None = None, max_rows: int | None = None
+) -> InferRequest:
     """Parse and check a V2 inference request against the model's input.
 
     Args:
@@ -138,12 +150,14 @@ def decode_infer_request(body: bytes, spec: TensorSpec, json_length: int | None 
         spec: the model's input tensor (name, shape with -1 for the batch, dtype).
         json_length: the ``Inference-Header-Content-Length`` header, when the body carries binary tensors
             after a JSON header of that many bytes; None for a plain JSON body.
+        max_rows: the most samples a request may hold (checked from its shape, before its data); None = any.
 
     Returns:
         The request with its input as a finite float32 batch.
 
     Raises:
         RequestError: the body is not JSON, or a name, shape, datatype, value or parameter is wrong.
+        BodyTooLargeError: the batch has more than ``max_rows`` samples.
     """
     if json_length is not None and not 0 < json_length <= len(body):
         raise RequestError(
@@ -170,9 +184,10 @@ def decode_infer_request(body: bytes, spec: TensorSpec, json_length: int | None 
     if len(inputs) != 1:
         names = [i.get("name") if isinstance(i, dict) else i for i in inputs]
         raise RequestError(f"got {len(inputs)} inputs {names}; this model takes exactly one, '{spec.name}'")
-    x = _decode_tensor(inputs[0], spec, binary, json_length is not None)
+    outputs, classification = _decode_outputs(doc.get("outputs"))
+    x = _decode_tensor(inputs[0], spec, binary, json_length is not None, max_rows)
     return InferRequest(
-        x=x, id=request_id, budget_ms=budget_ms, entropy_threshold=threshold, outputs=_decode_outputs(doc.get("outputs"))
+        x=x, id=request_id, budget_ms=budget_ms, entropy_threshold=threshold, outputs=outputs, classification=classification
     )
 
 
@@ -205,12 +220,13 @@ def _control(
     return float(value)
 
 
-def _decode_outputs(outputs: Any) -> tuple[str, ...]:
+def _decode_outputs(outputs: Any) -> tuple[tuple[str, ...], int | None]:
     if outputs is None:
-        return OUTPUT_NAMES
+        return OUTPUT_NAMES, None
     if not isinstance(outputs, list):
         raise RequestError("'outputs' must be a list of {\"name\": ...} objects")
     names: list[str] = []
+    classification = None
     for out in outputs:
         name = out.get("name") if isinstance(out, dict) else None
         if not isinstance(name, str) or name not in _OUTPUTS:
@@ -218,10 +234,28 @@ def _decode_outputs(outputs: Any) -> tuple[str, ...]:
         if name in names:
             raise RequestError(f"output '{name}' is requested twice; name each output once")
         names.append(name)
-    return tuple(names) if names else OUTPUT_NAMES
+        params = out.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise RequestError(f"the parameters of output '{name}' must be a JSON object")
+        if PARAM_CLASSIFICATION in params:
+            classification = _decode_classification(name, params[PARAM_CLASSIFICATION])
+    return (tuple(names) if names else OUTPUT_NAMES), classification
 
 
-def _decode_tensor(tensor: Any, spec: TensorSpec, binary: bytes, binary_allowed: bool) -> np.ndarray:
+def _decode_classification(name: str, count: Any) -> int:
+    if name != "probabilities":
+        raise RequestError(
+            f"output parameter 'classification' applies to 'probabilities' only, not '{name}'; "
+            "ask for the top classes of 'probabilities'"
+        )
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise RequestError(f"output parameter 'classification' must be a number of classes >= 1, not {count!r}")
+    return count
+
+
+def _decode_tensor(
+    tensor: Any, spec: TensorSpec, binary: bytes, binary_allowed: bool, max_rows: int | None
+) -> np.ndarray:
     if not isinstance(tensor, dict):
         raise RequestError("each input must be an object with name, shape, datatype and data")
     wanted = f"shape {list(spec.shape)}, datatype {_MANIFEST_DTYPES[spec.dtype]}"
@@ -229,6 +263,11 @@ def _decode_tensor(tensor: Any, spec: TensorSpec, binary: bytes, binary_allowed:
     if name != spec.name:
         raise RequestError(f"input {name!r} is not an input of this model; it takes '{spec.name}' ({wanted})")
     shape = _decode_shape(tensor.get("shape"), spec)
+    if max_rows is not None and shape[0] > max_rows:
+        raise BodyTooLargeError(
+            f"input '{spec.name}' has {shape[0]} samples; this server takes at most {max_rows} per request: "
+            "split the batch, or raise --max-batch"
+        )
     datatype = tensor.get("datatype")
     if datatype in _NON_NUMERIC:
         raise RequestError(f"input '{spec.name}' cannot be {datatype}; send numbers as FP32 (or FP16/FP64/INT*/UINT*)")
@@ -342,8 +381,11 @@ def encode_infer_response(
     request_id: str,
     predictions: Sequence[PredictionLike],
     parameters: Mapping[str, Any],
+    labels: Sequence[str] = (),
 ) -> bytes:
     """The V2 inference response body (UTF-8 JSON) with the outputs ``request`` asked for.
+
+    ``labels`` names the classes for the classification extension's strings (left out when empty).
 
     Raises:
         ValueError: a prediction holds NaN or infinity (a broken bundle); JSON cannot carry it.
@@ -360,11 +402,14 @@ def encode_infer_response(
     outputs = []
     for name in request.outputs:
         data = columns[name]()
+        datatype = _OUTPUTS[name][0]
+        if name == "probabilities" and request.classification is not None:
+            data, datatype = top_classes(data, request.classification, labels), "BYTES"
         if isinstance(data, np.ndarray):
             shape, data = list(data.shape), data.ravel().tolist()
         else:
             shape = [n]
-        outputs.append({"name": name, "datatype": _OUTPUTS[name][0], "shape": shape, "data": data})
+        outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
     doc = {
         "model_name": model_name,
         "model_version": MODEL_VERSION,
@@ -373,3 +418,25 @@ def encode_infer_response(
         "outputs": outputs,
     }
     return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def top_classes(probs: np.ndarray, k: int, labels: Sequence[str] = ()) -> np.ndarray:
+    """Triton's classification strings: the ``k`` highest values of each row, highest first.
+
+    Args:
+        probs: [N, C] scores (here probabilities).
+        k: classes per row; more than C gives C.
+        labels: C class names; when empty the strings carry no label.
+
+    Returns:
+        [N, min(k, C)] object array of ``"<value>:<index>[:<label>]"``, the value printed as C's ``%f``
+        (``std::to_string``, as Triton prints it); equal values keep class order.
+    """
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    out = np.empty(order.shape, dtype=object)
+    for i, row in enumerate(order):
+        for j, c in enumerate(row.tolist()):
+            text = "%f:%d" % (float(probs[i, c]), c)
+            out[i, j] = f"{text}:{labels[c]}" if labels else text
+    return out

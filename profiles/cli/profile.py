@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from edge_runtime.cli._load import add_load_timeout
 from edge_runtime.session import SessionConfig
 from profiles.errors import MeasurementError
 from profiles.inputs import load_npz
@@ -31,11 +32,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="measure memory in this process instead of a fresh runtime process (faster, less exact)")
     parser.add_argument("--json", action="store_true", help="print the profiles as JSON instead of tables")
     parser.add_argument("--no-store", action="store_true", help="do not write the profile into the bundles")
+    add_load_timeout(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        session = SessionConfig(intra_op_threads=args.threads, allow_spinning=args.spinning)
+        session = SessionConfig(intra_op_threads=args.threads, allow_spinning=args.spinning, load_timeout_s=args.load_timeout)
     except ValueError as exc:
         raise MeasurementError(f"{exc}; fix --threads") from exc
     config = MeasureConfig(
