@@ -79,11 +79,14 @@ def compose_cascade(
         overwrite: replace an existing ``out_dir``.
 
     Returns:
-        A :class:`CascadeResult`; its ``warnings`` say when the stored profiles show the members are not
-        ordered cheapest first (the cascade is still written: the order is the caller's choice).
+        A :class:`CascadeResult`; its ``warnings`` name each member adapted to the first bundle's
+        preprocess or input name, and say when the stored profiles show the members are not ordered
+        cheapest first (the cascade is still written: the order is the caller's choice).
 
     Raises:
-        ExportError: fewer than two bundles, a bundle with more than one member, or tasks that differ.
+        ExportError: fewer than two bundles, a bundle with more than one member, tasks that differ, or a
+            member that needs adapting without onnx installed.
+        VerificationError: an adapted member does not answer as its original.
         ManifestError, ChecksumError: an input cannot be loaded or a member file is missing or changed.
     """
     if len(bundles) < 2:
