@@ -152,7 +152,7 @@ def test_select_plot_draws_the_budget_on_the_axis_statistic_and_keeps_labels_apa
     assert plot_selection(selection, tmp_path / "plot.png") is None
     assert (tmp_path / "plot.png").stat().st_size > 0
     ax = figures[0].axes[0]
-    assert ax.get_xlabel() == f"{stat} latency per query, batch 1 (ms)"
+    assert ax.get_xlabel() == f"{stat} latency per query, batch 1 (ms, profiled on this device)"
     points = {tuple(p) for coll in ax.collections for p in coll.get_offsets()}
     assert all((c.latency_ms[stat], c.accuracy) in points for c in cands)
     budget_lines = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
