@@ -59,6 +59,9 @@ _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 _HEAD = ("logits", "probs", "entropy")  # every member's first three fetched outputs, in this order
 _PREV = "prev_logits"
 _FLOAT32 = np.dtype(np.float32)
+# A single-sample run this many times its prediction raises the prediction at once (LatencyEstimator.raise_to);
+# smaller overruns (the ~1% a p99 lets through) wait for the next refresh, so one hiccup moves nothing.
+_SURPRISE = 2.0
 
 
 @dataclass(frozen=True)
@@ -365,6 +368,7 @@ class AnytimeRuntime:
         budget = policy.budget_ms
         deadline = None if budget is None else t0 + budget / 1e3
         stop_min = self._stop_min_ms if budget is not None else math.inf
+        raise_to = self._estimator.raise_to if policy.uses_latency else None
         feed: dict[str, np.ndarray] = {self._x_name: x}
         carried: dict[tuple[int, str], np.ndarray] = {}
         good = None
@@ -384,7 +388,10 @@ class AnytimeRuntime:
                     outs = run(names, feed, None)
             except StoppedInFlight:
                 t = perf_counter()
-                observed[k].append((t, (t - t_prev) * 1e3))  # a lower bound of its latency, still worth knowing
+                ms = (t - t_prev) * 1e3  # a lower bound of its latency, still worth knowing
+                observed[k].append((t, ms))
+                if raise_to is not None:
+                    raise_to(k, ms)
                 t_prev = t
                 reason, stopped, entropy = "budget", True, best_entropy
                 break
@@ -394,7 +401,10 @@ class AnytimeRuntime:
                 entropy = best_entropy
                 break
             t = perf_counter()
-            observed[k].append((t, (t - t_prev) * 1e3))
+            ms = (t - t_prev) * 1e3
+            observed[k].append((t, ms))
+            if ms > _SURPRISE * estimates[k] and raise_to is not None:
+                raise_to(k, ms)  # far slower than predicted (a re-tried member still under load): skip it now
             t_prev = t
             if conns:  # a connection input is this member's only: the next one rejects it
                 for name, _ in conns:

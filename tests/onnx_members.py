@@ -151,3 +151,31 @@ def set_member_bytes(bundle_dir: Path, index: int, blob: bytes) -> None:
     (Path(bundle_dir) / member["file"]).write_bytes(blob)
     member["sha256"] = hashlib.sha256(blob).hexdigest()
     path.write_text(json.dumps(manifest, indent=1))
+
+
+def looping_member_graph(index: int, input_shape: Sequence[int], num_classes: int, trip_count: int, hidden: int = 16) -> bytes:
+    """Member ``index`` with ``logits += 0 * Loop(trip_count, identity body)``: the same answer as
+    :func:`member_graph`, but each run takes about ``trip_count`` tiny operators (a member that is slow for
+    as long as a test needs, and that ONNX Runtime can stop between operators)."""
+    model = onnx.load_from_string(member_graph(index, input_shape, num_classes, hidden))
+    g = model.graph
+    for node in g.node:
+        node.output[:] = ["logits_orig" if o == "logits" else o for o in node.output]
+        node.input[:] = ["logits_orig" if i == "logits" else i for i in node.input]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
+    )
+    g.initializer.extend([numpy_helper.from_array(np.array(trip_count, np.int64), "M"),
+                          numpy_helper.from_array(np.array(True), "C"), numpy_helper.from_array(np.array(0.0, np.float32), "V")])
+    nodes = list(g.node)
+    cut = [i for i, n in enumerate(nodes) if "logits_orig" in n.output][0] + 1
+    added = [helper.make_node("Loop", ["M", "C", "V"], ["s"], body=body), helper.make_node("Mul", ["s", "V"], ["z"]),
+             helper.make_node("Add", ["logits_orig", "z"], ["logits"])]
+    del g.node[:]
+    g.node.extend(nodes[:cut] + added + nodes[cut:])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

@@ -187,9 +187,10 @@ def test_estimator_refreshes_in_the_background_while_asked_and_joins_on_close() 
         time.sleep(0.05)
     assert not est._thread.running
     est.estimates()  # starts it again
-    assert est._thread.running
+    thread = est._thread._thread
+    assert thread is not None and thread.is_alive()
     est.close()
-    assert not est._thread.running and not [t for t in threading.enumerate() if t.name == "edge_runtime-latency"]
+    assert not est._thread.running and not thread.is_alive() and thread not in threading.enumerate()
     est.estimates()  # closed: no new thread
     assert not est._thread.running
 
