@@ -15,10 +15,14 @@ Member 1 is never stopped: without it there is no answer at all, so a first memb
 returns late (``Prediction.late``) rather than not at all. A stopped member k answers with members
 1..k-1, exit reason ``"budget"`` and ``stopped_in_flight=True``.
 
-Stop latency (flag set -> ``run`` raised) measured on this project's 2-core development machine (shared,
-loaded), ORT 1.32, ``python benchmarks/deadline.py --phases stop_latency``: see README "Deadlines"; the
-defaults below come from it. It depends on the longest single operator of the member (ORT only checks the
-flag between operators).
+Defaults, measured with ``python benchmarks/deadline.py --phases stop_latency`` (an 808-node graph, the
+flag set at a random point of a ~1.9 ms run) on the project's 2-core development machine while shared
+(load average ~9), ORT 1.32: flag -> stop median 0.11 ms, watchdog wake-up lateness median 0.10 ms,
+guarding a run ~1.3 µs (issue 14 measured median 0.26 ms, max 2.2 ms from flag to stop on a quiet
+machine). ``stop_min_ms`` = 1 ms is about four times wake-up plus stop: below it a stop saves little of
+the member's time. ``stop_lead_ms`` = 0.5 ms covers wake-up, stop and the answer's own finish at their
+medians with margin; the tails depend on the machine (a loaded box has multi-ms tails) and on the member's
+longest operator, since ORT only checks the flag between operators.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class DeadlineConfig:
     latency_refresh_s: float | None = 0.1  # background refresh of the estimates; None: only refresh() (tests)
     in_flight_stop: bool = True  # stop a member that is still running at its request's deadline
     stop_min_ms: float = 1.0  # guard only members predicted to take at least this long (stop cost ~0.1-0.3 ms)
-    stop_lead_ms: float = 0.3  # set terminate this long before the deadline: the stop itself takes time
+    stop_lead_ms: float = 0.5  # set terminate this long before the deadline: waking and stopping take time
 
     def __post_init__(self) -> None:
         if not (self.latency_window_s > 0 and math.isfinite(self.latency_window_s)):
@@ -79,7 +83,7 @@ class Watchdog:
         clock: seconds (``time.perf_counter``; the runtime's clock, so deadlines compare).
     """
 
-    def __init__(self, stop_lead_ms: float = 0.3, clock: Callable[[], float] = perf_counter) -> None:
+    def __init__(self, stop_lead_ms: float = 0.5, clock: Callable[[], float] = perf_counter) -> None:
         self._lead_s = stop_lead_ms / 1e3
         self._clock = clock
         self._cond = threading.Condition(threading.Lock())
@@ -89,7 +93,8 @@ class Watchdog:
         self.guarded_runs = 0
         self.fired = 0  # terminate set (a run may still finish before ORT looks at the flag)
         self.stopped = 0  # runs that the flag stopped
-        self._stop_ms: deque[float] = deque(maxlen=1024)
+        self._stop_ms: deque[float] = deque(maxlen=1024)  # terminate set -> run raised
+        self._wake_ms: deque[float] = deque(maxlen=1024)  # fire time -> terminate set (the thread's lateness)
 
     def run(self, run: Callable[..., Any], names: Sequence[str], feed: dict[str, Any], deadline: float) -> Any:
         """``run(names, feed, run_options)`` with ``terminate`` set at ``deadline`` (clock seconds) less the lead.
@@ -132,15 +137,20 @@ class Watchdog:
             return self._fire_due(self._clock())
 
     def describe(self) -> dict[str, Any]:
-        """Guarded runs, deadlines fired, runs stopped, and the stop latency (ms from ``terminate`` to the run raising) of recent stops."""
-        latencies = list(self._stop_ms)
+        """Counts and latencies of the last 1024 stops, for metrics and benchmarks.
+
+        Returns:
+            ``guarded_runs``, ``fired`` (terminate set), ``stopped`` (runs that raised for it), ``stop_lead_ms``,
+            ``stop_latency_ms`` (terminate set -> run raised) and ``wake_late_ms`` (fire time -> terminate set),
+            each ``{"p50", "p99", "max"}`` or None before the first stop, and ``running`` (the thread).
+        """
         return {
             "guarded_runs": self.guarded_runs,
             "fired": self.fired,
             "stopped": self.stopped,
             "stop_lead_ms": self._lead_s * 1e3,
-            "stop_latency_ms": None if not latencies else {
-                "p50": float(np.median(latencies)), "p99": float(np.quantile(latencies, 0.99)), "max": max(latencies)},
+            "stop_latency_ms": _summary(self._stop_ms),
+            "wake_late_ms": _summary(self._wake_ms),
             "running": self._thread.running,
         }
 
@@ -155,6 +165,7 @@ class Watchdog:
             guard.options.terminate = True
             guard.fired_at = self._clock()
             self.fired += 1
+            self._wake_ms.append((guard.fired_at - guard.fire_at) * 1e3)
         return len(fired)
 
     def _wake(self) -> None:
@@ -171,3 +182,8 @@ class Watchdog:
                 # once a second only to notice a stop that raced the notify.
                 self._cond.wait(min(max(self._next - now, 0.0), 1.0))
             self._next = math.inf
+
+
+def _summary(values: deque[float]) -> dict[str, float] | None:
+    v = list(values)
+    return None if not v else {"p50": float(np.median(v)), "p99": float(np.quantile(v, 0.99)), "max": float(max(v))}

@@ -179,3 +179,48 @@ def looping_member_graph(index: int, input_shape: Sequence[int], num_classes: in
     g.node.extend(nodes[:cut] + added + nodes[cut:])
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def deep_member_graph(index: int, input_shape: Sequence[int], num_classes: int, hidden: int = 256, depth: int = 40,
+                      seed: int = 0) -> bytes:
+    """Member ``index`` as a deep MLP: Flatten -> ``depth`` x (MatMul, Relu) of width ``hidden`` -> logits,
+    with the bundle's graph contract (outputs logits, probs, entropy, features). A ms-scale member made of
+    many short operators, as real CNN members are (ONNX Runtime can stop a run only between operators)."""
+    rng = np.random.default_rng(seed + 100 + index)
+    features_in = int(np.prod(input_shape))
+    inits = [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])]
+    nodes = [helper.make_node("Flatten", ["x"], ["h0"], axis=1)]
+    width = features_in
+    for d in range(depth):
+        w = rng.normal(0, np.sqrt(2.0 / width), (width, hidden)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{d}"))
+        out = "features" if d == depth - 1 else f"h{d + 1}"
+        nodes += [helper.make_node("MatMul", [f"h{d}", f"w{d}"], [f"p{d}"]), helper.make_node("Relu", [f"p{d}"], [out])]
+        width = hidden
+    w_out = rng.normal(0, 1 / np.sqrt(hidden), (hidden, num_classes)).astype(np.float32)
+    inits.append(numpy_helper.from_array(w_out, "w_out"))
+    nodes.append(helper.make_node("MatMul", ["features", "w_out"], ["own_logits"]))
+    if index > 0:
+        inputs.append(helper.make_tensor_value_info("prev_logits", TensorProto.FLOAT, ["N", num_classes]))
+        nodes.append(helper.make_node("Add", ["own_logits", "prev_logits"], ["logits"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["own_logits"], ["logits"]))
+    nodes += [
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        helper.make_node("LogSoftmax", ["logits"], ["logp"], axis=-1),
+        helper.make_node("Mul", ["probs", "logp"], ["plogp"]),
+        helper.make_node("ReduceSum", ["plogp", "axis1"], ["neg_entropy"], keepdims=0),
+        helper.make_node("Neg", ["neg_entropy"], ["entropy"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes]),
+        helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes]),
+        helper.make_tensor_value_info("entropy", TensorProto.FLOAT, ["N"]),
+        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", hidden]),
+    ]
+    graph = helper.make_graph(nodes, f"deep_member_{index}", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
