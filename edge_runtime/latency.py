@@ -114,7 +114,6 @@ class LatencyEstimator:
         # (time_s, ms) per single-sample run of each member, and per answer's finish; appended by the runtime.
         self.observed: tuple[deque[tuple[float, float]], ...] = tuple(deque(maxlen=max_observations) for _ in range(num_members))
         self.finish: deque[tuple[float, float]] = deque(maxlen=max_observations)
-        self._warm = [False] * num_members  # observed min_observations times since load
         self._baseline = [math.inf] * (num_members + 1)  # lowest windowed quantile per member, then finish
         self._last_call = 0.0
         self._refreshed_at = clock()
@@ -185,9 +184,9 @@ class LatencyEstimator:
                 return
 
     def _warm_now(self, k: int) -> bool:
-        if not self._warm[k] and len(self.observed[k]) >= self.min_observations:
-            self._warm[k] = True  # deques only grow until full, so this is "observed often enough since load"
-        return self._warm[k]
+        # Nothing is removed from a deque (old runs are filtered by time when read), so its length only grows
+        # until it is full: this is "observed min_observations times since load".
+        return len(self.observed[k]) >= self.min_observations
 
     def _stats(self, window: deque[tuple[float, float]], since: float, slot: int, counts: bool) -> tuple[float | None, int]:
         """(quantile of the runs since ``since`` or None, how many); lowers the slot's baseline."""
