@@ -33,9 +33,9 @@ observation is better than none.
 
 Hot path: the runtime appends ``(time_s, ms)`` to :attr:`LatencyEstimator.observed` and
 :attr:`LatencyEstimator.finish` directly (deque appends, atomic in CPython) and :meth:`estimates`
-returns a cached tuple; a run far slower than its prediction (twice) raises the cached value at once
-(:meth:`LatencyEstimator.raise_to`), so a re-tried member that is still slow costs one late request, not
-every request until the next refresh. Quantiles are recomputed by one background thread every ``refresh_s`` while
+returns a cached tuple; a re-tried member's run far slower than its prediction (twice) raises the cached
+value at once (:meth:`LatencyEstimator.raise_to`), so a re-try of a member that is still slow costs one
+late request, not every request until the next refresh. Quantiles are recomputed by one background thread every ``refresh_s`` while
 estimates are being asked for (it stops after ``idle_s`` without a call, and :meth:`close` or interpreter
 exit stop and join it), so no request pays for a refresh (tens of microseconds, more than a small
 member's run). ``refresh_s=None`` runs no thread: the caller refreshes (tests with a fake clock).
@@ -118,6 +118,7 @@ class LatencyEstimator:
         self._last_call = 0.0
         self._refreshed_at = clock()
         self._finish_ms = 0.0
+        self._retrying = (False,) * num_members  # no run in the window at the last refresh
         self._thread = BackgroundThread("edge_runtime-latency", self._refresh_loop)
         self._cached = self.refresh()
 
@@ -130,9 +131,13 @@ class LatencyEstimator:
         return self._cached
 
     def raise_to(self, k: int, ms: float) -> None:
-        """A run of member k took ``ms``, more than predicted: predict at least that from now on (until the
-        next refresh recomputes the quantile). Called by the runtime on the rare slow run, so a re-tried
-        member that is still slow is skipped again from the very next request, not after a refresh."""
+        """A run of member k took ``ms``, far more than predicted. If k was being re-tried (no run of it in
+        the window at the last refresh), predict at least that from now on, until the next refresh: a
+        member that is still slow is skipped again from the very next request, not after up to
+        ``refresh_s`` of slow runs. A member that runs all the time ignores it: one scheduler hiccup among
+        its many runs must not move its prediction (the refresh's quantile decides)."""
+        if not self._retrying[k]:
+            return
         cached = self._cached
         value = ms + self._finish_ms
         if value > cached[k]:
@@ -143,6 +148,7 @@ class LatencyEstimator:
         """Recompute now (after warm-up, or in tests) and return the estimates."""
         state = self._state()
         self._finish_ms = state["finish_ms"]
+        self._retrying = tuple(row["samples"] == 0 for row in state["members"])
         self._cached = tuple(row["estimate_ms"] for row in state["members"])
         self._refreshed_at = state["now"]
         return self._cached
