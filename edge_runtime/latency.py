@@ -19,8 +19,9 @@ its last N runs never forgets the slow runs of a load spike, and the member stay
 (../shared/cases/deadline/06: after a 3 s burst the runtime kept using one member of four until restarted).
 Observations older than ``window_s`` no longer count. A member with no run in the window falls back to
 its profile (measured on a quiet machine), so a skipped member is re-admitted, and re-measured, within
-``window_s`` (+ one refresh) of its last slow run: if the load is gone it stays, if not its new slow run
-keeps it out for another window. Under contention that lasts, each skipped member is thus probed about
+``window_s`` (+ one refresh) of its last slow run: if the load is gone it stays, if not its new slow runs
+keep it out for another window. The first run of such a re-try is not counted: it runs cold (caches, ONNX
+Runtime after idle), and counting it would hold a member out for good on a quiet machine. Under contention that lasts, each skipped member is thus probed about
 once per ``window_s``; the in-flight stop (:mod:`edge_runtime.deadline`) bounds what such a probe costs
 for ms-scale members. With no profile, the fallback is the member's *baseline*: the lowest windowed
 quantile seen since load (the quietest the device has shown, over windows with at least
@@ -138,6 +139,9 @@ class LatencyEstimator:
         its many runs must not move its prediction (the refresh's quantile decides)."""
         if not self._retrying[k]:
             return
+        runs = self.observed[k]
+        if len(runs) < 2 or runs[-1][0] - runs[-2][0] > self.window_s:
+            return  # the re-try's first run is cold (caches, ORT after idle): the second one decides
         cached = self._cached
         value = ms + self._finish_ms
         if value > cached[k]:
@@ -156,7 +160,7 @@ class LatencyEstimator:
     def observations(self) -> list[np.ndarray]:
         """The observed single-sample latencies (ms) per member that count now (inside the window), oldest first."""
         since = self._clock() - self.window_s
-        return [np.array(_recent(d, since), dtype=np.float64) for d in self.observed]
+        return [np.array(_recent(d, since, self.window_s), dtype=np.float64) for d in self.observed]
 
     def source(self) -> str:
         """Where predictions come from: ``"profile"``, ``"observed"`` or ``"profile+observed"``."""
@@ -196,7 +200,7 @@ class LatencyEstimator:
 
     def _stats(self, window: deque[tuple[float, float]], since: float, slot: int, counts: bool) -> tuple[float | None, int]:
         """(quantile of the runs since ``since`` or None, how many); lowers the slot's baseline."""
-        values = _recent(window, since)
+        values = _recent(window, since, self.window_s)
         if not values or not counts:
             return None, len(values)
         q = float(np.quantile(values, self.quantile))
@@ -242,8 +246,13 @@ class LatencyEstimator:
                 "refreshed_age_s": now - self._refreshed_at, "now": now, "members": rows}
 
 
-def _recent(window: deque[tuple[float, float]], since: float) -> list[float]:
-    """Values of the ``(time, value)`` pairs at or after ``since`` (appends are in time order)."""
+def _recent(window: deque[tuple[float, float]], since: float, gap_s: float) -> list[float]:
+    """Values of the ``(time, value)`` pairs at or after ``since`` (appends are in time order), less a first
+    run that came more than ``gap_s`` after the one before it: a re-tried member's first run is cold (caches,
+    ONNX Runtime after idle) and would hold it out for another window. Only the first run in the window can
+    follow such a gap, since the window is ``gap_s`` long."""
     pairs = list(window)  # copied in C under the GIL, so other threads' appends cannot interleave
     start = bisect_left(pairs, (since, -math.inf))
+    if 0 < start < len(pairs) and pairs[start][0] - pairs[start - 1][0] > gap_s:
+        start += 1
     return [v for _, v in pairs[start:]]

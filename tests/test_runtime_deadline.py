@@ -71,7 +71,7 @@ def test_members_come_back_within_the_window_after_a_load_spike(tiny_bundle: Pat
     assert len(late_phase) > 1000 and set(late_phase) == {3}
 
 
-def test_under_lasting_load_a_skipped_member_is_probed_about_once_per_window(tiny_bundle: Path, clock: FakeClock) -> None:
+def test_under_lasting_load_a_skipped_member_is_retried_about_once_per_window(tiny_bundle: Path, clock: FakeClock) -> None:
     runtime, sessions = _runtime(tiny_bundle, clock, [{}, {}, {}], QUIET, profile_ms=QUIET, deadline=NO_THREAD)
     _drive(runtime, clock, 0.5, budget=1.0)
     for s, ms in zip(sessions[1:], QUIET[1:]):
@@ -79,7 +79,8 @@ def test_under_lasting_load_a_skipped_member_is_probed_about_once_per_window(tin
     _drive(runtime, clock, 1.0, budget=1.0)
     lasting = _drive(runtime, clock, 4.0, budget=1.0)
     probes = sum(u > 1 for _, u in lasting)
-    assert len(lasting) > 1000 and 2 <= probes <= 6  # re-measured about once per 1 s window, not per request
+    # Re-tried about once per 1 s window (two runs: the cold first one is not counted), not per request.
+    assert len(lasting) > 1000 and 4 <= probes <= 12
 
 
 # ---------------------------------------------------------------- in-flight stop

@@ -200,3 +200,30 @@ def test_estimator_refreshes_in_the_background_while_asked_and_joins_on_close() 
 def test_estimator_rejects_bad_settings(kwargs: dict) -> None:
     with pytest.raises(PolicyError):
         LatencyEstimator(2, **kwargs)
+
+
+def test_the_first_run_after_a_gap_is_cold_and_not_counted() -> None:
+    clock = Clock()
+    est = LatencyEstimator(1, profile_ms=[0.2], quantile=0.99, window_s=1.0, min_observations=4, refresh_s=None, clock=clock)
+    _observe(est, clock, 0, [0.2] * 50)
+    clock.now += 1.5  # the member was skipped: its runs aged out, it is re-tried at its profile
+    assert est.refresh()[0] == pytest.approx(0.2)
+    _observe(est, clock, 0, [3.0])  # the re-try's first run is cold...
+    est.raise_to(0, 3.0)
+    assert est.estimates()[0] == pytest.approx(0.2) and est.refresh()[0] == pytest.approx(0.2)  # ...and ignored
+    _observe(est, clock, 0, [0.25, 0.2, 0.2])
+    assert est.refresh()[0] == pytest.approx(0.25, abs=0.01)
+
+
+def test_a_retried_member_still_slow_is_skipped_from_its_second_run() -> None:
+    clock = Clock()
+    est = LatencyEstimator(1, profile_ms=[0.2], quantile=0.99, window_s=1.0, min_observations=4, refresh_s=None, clock=clock)
+    _observe(est, clock, 0, [0.2] * 50)
+    clock.now += 1.5
+    est.refresh()
+    _observe(est, clock, 0, [3.0])
+    est.raise_to(0, 3.0)  # cold: ignored
+    _observe(est, clock, 0, [2.5])
+    est.raise_to(0, 2.5)  # still slow: the cached estimate rises at once, before any refresh
+    assert est._cached[0] == pytest.approx(2.5)
+    assert est.refresh()[0] == pytest.approx(2.5)  # and the refresh agrees (the cold run left out)
