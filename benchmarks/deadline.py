@@ -256,7 +256,6 @@ def _stop_latency_phase(tmp: Path, runs: int) -> dict[str, Any]:
 
     feed = {"x": np.zeros((1, 784), np.float32), "prev_logits": np.zeros((1, 10), np.float32)}
     big = create_session(deep_member_graph(1, (784,), 10, hidden=128, depth=400), SessionConfig())
-    nodes = len(big.get_modelmeta().custom_metadata_map) or 808
     for _ in range(20):
         big.run(None, feed)
     run_ms = []
@@ -289,7 +288,6 @@ def _stop_latency_phase(tmp: Path, runs: int) -> dict[str, Any]:
         guard.run(tiny.run, None, feed, t + 10.0)  # type: ignore[arg-type]
         guarded_us.append((time.perf_counter() - t) * 1e6)
     guard.close()
-    del nodes
     return {"graph": "808 nodes: 400 x (MatMul 128, Relu) + head", "run_ms_p50": run_p50, "runs": runs,
             "finished_before_stop": finished, "watchdog": state,
             "guard_cost_us_p50": float(np.median(guarded_us) - np.median(plain_us)),

@@ -403,7 +403,7 @@ class AnytimeRuntime:
             t = perf_counter()
             ms = (t - t_prev) * 1e3
             observed[k].append((t, ms))
-            if ms > _SURPRISE * estimates[k] and raise_to is not None:
+            if raise_to is not None and ms > _SURPRISE * estimates[k]:
                 raise_to(k, ms)  # far slower than predicted (a re-tried member still under load): skip it now
             t_prev = t
             if conns:  # a connection input is this member's only: the next one rejects it
