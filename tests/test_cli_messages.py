@@ -152,7 +152,7 @@ def test_select_plot_draws_the_budget_on_the_axis_statistic_and_keeps_labels_apa
     assert plot_selection(selection, tmp_path / "plot.png") is None
     assert (tmp_path / "plot.png").stat().st_size > 0
     ax = figures[0].axes[0]
-    assert ax.get_xlabel() == f"{stat} latency per query, batch 1 (ms)"
+    assert ax.get_xlabel() == f"{stat} latency per query, batch 1 (ms, profiled on this device)"
     points = {tuple(p) for coll in ax.collections for p in coll.get_offsets()}
     assert all((c.latency_ms[stat], c.accuracy) in points for c in cands)
     budget_lines = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
@@ -164,7 +164,9 @@ def test_select_plot_draws_the_budget_on_the_axis_statistic_and_keeps_labels_apa
     renderer = figures[0].canvas.get_renderer()
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
     assert {name for name, _ in boxes} == {c.name for c in cands}
+    legend = ax.get_legend().get_window_extent(renderer)
     for i, (a, box_a) in enumerate(boxes):
+        assert not box_a.overlaps(legend), f"label '{a}' lies on the legend"
         for b, box_b in boxes[i + 1:]:
             assert not box_a.overlaps(box_b), f"labels '{a}' and '{b}' overprint"
 

@@ -19,20 +19,22 @@ def add_data_argument(parser: argparse.ArgumentParser, default: str = "digits") 
     parser.add_argument(
         "--data",
         default=default,
-        help="digits, mnist1d, mnist (the shared real MNIST), a directory of IDX files, or an .npz "
+        help="digits, mnist1d, mnist (the shared real MNIST), cluttered-mnist[:IDX_DIR] (64x64, generated from MNIST), "
+        "a directory of IDX files, or an .npz "
         "with x_train, y_train, x_test, y_test (default %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split and of training")
 
 
-def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+def add_teacher_arguments(parser: argparse.ArgumentParser, default: str | None = "auto", extra_help: str = "") -> None:
     parser.add_argument(
         "--teacher",
         "--teacher-dir",
         dest="teacher",
-        default="auto",
+        default=default,
         help="the teacher: 'auto' (train/reuse the default teacher under --runs-dir), a checkpoint directory from "
-        "`anytime-edge train-teacher`, an ONNX classifier (.onnx; logits only), or a torch.export program (.pt2)",
+        "`anytime-edge train-teacher`, an ONNX classifier (.onnx; logits only), or a torch.export program (.pt2)"
+        + extra_help,
     )
     parser.add_argument(
         "--teacher-inputs",
