@@ -16,13 +16,13 @@ returns late (``Prediction.late``) rather than not at all. A stopped member k an
 1..k-1, exit reason ``"budget"`` and ``stopped_in_flight=True``.
 
 Defaults, measured with ``python benchmarks/deadline.py --phases stop_latency`` (an 808-node graph, the
-flag set at a random point of a ~1.9 ms run) on the project's 2-core development machine while shared
-(load average ~9), ORT 1.32: flag -> stop median 0.11 ms, watchdog wake-up lateness median 0.10 ms,
-guarding a run ~1.3 µs (issue 14 measured median 0.26 ms, max 2.2 ms from flag to stop on a quiet
-machine). ``stop_min_ms`` = 1 ms is about four times wake-up plus stop: below it a stop saves little of
-the member's time. ``stop_lead_ms`` = 0.5 ms covers wake-up, stop and the answer's own finish at their
-medians with margin; the tails depend on the machine (a loaded box has multi-ms tails) and on the member's
-longest operator, since ORT only checks the flag between operators.
+flag set at a random point of a ~1.6-3.3 ms run; 3 runs) on the project's 2-core development machine while
+shared (load average ~5), ORT 1.32: flag -> stop p50 0.08-0.22 ms, watchdog wake-up lateness p50
+0.08-0.11 ms (p99s of 4-10 ms on that loaded box), guarding a run 1.2-1.3 µs; issue 14 measured flag ->
+stop median 0.26 ms, max 2.2 ms on a quiet machine. ``stop_min_ms`` = 1 ms is about four times wake-up
+plus stop: below it a stop saves little of the member's time. ``stop_lead_ms`` = 0.5 ms covers wake-up,
+stop and the answer's own finish at their medians with margin; the tails depend on the machine and on the
+member's longest operator, since ORT only checks the flag between operators.
 """
 
 from __future__ import annotations
