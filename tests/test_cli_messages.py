@@ -82,7 +82,6 @@ def test_dsd2_keeps_the_users_labels_by_default() -> None:
 
 @pytest.mark.parametrize("method, expected", [
     ("fcpts", ["--target TARGET global sparsity of the Conv/Linear weights (0.8 = 80% zeros) (default: 0.8)",
-               "--data DATA digits, mnist1d, mnist (the shared real MNIST), a directory of IDX files, or an .npz with "
                "x_train, y_train, x_test, y_test (default mnist)"]),
     ("dsd2", ["(default: 0.0)", "--rounds ROUNDS pruning rounds, 20% of the remaining weights each (default: 20)"]),
     ("channels", ["--keep KEEP share of channels/units kept in every hidden layer (default: 0.5)"]),
