@@ -60,29 +60,7 @@ def member_graph(
                   helper.make_node("Add", ["features", "c"], ["h_mixed"])]
         hidden_name = "h_mixed"
     nodes.append(helper.make_node("MatMul", [hidden_name, "w2"], ["own_logits"]))
-    if index > 0:
-        inputs.append(helper.make_tensor_value_info("prev_logits", TensorProto.FLOAT, ["N", num_classes]))
-        nodes.append(helper.make_node("Add", ["own_logits", "prev_logits"], ["logits"]))
-    else:
-        nodes.append(helper.make_node("Identity", ["own_logits"], ["logits"]))
-    nodes += [
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
-        helper.make_node("LogSoftmax", ["logits"], ["logp"], axis=-1),
-        helper.make_node("Mul", ["probs", "logp"], ["plogp"]),
-        helper.make_node("ReduceSum", ["plogp", "axis1"], ["neg_entropy"], keepdims=0),
-        helper.make_node("Neg", ["neg_entropy"], ["entropy"]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes]),
-        helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes]),
-        helper.make_tensor_value_info("entropy", TensorProto.FLOAT, ["N"]),
-        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", hidden]),
-    ]
-    graph = helper.make_graph(nodes, f"member_{index}", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return _finish_member(nodes, inputs, inits, index, num_classes, hidden, f"member_{index}")
 
 
 def make_bundle(
@@ -201,6 +179,11 @@ def deep_member_graph(index: int, input_shape: Sequence[int], num_classes: int, 
     w_out = rng.normal(0, 1 / np.sqrt(hidden), (hidden, num_classes)).astype(np.float32)
     inits.append(numpy_helper.from_array(w_out, "w_out"))
     nodes.append(helper.make_node("MatMul", ["features", "w_out"], ["own_logits"]))
+    return _finish_member(nodes, inputs, inits, index, num_classes, hidden, f"deep_member_{index}")
+
+
+def _finish_member(nodes: list, inputs: list, inits: list, index: int, num_classes: int, hidden: int, name: str) -> bytes:
+    """The member contract's tail after ``own_logits``: sum with prev_logits (k > 1), probs, entropy; checked bytes."""
     if index > 0:
         inputs.append(helper.make_tensor_value_info("prev_logits", TensorProto.FLOAT, ["N", num_classes]))
         nodes.append(helper.make_node("Add", ["own_logits", "prev_logits"], ["logits"]))
@@ -219,7 +202,7 @@ def deep_member_graph(index: int, input_shape: Sequence[int], num_classes: int, 
         helper.make_tensor_value_info("entropy", TensorProto.FLOAT, ["N"]),
         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", hidden]),
     ]
-    graph = helper.make_graph(nodes, f"deep_member_{index}", inputs, outputs, inits)
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 9
     onnx.checker.check_model(model)
