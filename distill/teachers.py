@@ -94,7 +94,7 @@ class OnnxTeacher(nn.Module):
 
     def __init__(self, path: str | os.PathLike[str], dataset: Dataset, inputs: str = "raw", threads: int = 0) -> None:
         super().__init__()
-        import onnxruntime as ort
+        from edge_runtime.session import ort  # through session: the no-telemetry default is set before ORT loads
 
         self.path = Path(path)
         options = ort.SessionOptions()
