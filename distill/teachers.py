@@ -40,7 +40,7 @@ from distill.logit_cache import LogitCache, attach
 from distill.logits import logits_of
 from edge_runtime.errors import error_line
 
-__all__ = ["INPUT_MODES", "LoadedTeacher", "OnnxTeacher", "RawInputTeacher", "dense_proxy", "load_teacher", "rewritable_layers"]
+__all__ = ["INPUT_MODES", "LoadedTeacher", "LogProbabilities", "OnnxTeacher", "RawInputTeacher", "dense_proxy", "load_teacher", "rewritable_layers"]
 
 INPUT_MODES = ("raw", "model")  # what a user's teacher takes: raw client values, or model-ready inputs
 
@@ -143,7 +143,7 @@ class OnnxTeacher(nn.Module):
         step = self.fixed_batch or len(feed)
         parts = [self.session.run([self.output_name], {self.input_name: feed[i : i + step]})[0] for i in range(0, len(feed), step)]
         out = np.concatenate(parts).astype(np.float32)
-        if out.ndim == 2 and out.size and out.min() >= 0.0 and out.max() <= 1.0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
+        if out.ndim == 2 and _are_probabilities(out):
             out = np.log(np.maximum(out, 1e-12)).astype(np.float32)  # probabilities -> log-probabilities
         return torch.from_numpy(out)
 
@@ -289,11 +289,15 @@ def _test_accuracy(module: nn.Module, dataset: Dataset) -> float:
     return accuracy(module, dataset.x_test, dataset.y_test)
 
 
-def _check_classes(module: nn.Module, dataset: Dataset, source: str) -> None:
-    """One forward on two validation rows: right output form and class count, or a one-line error."""
+def _check_classes(module: nn.Module, dataset: Dataset, source: str) -> bool:
+    """One forward on a few validation rows: right output form and class count, or a one-line error.
+
+    Returns:
+        True when the output looks like probabilities (rows in [0, 1] summing to 1: a forward ending in softmax).
+    """
     with torch.no_grad():
         try:
-            out = logits_of(module(torch.from_numpy(np.ascontiguousarray(dataset.x_val[:2]))), who=f"the teacher {source}")
+            out = logits_of(module(torch.from_numpy(np.ascontiguousarray(dataset.x_val[:16]))), who=f"the teacher {source}")
         except TrainingError:
             raise
         except Exception as exc:  # noqa: BLE001 - a user's model (torch or ORT) may raise anything on wrong inputs
@@ -306,6 +310,26 @@ def _check_classes(module: nn.Module, dataset: Dataset, source: str) -> None:
             f"the teacher {source} returns {out.shape[1]} logits per sample but the data has {dataset.num_classes} classes; "
             "pass the data it was trained on"
         )
+    return _are_probabilities(out.numpy())
+
+
+def _are_probabilities(out: np.ndarray) -> bool:
+    return bool(out.size and out.min() >= 0.0 and out.max() <= 1.0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+
+
+class LogProbabilities(nn.Module):
+    """A teacher whose forward ends in softmax, made to return log-probabilities (logits up to a constant).
+
+    Distillation at a temperature needs logits: softmax(p / T) of probabilities ``p`` is almost uniform.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.train(module.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(logits_of(self.module(x), who="the teacher").clamp_min(1e-12))
 
 
 def load_teacher(
@@ -345,7 +369,8 @@ def load_teacher(
     if isinstance(spec, nn.Module):
         module = RawInputTeacher(spec, dataset) if inputs == "raw" else spec
         module.eval()
-        _check_classes(module, dataset, type(spec).__name__)
+        if _check_classes(module, dataset, type(spec).__name__):
+            module = LogProbabilities(module)
         return LoadedTeacher(module, "module", type(spec).__name__, "", {"test_accuracy": _test_accuracy(module, dataset)})
 
     text = str(spec)
@@ -380,8 +405,10 @@ def load_teacher(
             "(torch.export.save) file"
         )
     module.eval()  # parameters stay trainable: students that start as a copy of the teacher train them
-    if kind != "auto":
-        _check_classes(module, dataset, text)
+    if kind not in ("auto", "onnx") and _check_classes(module, dataset, text):
+        module = LogProbabilities(module)  # a .pt2 or checkpoint whose forward ends in softmax
+    elif kind == "onnx":
+        _check_classes(module, dataset, text)  # OnnxTeacher already turns probabilities into log-probabilities
     teacher = LoadedTeacher(module, kind, text, identity, dict(metrics), onnx_path)
     if cache:
         attach(module, LogitCache(logits_root, identity))

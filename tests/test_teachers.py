@@ -300,3 +300,13 @@ def test_onnx_teacher_with_a_label_output_first_and_probabilities(tmp_path) -> N
     np.testing.assert_array_equal(logits.argmax(1), expected.argmax(1))
     # log-probabilities: differences between classes are the score differences (logits up to a constant)
     np.testing.assert_allclose(logits[:, 0] - logits[:, 1], expected[:, 0] - expected[:, 1], rtol=1e-3, atol=1e-3)
+
+
+def test_a_teacher_ending_in_softmax_is_distilled_from_log_probabilities(user_resnet, digits, tmp_path) -> None:
+    softmaxed = nn.Sequential(user_resnet, nn.Softmax(dim=1)).eval()
+    loaded = load_teacher(softmaxed, digits, runs_dir=tmp_path)
+    logits = predict_logits(loaded.module, digits.x_test[:50])
+    reference = predict_logits(RawInputTeacher(user_resnet, digits), digits.x_test[:50])
+    # log(softmax(z)) = z - logsumexp(z): the same logits up to a per-row constant
+    centred = lambda z: z - z.mean(axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(centred(logits), centred(reference), rtol=1e-3, atol=1e-3)
