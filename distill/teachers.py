@@ -38,6 +38,7 @@ from distill.data import Dataset
 from distill.errors import CheckpointError, TrainingError
 from distill.logit_cache import LogitCache, attach
 from distill.logits import logits_of
+from edge_runtime.errors import error_line
 
 __all__ = ["INPUT_MODES", "LoadedTeacher", "OnnxTeacher", "RawInputTeacher", "dense_proxy", "load_teacher", "rewritable_layers"]
 
@@ -103,7 +104,7 @@ class OnnxTeacher(nn.Module):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for a bad file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = error_line(exc)
             raise CheckpointError(f"{self.path} is not a loadable ONNX model ({first[:200]}); pass an ONNX classifier") from exc
         feeds = self.session.get_inputs()
         if len(feeds) != 1:
@@ -270,7 +271,7 @@ def _check_classes(module: nn.Module, dataset: Dataset, source: str) -> None:
         except TrainingError:
             raise
         except Exception as exc:  # noqa: BLE001 - a user's model (torch or ORT) may raise anything on wrong inputs
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = error_line(exc)[:200]
             raise CheckpointError(
                 f"the teacher {source} fails on --data inputs of shape {dataset.input_shape} ({first}); "
                 "pass the data it was trained on, or --teacher-inputs model if it takes standardised inputs"

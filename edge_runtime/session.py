@@ -65,7 +65,7 @@ def _import_onnxruntime() -> ModuleType:
                 f"onnxruntime {ort_version} cannot import with numpy {numpy_version} (it was built for NumPy 1.x); "
                 f"pip install 'onnxruntime>={ORT_FLOOR}' (or pip install 'numpy<2')"
             ) from exc
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = error_line(exc)
         raise DependencyError(
             f"onnxruntime {ort_version} fails to import ({reason}); "
             f"reinstall it: pip install --force-reinstall 'onnxruntime>={ORT_FLOOR}'"

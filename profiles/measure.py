@@ -55,7 +55,7 @@ import numpy as np
 from edge_runtime.bundle import REQUIRED_OUTPUTS, Bundle, Manifest, connection_inputs, load_bundle
 # The runtime itself, and its own call path: the profile must time what the runtime will pay per member.
 from edge_runtime.ensemble import AnytimeRuntime, _bound_run
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, error_line
 from edge_runtime.session import SessionConfig, create_session
 from profiles.device import LoadMeter, describe_device, describe_settings
 from profiles.errors import MeasurementError
@@ -277,7 +277,7 @@ def _load(subject: _Subject, config: MeasureConfig) -> tuple[list[Any], list[flo
 
 
 def _failing_run(name: str, exc: Exception) -> MeasurementError:
-    return MeasurementError(f"'{name}' failed while running: {str(exc).strip().splitlines()[0]}")
+    return MeasurementError(f"'{name}' failed while running: {error_line(exc)}")
 
 
 def _memory_run(subject: _Subject, config: MeasureConfig) -> dict[str, Any]:
