@@ -116,9 +116,9 @@ def write_json(path: Path | None, result: dict[str, Any]) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    from edge_runtime.files import atomic_write
+
+    atomic_write(path, (json.dumps(result, indent=2) + "\n").encode())
     print(f"wrote {path}")
 
 

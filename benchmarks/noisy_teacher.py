@@ -1,8 +1,8 @@
 """Noisy-teacher distillation (Sau & Balasubramanian, arXiv:1610.09650) against its baselines, on MNIST.
 
-The claim under test (PAPERS.md §3): a shallow student that regresses a teacher's logits, with the
-logits of a random alpha share of each batch perturbed as z (1 + xi), xi ~ N(0, sigma²), beats the same
-student regressing the clean logits. Compared, with the same student, data, schedule and seeds:
+The claim under test (docs/methods.md §3): a shallow student that regresses a teacher's logits, with
+the logits of a random alpha share of each batch perturbed as z (1 + xi), xi ~ N(0, sigma²), beats the
+same student regressing the clean logits. Compared, with the same student, data, schedule and seeds:
 
 * ``ce`` — hard labels only;
 * ``kd`` — Hinton KD (alpha 0.9, T 4; one fixed setting, not tuned);

@@ -40,7 +40,7 @@ from _runtime_bench import add_input_args, device_line, percentiles, resolve_inp
 
 import edge_runtime  # noqa: E402
 from edge_runtime.bundle import connection_inputs  # noqa: E402
-from edge_runtime.ensemble import _bound_run  # noqa: E402
+from edge_runtime.session import fast_run  # noqa: E402
 
 _HEAD = ["logits", "probs", "entropy"]
 
@@ -54,7 +54,7 @@ def _chains(runtime: Any) -> dict[str, Callable[[np.ndarray], Any]]:
         kept = sorted(o for (j, o) in needed if j == k)
         conns = [(c.input, (c.member, c.output)) for c in spec.connections]
         keeps = [((k, o), 3 + i) for i, o in enumerate(kept)]
-        plan.append((session.run, _bound_run(session), [*_HEAD, *kept], conns, keeps))
+        plan.append((session.run, fast_run(session), [*_HEAD, *kept], conns, keeps))
     x_name = manifest.task.input.name
 
     def chain(xp: np.ndarray, raw: bool) -> Any:

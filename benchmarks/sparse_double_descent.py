@@ -1,4 +1,4 @@
-"""Sparse double descent and DSD² at a CPU-sized scale (PAPERS.md §4): accuracy and entropy vs sparsity.
+"""Sparse double descent and DSD² at CPU scale (docs/methods.md §4): accuracy and entropy vs sparsity.
 
 Setting (CPU-sized; every choice is printed and stored): real MNIST, the first ``--limit-train`` training
 samples (default 2000) with ``--noise`` symmetric label noise (default 30% and 50%; validation and test

@@ -18,7 +18,6 @@ Steps (each one real, each one timed):
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from distill.errors import TrainingError
 from distill.teacher import default_teacher_config
 from distill.teachers import LoadedTeacher, load_teacher
 from edge_runtime.extras import missing_dependency_message
+from edge_runtime.files import atomic_write
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -447,9 +447,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     plot = _plot(cfg.out / "accuracy_vs_latency.png", candidates, curve, entropy, cascade)
     report["plot"] = plot
     report["total_seconds"] = round(time.perf_counter() - started, 1)
-    tmp = cfg.out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, cfg.out / "report.json")
+    atomic_write(cfg.out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
 
     say("")
     say(f"Device: {report['device']['cpu_model']} ({report['device']['logical_cores']} logical cores), "

@@ -19,6 +19,7 @@ from torch import nn
 
 from distill.errors import TrainingError
 from distill.logits import logits_of
+from edge_runtime.errors import error_line
 
 __all__ = ["LAYER_TYPES", "LayerTrace", "candidate_layers", "classifier_head", "trace_layers"]
 
@@ -65,7 +66,7 @@ def trace_layers(model: nn.Module, example: np.ndarray | torch.Tensor) -> LayerT
     except TrainingError:
         raise
     except Exception as exc:  # any user forward; the caller needs one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = error_line(exc)
         raise TrainingError(f"the model's forward fails on inputs of shape {tuple(x.shape)}: {first[:160]}") from None
     finally:
         for h in handles:

@@ -9,9 +9,10 @@ image it dominates short student runs. :class:`LogitCache` keeps each result as 
 
 ``teacher id`` is given by the caller (a hash of the teacher's file and of how inputs reach it);
 ``inputs id`` is a SHA-256 of the input array's shape, dtype and bytes, so a cached entry can only ever
-be read back for exactly the inputs it was computed on. Both files are written to a temporary name and
-renamed (atomic on POSIX); a missing, truncated, mismatched or corrupted entry (the checksum of the
-``.npy`` bytes disagrees) is recomputed and rewritten. Files are read with ``allow_pickle=False``.
+be read back for exactly the inputs it was computed on. Both files are written with
+:func:`edge_runtime.files.atomic_write` (temp file, fsync, rename; modes follow the umask); a missing,
+truncated, mismatched or corrupted entry (the checksum of the ``.npy`` bytes disagrees) is recomputed
+and rewritten. Files are read with ``allow_pickle=False``.
 
 :func:`attach` links a cache to a teacher module without storing it on the module, so copies of the
 teacher (a low-rank student starts as one) never inherit its cached logits.
@@ -22,12 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import weakref
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from edge_runtime.errors import BundleError
+from edge_runtime.files import atomic_write
 
 __all__ = ["LogitCache", "attach", "cache_for", "inputs_id"]
 
@@ -47,18 +50,6 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class LogitCache:
@@ -97,13 +88,13 @@ class LogitCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         array = np.ascontiguousarray(logits, dtype=np.float32)
 
-        def write_npy(tmp: str) -> None:
-            with open(tmp, "wb") as f:
+        def write_npy(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
                 np.save(f, array, allow_pickle=False)
 
-        _atomic_write(data, write_npy)
+        atomic_write(data, write_npy)
         record = {"shape": list(array.shape), "sha256": _file_sha256(data)}
-        _atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n"))
+        atomic_write(meta, (json.dumps(record) + "\n").encode())
 
     def logits(self, x: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Cached logits of ``x``, or ``compute(x)`` stored for next time."""
@@ -115,7 +106,7 @@ class LogitCache:
         result = np.ascontiguousarray(compute(x), dtype=np.float32)
         try:
             self.store(x, result)
-        except OSError:  # a read-only or full disk costs the next run time, not this one its result
+        except (OSError, BundleError):  # a read-only or full disk costs the next run time, not this one its result
             pass
         return result
 

@@ -1,4 +1,4 @@
-"""Distillation objectives shared by every student (PAPERS.md §3 and §4).
+"""Distillation objectives shared by every student (docs/methods.md §3 and §4).
 
 Each loss is called as ``loss(student_logits, teacher_logits, targets) -> scalar`` and chosen by name
 through :data:`LOSSES` (``make_loss("kd", alpha=0.8, temperature=10)``); on the command line through
@@ -12,7 +12,7 @@ through :data:`LOSSES` (``make_loss("kd", alpha=0.8, temperature=10)``); on the 
 * ``noisy_logit_l2`` — Sau & Balasubramanian's noisy teacher (arXiv:1610.09650): each sample of a batch is
   picked with probability ``alpha`` (per-sample Bernoulli, drawn afresh at every call, so every epoch
   sees different noise); a picked sample's teacher logits become ``z ⊙ (1 + ξ)``, ``ξ ~ N(0, sigma²)``
-  element-wise; then logit regression. The paper's σ and α are UNVERIFIED (PAPERS.md):
+  element-wise; then logit regression. The paper's σ and α are UNVERIFIED (docs/methods.md §3):
   benchmarks/noisy_teacher.py sweeps σ in 0.1..1.0 and α in 0.3..0.9 and reports what it measured.
 
 Every loss is a frozen dataclass whose fields are its parameters, so ``make_loss(loss.name,

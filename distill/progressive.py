@@ -1,8 +1,8 @@
 """B-DISTIL: distil a teacher into a progressive (anytime) ensemble by boosting against its logits.
 
 Dennis, Shetty, Sevekari, Koishida, Smith, "Progressive Ensemble Distillation: Building Ensembles for
-Efficient Inference", NeurIPS 2023 (arXiv:2302.10093; no public code). PAPERS.md §1 marks the round's
-formulas UNVERIFIED; :mod:`distill.progressive_rounds` states the exact ones implemented.
+Efficient Inference", NeurIPS 2023 (arXiv:2302.10093; no public code). docs/methods.md §1 marks the
+round's formulas unverified; :mod:`distill.progressive_rounds` states the exact ones implemented.
 
 Round ``t`` (members ``1..t-1`` frozen):
 

@@ -1,8 +1,8 @@
-"""The maths of one B-DISTIL boosting round (Dennis et al., NeurIPS 2023; PAPERS.md §1).
+"""The maths of one B-DISTIL boosting round (Dennis et al., NeurIPS 2023; docs/methods.md §1).
 
-PAPERS.md marks this reconstruction UNVERIFIED; these are the exact formulas implemented here. For the
-round that builds member ``t``, with teacher logits ``g`` and the running ensemble ``F_{t-1}`` (``F_0 = 0``)
-on training sample ``i`` and class ``j``:
+docs/methods.md §1 marks this reconstruction unverified; these are the exact formulas implemented here.
+For the round that builds member ``t``, with teacher logits ``g`` and the running ensemble ``F_{t-1}``
+(``F_0 = 0``) on training sample ``i`` and class ``j``:
 
 * residual: ``r(i,j) = g_j(x_i) - F_{t-1,j}(x_i)``;
 * residual temperature: ``tau = sqrt(mean_ij r(i,j)^2)`` (the residual's RMS) unless fixed by the

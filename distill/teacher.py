@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -26,6 +25,8 @@ from distill.errors import CheckpointError, TrainingError
 from distill.losses import CrossEntropy
 from distill.models import Classifier, ModelConfig, build_model, count_params
 from distill.train import FitConfig, accuracy, fit, scaled_epochs
+from edge_runtime.errors import BundleError, error_line
+from edge_runtime.files import atomic_write
 
 __all__ = [
     "TeacherConfig",
@@ -83,17 +84,15 @@ def default_teacher_config(dataset: Dataset) -> TeacherConfig:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write ``obj`` as JSON (a ``.json`` path) or with ``torch.save``, atomically (:func:`edge_runtime.files.atomic_write`)."""
+    if path.suffix == ".json":
+        data: bytes | Callable[[Path], None] = (json.dumps(obj, indent=2) + "\n").encode()
+    else:
+        data = lambda tmp: torch.save(obj, tmp)  # noqa: E731
     try:
-        if path.suffix == ".json":
-            Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
-        else:
-            torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(path, data)
+    except BundleError as exc:
+        raise CheckpointError(f"cannot write {path} ({error_line(exc)})") from None
 
 
 def _load_tensors(path: Path) -> Any:

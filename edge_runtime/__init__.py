@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_runtime import errors
 from edge_runtime.errors import (
+    AnytimeEdgeError,
     BundleError,
     ChecksumError,
     EdgeRuntimeError,
@@ -25,6 +26,7 @@ from edge_runtime.errors import (
     MemberError,
     ModelLoadError,
     PolicyError,
+    SessionConfigError,
 )
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from edge_runtime.session import SessionConfig
 
 __all__ = [
+    "AnytimeEdgeError",
     "AnytimeRuntime",
     "Bundle",
     "BundleError",
@@ -56,6 +59,7 @@ __all__ = [
     "Prediction",
     "PrefixEvaluation",
     "SessionConfig",
+    "SessionConfigError",
     "calibrate",
     "errors",
     "load",

@@ -51,7 +51,7 @@ from edge_runtime.policies import (
     policy_for,
 )
 from edge_runtime.result import Prediction
-from edge_runtime.session import RunTimeout, SessionConfig, create_session, run_bounded
+from edge_runtime.session import RunTimeout, SessionConfig, create_session, fast_run, run_bounded
 
 __all__ = ["AnytimeRuntime", "PrefixEvaluation"]
 
@@ -108,19 +108,6 @@ def _compile_preprocess(manifest: Manifest) -> tuple[Any, Any, tuple[int, ...] |
         return np.float32(pre.scale), np.float32(pre.offset), transpose, model_shape
     scale, offset = pre.arrays(model_shape)
     return scale, offset, transpose, model_shape
-
-
-def _bound_run(session: Any) -> Callable[..., Any]:
-    """The fastest correct way to call ``session.run(names, feed, None)``.
-
-    ``InferenceSession.run`` re-validates the feed's names on every call (several µs in ORT 1.3x). The
-    runtime checks every member's inputs against its feed plan once at load (see ``_check_contract``),
-    so it calls the binding underneath when it exists and falls back to the public method otherwise
-    (other ORT versions, fake sessions in tests).
-    """
-    inner = getattr(session, "_sess", None)
-    run = getattr(inner, "run", None)
-    return run if callable(run) else session.run
 
 
 class AnytimeRuntime:
@@ -626,7 +613,7 @@ class AnytimeRuntime:
             if k > 0 and manifest.chains_logits:
                 feed_names.add(_PREV)
             self._check_contract(member.name, session, feed_names, names)
-            plan.append((_bound_run(session), names, conns, keeps))
+            plan.append((fast_run(session), names, conns, keeps))
         return tuple(plan)
 
     @staticmethod

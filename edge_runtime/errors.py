@@ -1,7 +1,17 @@
-"""Exceptions raised by the on-device runtime.
+"""Exceptions raised by the on-device runtime, and the root of every Anytime Edge error.
 
-Every error the runtime raises on purpose derives from :class:`EdgeRuntimeError`, so a caller (the CLI,
-the server) catches one type and prints one line. Messages say what is wrong and how to fix it.
+:class:`AnytimeEdgeError` is the one root: each package's base derives from it, so a caller (the CLI
+dispatcher, a user's script) catches one class and prints one line. It lives here, in a module without
+dependencies, because every package may import ``edge_runtime`` (data flows towards the runtime) while
+the runtime imports none of them. Messages say what is wrong and how to fix it.
+
+    AnytimeEdgeError                 (this module) one root for the whole distribution
+    ├── EdgeRuntimeError             edge_runtime: the runtime, below
+    ├── ExportError                  exporters.errors: conversion and export gates
+    ├── ProfileError                 profiles.errors: measurement and selection
+    └── DistillError                 distill.errors: data, checkpoints, training
+
+The runtime's own errors, all beneath :class:`EdgeRuntimeError`:
 
     EdgeRuntimeError
     ├── BundleError            the bundle on disk cannot be used
@@ -10,6 +20,7 @@ the server) catches one type and prints one line. Messages say what is wrong and
     │   └── ModelLoadError     ONNX Runtime refused to load a member
     ├── InputError             a request's input has the wrong shape, dtype, values or is empty
     ├── PolicyError            an exit policy was configured with impossible values
+    ├── SessionConfigError     impossible ONNX Runtime session settings (also a ValueError)
     ├── MemberError            a member raised while evaluating a request
     ├── DependencyError        onnxruntime is installed but cannot import (e.g. built for NumPy 1.x)
     └── ServerError            (edge_runtime.server) the V2 server
@@ -27,6 +38,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "AnytimeEdgeError",
     "BundleError",
     "ChecksumError",
     "DependencyError",
@@ -36,11 +48,16 @@ __all__ = [
     "MemberError",
     "ModelLoadError",
     "PolicyError",
+    "SessionConfigError",
     "error_line",
 ]
 
 
-class EdgeRuntimeError(Exception):
+class AnytimeEdgeError(Exception):
+    """Root of every error any Anytime Edge package raises on purpose; catch it to report one line."""
+
+
+class EdgeRuntimeError(AnytimeEdgeError):
     """Base of every error the runtime raises on purpose."""
 
 
@@ -66,6 +83,13 @@ class InputError(EdgeRuntimeError):
 
 class PolicyError(EdgeRuntimeError):
     """An exit policy was given values it cannot work with."""
+
+
+class SessionConfigError(EdgeRuntimeError, ValueError):
+    """A :class:`~edge_runtime.session.SessionConfig` was given impossible values.
+
+    Also a ValueError, which it raised before it had its own class.
+    """
 
 
 class MemberError(EdgeRuntimeError):

@@ -1,4 +1,8 @@
-"""Writing bundle files safely: atomic replacement, ordinary file modes, stale temp files, one writer at a time.
+"""Writing files safely: atomic replacement, ordinary file modes, stale temp files, one writer at a time.
+
+:func:`atomic_write` is the project's one atomic file write: bundle manifests and archives, teacher
+checkpoints and logit caches (``distill``), reports and benchmark JSON all go through it (every package
+may import ``edge_runtime``). A whole bundle directory is swapped by :func:`exporters.bundle.write_bundle`.
 
 * **Atomic**: a file is written to a hidden temp file beside its target (``.<name>.<random>.tmp``), flushed
   to disk and renamed over the target, so a reader sees the old or the new file, never half of one, even

@@ -99,9 +99,17 @@ def _alive(pid: int) -> bool:
 
 
 def archive_bundle(bundle_dir: str | os.PathLike[str], archive: str | os.PathLike[str]) -> Path:
-    """Pack a bundle directory into one ``.zip`` file (atomically), loadable by ``edge_runtime.load``."""
+    """Pack a bundle directory into one ``.zip`` file (atomically), loadable by ``edge_runtime.load``.
+
+    Raises:
+        ExportError: ``bundle_dir`` is not a directory (e.g. already an archive), or the archive's folder
+            does not exist.
+        edge_runtime.errors.BundleError: the bundle fails to load, or the archive cannot be written.
+    """
     source = Path(bundle_dir)
     bundle = load_bundle(source)
+    if not source.is_dir():
+        raise ExportError(f"{source} is not a bundle directory (already an archive?); pass the directory to pack")
     target = Path(archive)
     if not target.parent.exists():
         raise ExportError(f"{target.parent} does not exist; create it or choose another archive path")

@@ -1,16 +1,19 @@
 """Exceptions raised by the exporters.
 
-    ExportError
-    ├── ConversionError    torch -> ONNX conversion failed
-    └── VerificationError  an exported model failed a gate: onnx.checker, torch-vs-ORT parity, accuracy
+    AnytimeEdgeError       (edge_runtime.errors) the root of every package's errors
+    └── ExportError
+        ├── ConversionError    torch -> ONNX conversion failed
+        └── VerificationError  an exported model failed a gate: onnx.checker, torch-vs-ORT parity, accuracy
 """
 
 from __future__ import annotations
 
+from edge_runtime.errors import AnytimeEdgeError
+
 __all__ = ["ConversionError", "ExportError", "VerificationError"]
 
 
-class ExportError(Exception):
+class ExportError(AnytimeEdgeError):
     """Base of every error the exporters raise on purpose."""
 
 

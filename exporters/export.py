@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edge_runtime.bundle import Connection, Manifest, MemberSpec, TaskSpec, load_bundle
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, error_line
 from edge_runtime.session import create_session
 from exporters.bundle import write_bundle
 from exporters.errors import ConversionError, ExportError, VerificationError
@@ -166,7 +166,7 @@ def _torch_chain(heads: Sequence[MemberHead], connections: Sequence[tuple[int, .
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the member's forward raises
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = error_line(exc)[:200]
             raise ConversionError(
                 f"member {k + 1} fails in torch on held-out inputs: {first}; check its input shape and connections"
             ) from exc
@@ -318,7 +318,7 @@ def _export_and_gate(
             except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
                 raise VerificationError(
                     f"member '{names[k]}' fails in ONNX Runtime on a batch of {rows.stop - rows.start}: "
-                    f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}"
+                    f"{error_line(exc)[:200]}"
                 ) from exc
             chain.append(dict(zip(output_names(head), values)))
             for o in wanted:

@@ -23,6 +23,7 @@ import logging
 import warnings
 from typing import Iterator, Sequence
 
+from edge_runtime.errors import error_line
 from edge_runtime.extras import install_hint
 from exporters.errors import ConversionError
 from exporters.irversion import lower_ir_version
@@ -189,11 +190,6 @@ def _innermost(exc: BaseException) -> BaseException:
     return exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def export_member(
     head: MemberHead,
     example_x: "torch.Tensor",
@@ -251,7 +247,7 @@ def export_member(
             if isinstance(cause, ConversionError):  # our own contract check, raised while tracing
                 raise cause from None
             raise ConversionError(
-                f"torch.onnx.export failed for member {head.position}: {_first_line(cause)}; "
+                f"torch.onnx.export failed for member {head.position}: {error_line(cause)}; "
                 "make forward traceable (no data-dependent Python control flow)"
             ) from exc
     if program is None:  # pragma: no cover - dynamo=True always returns a program

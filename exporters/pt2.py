@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edge_runtime.bundle import TaskSpec
+from edge_runtime.errors import error_line
 from edge_runtime.extras import install_hint
 from exporters.errors import ConversionError, ExportError
 from exporters.pt2_safety import load_program_safely
@@ -83,7 +84,7 @@ def program_logits(program: "torch.export.ExportedProgram", x: np.ndarray, batch
             try:
                 out = module(torch.from_numpy(x[start:stop]))
             except Exception as exc:  # noqa: BLE001 - guards and kernels raise many types
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                first = error_line(exc)
                 raise ConversionError(
                     f"the program fails on held-out inputs of shape {list(x[start:stop].shape)}: {first}; "
                     "check --data, and export it with a dynamic batch (dynamic_shapes={'x': {0: Dim('batch')}})"
@@ -100,14 +101,14 @@ def program_to_onnx(program: "torch.export.ExportedProgram") -> bytes:
     Raises:
         ConversionError: the exporter failed.
     """
-    from exporters.onnx import OPSET, _first_line, _innermost, _quiet_exporter
+    from exporters.onnx import OPSET, _innermost, _quiet_exporter
 
     with _quiet_exporter():
         try:
             onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=OPSET, external_data=False,
                                              optimize=True, verbose=False)
         except Exception as exc:  # noqa: BLE001 - torch.export/onnxscript raise many unrelated types
-            raise ConversionError(f"torch.onnx.export failed for the program: {_first_line(_innermost(exc))}") from exc
+            raise ConversionError(f"torch.onnx.export failed for the program: {error_line(_innermost(exc))}") from exc
     return onnx_program.model_proto.SerializeToString()
 
 

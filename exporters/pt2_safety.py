@@ -35,6 +35,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from edge_runtime.errors import error_line
 from edge_runtime.extras import install_hint
 from exporters.errors import ExportError
 
@@ -193,7 +194,7 @@ def load_program_safely(path: str | os.PathLike[str]) -> "torch.export.ExportedP
         with weights_only_loads():
             program = torch.export.load(source)
     except Exception as exc:  # noqa: BLE001 - the deserialiser raises many types; the user needs one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = error_line(exc)
         raise ExportError(f"{source} is not a loadable torch.export program ({first[:200]}); "
                           "re-save it with torch.export.save from this torch version") from None
     signature = program.graph_signature

@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from edge_runtime.errors import error_line
 from exporters.errors import VerificationError
 
 __all__ = ["GateReport", "Tolerance", "accuracy", "check_accuracy", "check_graph", "check_parity"]
@@ -97,7 +98,7 @@ def check_graph(model: bytes, *, name: str, inputs: Sequence[str], outputs: Sequ
         proto = onnx.load_model_from_string(model)
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # noqa: BLE001 - protobuf and the checker raise several types
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = error_line(exc)
         raise VerificationError(f"onnx.checker rejected member '{name}': {first}; re-export it") from exc
     initializers = {init.name for init in proto.graph.initializer}
     graph_inputs = [i.name for i in proto.graph.input if i.name not in initializers]

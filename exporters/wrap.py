@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from edge_runtime.bundle import REQUIRED_OUTPUTS, Manifest, MemberSpec, TaskSpec, load_bundle
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.errors import EdgeRuntimeError, error_line
 from edge_runtime.extras import install_hint
 from edge_runtime.session import create_session
 from exporters.bundle import write_bundle
@@ -354,7 +354,7 @@ def add_head(proto: "onnx.ModelProto", source: SourceGraph, num_classes: int) ->
             producer_name="anytime-edge wrap", name=user.graph.name or "wrapped",
         )
     except Exception as exc:  # noqa: BLE001 - onnx.compose raises ValueError and checker errors
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = error_line(exc)
         raise ConversionError(f"cannot add the probs/entropy head to the model: {first}") from exc
     lower_ir_version(wrapped)
     return wrapped
@@ -391,11 +391,6 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def reference_outputs(logits: np.ndarray) -> dict[str, np.ndarray]:
     """What the head must compute, in float64 numpy: ``logits``, ``probs`` (softmax), ``entropy`` (nats).
 
@@ -426,7 +421,7 @@ def _run_source(blob: bytes, input_name: str, output: str, x: np.ndarray, batch_
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types
             raise ConversionError(
                 f"the model fails in ONNX Runtime on a batch of {rows.stop - rows.start} held-out inputs: "
-                f"{_first_line(exc)}; check --data and --preprocess"
+                f"{error_line(exc)}; check --data and --preprocess"
             ) from exc
         parts.append(np.asarray(values))
     logits = np.concatenate(parts)
@@ -528,7 +523,7 @@ def wrap_onnx(
             values = session.run(list(REQUIRED_OUTPUTS), {input_name: x[rows]})
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types
             raise VerificationError(
-                f"the wrapped model fails in ONNX Runtime on a batch of {rows.stop - rows.start}: {_first_line(exc)}; "
+                f"the wrapped model fails in ONNX Runtime on a batch of {rows.stop - rows.start}: {error_line(exc)}; "
                 f"re-export the model with a dynamic batch dimension ({_DYNAMIC_HINT})"
             ) from exc
         for o, v in zip(REQUIRED_OUTPUTS, values):
@@ -541,7 +536,7 @@ def wrap_onnx(
         if not source.fixed_batch:
             raise
         raise VerificationError(
-            f"the model was exported with a fixed batch of 1 and its graph depends on it ({_first_line(exc)}); "
+            f"the model was exported with a fixed batch of 1 and its graph depends on it ({error_line(exc)}); "
             f"re-export it with a dynamic batch dimension ({_DYNAMIC_HINT})"
         ) from exc
     gates = GateReport(

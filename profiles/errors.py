@@ -1,16 +1,19 @@
 """Exceptions raised by the profiler.
 
-    ProfileError
-    ├── MeasurementError   a model could not be loaded or timed
-    └── SelectionError     no candidate satisfies the requested budget / memory cap, or inputs are bad
+    AnytimeEdgeError       (edge_runtime.errors) the root of every package's errors
+    └── ProfileError
+        ├── MeasurementError   a model could not be loaded or timed
+        └── SelectionError     no candidate satisfies the requested budget / memory cap, or inputs are bad
 """
 
 from __future__ import annotations
 
+from edge_runtime.errors import AnytimeEdgeError
+
 __all__ = ["MeasurementError", "ProfileError", "SelectionError"]
 
 
-class ProfileError(Exception):
+class ProfileError(AnytimeEdgeError):
     """Base of every error the profiler raises on purpose."""
 
 

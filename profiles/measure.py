@@ -54,9 +54,9 @@ import numpy as np
 
 from edge_runtime.bundle import REQUIRED_OUTPUTS, Bundle, Manifest, connection_inputs, load_bundle
 # The runtime itself, and its own call path: the profile must time what the runtime will pay per member.
-from edge_runtime.ensemble import AnytimeRuntime, _bound_run
-from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.session import SessionConfig, create_session
+from edge_runtime.ensemble import AnytimeRuntime
+from edge_runtime.errors import EdgeRuntimeError, error_line
+from edge_runtime.session import SessionConfig, create_session, fast_run
 from profiles.device import LoadMeter, describe_device, describe_settings
 from profiles.errors import MeasurementError
 from profiles.inputs import graph_input_specs, random_feed, task_batches
@@ -143,7 +143,7 @@ def latency_stats(ms: np.ndarray | Sequence[float]) -> dict[str, float]:
 class _Chain:
     """Members' sessions and how each is fed from the task input and the members before it.
 
-    Members are called the way the runtime calls them (``edge_runtime.ensemble._bound_run``: the ORT
+    Members are called the way the runtime calls them (:func:`edge_runtime.session.fast_run`: the ORT
     binding under ``InferenceSession.run``, which skips a per-call name check worth several µs), and
     member k's time is the interval the runtime observes for it: from the moment member k-1's outputs
     are back to the moment member k's are, i.e. building its feed plus its run.
@@ -151,7 +151,7 @@ class _Chain:
 
     def __init__(self, sessions: Sequence[Any], fetches: Sequence[list[str]], feeders: Sequence[Callable[..., dict]]):
         self.sessions = list(sessions)
-        self.runs = [_bound_run(s) for s in sessions]
+        self.runs = [fast_run(s) for s in sessions]
         self.fetches = list(fetches)
         self.feeders = list(feeders)
 
@@ -277,7 +277,7 @@ def _load(subject: _Subject, config: MeasureConfig) -> tuple[list[Any], list[flo
 
 
 def _failing_run(name: str, exc: Exception) -> MeasurementError:
-    return MeasurementError(f"'{name}' failed while running: {str(exc).strip().splitlines()[0]}")
+    return MeasurementError(f"'{name}' failed while running: {error_line(exc)}")
 
 
 def _memory_run(subject: _Subject, config: MeasureConfig) -> dict[str, Any]:

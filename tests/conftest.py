@@ -1,15 +1,17 @@
-"""Shared fixtures: tiny bundles built in-process (see onnx_members.py)."""
+"""Shared fixtures: tiny bundles built in-process (see onnx_members.py).
+
+Test helpers (onnx_members.py, byo_teachers.py, other test modules) import by their plain names because
+pyproject.toml sets pytest's ``pythonpath = ["tests"]``; a subprocess that needs them is given this
+folder on its own ``sys.path`` or ``PYTHONPATH`` (see test_server_process.py).
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from onnx_members import make_bundle  # noqa: E402
+from onnx_members import make_bundle
 
 try:  # tiny models train fastest on one thread, and the suite must fit 2 cores
     import torch

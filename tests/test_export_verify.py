@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
 from exporters.errors import VerificationError
 from exporters.verify import GateReport, Tolerance, accuracy, check_accuracy, check_graph, check_parity
-
-sys.path.insert(0, str(Path(__file__).parent))
-from onnx_members import member_graph  # noqa: E402
+from onnx_members import member_graph
 
 OUTPUTS = ["logits", "probs", "entropy", "features"]
 

@@ -72,3 +72,13 @@ def test_make_installs_torch_cpu_from_the_cpu_index_when_the_usual_index_has_onl
     proc = subprocess.run(["make", "--no-print-directory", "torch-cpu", f"VENV={venv}", "TORCH_INDEX=file:///nowhere"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+
+
+def test_the_runtime_ships_its_type_hints_and_the_declared_license() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert (REPO / "edge_runtime" / "py.typed").is_file()
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["edge_runtime"]
+    assert project["project"]["license"] == "Apache-2.0"
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text

@@ -1,4 +1,4 @@
-"""The distillation losses' defining properties (PAPERS.md §3, §4) and the ``--loss`` command-line helper."""
+"""The distillation losses' defining properties (docs/methods.md §3, §4) and the ``--loss`` CLI helper."""
 
 from __future__ import annotations
 

@@ -198,3 +198,10 @@ def test_members_with_distinct_connection_names_are_profiled(tmp_path: Path) -> 
     assert [m["conditional_on"] for m in profile["members"]] == [[], ["member_1"], ["member_2"]]
     assert set(profile["members"][2]["inputs"]) == {"x", "prev_logits", "features_from_1"}
     assert all(m["latency_ms"]["queries"] >= 20 for m in profile["members"])
+
+
+def test_a_member_failing_with_an_empty_message_is_named() -> None:
+    """The old first-line copy here raised IndexError on an exception whose message is empty."""
+    from profiles.measure import _failing_run
+
+    assert str(_failing_run("m1", RuntimeError(""))) == "'m1' failed while running: RuntimeError"

@@ -159,3 +159,21 @@ def test_telemetry_is_off_before_onnxruntime_is_imported_unless_the_user_opts_in
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [seen]
+
+
+def test_fast_run_answers_like_session_run_and_falls_back_for_other_sessions(tiny_bundle: Path) -> None:
+    from edge_runtime.session import SessionConfig, create_session, fast_run
+
+    session = create_session(load_bundle(tiny_bundle).member_bytes[0], SessionConfig())
+    feed = {session.get_inputs()[0].name: np.ones((2, 1, 4, 4), np.float32)}
+    fast = fast_run(session)
+    assert fast is not session.run  # the binding under InferenceSession.run, on this ORT
+    for a, b in zip(fast(["probs", "entropy"], feed, None), session.run(["probs", "entropy"], feed)):
+        np.testing.assert_array_equal(a, b)
+
+    class Fake:
+        def run(self, names, feed, options=None):  # type: ignore[no-untyped-def]
+            return ["scripted"]
+
+    fake = Fake()
+    assert fast_run(fake) == fake.run

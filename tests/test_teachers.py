@@ -198,6 +198,32 @@ def test_cache_entry_with_a_mismatched_record_is_rebuilt(tmp_path) -> None:
     assert cache.misses == 2
 
 
+def test_cache_files_follow_the_umask_and_an_unwritable_cache_costs_only_time(tmp_path, monkeypatch) -> None:
+    import os
+    import stat
+
+    import distill.logit_cache
+    from edge_runtime.errors import BundleError
+
+    teacher = CountingTeacher()
+    attach(teacher, LogitCache(tmp_path, "t3"))
+    x = np.ones((3, 4), np.float32)
+    old = os.umask(0o027)
+    try:
+        predict_logits(teacher, x)
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("t3/*")} == {0o640}
+
+    def refuse(target, data) -> None:  # what atomic_write raises when the directory is not writable
+        raise BundleError(f"cannot write beside {target} (Permission denied)")
+
+    monkeypatch.setattr(distill.logit_cache, "atomic_write", refuse)
+    unwritable = LogitCache(tmp_path, "t4")
+    got = unwritable.logits(x, lambda rows: np.zeros((len(rows), 3), np.float32))
+    assert got.shape == (3, 3) and unwritable.misses == 1
+
+
 def test_copies_of_a_teacher_do_not_inherit_its_cache(tmp_path) -> None:
     teacher = CountingTeacher()
     attach(teacher, LogitCache(tmp_path, "t3"))

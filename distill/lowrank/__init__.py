@@ -1,4 +1,4 @@
-"""Low-rank students through low-dimensional learning dynamics (Kwon et al., AISTATS 2024).
+"""Low-rank students through low-dimensional learning dynamics (Kwon et al., AISTATS 2024; docs/methods.md §5).
 
 Two halves:
 

@@ -2,9 +2,11 @@
 
 * :mod:`~distill.sparse.masks` — prunable layers, layer/global sparsity, magnitude masks, baking in;
 * :mod:`~distill.sparse.baselines` — uniform, global-magnitude and ERK allocations (no fine-tuning);
-* :mod:`~distill.sparse.fcpts` — learned per-layer thresholds under a global target (PAPERS.md §2);
-* :mod:`~distill.sparse.entropy` — the ReLU-input entropy monitor (PAPERS.md §4);
-* :mod:`~distill.sparse.dsd2` — vanilla vs distilled iterative pruning, early stopping (PAPERS.md §4);
+* :mod:`~distill.sparse.fcpts` — learned per-layer thresholds under a global target
+  (docs/methods.md §2);
+* :mod:`~distill.sparse.entropy` — the ReLU-input entropy monitor (docs/methods.md §4);
+* :mod:`~distill.sparse.dsd2` — vanilla vs distilled iterative pruning, early stopping
+  (docs/methods.md §4);
 * :mod:`~distill.sparse.deploy` — export, file sizes, and measured ORT latency (no gain from zeros);
 * :mod:`~distill.sparse.structured` — channel pruning (Torch-Pruning's dependency graph) that rebuilds
   smaller layers of any module (real CPU speed).

@@ -1,4 +1,4 @@
-"""DSD²: iterative magnitude pruning that dodges the sparse double descent (PAPERS.md §4).
+"""DSD²: iterative magnitude pruning that dodges the sparse double descent (docs/methods.md §4).
 
 Quétu & Tartaglione, AAAI 2024 (code: VGCQ/DSD2). With label noise, test accuracy vs sparsity under
 iterative magnitude pruning can dip, then rise again, so "stop when validation accuracy drops" stops at

@@ -1,4 +1,4 @@
-"""The ReLU-input entropy monitor of DSD² (PAPERS.md §4): flags the sparse double descent without labels.
+"""DSD²'s ReLU-input entropy monitor (docs/methods.md §4): flags the sparse double descent without labels.
 
 For every ``nn.ReLU`` module, hook its input ``z``. Each element of ``z`` (one unit of a Linear output,
 or one channel-position of a feature map) is a neuron; ``p+`` is the share of inputs for which ``z > 0``,

@@ -1,4 +1,4 @@
-"""FCPTS: learned per-layer sparsity under a global target, post-training, without labels (PAPERS.md §2).
+"""FCPTS: learned per-layer sparsity under a global target, post-training, label-free (docs/methods.md §2).
 
 Gong et al., "Fast and Controllable Post-training Sparsity", AAAI 2024 (code: ModelTC/FCPTS + msbench).
 Only the allocation is learned; the weights stay frozen. Per prunable layer ``l``:

@@ -36,6 +36,7 @@ from torch import nn
 from distill.errors import TrainingError
 from distill.layers import candidate_layers, trace_layers
 from distill.logits import logits_of
+from edge_runtime.errors import error_line
 from edge_runtime.extras import missing_dependency_message
 
 __all__ = ["ChannelReport", "channel_student", "prune_channels", "shrink_channels"]
@@ -101,7 +102,7 @@ def prune_channels(
             with torch.no_grad():
                 logits = logits_of(student(x), who="the pruned model")
         except Exception as exc:  # a user forward with a hard-coded width fails here
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = error_line(exc)
             cause = (f"layers {list(trace.unused)} are never called as modules (weights used functionally?), "
                      "which Torch-Pruning cannot follow" if trace.unused else "it may hard-code a channel count")
             raise TrainingError(f"the model's forward no longer runs after channel pruning ({first[:100]}): "

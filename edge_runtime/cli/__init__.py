@@ -6,8 +6,8 @@ table maps a command name to its module path, and only the chosen command's modu
 table names runtime modules only; the training package passes a larger table (imports follow the data
 flow: the runtime never imports the packages upstream of it).
 
-Errors a command raises on purpose (any package's error base) print as one line and exit 1; usage
-errors exit 2 (argparse).
+Errors a command raises on purpose (any package's, all beneath :class:`~edge_runtime.errors.AnytimeEdgeError`)
+print as one line and exit 1; usage errors exit 2 (argparse).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import importlib
 import sys
 from typing import Mapping, Sequence
 
+from edge_runtime.errors import AnytimeEdgeError
 from edge_runtime.extras import missing_dependency_message
 
 __all__ = ["RUNTIME_COMMANDS", "dispatch", "main"]
@@ -28,21 +29,6 @@ RUNTIME_COMMANDS: Mapping[str, tuple[str, str]] = {
     "run": ("edge_runtime.cli.run", "evaluate a bundle on inputs from a .npy file, with early exit"),
     "serve": ("edge_runtime.cli.serve", "serve a bundle over the Open Inference Protocol (KServe V2)"),
 }
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """Every package's error base that is already imported (none is imported just to be caught)."""
-    bases: list[type[BaseException]] = []
-    for module, name in (
-        ("edge_runtime.errors", "EdgeRuntimeError"),
-        ("exporters.errors", "ExportError"),
-        ("profiles.errors", "ProfileError"),
-        ("distill.errors", "DistillError"),
-    ):
-        mod = sys.modules.get(module)
-        if mod is not None and hasattr(mod, name):
-            bases.append(getattr(mod, name))
-    return tuple(bases)
 
 
 def dispatch(
@@ -77,7 +63,7 @@ def dispatch(
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - only package errors are turned into one line
-        line = str(exc) if isinstance(exc, _known_errors()) else None
+        line = str(exc) if isinstance(exc, AnytimeEdgeError) else None
         if line is None and isinstance(exc, ImportError):
             line = _import_failure_line(exc)
         if line is not None:
@@ -92,7 +78,7 @@ def _import_failure_line(exc: ImportError) -> str | None:
     The one place a missing optional dependency becomes the install command (edge_runtime.extras), whether
     the command's module or the command itself (a lazy import) hit it.
     """
-    if isinstance(exc, _known_errors()):
+    if isinstance(exc, AnytimeEdgeError):
         return str(exc)
     return missing_dependency_message(exc.name) if exc.name else None
 
