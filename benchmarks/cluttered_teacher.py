@@ -34,7 +34,7 @@ from _runtime_bench import device_line, table, write_json  # noqa: E402
 from distill.cluttered import cluttered_mnist  # noqa: E402
 from distill.data import load_dataset, shared_mnist_dir  # noqa: E402
 from distill.models import build_model, count_params  # noqa: E402
-from distill.progressive_members import count_macs  # noqa: E402
+from distill.progressive.members import count_macs  # noqa: E402
 from distill.teacher import default_teacher_config  # noqa: E402
 from exporters import export_onnx  # noqa: E402
 from profiles.measure import MeasureConfig, profile_onnx  # noqa: E402

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import distill.progressive as progressive
+import distill.progressive.bdistil as bdistil
 from distill.cli import main as cli_main
 from distill.data import Dataset, load_dataset
 from distill.errors import TrainingError
@@ -28,8 +28,8 @@ from distill.progressive import (
     prefix_accuracies,
     progressive_ensemble,
     resched_ensemble,
+    width_for_macs,
 )
-from distill.progressive_baselines import width_for_macs
 from distill.teacher import save_model
 from distill.train import FitConfig, fit
 
@@ -94,8 +94,8 @@ def test_later_members_bring_the_ensemble_closer_to_the_teacher(ensemble: Ensemb
 
 def _scripted_edges(monkeypatch: pytest.MonkeyPatch, edges: list[float]) -> None:
     script: Iterator[float] = iter(edges)
-    monkeypatch.setattr(progressive, "weak_learning_edge", lambda *args: next(script))
-    monkeypatch.setattr(progressive, "line_search_step", lambda *args: 1.0)  # every scripted pass descends
+    monkeypatch.setattr(bdistil, "weak_learning_edge", lambda *args: next(script))
+    monkeypatch.setattr(bdistil, "line_search_step", lambda *args: 1.0)  # every scripted pass descends
 
 
 def test_a_failed_check_escalates_connections_then_candidates_then_stops(

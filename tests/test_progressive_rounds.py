@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distill.errors import TrainingError
-from distill.progressive_rounds import (
+from distill.progressive.rounds import (
     BarrierLoss,
     barrier_objective,
     boosting_weights,

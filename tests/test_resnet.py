@@ -12,7 +12,7 @@ import torch
 from distill.data import load_dataset
 from distill.errors import TrainingError
 from distill.models import ModelConfig, build_model, count_params
-from distill.progressive_members import count_macs
+from distill.progressive.members import count_macs
 from distill.teacher import default_teacher_config, load_model, save_model, train_teacher
 from edge_runtime.bundle import TaskSpec, TensorSpec, load_bundle
 from edge_runtime.session import create_session

@@ -25,7 +25,7 @@ from distill.data import Dataset
 from distill.errors import TrainingError
 from distill.losses import DistillationLoss, make_loss
 from distill.models import Classifier, build_model
-from distill.progressive_members import Candidate, Ensemble, EnsembleReport, MemberReport, combined_logits, count_macs
+from distill.progressive.members import Candidate, Ensemble, EnsembleReport, MemberReport, combined_logits, count_macs
 from distill.train import FitConfig, distil, predict_logits, scaled_epochs
 
 __all__ = ["BaselineConfig", "no_resched_students", "resched_ensemble", "width_for_macs"]

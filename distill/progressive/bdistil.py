@@ -1,17 +1,17 @@
-"""B-DISTIL: distil a teacher into a progressive (anytime) ensemble by boosting against its logits.
+"""The B-DISTIL loop: distil a teacher into a progressive (anytime) ensemble by boosting against its logits.
 
 Dennis, Shetty, Sevekari, Koishida, Smith, "Progressive Ensemble Distillation: Building Ensembles for
 Efficient Inference", NeurIPS 2023 (arXiv:2302.10093; no public code). docs/methods.md §1 marks the
-round's formulas unverified; :mod:`distill.progressive_rounds` states the exact ones implemented.
+round's formulas unverified; :mod:`distill.progressive.rounds` states the exact ones implemented.
 
 Round ``t`` (members ``1..t-1`` frozen):
 
 1. residual ``r = g - F_{t-1}`` on the training data, its temperature ``tau`` and the weights
-   ``K+, K-`` (:func:`~distill.progressive_rounds.boosting_weights`);
+   ``K+, K-`` (:func:`~distill.progressive.rounds.boosting_weights`);
 2. for each rung of the escalation ladder — every candidate student in increasing cost, first with
    the configured connections (default: the features of member ``t-1``), then with the features of
    *every* earlier member (a connection costs one small Linear, much less than a wider student) —
-   train a fresh :class:`~distill.progressive_members.BoostedMember` on the log-barrier objective and
+   train a fresh :class:`~distill.progressive.members.BoostedMember` on the log-barrier objective and
    compute the weak-learning edge on the validation split; accept the first with
    ``edge >= gamma`` and a positive line-search step;
 3. set the member's scale to the step ``eta_t`` so it outputs ``eta_t tanh(h)``, and
@@ -28,7 +28,7 @@ the training residual's RMS from 2.5 (three members; no fourth passed the check)
 but not the test accuracy (98.4% and 98.3%): the students' capacity, not the fit of the logits, limits
 accuracy there.
 
-The RESCHED and NO-RESCHED baselines live in :mod:`distill.progressive_baselines`.
+The RESCHED and NO-RESCHED baselines live in :mod:`distill.progressive.baselines`.
 """
 
 from __future__ import annotations
@@ -45,20 +45,16 @@ from distill.data import Dataset
 from distill.errors import TrainingError
 from distill.losses import LogitRegression
 from distill.models import build_model
-from distill.progressive_baselines import BaselineConfig, no_resched_students, resched_ensemble
-from distill.progressive_members import (
+from distill.progressive.members import (
     BoostedMember,
     Candidate,
     Ensemble,
     EnsembleReport,
     MemberReport,
-    chain_outputs,
-    combined_logits,
     count_macs,
     default_candidates,
-    prefix_accuracies,
 )
-from distill.progressive_rounds import (
+from distill.progressive.rounds import (
     BarrierLoss,
     boosting_weights,
     line_search_step,
@@ -68,26 +64,7 @@ from distill.progressive_rounds import (
 )
 from distill.train import FitConfig, fit, predict_logits, scaled_epochs
 
-__all__ = [
-    "BaselineConfig",
-    "BoostedMember",
-    "CONNECT_RULES",
-    "Candidate",
-    "Ensemble",
-    "EnsembleReport",
-    "MemberReport",
-    "ProgressiveConfig",
-    "chain_outputs",
-    "combined_logits",
-    "count_macs",
-    "default_candidates",
-    "limit_training",
-    "no_resched_students",
-    "prefix_accuracies",
-    "progressive_ensemble",
-    "resched_ensemble",
-    "scaled_epochs",
-]
+__all__ = ["CONNECT_RULES", "ProgressiveConfig", "limit_training", "progressive_ensemble"]
 
 CONNECT_RULES = ("none", "previous", "all")
 
