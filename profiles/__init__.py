@@ -7,7 +7,7 @@ torch, the exporters or the training package. ``matplotlib`` is used for the sel
 from __future__ import annotations
 
 from profiles.errors import MeasurementError, ProfileError, SelectionError
-from profiles.measure import PROFILE_VERSION, QUANTILES, MeasureConfig, latency_stats, profile_bundle, profile_onnx
+from profiles.measure import PROFILE_VERSION, QUANTILES, MeasureConfig, latency_stats, profile_bundle, profile_onnx, time_sessions
 from profiles.select import Candidate, Selection, choose, evaluate_candidates, pareto_front, plot_selection, select
 from profiles.store import find_profile, store_profile, validate_profile
 
@@ -30,5 +30,6 @@ __all__ = [
     "profile_onnx",
     "select",
     "store_profile",
+    "time_sessions",
     "validate_profile",
 ]

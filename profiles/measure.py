@@ -69,6 +69,7 @@ __all__ = [
     "latency_stats",
     "profile_bundle",
     "profile_onnx",
+    "time_sessions",
 ]
 
 PROFILE_VERSION = 1
@@ -138,6 +139,64 @@ def latency_stats(ms: np.ndarray | Sequence[float]) -> dict[str, float]:
         "std": round(float(a.std()), 5),
         "queries": int(a.size),
     }
+
+
+def time_sessions(
+    sessions: Mapping[str, Any],
+    feeds: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+    *,
+    rounds: int,
+    calls_per_round: int = 1,
+    warmup: int = 0,
+) -> dict[str, np.ndarray]:
+    """Time several ONNX Runtime sessions side by side, interleaved; the one timer of the latency searches.
+
+    Latency on a shared machine drifts with whatever else runs, so models that are compared are timed in
+    the same process and interleaved: every round times a burst of ``calls_per_round`` calls to each
+    session in turn, the order rotated by one each round, so a slow phase of the machine hits every model
+    alike. Each call is ``session.run(None, feed)`` timed with ``time.perf_counter``. With two sessions
+    and ``calls_per_round=1`` the calls simply alternate, the order swapped every call.
+
+    Args:
+        sessions: name -> ``onnxruntime.InferenceSession`` (e.g. from :func:`edge_runtime.session.create_session`).
+        feeds: name -> a pool of feeds (input name -> array) for that session; call ``i`` of round ``r``
+            uses feed ``(r + i) % len(pool)``, the ``warmup`` calls feed ``i % len(pool)``.
+        rounds: interleaved rounds (>= 1).
+        calls_per_round: timed calls per session per round (>= 1).
+        warmup: untimed calls per session first, one session after the other (>= 0).
+
+    Returns:
+        name -> float64 array of ``rounds * calls_per_round`` call latencies in milliseconds, in call
+        order; summarise with :func:`latency_stats` or percentiles.
+
+    Raises:
+        MeasurementError: no sessions, a session without feeds, or counts out of range.
+    """
+    if not sessions:
+        raise MeasurementError("give at least one session to time")
+    if rounds < 1 or calls_per_round < 1 or warmup < 0:
+        raise MeasurementError("rounds and calls_per_round must be >= 1 and warmup >= 0")
+    names = list(sessions)
+    missing = [name for name in names if not feeds.get(name)]
+    if missing:
+        raise MeasurementError(f"sessions {missing} have no feeds; give each at least one input feed")
+    for name in names:
+        session, pool = sessions[name], feeds[name]
+        for i in range(warmup):
+            session.run(None, pool[i % len(pool)])
+    times = {name: np.empty(rounds * calls_per_round) for name in names}
+    clock = time.perf_counter
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            session, pool, out = sessions[name], feeds[name], times[name]
+            base = r * calls_per_round
+            for i in range(calls_per_round):
+                inputs = pool[(r + i) % len(pool)]
+                start = clock()
+                session.run(None, inputs)
+                out[base + i] = (clock() - start) * 1e3
+    return times
 
 
 class _Chain:

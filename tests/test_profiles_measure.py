@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 import edge_runtime
 from edge_runtime.bundle import load_bundle
 from edge_runtime.session import SessionConfig, create_session
-from profiles import MeasureConfig, MeasurementError, QUANTILES, latency_stats, profile_bundle, profile_onnx
+from profiles import MeasureConfig, MeasurementError, QUANTILES, latency_stats, profile_bundle, profile_onnx, time_sessions
 from profiles.measure import _bundle_feeder, _served_passes
 from profiles.memory import PeakTracker
 
@@ -140,6 +140,50 @@ def test_latency_stats_are_percentiles() -> None:
     assert (stats["min"], stats["p50"], stats["p90"], stats["max"], stats["queries"]) == (1.0, 51.0, 91.0, 101.0, 101)
     with pytest.raises(MeasurementError):
         latency_stats([])
+
+
+class _LoggedSession:
+    """Records (name, feed value) of every ``run`` into a shared log."""
+
+    def __init__(self, name: str, log: list[tuple[str, int]]) -> None:
+        self.name, self.log = name, log
+
+    def run(self, fetches: object, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.log.append((self.name, int(feed["x"][0])))
+        return [feed["x"]]
+
+
+def test_time_sessions_warms_up_then_interleaves_rotating_the_order() -> None:
+    log: list[tuple[str, int]] = []
+    sessions = {n: _LoggedSession(n, log) for n in ("a", "b", "c")}
+    pool = [{"x": np.array([i])} for i in range(4)]
+    times = time_sessions(sessions, {n: pool for n in sessions}, rounds=3, calls_per_round=2, warmup=1)
+    assert {n: t.shape for n, t in times.items()} == {"a": (6,), "b": (6,), "c": (6,)}
+    assert all((t >= 0).all() for t in times.values())
+    assert log[:3] == [("a", 0), ("b", 0), ("c", 0)]  # warm-up: each session in turn
+    assert [n for n, _ in log[3:]] == list("aabbcc" "bbccaa" "ccaabb")  # rotated one each round
+    assert [v for n, v in log[3:] if n == "a"] == [0, 1, 1, 2, 2, 3]  # round r, call i -> feed (r + i) % 4
+
+
+def test_time_sessions_with_two_sessions_alternates_every_call() -> None:
+    log: list[tuple[str, int]] = []
+    sessions = {n: _LoggedSession(n, log) for n in ("dense", "sparse")}
+    pool = [{"x": np.array([i])} for i in range(3)]
+    time_sessions(sessions, {n: pool for n in sessions}, rounds=4)
+    assert log == [("dense", 0), ("sparse", 0), ("sparse", 1), ("dense", 1), ("dense", 2), ("sparse", 2), ("sparse", 0), ("dense", 0)]
+
+
+@pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"rounds": 1, "calls_per_round": 0}, {"rounds": 1, "warmup": -1}])
+def test_time_sessions_rejects_bad_counts(kwargs: dict) -> None:
+    with pytest.raises(MeasurementError):
+        time_sessions({"a": _LoggedSession("a", [])}, {"a": [{"x": np.zeros(1)}]}, **kwargs)
+
+
+def test_time_sessions_needs_sessions_and_their_feeds() -> None:
+    with pytest.raises(MeasurementError, match="at least one session"):
+        time_sessions({}, {}, rounds=1)
+    with pytest.raises(MeasurementError, match="no feeds"):
+        time_sessions({"a": _LoggedSession("a", [])}, {"a": []}, rounds=1)
 
 
 def test_batch_one_latencies_are_what_the_runtime_records(tiny_bundle: Path) -> None:

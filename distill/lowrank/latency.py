@@ -1,9 +1,10 @@
 """ONNX Runtime latency of several models measured side by side, on this device.
 
 Latency on a shared machine drifts with whatever else runs, so models that are to be compared are timed
-in the same process and interleaved: every round times a short burst of calls to each model in turn
-(the order rotated each round), and the percentiles pool all rounds. A slow phase of the machine then
-hits every model alike, and the ratios stay honest even when the absolute numbers move.
+in the same process and interleaved by :func:`profiles.measure.time_sessions`: every round times a short
+burst of calls to each model in turn (the order rotated each round), and the percentiles pool all rounds.
+A slow phase of the machine then hits every model alike, and the ratios stay honest even when the
+absolute numbers move.
 
 Sessions use the runtime's own :class:`edge_runtime.session.SessionConfig` (one intra-op thread,
 sequential, no spinning, all graph optimisations), i.e. exactly what the device runs. Inputs are real
@@ -12,7 +13,6 @@ rows of the data set, cycled.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from distill.errors import TrainingError
 from edge_runtime.session import SessionConfig, create_session
-from profiles.measure import latency_stats
+from profiles.measure import latency_stats, time_sessions
 
 __all__ = ["LatencyConfig", "measure_side_by_side"]
 
@@ -80,20 +80,8 @@ def measure_side_by_side(
     for batch in config.batch_sizes:
         rows = np.take(x, np.arange(16 * batch), axis=0, mode="wrap")
         pool = [rows[i * batch : (i + 1) * batch] for i in range(16)]
-        feeds = {name: sessions[name].get_inputs()[0].name for name in names}
-        for name in names:
-            for i in range(config.warmup):
-                sessions[name].run(None, {feeds[name]: pool[i % len(pool)]})
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for r in range(config.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
-            for name in order:
-                session, feed, out = sessions[name], feeds[name], times[name]
-                for i in range(config.calls_per_round):
-                    inputs = {feed: pool[(r + i) % len(pool)]}
-                    start = time.perf_counter()
-                    session.run(None, inputs)
-                    out.append((time.perf_counter() - start) * 1e3)
+        feeds = {name: [{sessions[name].get_inputs()[0].name: p} for p in pool] for name in names}
+        times = time_sessions(sessions, feeds, rounds=config.rounds, calls_per_round=config.calls_per_round, warmup=config.warmup)
         for name in names:
             results[name][batch] = latency_stats(times[name])
     return results

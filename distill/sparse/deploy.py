@@ -10,7 +10,6 @@ CLI can print it plainly instead of promising a speed-up.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -69,8 +68,7 @@ class OnnxComparison:
         return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "latency_ratio": self.latency_ratio}
 
 
-def _quantiles(samples: list[float]) -> dict[str, float]:
-    ms = np.asarray(samples) * 1e3
+def _quantiles(ms: np.ndarray) -> dict[str, float]:
     return {"median": float(np.median(ms)), "p10": float(np.percentile(ms, 10)), "p90": float(np.percentile(ms, 90))}
 
 
@@ -85,25 +83,21 @@ def compare_onnx(dense: bytes, sparse: bytes, x: np.ndarray, *, runs: int = 300,
     """
     from edge_runtime.session import SessionConfig, create_session
     from exporters.export import compressed_size
+    from profiles.measure import time_sessions
 
     config = SessionConfig()
-    sessions = [create_session(dense, config, name="dense"), create_session(sparse, config, name="sparse")]
+    sessions = {"dense": create_session(dense, config, name="dense"), "sparse": create_session(sparse, config, name="sparse")}
     rows = np.ascontiguousarray(x, dtype=np.float32)
-    times: list[list[float]] = [[], []]
-    for i in range(warmup + runs):
-        feed = {input_name: rows[i % len(rows)][None]}
-        for k in ((0, 1) if i % 2 == 0 else (1, 0)):  # alternate the order so neither always runs first
-            start = time.perf_counter()
-            sessions[k].run(None, feed)
-            if i >= warmup:
-                times[k].append(time.perf_counter() - start)
+    pool = [{input_name: rows[i][None]} for i in range(len(rows))]
+    # one call per model per round, the order swapped every round so neither always runs first
+    times = time_sessions(sessions, {"dense": pool, "sparse": pool}, rounds=runs, calls_per_round=1, warmup=warmup)
     return OnnxComparison(
         dense_bytes=len(dense),
         sparse_bytes=len(sparse),
         dense_bytes_zip=compressed_size(dense),
         sparse_bytes_zip=compressed_size(sparse),
-        dense_ms=_quantiles(times[0]),
-        sparse_ms=_quantiles(times[1]),
+        dense_ms=_quantiles(times["dense"]),
+        sparse_ms=_quantiles(times["sparse"]),
         runs=runs,
         threads=config.intra_op_threads,
     )
