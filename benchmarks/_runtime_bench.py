@@ -98,12 +98,10 @@ def percentiles(values: Sequence[float] | np.ndarray, qs: Sequence[int] = (50, 9
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain fixed-width table."""
-    cells = [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
+    """The toolkit's table (:func:`profiles.report.format_table`) with floats at 3 decimals."""
+    from profiles.report import format_table
+
+    return format_table(header, [[_fmt(c) for c in row] for row in rows])
 
 
 def _fmt(value: Any) -> str:

@@ -44,6 +44,7 @@ from edge_runtime.session import SessionConfig, create_session  # noqa: E402
 from exporters import export_model, export_onnx  # noqa: E402
 from exporters.export import compressed_size  # noqa: E402
 from exporters.onnx import OPSET  # noqa: E402
+from profiles.report import format_table  # noqa: E402
 
 FAMILIES: dict[str, tuple[int, ...]] = {"mlp": (784,), "cnn1d": (1, 40), "cnn2d": (1, 28, 28)}
 NUM_CLASSES = 10
@@ -153,8 +154,8 @@ def bench_family(family: str, shape: tuple[int, ...], args: argparse.Namespace, 
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+    """``rows[0]`` is the header; the toolkit's table (:func:`profiles.report.format_table`)."""
+    return format_table(rows[0], rows[1:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

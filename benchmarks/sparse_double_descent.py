@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
               f"goal 'early stopping within 1 point of the best': {'met' if goal_stop else 'NOT met'}")
         if args.plot:
             path = args.plot.with_name(f"{args.plot.stem}-noise{round(100 * noise)}{args.plot.suffix}")
-            print(f"plot: {path}" if plot_curves(result, str(path)) else "plot skipped: matplotlib missing")
+            print(plot_curves(result, path) or f"plot: {path}")
         runs.append({"noise": noise, "seconds": seconds, "result": result.to_dict(), "summary": summary,
                      "goals": {"distilled_no_dip_where_vanilla_dips": goal_dip, "early_stop_within_1_point": goal_stop}})
     total = time.perf_counter() - started

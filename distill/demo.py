@@ -30,8 +30,8 @@ from distill.diagnostics import ensemble_warnings, student_warnings
 from distill.errors import TrainingError
 from distill.teacher import default_teacher_config
 from distill.teachers import LoadedTeacher, load_teacher
-from edge_runtime.extras import missing_dependency_message
 from edge_runtime.files import atomic_write
+from profiles.report import format_table
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -88,14 +88,6 @@ class _Log:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(c) for c in row] for row in [headers, *rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log: _Log) -> dict[str, Any]:
@@ -318,13 +310,12 @@ def _cascade(cfg: DemoConfig, exports: dict[str, Any], profiles: dict[str, dict[
 
 def _plot(path: Path, candidates: list[dict[str, Any]], curve: list[dict[str, Any]], entropy: dict[str, Any],
           cascade: dict[str, Any] | None = None) -> str | None:
-    try:
-        import matplotlib
+    """The accuracy-vs-latency PNG; None when written, else a one-line reason (:mod:`profiles.plots`)."""
+    from profiles.plots import load_pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    plt, reason = load_pyplot()
+    if reason is not None:
+        return reason
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot([p["latency_ms_p50"] for p in curve], [100 * p["accuracy"] for p in curve], "o-", label="B-DISTIL prefix F_t")
     for p in curve:
@@ -345,9 +336,8 @@ def _plot(path: Path, candidates: list[dict[str, Any]], curve: list[dict[str, An
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    save_figure(plt, fig, path)
+    return None
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -444,22 +434,23 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         "seconds": log.seconds,
         "warnings": warnings,
     }
-    plot = _plot(cfg.out / "accuracy_vs_latency.png", candidates, curve, entropy, cascade)
-    report["plot"] = plot
+    plot_path = cfg.out / "accuracy_vs_latency.png"
+    plot_note = _plot(plot_path, candidates, curve, entropy, cascade)
+    report["plot"] = None if plot_note else str(plot_path)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     atomic_write(cfg.out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
 
     say("")
     say(f"Device: {report['device']['cpu_model']} ({report['device']['logical_cores']} logical cores), "
         f"ONNX Runtime {report['device']['onnxruntime']}, 1 intra-op thread")
-    say(_table(
+    say(format_table(
         ["candidate", "members", "test acc", "p50 ms", "p99 ms", "size KiB", "zipped KiB", "params (nonzero)"],
         [[c["name"], c["members"], _pct(c["accuracy"]), f"{c['latency_ms_p50']:.3f}", f"{c['latency_ms_p99']:.3f}",
           f"{c['size_bytes'] / 1024:.1f}", f"{c['size_bytes_zip'] / 1024:.1f}", f"{c['params']:,} ({c['nonzero_params']:,})"]
          for c in candidates],
     ))
     say("\nAnytime curve of the B-DISTIL ensemble (test split; latency of members 1..t on this machine):")
-    say(_table(["members", "test acc", "p50 ms", "p99 ms"],
+    say(format_table(["members", "test acc", "p50 ms", "p99 ms"],
                [[p["members"], _pct(p["accuracy"]), f"{p['latency_ms_p50']:.3f}", f"{p['latency_ms_p99']:.3f}"] for p in curve]))
     say(f"\nEntropy exit: threshold {entropy['threshold']:.4f} nats ({calibration.target}): test accuracy "
         f"{_pct(entropy['accuracy'])}, mean members {entropy['mean_members']:.2f}, "
@@ -471,7 +462,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         f"{c_exit['mean_members']:.2f}, p50 {c_exit['latency_ms_p50']:.3f} ms wall per request, "
         f"{c_exit['profiled_ms_p50']:.3f} ms profiled at the exit prefix")
     say("\nLatency budgets (one request per test sample, batch 1, wall time measured around predict):")
-    say(_table(["budget ms", "test acc", "mean members", "over budget", "member 1 alone over", "p50 ms", "p99 ms"],
+    say(format_table(["budget ms", "test acc", "mean members", "over budget", "member 1 alone over", "p50 ms", "p99 ms"],
                [[f"{r['budget_ms']:.3f}", _pct(r["accuracy"]), f"{r['mean_members']:.2f}", _pct(r["miss_rate"]),
                  _pct(r["forced_miss_rate"]),
                  f"{r['latency_ms_p50']:.3f}", f"{r['latency_ms_p99']:.3f}"] for r in budget_rows]))
@@ -481,6 +472,6 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         say(f"warning: {line}")
     say(f"\nWrote {cfg.out / 'bundle'} (the anytime bundle), {cfg.out / 'candidates'}/, {cfg.out / 'report.json'}, "
         f"{cfg.out / 'cascade'}, {cfg.out / 'validation.npz'}, {cfg.out / 'test.npz'}"
-        + (f", {plot}" if plot else f" (no plot: it {missing_dependency_message('matplotlib')})"))
+        + (f" ({plot_note})" if plot_note else f", {plot_path}"))
     say(f"Total {report['total_seconds']:.0f} s")
     return report

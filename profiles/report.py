@@ -1,4 +1,4 @@
-"""Plain-text tables of profiles and selections, for the command line."""
+"""Plain-text tables for the command line: the one table formatter (:func:`format_table`) and profiles."""
 
 from __future__ import annotations
 

@@ -43,10 +43,10 @@ from edge_runtime.bundle import load_bundle
 from edge_runtime.device import fingerprint
 from edge_runtime.ensemble import AnytimeRuntime
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.extras import missing_dependency_message
 from edge_runtime.session import SessionConfig
 from profiles.errors import SelectionError
 from profiles.measure import MeasureConfig, profile_bundle
+from profiles.plots import load_pyplot, save_figure
 from profiles.store import find_profile, store_profile
 
 __all__ = [
@@ -392,16 +392,13 @@ def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | 
     the front on that statistic. Labels are moved apart by adjustText, so close candidates stay legible.
 
     Returns:
-        None when written, else a one-line reason (matplotlib or adjustText is not installed).
+        None when written, else a one-line reason (matplotlib or adjustText is not installed); the
+        convention of every plot (:mod:`profiles.plots`).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display on a factory PC
-        import matplotlib.pyplot as plt
-        from adjustText import adjust_text
-    except ImportError as exc:
-        return f"no plot was written: it {missing_dependency_message(exc.name or 'matplotlib')}"
+    plt, reason = load_pyplot("adjustText")
+    if reason is not None:
+        return reason
+    from adjustText import adjust_text
     stat = selection.budget_quantile if selection.budget_ms is not None else "p50"
     cands = pareto_front(selection.candidates, stat)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -427,6 +424,5 @@ def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | 
     xs, ys = zip(*labels)
     adjust_text(texts, x=list(xs), y=list(ys), objects=[legend], ax=ax,  # labels stay off the points and the legend
                 arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return None

@@ -105,3 +105,10 @@ def test_profiler_runs_on_a_runtime_only_install(connected_bundle: Path, tmp_pat
     assert find_profile(connected_bundle) is not None
     assert "needs matplotlib (the 'plot' extra), which is not installed" in results[1].stderr  # one line, not a crash
     assert not (tmp_path / "f.png").exists()
+
+
+def test_the_one_table_formatter_aligns_and_formats_cells() -> None:
+    from profiles.report import format_table
+
+    text = format_table(["name", "ms"], [["a", 0.12345], ["bbb", 1234.5], ["c", None]])
+    assert text.splitlines() == ["name      ms", "----  ------", "a     0.1235", "bbb     1234", "c          -"]

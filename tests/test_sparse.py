@@ -217,3 +217,16 @@ def test_fcpts_can_start_from_another_allocation() -> None:
     assert report.init_sparsities == pytest.approx(allocate("global", model, 0.8), abs=1.5 / 96)
     with pytest.raises(TrainingError, match="init"):
         FCPTSConfig(init="random")
+
+
+def test_dsd2_plot_follows_the_plot_convention(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.sparse import DSD2Result, RoundRecord, plot_curves
+
+    curve = [RoundRecord(r, 1 - 0.8**r, 0.9, 0.8, 0.8 - 0.01 * r, 0.5, 0.0) for r in range(4)]
+    result = DSD2Result(curve, curve, teacher_round=1, picked_round=2, stop_round=3, vanilla_picked_round=2, noise=0.3)
+    assert plot_curves(result, tmp_path / "curves.png") is None  # None = written
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if not installed
+    note = plot_curves(result, tmp_path / "none.png")
+    assert note is not None and "matplotlib" in note and "\n" not in note
+    assert not (tmp_path / "none.png").exists()

@@ -148,7 +148,6 @@ def _run_dsd2(args: argparse.Namespace) -> int:
     from distill.models import ModelConfig
     from distill.sparse.deploy import export_student
     from distill.sparse.dsd2 import DSD2Config, find_dip, plot_curves, run_dsd2
-    from edge_runtime.extras import missing_dependency_message
 
     dataset = load_dataset(args.data, seed=args.seed, limit_train=args.limit_train)
     model_cfg: Any = ModelConfig(dataset.input_shape, dataset.num_classes, family=args.family, width=args.width, depth=args.depth)
@@ -180,8 +179,8 @@ def _run_dsd2(args: argparse.Namespace) -> int:
     if args.log:
         args.log.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if args.plot:
-        print(f"plot: {args.plot}" if plot_curves(result, str(args.plot))
-              else f"plot skipped: it {missing_dependency_message('matplotlib')}")
+        plot_note = plot_curves(result, args.plot)
+        print(plot_note or f"plot: {args.plot}")
     out = export_student(student, dataset, args.out, name="dsd2-student",
                          info={"method": "dsd2", "noise": cfg.noise, "round": picked.round, "sparsity": picked.sparsity})
     for line in out.describe():

@@ -26,6 +26,7 @@ rounds before the trigger only (what a stopped run would have chosen).
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -335,15 +336,18 @@ def run_dsd2(
     return result, student_models[picked], student_models[0]
 
 
-def plot_curves(result: DSD2Result, path: str) -> bool:
-    """Accuracy and entropy vs sparsity for both runs as a PNG; False when matplotlib is missing."""
-    try:
-        import matplotlib
+def plot_curves(result: DSD2Result, path: str | os.PathLike[str]) -> str | None:
+    """Accuracy and entropy vs sparsity for both runs as a PNG at ``path``.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # plotting is optional (the 'plot' extra); the JSON holds the same numbers
-        return False
+    Returns:
+        None when written, else a one-line reason (matplotlib is not installed; the JSON holds the same
+        numbers): the convention of every plot (:mod:`profiles.plots`).
+    """
+    from profiles.plots import load_pyplot, save_figure
+
+    plt, reason = load_pyplot()
+    if reason is not None:
+        return reason
     fig, (acc_ax, ent_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for name, curve, style, color in (("vanilla", result.vanilla, "o-", "tab:blue"),
                                       ("distilled (DSD²)", result.distilled, "s-", "tab:green")):
@@ -365,6 +369,5 @@ def plot_curves(result: DSD2Result, path: str) -> bool:
     acc_ax.legend(fontsize=7)
     ent_ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    save_figure(plt, fig, path)
+    return None
