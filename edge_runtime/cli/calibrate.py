@@ -12,7 +12,7 @@ import json
 import sys
 
 from edge_runtime.cli._arrays import class_ids, read_npz_xy
-from edge_runtime.cli._load import add_load_timeout
+from edge_runtime.cli.flags import add_load_timeout
 
 __all__ = ["HELP", "configure", "run"]
 

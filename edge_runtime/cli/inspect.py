@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from edge_runtime.cli._load import DEFAULT_LOAD_TIMEOUT_S, add_load_timeout
+from edge_runtime.cli.flags import DEFAULT_LOAD_TIMEOUT_S, add_load_timeout
 
 __all__ = ["HELP", "configure", "describe_bundle", "run"]
 

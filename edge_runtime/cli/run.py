@@ -18,7 +18,7 @@ import json
 import sys
 
 from edge_runtime.cli._arrays import class_ids, read_inputs
-from edge_runtime.cli._load import add_load_timeout
+from edge_runtime.cli.flags import add_budget_ms, add_entropy, add_load_timeout, add_threads
 
 __all__ = ["HELP", "configure", "run"]
 
@@ -34,14 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="raw inputs (N, ...) or one sample: a .npy, or an .npz with x (or x_test) and optional labels y (or y_test)",
     )
-    parser.add_argument("--budget-ms", default=None, metavar="B", help="latency budget per request in ms, or 'off' (default: none)")
-    parser.add_argument(
-        "--entropy",
-        default="calibrated",
-        metavar="T",
-        help="entropy exit threshold in nats, 'calibrated' (the manifest's; default) or 'off'",
-    )
-    parser.add_argument("--threads", type=int, default=1, metavar="N", help="ONNX Runtime intra-op threads (default 1)")
+    add_budget_ms(parser)
+    add_entropy(parser)
+    add_threads(parser)
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="rows per request (default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     add_load_timeout(parser)
@@ -52,19 +47,17 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import edge_runtime
-    from edge_runtime.errors import InputError, PolicyError
+    from edge_runtime.errors import InputError
     from edge_runtime.session import SessionConfig
 
-    if args.threads < 0:
-        raise PolicyError("--threads must be >= 0 (0 lets ONNX Runtime choose)")
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     x, y = read_inputs(args.input)
     runtime = edge_runtime.load(
         args.bundle,
         session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout),
-        entropy_threshold=_number_or_word(args.entropy),
-        budget_ms=_number_or_word(args.budget_ms),
+        entropy_threshold=args.entropy,
+        budget_ms=args.budget_ms,
     )
     sample_shape = tuple(runtime.manifest.task.input.shape[1:])
     if tuple(x.shape) == sample_shape:  # one unbatched sample
@@ -99,12 +92,3 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
-
-def _number_or_word(value: str | None) -> float | str | None:
-    # Numbers go through as floats; words ('off', 'calibrated') and junk are judged by the policies module.
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return value

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from edge_runtime.cli._load import add_load_timeout
+from edge_runtime.cli.flags import add_budget_ms, add_entropy, add_load_timeout, add_threads
 
 # Imported at module level on purpose: without the `serve` extra the dispatcher catches this ImportError
 # and prints the pip command that installs it.
@@ -39,30 +39,17 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the serve arguments to ``parser``."""
     parser.add_argument("bundle", metavar="BUNDLE", help="bundle directory or .zip")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
     parser.add_argument("--model-name", default=None, help="name in /v2/models/{name} (default: the bundle's name)")
-    parser.add_argument("--budget-ms", type=_positive(float), default=None,
-                        help="default per-request latency budget, counted from arrival (default: none)")
-    parser.add_argument("--entropy", type=_non_negative_float, default=None,
-                        help="default entropy exit threshold in nats (default: the bundle's calibration)")
+    add_budget_ms(parser, what="default latency budget per request, counted from arrival,")
+    add_entropy(parser, what="default entropy exit threshold")
     parser.add_argument("--workers", type=_positive(int), default=None,
                         help=f"inference threads (default: usable cores - 1, here {default_workers()})")
-    parser.add_argument("--threads", type=_positive(int), default=1,
-                        help="ONNX Runtime intra-op threads per member (default: 1, fastest for small members)")
+    add_threads(parser, what="per member")
     parser.add_argument("--max-queue", type=int, default=32,
                         help="requests that may wait for a worker before more are shed with 503 (default: 32)")
     parser.add_argument("--max-body-mb", type=_positive(float), default=4.0,
@@ -85,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         model_name=args.model_name,
         budget_ms=args.budget_ms,
-        entropy_threshold=args.entropy,
+        # a number is the server's default; "calibrated"/"off" go to the runtime, whose default the server takes
+        entropy_threshold=args.entropy if isinstance(args.entropy, float) else None,
         workers=workers,
         max_queue=args.max_queue,
         max_body_bytes=int(args.max_body_mb * 2**20),
@@ -93,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=None if args.allowed_host is None else tuple(args.allowed_host),
         max_connections=max(256, workers + args.max_queue),
     )
-    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout))
+    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout),
+                   entropy_threshold=args.entropy)
     if not config.is_loopback:
         print(f"warning: serving on {config.host}, reachable from other machines", file=sys.stderr)
 

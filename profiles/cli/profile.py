@@ -8,7 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from edge_runtime.cli._load import add_load_timeout
+from edge_runtime.cli.flags import add_load_timeout, add_threads
 from edge_runtime.session import SessionConfig
 from profiles.errors import MeasurementError
 from profiles.inputs import load_npz
@@ -21,7 +21,7 @@ HELP = "measure latency and memory of bundles/ONNX models on this device"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="BUNDLE_OR_ONNX", help="bundle directories, .zip bundles or .onnx files")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    add_threads(parser)
     parser.add_argument("--spinning", action="store_true", help="let idle ORT threads spin (default off)")
     parser.add_argument("--batch", type=int, default=8, help="batch size timed beside batch 1 (default 8)")
     parser.add_argument("--min-queries", type=int, default=1024, help="timed queries per batch size at least (default 1024)")

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from edge_runtime.cli.flags import add_budget_ms, add_threads
 from edge_runtime.session import SessionConfig
 from profiles.errors import SelectionError
 from profiles.inputs import load_npz
@@ -20,11 +21,11 @@ HELP = "choose what to deploy from measured accuracy, latency and memory"
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundles", nargs="+", metavar="CANDIDATES", help="bundle directories or .zip bundles")
     parser.add_argument("--data", type=Path, required=True, help="validation .npz with inputs 'x' and labels 'y'")
-    parser.add_argument("--budget-ms", type=float, help="latency budget per query in ms (see --quantile)")
+    add_budget_ms(parser, what="latency budget per query (see --quantile)")
     parser.add_argument("--quantile", choices=BUDGET_QUANTILES, default="p90", help="latency quantile that must fit the budget (default p90)")
     parser.add_argument("--memory-mb", type=float, help="cap on the serving process's peak RSS, MiB")
     parser.add_argument("--plot", type=Path, help="write accuracy vs p50 latency, front marked, to this PNG")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    add_threads(parser)
     parser.add_argument("--min-queries", type=int, default=1024, help="when a bundle has no profile here: queries to time")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="when a bundle has no profile here: seconds to time")
     parser.add_argument(
