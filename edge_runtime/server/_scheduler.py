@@ -174,7 +174,13 @@ class Scheduler:
         return self.workers - self._free
 
     async def run(
-        self, call: Callable[[float | None], T], arrival: float, budget_ms: float | None, members_used: Callable[[T], int]
+        self,
+        call: Callable[[float | None], T],
+        arrival: float,
+        budget_ms: float | None,
+        members_used: Callable[[T], int],
+        shed: bool = True,
+        record: bool = True,
     ) -> Scheduled[T]:
         """Queue ``call`` for a worker and run it with what is left of the budget.
 
@@ -183,17 +189,22 @@ class Scheduler:
             arrival: ``time.perf_counter()`` when the request arrived; the budget counts from it.
             budget_ms: the request's budget, or None.
             members_used: reads the most members used from the result, for the latency estimate.
+            shed: False for the later chunks of a request already started: they wait their turn (never
+                refused, past the queue bound) and run with what is left of the budget, so work done is
+                not thrown away.
+            record: whether the call's time feeds the first-member estimate (False for large batches,
+                whose time says nothing about a single request's).
 
         Raises:
-            OverloadedError: the queue is full, or the budget ran out while waiting.
+            OverloadedError: the queue is full, or the budget ran out while waiting (only with ``shed``).
         """
         deadline = None if budget_ms is None else arrival + budget_ms / 1e3
         enqueued = time.perf_counter()
-        waited = await self._acquire(deadline)
+        waited = await self._acquire(deadline, shed)
         try:
             started = time.perf_counter()
             reserve_ms = self.reserve_ms + self.tracker.return_ms()
-            if deadline is not None:
+            if deadline is not None and shed:
                 left_ms = (deadline - started) * 1e3 - reserve_ms
                 # Overload: it had to wait for a worker, and what is left cannot pay for the first member;
                 # answering would be late. A request that found a worker free runs whatever is left (the
@@ -211,11 +222,38 @@ class Scheduler:
             resumed = time.perf_counter()
             self.completed += 1
             service_ms = (call_end - call_start) * 1e3
-            self.tracker.record(service_ms, members_used(result))
+            if record:
+                self.tracker.record(service_ms, members_used(result))
             self.tracker.record_return((resumed - call_end) * 1e3)
             return Scheduled(result, (started - enqueued) * 1e3, service_ms, left_ms)
         finally:
             self._release()
+
+    def check_deadline(self, arrival: float, budget_ms: float | None) -> None:
+        """Refuse now a request that would have to queue and could not start in time (costs microseconds).
+
+        What the queue shows: every worker is busy, and the requests already waiting with earlier
+        deadlines need at least one first member each (spread over the workers) before this one could
+        start; if what would then be left of its budget cannot pay for its own first member plus the
+        reserve, it is refused before its body is decoded, never queued. A request that finds a worker
+        free is never refused here.
+
+        Raises:
+            OverloadedError: as above, or every worker is busy and the queue is full.
+        """
+        self.check_capacity()
+        if budget_ms is None or self._free > 0:
+            return
+        deadline = arrival + budget_ms / 1e3
+        first_ms = self.tracker.first_member_ms()
+        ahead = sum(1 for due, _, waiter in self._heap if due <= deadline and not waiter.done())
+        need_ms = self.reserve_ms + self.tracker.return_ms() + first_ms * (1 + ahead / self.workers)
+        if (deadline - time.perf_counter()) * 1e3 < need_ms:
+            self.shed += 1
+            raise OverloadedError(
+                f"overloaded: {self.running} request(s) running and {ahead} due sooner waiting; the {budget_ms:g} ms "
+                "budget cannot be met: retry, or raise anytime_budget_ms"
+            )
 
     def check_capacity(self) -> None:
         """Refuse now if a new request could neither run nor queue (callers check before costly decoding).
@@ -229,24 +267,32 @@ class Scheduler:
                 f"overloaded: {self.queued} requests already wait for {self.workers} worker(s); retry later"
             )
 
-    async def _acquire(self, deadline: float | None) -> bool:
+    async def _acquire(self, deadline: float | None, shed: bool = True) -> bool:
         """Take a worker slot, waiting in the queue if none is free; returns whether it waited."""
         if self._free > 0:  # free slots exist only while nobody waits: _release hands slots over
             self._free -= 1
             return False
-        self.check_capacity()
+        timer = None
+        give_up = None
+        if shed:
+            self.check_capacity()
+            if deadline is not None:
+                # Leave the queue the moment the budget left could no longer pay for the first member.
+                keep_ms = self.reserve_ms + self.tracker.return_ms() + self.tracker.first_member_ms()
+                give_up = deadline - keep_ms / 1e3
+                if give_up <= time.perf_counter():  # it never could: refuse now, no future, no timer
+                    self.shed += 1
+                    raise OverloadedError(
+                        "overloaded: every worker is busy and the latency budget is too short to wait; "
+                        "retry, or raise anytime_budget_ms"
+                    )
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         due = deadline if deadline is not None else time.perf_counter() + self.no_budget_due_s
         heapq.heappush(self._heap, (due, next(self._order), waiter))
         self._queued += 1
-        timer = None
-        if deadline is not None:
-            # Leave the queue the moment the budget left could no longer pay for the first member (for a
-            # budget that never could, that is at once: waiting would only make it later).
-            keep_ms = self.reserve_ms + self.tracker.return_ms() + self.tracker.first_member_ms()
-            give_up = deadline - keep_ms / 1e3
-            timer = loop.call_later(max(0.0, give_up - time.perf_counter()), self._expire, waiter)
+        if give_up is not None:
+            timer = loop.call_later(give_up - time.perf_counter(), self._expire, waiter)
         try:
             await waiter
             return True

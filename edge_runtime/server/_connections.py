@@ -1,0 +1,193 @@
+"""The HTTP connections: slow or idle clients cannot hold the server, and the budget clock starts on arrival.
+
+uvicorn's own protections do not cover a server that must answer within milliseconds (measured on
+uvicorn 0.29-0.54): its ``limit_concurrency`` counts idle sockets, so 255 connections that never send a
+request head make every real request get a plain-text 503 for as long as they stay open; a request head
+sent a byte at a time has no time limit (any byte resets the keep-alive timer); and its pure-Python h11
+parser costs ~150 us a request on a 2-core box, which under a retry storm is what fills the event loop
+(httptools, the C parser uvicorn uses when it is installed: ~5 us).
+
+So the server runs uvicorn's httptools protocol with these rules added (:class:`ConnectionLimits`):
+
+* **Head timeout.** From a connection's start, and from the end of each answer on it, the next request head
+  must be complete within ``header_timeout_s``; trickled bytes do not reset it. Otherwise the connection
+  is closed (a half-sent head has no request to answer).
+* **Body timeout.** A request's body must arrive within ``body_timeout_s`` of its head; otherwise it is
+  answered 408 (``{"error"}``, ``Connection: close``) if no answer has started, and the connection is closed.
+* **Idle keep-alive** (uvicorn's ``timeout_keep_alive``): a connection with no byte of a new request for
+  ``keep_alive_s`` is closed.
+* **Connection cap without starving.** At most ``max_connections`` are open; a new one beyond that closes
+  the connection that has been idle longest (no request in progress, including half-sent heads), as
+  nginx reuses idle keep-alive connections. Only when every connection has a request in progress is the
+  new one answered 503 ``{"error"}`` with ``Retry-After`` and ``Connection: close``.
+* **Arrival time.** The moment the first byte of a request is parsed is stored in the ASGI scope
+  (``scope["extensions"]["anytime.arrival"]``, a ``time.perf_counter()`` value); the budget counts from it,
+  so time spent reading and parsing the body is spent from the budget (see :func:`arrival_time`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, MutableMapping
+
+from starlette.types import Receive, Scope, Send
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError as exc:  # httptools missing: name the extra that installs it
+    from edge_runtime.extras import install_hint
+
+    raise ImportError(
+        f"the anytime-edge server needs 'httptools', which is not installed; {install_hint('serve')}", name="httptools"
+    ) from exc
+
+__all__ = ["ARRIVAL", "ConnectionLimits", "arrival_time", "guarded_protocol"]
+
+logger = logging.getLogger("edge_runtime.server")
+
+ARRIVAL = "anytime.arrival"  # key in scope["extensions"]: perf_counter() when the request's first byte was parsed
+
+
+def arrival_time(scope: MutableMapping[str, Any], default: float) -> float:
+    """When the request arrived (``time.perf_counter()``), as the connection layer stamped it, else ``default``."""
+    extensions = scope.get("extensions") or {}
+    value = extensions.get(ARRIVAL)
+    return value if isinstance(value, float) else default
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a connection may take over each part of a request, and how many may be open."""
+
+    max_connections: int  # open connections; beyond it the longest-idle one is closed
+    header_timeout_s: float  # a request head must be complete this long after the connection starts or the last answer ends
+    body_timeout_s: float  # a request body must be complete this long after its head
+    retry_after_s: int = 1  # Retry-After of the 503 sent when every connection is busy
+
+
+def _json_error(status: int, reason: bytes, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 response: ``{"error": message}``, ``Connection: close``."""
+    body = json.dumps({"error": message}).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n"
+        % (status, reason, len(body), extra)
+        + body
+    )
+
+
+class _GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with head/body timeouts, idle eviction and the arrival stamp."""
+
+    limits: ClassVar[ConnectionLimits]
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: Any = None
+        self._body_timer: Any = None
+        self._idle_since = time.monotonic()
+        if len(self.connections) > self.limits.max_connections and not self._evict_idle():
+            self.app = self._refuse  # every open connection has a request in progress: answer 503
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    # -- the parts of a request ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {ARRIVAL: time.perf_counter()}  # type: ignore[typeddict-unknown-key]
+
+    def on_headers_complete(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._idle_since = None
+        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+        self._maybe_idle()  # an answer sent before the body was read (a shed request) ends here
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        """Once the last request is read and answered, the next head's clock starts."""
+        busy = self._body_timer is not None or self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        if not busy and not self.transport.is_closing():
+            self._idle_since = time.monotonic()
+            self._arm_head_timer()
+
+    # -- timeouts ------------------------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            logger.debug("closed a connection from %s: no complete request head within %g s", self.client, self.limits.header_timeout_s)
+            self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.disconnected = True  # the handler's reads end now; nothing more is written by it
+            self.transport.write(
+                _json_error(408, b"Request Timeout", f"the request body did not arrive within {self.limits.body_timeout_s:g} s; "
+                            "send the whole body at once")
+            )
+            cycle.message_event.set()
+        logger.debug("closed a connection from %s: request body incomplete after %g s", self.client, self.limits.body_timeout_s)
+        self.transport.close()
+
+    # -- the connection cap --------------------------------------------------------------------------
+
+    def _is_idle(self) -> bool:
+        return getattr(self, "_idle_since", None) is not None and (self.cycle is None or self.cycle.response_complete)
+
+    def _evict_idle(self) -> bool:
+        """Close the connection idle longest (not this one); False when none is idle."""
+        idle = [c for c in self.connections if c is not self and isinstance(c, _GuardedProtocol) and c._is_idle()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c._idle_since)
+        logger.debug("closed an idle connection from %s: %d connections open", oldest.client, len(self.connections))
+        oldest._cancel_timers()
+        oldest.transport.close()
+        self.connections.discard(oldest)  # counted out now; connection_lost follows
+        return True
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = json.dumps({"error": f"overloaded: {len(self.connections) - 1} connections all have requests in progress; "
+                                    "retry later"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"retry-after", str(self.limits.retry_after_s).encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+    """The uvicorn protocol class (``uvicorn.Config(http=...)``) that applies ``limits``."""
+    return type("AnytimeHttpProtocol", (_GuardedProtocol,), {"limits": limits})
