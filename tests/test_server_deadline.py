@@ -375,3 +375,11 @@ def test_worker_takes_the_next_job_without_waiting_for_the_event_loop() -> None:
         scheduler.close()
     assert seen == [True]  # the second call started while the loop was still blocked
     assert not any(t.is_alive() for t in scheduler._threads)  # close() joined the workers
+
+
+def test_bytes_that_are_not_http_get_a_json_400(limited_server: Any) -> None:
+    proc, port = limited_server
+    with _connect(port) as sock:
+        sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        status, headers, body = _response(sock)
+    assert status == 400 and "not valid HTTP" in json.loads(body)["error"]

@@ -21,8 +21,17 @@ Memory per request is bounded: at most ``max_batch_rows`` samples, run through t
 without ONNX Runtime's CPU arena, which would keep the peak of the largest batch ever seen allocated.
 After a body of 1 MiB or more, what the request freed is handed back to the OS (see ``_memory``).
 
-The budget of a request counts from when its handler starts, so time spent queueing for a worker is
-spent from the budget; the runtime gets what is left (see :mod:`edge_runtime.server._scheduler`).
+The budget of a request counts from its arrival: the moment its first byte was parsed, as the connection
+layer stamps it (:mod:`edge_runtime.server._connections`; the handler's start where nothing stamped it,
+as under an in-process test client). Reading and decoding the body and waiting for a worker are spent
+from the budget; the runtime gets what is left (see :mod:`edge_runtime.server._scheduler`), and
+``anytime_elapsed_ms`` counts from the same moment. A batch is queued chunk by chunk, earliest deadline
+first, so another client's request due sooner runs between the chunks of a large one; large bodies are
+parsed and large answers encoded on a thread, in slices that let the event loop in between.
+
+Under overload, :class:`_Shedder` answers 503 before routing, in ~15-25 us of the event loop: a full queue
+before the body is read, a budget the queue shows cannot be met before the body is decoded. A client that
+hangs up before its request is read is logged as one DEBUG line, and nothing is sent to it.
 """
 
 from __future__ import annotations

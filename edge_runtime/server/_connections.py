@@ -128,6 +128,11 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._idle_since = time.monotonic()
             self._arm_head_timer()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP, as ``{"error"}`` JSON like every other error here."""
+        self.transport.write(_json_error(400, b"Bad Request", "the request is not valid HTTP/1.1; send a well-formed request"))
+        self.transport.close()
+
     # -- timeouts ------------------------------------------------------------------------------------
 
     def _arm_head_timer(self) -> None:

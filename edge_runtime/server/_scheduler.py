@@ -16,6 +16,11 @@ starts, minus what the answer still needs (a fixed reserve for encoding and send
 time for a result to get back to the event loop), so queueing and a busy machine cost members, not
 deadlines: the anytime answer under load.
 
+A batch is queued as separate chunks (``chunk_rows`` each, see the app): one client's large batch then
+holds a worker for one chunk at a time, and a request due sooner runs in between. Only the first chunk
+can be shed; the later ones (``shed=False``) wait their turn past the queue bound and run with what is
+left of the budget, so work already done is never thrown away.
+
 The queue is shared by the event loop (which adds jobs and refuses) and the workers (which take the most
 urgent job the moment they finish one), under one lock held for microseconds.
 """
