@@ -55,6 +55,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "byo")
     parser.add_argument("--width", type=int, default=32, help="the user's ResNet width (default 32, as in the case)")
     parser.add_argument("--epochs", type=int, default=15, help="the user's training epochs (default 15, as in the case)")
+    parser.add_argument("--lowrank-rank", type=int, default=16,
+                        help="one fixed rank for every teacher's low-rank student (0: the demo's timed 2x search, which "
+                        "picks different ranks on a loaded machine; default 16)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     data = load_dataset(args.data)
@@ -74,13 +77,15 @@ def main() -> int:
     for kind in args.teachers:
         started = time.perf_counter()
         report = run_demo(DemoConfig(data=args.data, teacher=files[kind], out=args.out / f"demo-{data.name}-{kind}",
-                                     runs_dir=args.out / "runs", progress=False), say=lambda line: None)
+                                     runs_dir=args.out / "runs", lowrank_rank=args.lowrank_rank, progress=False),
+                          say=lambda line: None)
         by_name = {c["name"]: c for c in report["candidates"]}
         rows.append({
             "teacher": kind,
             "teacher_accuracy": by_name["teacher"]["accuracy"],
             "bdistil_prefixes": [p["accuracy"] for p in report["anytime_curve"]],
             "lowrank": by_name["lowrank"]["accuracy"],
+            "lowrank_rank": args.lowrank_rank or "searched",
             "fcpts": by_name["sparse"]["accuracy"],
             "latency_ms_p50": {name: c["latency_ms_p50"] for name, c in by_name.items()},
             "warnings": report["warnings"],

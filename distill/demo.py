@@ -30,6 +30,7 @@ from distill.diagnostics import ensemble_warnings, student_warnings
 from distill.errors import TrainingError
 from distill.teacher import default_teacher_config
 from distill.teachers import LoadedTeacher, load_teacher
+from edge_runtime.extras import missing_dependency_message
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -414,6 +415,6 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         say(f"warning: {line}")
     say(f"\nWrote {cfg.out / 'bundle'} (the anytime bundle), {cfg.out / 'candidates'}/, {cfg.out / 'report.json'}, "
         f"{cfg.out / 'validation.npz'}, {cfg.out / 'test.npz'}"
-        + (f", {plot}" if plot else " (no plot: install matplotlib, the 'plot' extra)"))
+        + (f", {plot}" if plot else f" (no plot: it {missing_dependency_message('matplotlib')})"))
     say(f"Total {report['total_seconds']:.0f} s")
     return report

@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from edge_runtime.errors import ManifestError
+from edge_runtime.errors import ManifestError, error_line
 
 __all__ = ["decode_manifest"]
 
@@ -75,7 +75,7 @@ def decode_manifest(raw: bytes, where: str, max_depth: int) -> dict[str, Any]:
     except RecursionError:
         raise ManifestError(f"{where} nests JSON too deeply to parse; rebuild the bundle") from None
     except ValueError as exc:  # JSONDecodeError, and integers with more digits than Python converts
-        raise ManifestError(f"{where} is not valid JSON ({_first_line(exc)}); rebuild the bundle") from None
+        raise ManifestError(f"{where} is not valid JSON ({error_line(exc)}); rebuild the bundle") from None
     _check_depth(data, where, max_depth)
     if not isinstance(data, dict):
         raise ManifestError(f"{where} must hold a JSON object, not {_kind(data)}; rebuild the bundle with the exporters")
@@ -161,8 +161,3 @@ def _article(kind: str) -> str:
 def _join(path: str, key: str) -> str:
     key = key if len(key) <= 40 else key[:37] + "..."
     return f"{path}.{key}" if path else key
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from edge_runtime.errors import BundleError, ChecksumError, ManifestError
+from edge_runtime.errors import BundleError, ChecksumError, ManifestError, error_line
 
 __all__ = ["BundleSource", "LoadLimits", "check_member_file", "open_source"]
 
@@ -219,7 +219,7 @@ class _ZipSource(BundleSource):
         except _ZIP_ERRORS as exc:
             if path.suffix.lower() != ".zip" and isinstance(exc, zipfile.BadZipFile):
                 raise ManifestError(f"{path} is neither a bundle directory nor a .zip bundle") from None
-            raise BundleError(f"{path} is not a readable zip archive ({_first_line(exc)}); copy the bundle again") from None
+            raise BundleError(f"{path} is not a readable zip archive ({error_line(exc)}); copy the bundle again") from None
         try:
             self.entries = {info.filename: info for info in self.archive.infolist()}
             self.prefix = self._find_root()
@@ -288,7 +288,7 @@ class _ZipSource(BundleSource):
         except PermissionError as exc:
             raise _unreadable(self.path, self.path, exc) from None
         except _ZIP_ERRORS as exc:
-            raise BundleError(f"{shown} is damaged ({_first_line(exc)}); copy the bundle again") from None
+            raise BundleError(f"{shown} is damaged ({error_line(exc)}); copy the bundle again") from None
         return bytes(out)
 
     def close(self) -> None:
@@ -315,8 +315,3 @@ def _unreadable(bundle: Path, path: Path, exc: OSError) -> BundleError:
             "or run as the bundle's owner"
         )
     return BundleError(f"cannot read {path} ({reason}); check the path and copy the bundle again")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -38,7 +38,7 @@ import numpy as np
 from edge_runtime._manifest_json import decode_manifest
 from edge_runtime._member_checks import check_member_graph, check_sample_size
 from edge_runtime._sources import LoadLimits, check_member_file, open_source
-from edge_runtime.errors import BundleError, ChecksumError, ManifestError
+from edge_runtime.errors import BundleError, ChecksumError, ManifestError, error_line
 from edge_runtime.files import atomic_write, locked
 
 __all__ = [
@@ -539,8 +539,7 @@ def _manifest_from_dict(data: Mapping[str, Any], where: str) -> Manifest:
         raise ManifestError(f"{where}: {exc}") from None
     # decode_manifest checked the JSON types; what remains is a value the dataclasses cannot convert.
     except (TypeError, ValueError, AttributeError, OverflowError, KeyError, IndexError, RecursionError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ManifestError(f"{where} has a malformed field ({text}); rebuild the bundle") from None
+        raise ManifestError(f"{where} has a malformed field ({error_line(exc)}); rebuild the bundle") from None
 
 
 def save_manifest(path: PathLike, manifest: Manifest, *, lock: bool = True) -> None:

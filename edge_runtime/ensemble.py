@@ -605,7 +605,7 @@ class AnytimeRuntime:
             except Exception as exc:  # noqa: BLE001 - any failure inside ORT is the member's
                 self._errors[k] += 1
                 raise ModelLoadError(
-                    f"member '{name}' failed: {_first_line(exc)}; the member cannot answer a warm-up input, re-export it"
+                    f"member '{name}' failed: {error_line(exc)}; the member cannot answer a warm-up input, re-export it"
                 ) from None
             for input_name, _ in conns:
                 del feed[input_name]

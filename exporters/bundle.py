@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import stat
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -50,8 +50,10 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Manifest, member_byt
         members.append(replace(spec, file=spec.file or f"{spec.name}.onnx", sha256=sha256_bytes(blob)))
     manifest = replace(manifest, members=tuple(members))
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkdtemp: its 0700 would survive the rename and lock out every other user (make_dir follows the umask).
-    staging = make_dir(target.parent, f".{target.name}.staging.")
+    _remove_stale_dirs(target)  # left by an export that was killed
+    # Not mkdtemp: its 0700 would survive the rename and lock out every other user (make_dir follows the
+    # umask). The PID in the name tells a later export whether the writer is still alive.
+    staging = make_dir(target.parent, f".{target.name}.staging.{os.getpid()}.")
     try:
         for spec, blob in zip(members, member_bytes):
             path = staging / spec.file
@@ -60,7 +62,8 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Manifest, member_byt
         save_manifest(staging, manifest, lock=False)  # a private directory: nobody else writes it
         load_bundle(staging)  # the bundle must load before anyone else can see it
         if target.exists():
-            trash = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+            os.chmod(staging, stat.S_IMODE(target.stat().st_mode))  # a re-export keeps the directory's mode
+            trash = make_dir(target.parent, f".{target.name}.old.{os.getpid()}.")
             os.replace(target, trash / "old")
             os.replace(staging, target)
             shutil.rmtree(trash, ignore_errors=True)
@@ -70,6 +73,29 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Manifest, member_byt
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _remove_stale_dirs(target: Path) -> None:
+    """Remove ``.<name>.staging.<pid>.*`` / ``.<name>.old.<pid>.*`` directories whose writer process is gone."""
+    for kind in ("staging", "old"):
+        prefix = f".{target.name}.{kind}."
+        for path in target.parent.iterdir():
+            pid = path.name[len(prefix):].split(".", 1)[0]
+            if path.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
 
 
 def archive_bundle(bundle_dir: str | os.PathLike[str], archive: str | os.PathLike[str]) -> Path:

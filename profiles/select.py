@@ -363,10 +363,11 @@ def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | 
     ax.set_xlabel(f"{stat} latency per query, batch 1 (ms)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"accuracy vs latency on device {selection.fingerprint}", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    legend = ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     xs, ys = zip(*labels)
-    adjust_text(texts, x=list(xs), y=list(ys), ax=ax, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
+    adjust_text(texts, x=list(xs), y=list(ys), objects=[legend], ax=ax,  # labels stay off the points and the legend
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None

@@ -569,3 +569,21 @@ def test_profile_refuses_a_member_that_never_finishes(tiny_bundle: Path, capsys:
     code = full_main(["profile", str(tiny_bundle), "--min-queries", "4", "--min-seconds", "0", "--warmup", "1",
                       "--no-memory-probe", "--load-timeout", "0.3"])
     assert "member 'member_1' did not finish" in _one_line_error(code, capsys.readouterr().err)
+
+
+def test_a_re_export_keeps_the_directory_mode_and_removes_a_killed_exports_leftovers(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "bundle", num_members=2)
+    bundle.chmod(0o750)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs: the killed exporter
+    leftovers = [tmp_path / f".bundle.staging.{dead.pid}.ab12", tmp_path / f".bundle.old.{dead.pid}.cd34"]
+    for path in leftovers:
+        (path / "old").mkdir(parents=True)
+    live = tmp_path / f".bundle.staging.{os.getppid()}.ef56"  # a writer that is still running
+    other = tmp_path / f".bundle2.staging.{dead.pid}.gh78"  # another bundle's
+    live.mkdir()
+    other.mkdir()
+    make_bundle(tmp_path / "bundle", num_members=2)
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o750
+    assert not any(p.exists() for p in leftovers)
+    assert live.exists() and other.exists()

@@ -14,7 +14,15 @@ from byo_teachers import GroupedNet, SmallResNet, export_pt2, separable_images, 
 from distill.data import Dataset
 from distill.exported import load_exported_module
 from distill.lowrank import LowRankConfig, LowRankConv, LowRankLinear, factorize, lowrank_student, plan_ranks
-from distill.sparse import DSD2Config, FCPTSConfig, channel_student, fcpts_student, global_sparsity, run_dsd2
+from distill.sparse import (
+    DSD2Config,
+    FCPTSConfig,
+    channel_student,
+    fcpts_student,
+    global_sparsity,
+    recalibrate_batchnorm,
+    run_dsd2,
+)
 from distill.train import accuracy, predict_logits
 
 CHANCE = 0.25  # four balanced classes
@@ -107,15 +115,42 @@ def test_fcpts_can_prune_layers_with_weights_above_one(resnet: nn.Module, data: 
     assert report.final_sparsities["stem.0"] > 0.3 and abs(report.final_global - 0.7) <= 0.005
 
 
-def test_dsd2_prunes_a_users_module(data: Dataset) -> None:
+def test_fcpts_re_estimates_batchnorm_statistics_of_the_sparse_model(resnet: nn.Module, data: Dataset) -> None:
+    cfg = FCPTSConfig(target=0.8, iterations=40, batch_size=16, calibration_samples=128)
+    student, report = fcpts_student(resnet, data, cfg=cfg)
+    assert report.recalibrated_bn == 5 and report.accuracy_before_recalibration is not None
+    assert report.test_accuracy >= report.accuracy_before_recalibration
+    assert not torch.equal(student.blocks[1].bn2.running_mean, resnet.blocks[1].bn2.running_mean)
+    _, plain = fcpts_student(resnet, data, cfg=FCPTSConfig(**{**cfg.__dict__, "recalibrate_bn": False}))
+    assert plain.recalibrated_bn == 0 and plain.test_accuracy == report.accuracy_before_recalibration
+
+
+def test_recalibration_averages_the_inputs_statistics_with_dropout_off() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5), nn.BatchNorm1d(3)).eval()
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(256, 4)).astype(np.float32)
+    assert recalibrate_batchnorm(model, x, batch_size=128) == 1
+    assert not model.training and model[2].momentum == 0.1
+    with torch.no_grad():
+        h = model[0](torch.from_numpy(x))
+    torch.testing.assert_close(model[2].running_mean, h.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model[2].running_var, h.var(0), rtol=0.05, atol=1e-3)
+
+
+@pytest.mark.parametrize("source", ["module", "pt2"])
+def test_dsd2_prunes_a_users_module(source: str, data: Dataset, tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = DSD2Config(rounds=2, epochs=2, dense_epochs=3, lr=1e-2, batch_size=32, entropy_samples=64)
-    result, student, dense = run_dsd2(data, SmallResNet(width=8), cfg)
+    model: nn.Module = SmallResNet(width=8)
+    if source == "pt2":  # an untrained architecture given as a program: it trains and prunes the same way
+        model = load_exported_module(export_pt2(model, tmp_path / "arch.pt2", data.x_train))
+    result, student, dense = run_dsd2(data, model, cfg)
     sparsities = [r.sparsity for r in result.distilled]
     assert sparsities[0] == 0.0 and sparsities[1] == pytest.approx(0.2, abs=0.01) and sparsities[2] > sparsities[1]
     assert not any(hasattr(m, "weight_mask") for m in student.modules())  # masks baked into plain weights
     assert global_sparsity(student) == pytest.approx(result.distilled[result.picked_round].sparsity)
-    assert np.isfinite(result.distilled[0].entropy) and result.config["model"] == {"module": "SmallResNet"}
+    assert np.isfinite(result.distilled[0].entropy) == (source == "module")  # the program's ReLUs are functional
+    assert result.config["model"] == {"module": type(model).__name__}
     assert accuracy(student, data.x_test, data.y_test) > CHANCE + 0.3
 
 

@@ -164,7 +164,9 @@ def test_select_plot_draws_the_budget_on_the_axis_statistic_and_keeps_labels_apa
     renderer = figures[0].canvas.get_renderer()
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
     assert {name for name, _ in boxes} == {c.name for c in cands}
+    legend = ax.get_legend().get_window_extent(renderer)
     for i, (a, box_a) in enumerate(boxes):
+        assert not box_a.overlaps(legend), f"label '{a}' lies on the legend"
         for b, box_b in boxes[i + 1:]:
             assert not box_a.overlaps(box_b), f"labels '{a}' and '{b}' overprint"
 

@@ -144,3 +144,22 @@ def test_conv1d_programs_with_tuple_outputs_load_too(tmp_path: Path) -> None:
     logits, features = loaded(x)
     torch.testing.assert_close(logits, model(x)[0])
     torch.testing.assert_close(features, model(x)[1])
+
+
+def test_guard_code_in_the_file_is_never_run(tmp_path: Path) -> None:
+    """``ExportedProgram.module()`` compiles the file's guard code; a crafted guard could run anything."""
+    import builtins
+
+    good = export_pt2(SmallResNet().eval(), tmp_path / "good.pt2", X)
+    payload = "__import__('builtins').setattr(__import__('builtins'), 'ANYTIME_EDGE_GUARD_RAN', 1) is None"
+
+    def guard(name: str, data: bytes):  # type: ignore[no-untyped-def]
+        if name.endswith("models/model.json"):
+            program = json.loads(data)
+            program["guards_code"] = [payload]
+            data = json.dumps(program).encode()
+        return name, data
+
+    loaded = load_exported_module(_rewrite(good, tmp_path / "guard.pt2", guard))
+    loaded(torch.from_numpy(X))
+    assert not hasattr(builtins, "ANYTIME_EDGE_GUARD_RAN")

@@ -250,3 +250,16 @@ def test_onnx_teacher_reaches_layer_methods_through_a_cached_dense_proxy(user_fi
     again = loaded.layered("FCPTS", small, runs_dir=tmp_path, progress=False, proxy_config=quick)  # kept on disk: same weights
     for a, b in zip(proxy.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_dsd2_prunes_a_copy_of_a_pt2_teacher(user_files, tmp_path, capsys) -> None:
+    from distill.cli import main
+
+    code = main(["sparsify", "dsd2", "--data", "digits", "--teacher", str(user_files / "resnet.pt2"), "--limit-train", "300",
+                 "--rounds", "1", "--epochs", "1", "--dense-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+                 "--out", str(tmp_path / "dsd2"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "pruning a copy of the teacher" in out and "resnet.pt2" in out
+    manifest = json.loads((tmp_path / "dsd2" / "manifest.json").read_text())
+    assert manifest["members"][0]["info"]["method"] == "dsd2"

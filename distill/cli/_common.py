@@ -25,14 +25,15 @@ def add_data_argument(parser: argparse.ArgumentParser, default: str = "digits") 
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split and of training")
 
 
-def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+def add_teacher_arguments(parser: argparse.ArgumentParser, default: str | None = "auto", extra_help: str = "") -> None:
     parser.add_argument(
         "--teacher",
         "--teacher-dir",
         dest="teacher",
-        default="auto",
+        default=default,
         help="the teacher: 'auto' (train/reuse the default teacher under --runs-dir), a checkpoint directory from "
-        "`anytime-edge train-teacher`, an ONNX classifier (.onnx; logits only), or a torch.export program (.pt2)",
+        "`anytime-edge train-teacher`, an ONNX classifier (.onnx; logits only), or a torch.export program (.pt2)"
+        + extra_help,
     )
     parser.add_argument(
         "--teacher-inputs",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from distill.cli._common import DefaultsHelpFormatter, add_data_argument, add_progress_argument, add_teacher_arguments
 
@@ -47,6 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     dsd2.add_argument("--family", default="mlp", help="model family of both runs (mlp, cnn1d, cnn2d, auto)")
     dsd2.add_argument("--width", type=int, default=256, help="hidden units / channels (over-parameterised shows the dip)")
     dsd2.add_argument("--depth", type=int, default=2, help="hidden layers / conv blocks")
+    add_teacher_arguments(dsd2, default=None, extra_help="; given, both runs prune a copy of the teacher's layers (an "
+                          ".onnx teacher: of its dense proxy) instead of a fresh --family/--width model (default: none)")
     dsd2.add_argument("--noise", type=float, default=0.0,
                       help="symmetric label noise added to the training labels (0: your labels as given; 0.3 shows the dip)")
     dsd2.add_argument("--rounds", type=int, default=20, help="pruning rounds, 20%% of the remaining weights each")
@@ -125,7 +128,9 @@ def _run_fcpts(args: argparse.Namespace) -> int:
         f"{n} {report.init_sparsities[n]:.2f}->{report.learned_sparsities[n]:.2f}->{report.final_sparsities[n]:.2f}"
         for n in report.final_sparsities))
     print(f"test accuracy: teacher {metrics['test_accuracy']:.2%}, sparse student {report.test_accuracy:.2%} "
-          f"(no fine-tuning), achieved sparsity {global_sparsity(student):.2%}")
+          f"(no fine-tuning), achieved sparsity {global_sparsity(student):.2%}"
+          + (f"; {report.recalibrated_bn} BatchNorm layers re-estimated on the calibration inputs "
+             f"({report.accuracy_before_recalibration:.2%} before)" if report.recalibrated_bn else ""))
     result = export_student(student, dataset, args.out, name=f"fcpts-{round(cfg.target * 100)}",
                             info={"method": "fcpts", "route": cfg.route, "target": cfg.target,
                                   "sparsity": report.final_global, "learned_sparsity": report.learned_global})
@@ -143,9 +148,16 @@ def _run_dsd2(args: argparse.Namespace) -> int:
     from distill.models import ModelConfig
     from distill.sparse.deploy import export_student
     from distill.sparse.dsd2 import DSD2Config, find_dip, plot_curves, run_dsd2
+    from edge_runtime.extras import missing_dependency_message
 
     dataset = load_dataset(args.data, seed=args.seed, limit_train=args.limit_train)
-    model_cfg = ModelConfig(dataset.input_shape, dataset.num_classes, family=args.family, width=args.width, depth=args.depth)
+    model_cfg: Any = ModelConfig(dataset.input_shape, dataset.num_classes, family=args.family, width=args.width, depth=args.depth)
+    if args.teacher is not None:
+        from distill.teachers import load_teacher
+
+        loaded = load_teacher(args.teacher, dataset, runs_dir=args.runs_dir, inputs=args.teacher_inputs, progress=args.progress)
+        model_cfg = loaded.layered("DSD² pruning", dataset, runs_dir=args.runs_dir, progress=args.progress, say=print)
+        print(f"pruning a copy of the teacher {loaded.source} (test accuracy {loaded.metrics['test_accuracy']:.2%})")
     cfg = DSD2Config(rounds=args.rounds, epochs=args.epochs, dense_epochs=args.dense_epochs, lr=args.lr, noise=args.noise, seed=args.seed,
                      early_stop=args.early_stop, progress=args.progress)
 
@@ -168,7 +180,8 @@ def _run_dsd2(args: argparse.Namespace) -> int:
     if args.log:
         args.log.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if args.plot:
-        print(f"plot: {args.plot}" if plot_curves(result, str(args.plot)) else "plot skipped: matplotlib is not installed")
+        print(f"plot: {args.plot}" if plot_curves(result, str(args.plot))
+              else f"plot skipped: it {missing_dependency_message('matplotlib')}")
     out = export_student(student, dataset, args.out, name="dsd2-student",
                          info={"method": "dsd2", "noise": cfg.noise, "round": picked.round, "sparsity": picked.sparsity})
     for line in out.describe():

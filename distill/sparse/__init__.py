@@ -27,7 +27,15 @@ from distill.sparse.dsd2 import (
     symmetric_label_noise,
 )
 from distill.sparse.entropy import EntropyReport, relu_entropy
-from distill.sparse.fcpts import DENSITIES, ROUTES, FCPTSConfig, FCPTSReport, fcpts_allocate, fcpts_student
+from distill.sparse.fcpts import (
+    DENSITIES,
+    ROUTES,
+    FCPTSConfig,
+    FCPTSReport,
+    fcpts_allocate,
+    fcpts_student,
+    recalibrate_batchnorm,
+)
 from distill.sparse.masks import (
     apply_masks,
     global_sparsity,
@@ -75,6 +83,7 @@ __all__ = [
     "prunable_layers",
     "prune_channels",
     "prune_global_l1",
+    "recalibrate_batchnorm",
     "relu_entropy",
     "run_dsd2",
     "run_pruning",
