@@ -80,8 +80,12 @@ async def _idle(host: str, port: int, half_head: bool, stop_at: float, reopened:
 
 
 def run_phase(host: str, port: int, path: str, bodies: Sequence[bytes], clients: int, seconds: float,
-              max_requests: int, idle: int = 0) -> dict[str, Any]:
-    """``clients`` closed-loop clients (and ``idle`` idle connections) for ``seconds``; returns the records."""
+              max_requests: int, idle: int = 0, server: Any = None) -> dict[str, Any]:
+    """``clients`` closed-loop clients (and ``idle`` idle connections) for ``seconds``; returns the records.
+
+    ``server`` (a psutil.Process) adds the server's CPU use; the load generator's own is always recorded:
+    on a 2-core box the clients take CPU from the server, more so with 200 of them than with one.
+    """
     records: list[tuple[int, float]] = []
     reopened = [0]
     budget = [max_requests]
@@ -97,8 +101,15 @@ def run_phase(host: str, port: int, path: str, bodies: Sequence[bytes], clients:
         await asyncio.gather(*idlers)
         return wall
 
+    cpu0, server0 = time.process_time(), server.cpu_times() if server is not None else None
     wall = asyncio.run(main())
-    return {"records": records, "wall_s": wall, "idle_reopened": reopened[0]}
+    client_cpu = 100.0 * (time.process_time() - cpu0) / wall
+    server_cpu = None
+    if server is not None:
+        server1 = server.cpu_times()
+        server_cpu = 100.0 * (server1.user + server1.system - server0.user - server0.system) / wall
+    return {"records": records, "wall_s": wall, "idle_reopened": reopened[0], "client_cpu_percent": client_cpu,
+            "server_cpu_percent": server_cpu}
 
 
 def summarize(phase: dict[str, Any], budget_ms: float) -> dict[str, Any]:
@@ -115,6 +126,8 @@ def summarize(phase: dict[str, Any], budget_ms: float) -> dict[str, Any]:
         "latency_ms_200": {q: (float(np.percentile(ok, int(q[1:]))) if ok else None) for q in ("p50", "p90", "p99")},
         "late_share": (sum(1 for ms in ok if ms > budget_ms + PAST_BUDGET_SLACK_MS) / len(ok)) if ok else None,
         "idle_reopened": phase["idle_reopened"],
+        "client_cpu_percent": phase["client_cpu_percent"],  # 100 = one core
+        "server_cpu_percent": phase["server_cpu_percent"],
     }
 
 

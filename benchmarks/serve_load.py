@@ -669,7 +669,7 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
             stats = {}
             for phase, (clients, idle) in phases.items():
                 raw = _overload.run_phase(server.host, server.port, path, bodies, clients, args.duration,
-                                          args.max_requests * 10, idle=idle)
+                                          args.max_requests * 10, idle=idle, server=server.ps)
                 stats[phase] = _overload.summarize(raw, budget)
                 stats[phase]["load_average"] = os.getloadavg()[0]
             rss_growth = server.rss_mb() / rss_start - 1.0
@@ -692,10 +692,13 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
                      spread([s["latency_ms_200"]["p99"] for s in per_run], "{:.2f}"),
                      spread([None if s["late_share"] is None else 100 * s["late_share"] for s in per_run], "{:.2f}"),
                      sum(s["other_5xx"] for s in per_run), sum(s["other"] for s in per_run),
+                     spread([s["server_cpu_percent"] for s in per_run], "{:.0f}"),
+                     spread([s["client_cpu_percent"] for s in per_run], "{:.0f}"),
                      spread([s["load_average"] for s in per_run])])
     print(f"\n5. Overload: closed-loop clients retrying at once on 503, budget {budget:g} ms; median [min-max] of "
           f"{len(runs)} run(s); late = 200s past budget + {_overload.PAST_BUDGET_SLACK_MS:g} ms (client clock)")
-    print(format_table(["phase", "requests", "ok/s", "503 %", "p50 ms", "p99 ms", "late %", "5xx", "other", "loadavg"], rows))
+    print(format_table(["phase", "requests", "ok/s", "503 %", "p50 ms", "p99 ms", "late %", "5xx", "other", "srv cpu %",
+                        "client cpu %", "loadavg"], rows))
     goal_rows = []
     for key in runs[0]["goals"]:
         values = [r["goals"][key]["value"] for r in runs]
