@@ -383,3 +383,26 @@ def test_bytes_that_are_not_http_get_a_json_400(limited_server: Any) -> None:
         sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
         status, headers, body = _response(sock)
     assert status == 400 and "not valid HTTP" in json.loads(body)["error"]
+
+
+def test_endless_headers_get_a_json_431(limited_server: Any) -> None:
+    proc, port = limited_server
+    with _connect(port) as sock:
+        try:
+            sock.sendall(b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Pad: " + b"a" * 200_000 + b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may close before the last bytes are sent; the answer is already on the socket
+        status, _, body = _response(sock)
+    assert status == 431 and "exceed 65536 bytes" in json.loads(body)["error"]
+
+
+def test_a_header_line_that_never_ends_gets_a_json_431(limited_server: Any) -> None:
+    proc, port = limited_server
+    with _connect(port) as sock:
+        try:
+            for _ in range(20):  # 20 x 16 KiB of one header value, never ended by a line break
+                sock.sendall(b"X" * 16384 if _ else b"POST /v2/models/fake/infer HTTP/1.1\r\nX-Pad: ")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, _, body = _response(sock)
+    assert status == 431 and "exceed 65536 bytes" in json.loads(body)["error"]

@@ -12,6 +12,8 @@ So the server runs uvicorn's httptools protocol with these rules added (:class:`
 * **Head timeout.** From a connection's start, and from the end of each answer on it, the next request head
   must be complete within ``header_timeout_s``; trickled bytes do not reset it. Otherwise the connection
   is closed (a half-sent head has no request to answer).
+* **Head size.** A request line and headers over ``max_header_bytes`` (64 KiB) are answered 431 and the
+  connection closed (uvicorn's h11 parser capped them at 16 KiB; httptools has no cap of its own).
 * **Body timeout.** A request's body must arrive within ``body_timeout_s`` of its head; otherwise it is
   answered 408 (``{"error"}``, ``Connection: close``) if no answer has started, and the connection is closed.
 * **Idle keep-alive** (uvicorn's ``timeout_keep_alive``): a connection with no byte of a new request for
@@ -48,6 +50,7 @@ __all__ = ["ARRIVAL", "ConnectionLimits", "arrival_time", "guarded_protocol"]
 
 logger = logging.getLogger("edge_runtime.server")
 
+_LINGER_S = 1.0  # after an error answer, how long what the client still sends is read and dropped
 ARRIVAL = "anytime.arrival"  # key in scope["extensions"]: perf_counter() when the request's first byte was parsed
 
 
@@ -66,6 +69,7 @@ class ConnectionLimits:
     header_timeout_s: float  # a request head must be complete this long after the connection starts or the last answer ends
     body_timeout_s: float  # a request body must be complete this long after its head
     retry_after_s: int = 1  # Retry-After of the 503 sent when every connection is busy
+    max_header_bytes: int = 64 * 1024  # request line + headers; more is answered 431 (httptools itself has no limit)
 
 
 def _json_error(status: int, reason: bytes, message: str, extra: bytes = b"") -> bytes:
@@ -88,6 +92,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._head_timer: Any = None
         self._body_timer: Any = None
         self._idle_since = time.monotonic()
+        self._head_raw = 0  # bytes received since the current request head began (None: not reading a head)
+        self._discarding = False  # answered and closing: what still arrives is read and dropped
         if len(self.connections) > self.limits.max_connections and not self._evict_idle():
             self.app = self._refuse  # every open connection has a request in progress: answer 503
         self._arm_head_timer()
@@ -98,11 +104,40 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     # -- the parts of a request ----------------------------------------------------------------------
 
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        reading_head = self._head_raw is not None
+        super().data_received(data)
+        if reading_head and self._head_raw is not None and not self.transport.is_closing():
+            # Still inside a head after this data: httptools buffers a header until its line ends, so count
+            # raw bytes here too, not only the complete headers seen in on_header.
+            self._head_raw += len(data)
+            if self._head_raw > self.limits.max_header_bytes:
+                self._head_too_large = True
+                self.send_400_response("")
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {ARRIVAL: time.perf_counter()}  # type: ignore[typeddict-unknown-key]
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self.limits.max_header_bytes:
+            self._head_too_large = True
+            raise ValueError("request head too large")  # httptools stops parsing; uvicorn calls send_400_response
 
     def on_headers_complete(self) -> None:
+        self._head_raw = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -125,13 +160,29 @@ class _GuardedProtocol(HttpToolsProtocol):
         """Once the last request is read and answered, the next head's clock starts."""
         busy = self._body_timer is not None or self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
         if not busy and not self.transport.is_closing():
+            self._head_raw = 0
             self._idle_since = time.monotonic()
             self._arm_head_timer()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP, as ``{"error"}`` JSON like every other error here."""
-        self.transport.write(_json_error(400, b"Bad Request", "the request is not valid HTTP/1.1; send a well-formed request"))
-        self.transport.close()
+        if getattr(self, "_head_too_large", False):
+            response = _json_error(431, b"Request Header Fields Too Large",
+                                   f"the request line and headers exceed {self.limits.max_header_bytes} bytes; send fewer or shorter headers")
+        else:
+            response = _json_error(400, b"Bad Request", "the request is not valid HTTP/1.1; send a well-formed request")
+        self.transport.write(response)
+        self._linger_close()
+
+    def _linger_close(self) -> None:
+        """Close after an error answer without losing it: closing with unread bytes makes the kernel send a
+        reset, which can destroy the answer before the client reads it. So: end our side, drop what still
+        arrives for a second, then close (as nginx's lingering close does)."""
+        self._discarding = True
+        self._cancel_timers()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_LINGER_S, self.transport.close)
 
     # -- timeouts ------------------------------------------------------------------------------------
 
@@ -165,7 +216,7 @@ class _GuardedProtocol(HttpToolsProtocol):
             )
             cycle.message_event.set()
         logger.debug("closed a connection from %s: request body incomplete after %g s", self.client, self.limits.body_timeout_s)
-        self.transport.close()
+        self._linger_close()
 
     # -- the connection cap --------------------------------------------------------------------------
 
