@@ -1,7 +1,7 @@
 """The HTTP connections: slow or idle clients cannot hold the server, and the budget clock starts on arrival.
 
-uvicorn's own protections do not cover a server that must answer within milliseconds (measured on
-uvicorn 0.29-0.54): its ``limit_concurrency`` counts idle sockets, so 255 connections that never send a
+uvicorn's own protections do not cover a server that must answer within milliseconds (measured with
+uvicorn 0.54): its ``limit_concurrency`` counts idle sockets, so 255 connections that never send a
 request head make every real request get a plain-text 503 for as long as they stay open; a request head
 sent a byte at a time has no time limit (any byte resets the keep-alive timer); and its pure-Python h11
 parser costs ~150 us a request on a 2-core box, which under a retry storm is what fills the event loop
