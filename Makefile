@@ -15,6 +15,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 .PHONY: demo test install torch-cpu bench clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "make needs Python 3.11+ for the pinned set in constraints.txt (this is " + sys.version.split()[0] + "); run make PYTHON=python3.11, or pip install . for the runtime alone")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(MAKE) --no-print-directory torch-cpu

@@ -4,6 +4,9 @@
 
 * ``digits`` — scikit-learn's bundled 8x8 digits (the embedded default, always available);
 * ``mnist1d`` — MNIST-1D, generated locally by the ``mnist1d`` package (a 1-D, sensor-like signal);
+* ``cluttered-mnist`` — each real MNIST digit at a random place on a 64x64 canvas with 8x8 clutter cut
+  from other digits (:mod:`distill.cluttered`), built from the shared MNIST, or from the IDX files in DIR
+  with ``cluttered-mnist:DIR``; generated once (seeded) and cached under ``runs/data``;
 * a directory of MNIST-format IDX files (``train-images*``, ``train-labels*``, ``t10k-images*``,
   ``t10k-labels*``; gzip or not);
 * an ``.npz`` (read without pickles) holding ``x_train, y_train, x_test, y_test`` of any rank: (N, F)
@@ -128,7 +131,8 @@ def load_dataset(spec: str | os.PathLike[str], *, seed: int = 0, val_fraction: f
     """Load, validate, standardise and split a data set.
 
     Args:
-        spec: "digits", "mnist1d", "mnist" (the shared real MNIST), an IDX directory, or an .npz file.
+        spec: "digits", "mnist1d", "mnist" (the shared real MNIST), "cluttered-mnist[:DIR]", an IDX
+            directory, or an .npz file.
         seed: seeds the validation split (and the digits train/test split).
         val_fraction: share of the training split held out for validation (thresholds, early stopping).
         limit_train: keep only the first N training samples (after shuffling) — for quick experiments.
@@ -153,6 +157,8 @@ def load_dataset(spec: str | os.PathLike[str], *, seed: int = 0, val_fraction: f
         if found is None:
             raise DataError("real MNIST not found beside the project; pass --data DIR with the IDX files")
         name, (x_tr, y_tr, x_te, y_te) = "mnist", _idx_dir(found)
+    elif text == "cluttered-mnist" or text.startswith("cluttered-mnist:"):
+        name, (x_tr, y_tr, x_te, y_te) = "cluttered-mnist", _cluttered(text.partition(":")[2])
     elif Path(text).is_dir():
         name, (x_tr, y_tr, x_te, y_te) = Path(text).name or "idx", _idx_dir(Path(text))
         name = "mnist" if Path(text).resolve() == (shared_mnist_dir() or Path("/nonexistent")).resolve() else name
@@ -160,7 +166,7 @@ def load_dataset(spec: str | os.PathLike[str], *, seed: int = 0, val_fraction: f
         name = Path(text).stem
         x_tr, y_tr, x_te, y_te, labels, layout = _npz(Path(text))
     else:
-        raise DataError(f"--data '{text}' is not digits, mnist1d, mnist, an IDX directory or an existing .npz file")
+        raise DataError(f"--data '{text}' is not digits, mnist1d, mnist, cluttered-mnist[:DIR], an IDX directory or an existing .npz file")
     return _finish(name, x_tr, y_tr, x_te, y_te, labels, seed, val_fraction, limit_train, layout)
 
 
@@ -190,6 +196,18 @@ def _mnist1d(seed: int) -> tuple[np.ndarray, ...]:
     x_tr = np.asarray(data["x"], dtype=np.float32)[:, None, :]
     x_te = np.asarray(data["x_test"], dtype=np.float32)[:, None, :]
     return x_tr, np.asarray(data["y"], dtype=np.int64), x_te, np.asarray(data["y_test"], dtype=np.int64)
+
+
+def _cluttered(source: str) -> tuple[np.ndarray, ...]:
+    """Cluttered MNIST (see :mod:`distill.cluttered`) from ``source`` or the shared MNIST; uint8 (N, 1, 64, 64)."""
+    from distill.cluttered import cluttered_mnist  # imports this module: loaded on first use
+
+    found = Path(source) if source else shared_mnist_dir()
+    if found is None:
+        raise DataError("cluttered-mnist is built from the real MNIST, not found beside the project; "
+                        "pass --data cluttered-mnist:DIR with the MNIST IDX files (or set ANYTIME_EDGE_MNIST)")
+    data = cluttered_mnist(found)
+    return data.x_train[:, None], data.y_train, data.x_test[:, None], data.y_test
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -6,7 +6,8 @@ Steps (each one real, each one timed):
 2. build the candidates: a B-DISTIL anytime ensemble, a low-rank student (spectral init + distillation)
    and an FCPTS sparse student, each exported through the gated exporters as a bundle;
 3. profile every bundle on this machine (latency percentiles, memory) and store the profile inside it;
-4. calibrate the ensemble's entropy exit threshold on validation data;
+4. calibrate the ensemble's entropy exit threshold on validation data; compose the cheapest single student
+   and the teacher into a cascade (``combine="replace"``), profile and calibrate it the same way;
 5. evaluate on the test split through ``edge_runtime`` exactly as a device would: the anytime curve
    (members -> accuracy, latency), the calibrated entropy exit and runs under 2-3 latency budgets, one
    request per sample at batch 1, with real early exit;
@@ -247,7 +248,9 @@ def _budget_runs(runtime: Any, x: np.ndarray, y: np.ndarray, budgets: list[float
     return rows
 
 
-def _entropy_run(runtime: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def _entropy_run(runtime: Any, x: np.ndarray, y: np.ndarray, profile: dict[str, Any]) -> dict[str, Any]:
+    """Calibrated entropy exit, one request per sample: wall time, and the profiled p50 of each sample's exit
+    prefix (the basis of the anytime curve and of every candidate's latency, so the plot compares like with like)."""
     members, correct, elapsed = [], 0, []
     for i in range(len(x)):
         started = time.perf_counter()
@@ -261,10 +264,60 @@ def _entropy_run(runtime: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "mean_members": float(np.mean(members)),
         "latency_ms_p50": float(np.percentile(elapsed, 50)),
         "latency_ms_p99": float(np.percentile(elapsed, 99)),
+        "profiled_ms_p50": float(np.percentile([profile["prefixes"][m - 1]["latency_ms"]["p50"] for m in members], 50)),
+        "profiled_ms_mean": float(np.mean([profile["prefixes"][m - 1]["latency_ms"]["p50"] for m in members])),
     }
 
 
-def _plot(path: Path, candidates: list[dict[str, Any]], curve: list[dict[str, Any]], entropy: dict[str, Any]) -> str | None:
+def _cascade(cfg: DemoConfig, exports: dict[str, Any], profiles: dict[str, dict[str, Any]], data: Dataset,
+             x_val: np.ndarray, x_test: np.ndarray, log: _Log) -> dict[str, Any]:
+    """The cheapest single student (profiled p50) then the teacher, as a ``combine="replace"`` cascade:
+    composed from their bundles (no re-export), profiled, calibrated like the ensemble, and run on the
+    test split with the calibrated entropy exit."""
+    import edge_runtime
+    from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibration
+    from exporters.cascade import compose_cascade
+
+    singles = [n for n, r in exports.items() if len(r.members) == 1 and n != "teacher"]
+    student = min(singles, key=lambda n: profiles[n]["prefixes"][-1]["latency_ms"]["p50"])
+    parts = [exports[student], exports["teacher"]]
+
+    def build() -> dict[str, Any]:
+        path = compose_cascade([r.path for r in parts], cfg.out / "cascade", name="cascade").path
+        profile = _profile_all(cfg, {"cascade": path}, x_val)["cascade"]
+        calibration = calibrate(edge_runtime.load(path, warmup=0), x_val, data.y_val,
+                                CalibrationTarget(accuracy_drop=cfg.accuracy_drop))
+        save_calibration(path, calibration)
+        runtime = edge_runtime.load(path)
+        accuracy = runtime.evaluate_prefixes(x_test).accuracy(data.y_test)
+        curve = [{"members": k + 1, "member": m.name, "accuracy": float(accuracy[k]),
+                  "latency_ms_p50": profile["prefixes"][k]["latency_ms"]["p50"],
+                  "latency_ms_p99": profile["prefixes"][k]["latency_ms"]["p99"]}
+                 for k, m in enumerate(runtime.manifest.members)]
+        return {"path": path, "curve": curve, "calibration": calibration,
+                "entropy_exit": _entropy_run(runtime, x_test, data.y_test, profile)}
+
+    built = log.step(f"cascade {student} -> teacher (cheapest student by profiled p50), profiled and calibrated", build)
+    calibration, curve = built["calibration"], built["curve"]
+    return {
+        "candidate": {
+            "name": "cascade", "members": 2, "accuracy": curve[-1]["accuracy"],
+            "latency_ms_p50": curve[-1]["latency_ms_p50"], "latency_ms_p99": curve[-1]["latency_ms_p99"],
+            **{key: sum(getattr(m, attr) for r in parts for m in r.members)
+               for key, attr in (("size_bytes", "bytes"), ("size_bytes_zip", "bytes_zip"), ("params", "params"),
+                                 ("nonzero_params", "nonzero_params"))},
+            "bundle": str(built["path"]),
+        },
+        "members": [student, "teacher"],
+        "curve": curve,
+        "calibration": {"entropy_threshold": calibration.entropy_threshold, "target": calibration.target,
+                        "validation_accuracy": calibration.accuracy, "validation_mean_members": calibration.mean_members},
+        "entropy_exit": built["entropy_exit"],
+    }
+
+
+def _plot(path: Path, candidates: list[dict[str, Any]], curve: list[dict[str, Any]], entropy: dict[str, Any],
+          cascade: dict[str, Any] | None = None) -> str | None:
     try:
         import matplotlib
 
@@ -276,11 +329,17 @@ def _plot(path: Path, candidates: list[dict[str, Any]], curve: list[dict[str, An
     ax.plot([p["latency_ms_p50"] for p in curve], [100 * p["accuracy"] for p in curve], "o-", label="B-DISTIL prefix F_t")
     for p in curve:
         ax.annotate(f"t={p['members']}", (p["latency_ms_p50"], 100 * p["accuracy"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    if cascade is not None:
+        ax.plot([p["latency_ms_p50"] for p in cascade["curve"]], [100 * p["accuracy"] for p in cascade["curve"]], "^--",
+                label="cascade " + " -> ".join(cascade["members"]))
     for c in candidates:
-        if c["name"] != "bdistil":
+        if c["name"] not in ("bdistil", "cascade"):
             ax.plot(c["latency_ms_p50"], 100 * c["accuracy"], "s", label=c["name"])
-    ax.plot(entropy["latency_ms_p50"], 100 * entropy["accuracy"], "*", markersize=12, label="entropy exit (calibrated)")
-    ax.set_xlabel("latency p50 at batch 1 on this machine (ms)")
+    ax.plot(entropy["profiled_ms_p50"], 100 * entropy["accuracy"], "*", markersize=12, label="entropy exit (calibrated)")
+    if cascade is not None:
+        c_exit = cascade["entropy_exit"]
+        ax.plot(c_exit["profiled_ms_p50"], 100 * c_exit["accuracy"], "*", markersize=12, label="cascade entropy exit")
+    ax.set_xlabel("profiled latency p50 at batch 1 on this machine (ms; exits: each sample's exit prefix)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs latency")
     ax.grid(alpha=0.3)
@@ -338,11 +397,12 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
          "latency_ms_p99": ens_profile["prefixes"][k]["latency_ms"]["p99"]}
         for k in range(runtime.num_members)
     ]
-    entropy = log.step("entropy exit on the test split (batch 1, real early exit)", lambda: _entropy_run(runtime, x_test_raw, data.y_test))
+    entropy = log.step("entropy exit on the test split (batch 1, real early exit)", lambda: _entropy_run(runtime, x_test_raw, data.y_test, ens_profile))
     first, full = curve[0]["latency_ms_p99"], curve[-1]["latency_ms_p99"]
     budgets = sorted({round(first * 1.5, 4), round((first + full) / 2, 4), round(full * 1.5, 4)})
     budget_rows = log.step("latency-budgeted runs on the test split", lambda: _budget_runs(runtime, x_test_raw, data.y_test, budgets))
 
+    cascade = _cascade(cfg, exports, profiles, data, x_val_raw, x_test_raw, log)
     candidates = []
     for name, result in exports.items():
         profile = profiles[name]
@@ -360,9 +420,10 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
             "bundle": str(result.path),
         })
 
+    candidates.append(cascade["candidate"])
     warnings = ensemble_warnings("B-DISTIL", [p["accuracy"] for p in curve], data.num_classes, len(data.y_test))
     for c in candidates:
-        if c["name"] != "bdistil":
+        if c["name"] not in ("bdistil", "cascade"):
             warnings += student_warnings(f"the {c['name']} candidate", c["accuracy"], data.num_classes, len(data.y_test),
                                          fix="train it longer or give it more capacity" if c["name"] != "teacher"
                                          else "train the teacher longer or check the data")
@@ -377,12 +438,13 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
                         "validation_accuracy": calibration.accuracy, "validation_mean_members": calibration.mean_members},
         "entropy_exit": entropy,
         "budgets": budget_rows,
+        "cascade": {k: v for k, v in cascade.items() if k != "candidate"},
         "bundle": str(paths["bdistil"]),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "seconds": log.seconds,
         "warnings": warnings,
     }
-    plot = _plot(cfg.out / "accuracy_vs_latency.png", candidates, curve, entropy)
+    plot = _plot(cfg.out / "accuracy_vs_latency.png", candidates, curve, entropy, cascade)
     report["plot"] = plot
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     tmp = cfg.out / ".report.json.tmp"
@@ -403,7 +465,13 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
                [[p["members"], _pct(p["accuracy"]), f"{p['latency_ms_p50']:.3f}", f"{p['latency_ms_p99']:.3f}"] for p in curve]))
     say(f"\nEntropy exit: threshold {entropy['threshold']:.4f} nats ({calibration.target}): test accuracy "
         f"{_pct(entropy['accuracy'])}, mean members {entropy['mean_members']:.2f}, "
-        f"p50 {entropy['latency_ms_p50']:.3f} ms (wall, per request)")
+        f"p50 {entropy['latency_ms_p50']:.3f} ms wall per request, {entropy['profiled_ms_p50']:.3f} ms profiled at the exit prefix")
+    c_exit = cascade["entropy_exit"]
+    say(f"\nCascade {' -> '.join(cascade['members'])} (combine=replace; test split): "
+        + ", ".join(f"{p['member']} {_pct(p['accuracy'])} at p50 {p['latency_ms_p50']:.3f} ms" for p in cascade["curve"])
+        + f"; entropy exit at {c_exit['threshold']:.4f} nats: {_pct(c_exit['accuracy'])}, mean members "
+        f"{c_exit['mean_members']:.2f}, p50 {c_exit['latency_ms_p50']:.3f} ms wall per request, "
+        f"{c_exit['profiled_ms_p50']:.3f} ms profiled at the exit prefix")
     say("\nLatency budgets (one request per test sample, batch 1, wall time measured around predict):")
     say(_table(["budget ms", "test acc", "mean members", "over budget", "member 1 alone over", "p50 ms", "p99 ms"],
                [[f"{r['budget_ms']:.3f}", _pct(r["accuracy"]), f"{r['mean_members']:.2f}", _pct(r["miss_rate"]),
@@ -414,7 +482,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     for line in warnings:
         say(f"warning: {line}")
     say(f"\nWrote {cfg.out / 'bundle'} (the anytime bundle), {cfg.out / 'candidates'}/, {cfg.out / 'report.json'}, "
-        f"{cfg.out / 'validation.npz'}, {cfg.out / 'test.npz'}"
+        f"{cfg.out / 'cascade'}, {cfg.out / 'validation.npz'}, {cfg.out / 'test.npz'}"
         + (f", {plot}" if plot else f" (no plot: it {missing_dependency_message('matplotlib')})"))
     say(f"Total {report['total_seconds']:.0f} s")
     return report

@@ -14,39 +14,22 @@ reach every parameter, and in eval mode its logits equal the program's. A call w
 or not parameters stays functional and is listed in ``exported_functional``; every other op stays as the
 program has it.
 
-Safety. ``torch.export.load`` alone is not safe for files from strangers (torch's documentation says so):
-it unpickles weights marked ``use_pickle`` and opaque constants with plain pickle, falls back to
-``torch.load(weights_only=False)`` for legacy payloads, passes symbolic-shape strings to ``sympy.sympify``
-(an ``eval``), resolves node targets by walking attributes from ``torch``, and ``ExportedProgram.module()``
-compiles the file's guard code. Before and around ``torch.export.load`` this loader therefore
-
-* refuses archives holding anything but the JSON program, raw weight/constant payloads, sample inputs and
-  extra files (no AOTInductor/ExecuTorch binaries, no legacy ``.pt`` payloads, no pickled weights,
-  no custom or opaque objects);
-* accepts node targets only from ``torch.ops.*``, a few ``operator`` / ``math`` functions and
-  ``torch.sym_*``; symbolic expressions only made of ``Symbol``/``Integer`` calls, numbers, shape symbols
-  and torch's sympy functions; parameter names only of dotted identifiers;
-* forces every ``torch.load`` inside to ``weights_only=True`` (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), and drops
-  the program's guard code (input-shape assertions) before building the module.
-
-These checks close every code path found in torch 2.13's loader; they are a review, not a proof, so load
-programs from sources you trust.
+Safety: the program is loaded by :func:`exporters.pt2_safety.load_program_safely`, which refuses archives
+whose loading could run code (pickles, foreign node targets, ``eval``-ed shape strings, binaries), forces
+weights-only ``torch.load`` and drops the file's guard code; its refusals become :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
-import zipfile
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from distill.errors import CheckpointError
+from exporters.errors import ExportError
+from exporters.pt2_safety import load_program_safely
 
 __all__ = ["load_exported_module", "modularise"]
 
@@ -58,107 +41,6 @@ _LAYER_OPS = {
     _ATEN.conv2d.default: nn.Conv2d,
     _ATEN.conv2d.padding: nn.Conv2d,
 }
-# Archive members a plain exported program has (paths below the archive's root folder).
-_ALLOWED_MEMBERS = re.compile(
-    r"^(archive_format|archive_version|byteorder|\.data/[A-Za-z0-9_.]+|models/[A-Za-z0-9_]+\.json|"
-    r"data/weights/[A-Za-z0-9_.]+|data/constants/[A-Za-z0-9_.]+|data/sample_inputs/[A-Za-z0-9_]+\.pt|extra/.+)$"
-)
-_TARGET = re.compile(
-    r"^(torch\.ops\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,2}|torch\.sym_[a-z_]+|torch\._sym_sqrt|"
-    r"_operator\.(getitem|add|sub|mul|truediv|floordiv|mod|pow|neg|pos|abs|eq|ne|lt|le|gt|ge|and_|or_|not_)|"
-    r"math\.[a-z0-9_]+)$"
-)
-_EXPR_TOKEN = re.compile(r"\s+|\d+(\.\d+)?(e-?\d+)?|[A-Za-z_][A-Za-z0-9_]*|'[a-z]+\d+'|\*\*|[-+*/%(),=<>!]")
-_EXPR_NAMES = {
-    "Symbol", "Integer", "Float", "Rational", "positive", "integer", "real", "nonnegative", "True", "False",
-    "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "oo",
-    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
-    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
-    "ToFloat", "Identity",
-}
-_SHAPE_SYMBOL = re.compile(r"^[a-z]+\d+$")
-_FQN = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
-
-
-def _refuse(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(f"{path}: {why}; give a program written by torch.export.save (untouched)")
-
-
-def _walk(value: Any, key: str | None = None) -> Iterator[tuple[str | None, Any]]:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _walk(v, k)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _walk(v, key)
-    else:
-        yield key, value
-
-
-def _safe_expression(expr: str) -> bool:
-    position = 0
-    while position < len(expr):
-        match = _EXPR_TOKEN.match(expr, position)
-        if match is None:
-            return False
-        token = match.group(0)
-        if (token[0].isalpha() or token[0] == "_") and token not in _EXPR_NAMES and not _SHAPE_SYMBOL.match(token):
-            return False
-        position = match.end()
-    return True
-
-
-def _check_archive(path: Path) -> None:
-    """Refuse an archive whose loading could run code (module docstring); one line naming the problem."""
-    if not zipfile.is_zipfile(path):
-        raise _refuse(path, "not a torch.export program (.pt2 is a zip archive)")
-    with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if not n.endswith("/")]
-        roots = {n.split("/", 1)[0] for n in names}
-        if len(roots) != 1 or any("/" not in n for n in names):
-            raise _refuse(path, "not a torch.export program (one root folder expected)")
-        root = roots.pop() + "/"
-        members = [n[len(root):] for n in names]
-        if "archive_format" not in members or archive.read(root + "archive_format").strip() != b"pt2":
-            raise _refuse(path, "not a torch.export program of the current archive format")
-        for member in members:
-            if not _ALLOWED_MEMBERS.match(member):
-                raise _refuse(path, f"holds '{member}', which this loader does not open (binaries, pickles)")
-            if member.startswith(("data/weights/", "data/constants/")) and member.endswith(".pt"):
-                raise _refuse(path, f"holds a legacy pickled payload '{member}'")
-        for member in members:
-            if not member.startswith(("data/weights/", "data/constants/")) or not member.endswith("_config.json"):
-                continue
-            config = json.loads(archive.read(root + member))
-            for fqn, meta in config.get("config", {}).items():
-                if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
-                    raise _refuse(path, f"stores '{fqn}' as a pickled object, which this loader refuses to unpickle")
-                if not _FQN.match(fqn):
-                    raise _refuse(path, f"names a tensor {fqn!r}, not a dotted identifier")
-        programs = [m for m in members if m.startswith("models/")]
-        if not programs:
-            raise _refuse(path, "holds no program (models/*.json)")
-        for member in programs:
-            for key, value in _walk(json.loads(archive.read(root + member))):
-                if key == "target" and isinstance(value, str) and not _TARGET.match(value):
-                    raise _refuse(path, f"calls '{value[:60]}', outside torch.ops / operator / math")
-                if key == "expr_str" and isinstance(value, str) and not _safe_expression(value):
-                    raise _refuse(path, f"holds a symbolic shape expression this loader does not accept: {value[:60]!r}")
-
-
-@contextlib.contextmanager
-def _weights_only() -> Iterator[None]:
-    """Every ``torch.load`` inside runs with ``weights_only=True``, whatever its caller asked for."""
-    saved = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
 
 
 def _arguments(node: fx.Node) -> dict[str, Any]:
@@ -356,25 +238,12 @@ def load_exported_module(path: str | os.PathLike[str]) -> nn.Module:
 
     Raises:
         CheckpointError: the file is missing, not a torch.export program, or holds something whose loading
-            could run code (see the module docstring); one line.
+            could run code (see :mod:`exporters.pt2_safety`); one line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; give a .pt2 file written by torch.export.save")
-    _check_archive(path)
     try:
-        with _weights_only():
-            program = torch.export.load(path)
-    except Exception as exc:  # torch raises many kinds here; the user needs one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path} is not a loadable torch.export program ({first[:120]}); "
-                              "re-save it with torch.export.save") from None
-    signature = program.graph_signature
-    for fqn in [*program.state_dict, *program.constants, *signature.parameters, *signature.buffers]:
-        if not _FQN.match(fqn):
-            raise _refuse(path, f"names a tensor {fqn!r}, not a dotted identifier")
-    if getattr(program, "_guards_code", None):
-        program._guards_code = []  # compiled to Python by .module(); only input-shape assertions
+        program = load_program_safely(path)
+    except ExportError as exc:  # the distill boundary: one error family for the training commands
+        raise CheckpointError(str(exc)) from None
     module, functional = modularise(program.module())
     module.exported_functional = functional  # type: ignore[assignment]
     return module.eval()

@@ -1,4 +1,5 @@
-"""Model families for every input rank: MLP (N, F), 1-D CNN (N, C, L), 2-D CNN (N, C, H, W).
+"""Model families for every input rank: MLP (N, F), 1-D CNN (N, C, L), 2-D CNN (N, C, H, W), and a
+ResNet for images (``resnet``: BatchNorm, residual blocks, global average pooling; :mod:`distill.resnet`).
 
 Every model (teacher, student, ensemble member) obeys one contract, which the exporters rely on:
 
@@ -7,7 +8,8 @@ Every model (teacher, student, ensemble member) obeys one contract, which the ex
 ``features`` is the penultimate activation. ``connections`` are features of earlier ensemble members
 (B-DISTIL's intermediate connections); a model built with ``connection_dims`` concatenates them with its
 own penultimate activation and mixes them through one more Linear+ReLU, so member t can reuse what
-member t-1 computed. ``width`` and ``depth`` are the cost knob.
+member t-1 computed. ``width`` and ``depth`` are the cost knob (for ``resnet``: base width and stages;
+its features are the pooled activation of the last stage, without a penultimate Linear).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import torch
 from torch import nn
 
 from distill.errors import TrainingError
+from distill.resnet import resnet_body
 
 __all__ = ["Classifier", "FAMILIES", "ModelConfig", "build_model", "count_params", "family_for"]
 
-FAMILIES = ("mlp", "cnn1d", "cnn2d")
+FAMILIES = ("mlp", "cnn1d", "cnn2d", "resnet")
 
 
 def family_for(input_shape: tuple[int, ...]) -> str:
@@ -36,10 +39,10 @@ class ModelConfig:
 
     input_shape: tuple[int, ...]  # one input, without the batch dimension
     num_classes: int
-    family: str = "auto"  # "mlp", "cnn1d", "cnn2d", or "auto" (from the input rank)
-    width: int = 32  # hidden units (MLP) or channels of the first conv block (CNNs)
-    depth: int = 2  # hidden layers (MLP) or conv blocks (CNNs)
-    hidden: int = 0  # CNNs: units of the penultimate Linear; 0 = 4 * width
+    family: str = "auto"  # "mlp", "cnn1d", "cnn2d", "resnet", or "auto" (from the input rank; never resnet)
+    width: int = 32  # hidden units (MLP) or channels of the first conv block (CNNs, ResNet)
+    depth: int = 2  # hidden layers (MLP), conv blocks (CNNs) or residual stages (ResNet)
+    hidden: int = 0  # CNNs: units of the penultimate Linear; 0 = 4 * width (ResNet: must be 0)
     connection_dims: tuple[int, ...] = field(default=())  # feature sizes of earlier members this one takes
 
     def __post_init__(self) -> None:
@@ -49,11 +52,13 @@ class ModelConfig:
             object.__setattr__(self, "family", family_for(self.input_shape))
         if self.family not in FAMILIES:
             raise TrainingError(f"model family '{self.family}' is unknown; use one of {list(FAMILIES)} or 'auto'")
-        expected_rank = {"mlp": None, "cnn1d": 2, "cnn2d": 3}[self.family]
+        expected_rank = {"mlp": None, "cnn1d": 2, "cnn2d": 3, "resnet": 3}[self.family]
         if expected_rank is not None and len(self.input_shape) != expected_rank:
             raise TrainingError(f"family {self.family} needs inputs of rank {expected_rank}, got shape {self.input_shape}")
         if self.width < 1 or self.depth < 1 or self.num_classes < 2 or self.hidden < 0:
             raise TrainingError("width and depth must be >= 1, hidden >= 0, num_classes >= 2")
+        if self.family == "resnet" and self.hidden:
+            raise TrainingError("the resnet family has no penultimate Linear (its features are pooled): pass hidden=0 (--hidden 0)")
 
     @classmethod
     def for_data(cls, data: Any, **architecture: Any) -> "ModelConfig":
@@ -64,6 +69,8 @@ class ModelConfig:
     def feature_dim(self) -> int:
         if self.family == "mlp":
             return self.width
+        if self.family == "resnet":
+            return self.width * 2 ** (self.depth - 1)
         return self.hidden or 4 * self.width
 
     def to_dict(self) -> dict[str, object]:
@@ -124,9 +131,13 @@ class Classifier(nn.Module):
                 layers += [nn.Linear(a, b), nn.ReLU()]
             self.body = nn.Sequential(*layers)
             penultimate_in = dims[-2]
+        elif cfg.family == "resnet":
+            self.body, _ = resnet_body(cfg.input_shape, cfg.width, cfg.depth)
         else:
             self.body, penultimate_in = _conv_body(cfg)
-        self.penultimate = nn.Sequential(nn.Linear(penultimate_in, cfg.feature_dim), nn.ReLU())
+        self.penultimate: nn.Module = (
+            nn.Identity() if cfg.family == "resnet" else nn.Sequential(nn.Linear(penultimate_in, cfg.feature_dim), nn.ReLU())
+        )
         self.mixer = (
             nn.Sequential(nn.Linear(cfg.feature_dim + sum(cfg.connection_dims), cfg.feature_dim), nn.ReLU())
             if cfg.connection_dims

@@ -10,9 +10,13 @@ The graph contract every member obeys (the exporters produce it, the runtime rel
 * input ``x``: the preprocessed task input, ``float32``, shape ``task.model_input_shape`` (-1 = batch):
   ``task.preprocess.apply`` of the client's raw batch of shape ``task.input.shape`` (the two shapes
   differ only when the preprocess changes the layout, e.g. channels-last client images);
-* input ``prev_logits`` (every member but the first): the ``logits`` output of the member before it;
+* input ``prev_logits`` (every member but the first, when ``combine`` is ``"sum"`` or ``"mean"``): the
+  ``logits`` output of the member before it. With ``combine="replace"`` (a cascade of independent models,
+  e.g. a small student then the teacher) no member takes ``prev_logits``: member k's answer replaces the
+  one before it, so any one-member bundle's graph can join a cascade unchanged;
 * one input per :class:`Connection`, fed from an output of an earlier member;
-* outputs ``logits`` (the *combined* logits of members 1..k, already summed or averaged in the graph),
+* outputs ``logits`` (the *combined* logits of members 1..k, already summed or averaged in the graph;
+  member k's own logits for ``"replace"``),
   ``probs`` (softmax of ``logits``) and ``entropy`` (natural-log entropy of ``probs``, shape ``[-1]``),
   plus whatever extra outputs later members' connections name.
 
@@ -44,6 +48,8 @@ from edge_runtime.files import atomic_write, locked
 __all__ = [
     "BUNDLE_FORMAT",
     "Bundle",
+    "CHAINED_RULES",
+    "COMBINE_RULES",
     "Calibration",
     "Connection",
     "LoadLimits",
@@ -68,7 +74,10 @@ BUNDLE_FORMAT = "anytime-edge-bundle"
 MANIFEST_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
-COMBINE_RULES = ("sum", "mean")
+# How member k's logits relate to members 1..k-1 (the graphs do it; see the module docstring).
+COMBINE_RULES = ("sum", "mean", "replace")
+# The rules whose members k > 1 take the previous member's logits as the input ``prev_logits``.
+CHAINED_RULES = ("sum", "mean")
 DTYPES = ("float32",)
 # Output names every member graph must produce (see the module docstring).
 REQUIRED_OUTPUTS = ("logits", "probs", "entropy")
@@ -382,7 +391,7 @@ class Manifest:
     name: str  # a human name for the bundle
     task: TaskSpec
     members: tuple[MemberSpec, ...]  # in evaluation order
-    combine: str = "sum"  # how member logits combine inside the graphs: "sum" or "mean"
+    combine: str = "sum"  # how member logits combine inside the graphs: "sum", "mean" or "replace" (a cascade)
     calibration: Calibration | None = None
     # Latency/memory profiles keyed by device fingerprint (see edge_runtime.device). Each value holds at
     # least {"members": [{"name": str, "latency_ms": {"p50": float, "p90": float, "p99": float}}]}.
@@ -427,6 +436,11 @@ class Manifest:
     @property
     def num_members(self) -> int:
         return len(self.members)
+
+    @property
+    def chains_logits(self) -> bool:
+        """True when members k > 1 take ``prev_logits`` (``"sum"``/``"mean"``); False for ``"replace"``."""
+        return self.combine in CHAINED_RULES
 
     def member_latency_ms(self, fingerprint: str, quantile: str = "p99") -> list[float] | None:
         """Per-member latency at ``quantile`` from the profile of this device, or None if there is none."""

@@ -2,8 +2,8 @@
 
 :class:`AnytimeRuntime` holds one ONNX Runtime session per member, created once at load. A request is
 validated and preprocessed once, then member k gets ``x``, the previous member's combined ``logits`` (as
-``prev_logits``) and any connection tensors, and returns the combined ``logits``/``probs``/``entropy``
-after k members (the graphs do the combining, softmax and entropy; Python only compares one float per
+``prev_logits``; not for a ``combine="replace"`` cascade, whose members stand alone) and any connection
+tensors, and returns the combined ``logits``/``probs``/``entropy`` after k members (the graphs do the combining, softmax and entropy; Python only compares one float per
 member and sample). After each member an :class:`~edge_runtime.policies.ExitPolicy` says whether the
 sample stops; the first member always runs.
 
@@ -162,6 +162,7 @@ class AnytimeRuntime:
         elif len(sessions) != manifest.num_members:
             raise ModelLoadError(f"{len(sessions)} sessions for {manifest.num_members} members; give one per member")
         self._sessions = tuple(sessions)
+        self._chains = manifest.chains_logits  # members k > 1 take prev_logits (not in a "replace" cascade)
         self._plan = self._build_plan()
         self._labels = manifest.task.labels
         self._x_name = manifest.task.input.name
@@ -301,7 +302,8 @@ class AnytimeRuntime:
                     carried[key] = outs[i]
                 probs[k, start : start + len(chunk)] = outs[1]
                 entropy[k, start : start + len(chunk)] = outs[2]
-                feed[_PREV] = outs[0]
+                if self._chains:
+                    feed[_PREV] = outs[0]
         return PrefixEvaluation(probs=probs, entropy=entropy, member_ms=member_ms)
 
     # ------------------------------------------------------------------ hot paths
@@ -310,6 +312,7 @@ class AnytimeRuntime:
         last = len(plan) - 1
         observed = self._estimator.observed
         stop = policy.stop_reason
+        chains = self._chains
         feed: dict[str, np.ndarray] = {self._x_name: x}
         carried: dict[tuple[int, str], np.ndarray] = {}
         good = None
@@ -345,7 +348,8 @@ class AnytimeRuntime:
             if keeps:
                 for key, i in keeps:
                     carried[key] = outs[i]
-            feed[_PREV] = outs[0]
+            if chains:
+                feed[_PREV] = outs[0]
             best_entropy = entropy
         probs = good[1][0]
         label = int(probs.argmax())
@@ -404,7 +408,8 @@ class AnytimeRuntime:
                 logits = logits[keep]
                 carried = {key: value[keep] for key, value in carried.items()}
                 good = [o[keep] for o in outs]
-            feed[_PREV] = logits
+            if self._chains:
+                feed[_PREV] = logits
         return results  # type: ignore[return-value]
 
     def _settle(
@@ -525,7 +530,7 @@ class AnytimeRuntime:
             conns = tuple((c.input, (c.member, c.output)) for c in member.connections)
             keeps = tuple(((k, o), len(_HEAD) + i) for i, o in enumerate(kept))
             feed_names = {manifest.task.input.name, *(c.input for c in member.connections)}
-            if k > 0:
+            if k > 0 and manifest.chains_logits:
                 feed_names.add(_PREV)
             self._check_contract(member.name, session, feed_names, names)
             plan.append((_bound_run(session), names, conns, keeps))
@@ -538,6 +543,11 @@ class AnytimeRuntime:
             graph_outputs = {o.name for o in session.get_outputs()}
         except AttributeError:
             raise ModelLoadError(f"session for member '{name}' has no get_inputs/get_outputs; pass ORT sessions") from None
+        if graph_inputs != feed_names and _PREV in graph_inputs - feed_names:
+            raise ModelLoadError(
+                f"member '{name}' takes '{_PREV}', but a combine='replace' cascade feeds none (and the first member "
+                "never gets one); build the cascade from one-member bundles (`anytime-edge cascade`) or set combine"
+            )
         if graph_inputs != feed_names:
             raise ModelLoadError(
                 f"member '{name}' takes inputs {sorted(graph_inputs)} but the manifest feeds {sorted(feed_names)}; "
@@ -611,7 +621,8 @@ class AnytimeRuntime:
                 del feed[input_name]
             for key, i in keeps:
                 carried[key] = outs[i]
-            feed[_PREV] = outs[0]
+            if self._chains:
+                feed[_PREV] = outs[0]
 
 
 def _dot_flags_non_finite(size: int) -> bool:

@@ -1,6 +1,7 @@
 """torch -> ONNX export into anytime-edge bundles, every export gated (checker, parity, accuracy).
 
-``wrap_onnx`` (a user's ONNX classifier -> bundle) needs onnx but not torch; ``wrap_pt2`` needs torch.
+``wrap_onnx`` (a user's ONNX classifier -> bundle) needs onnx but not torch; ``wrap_pt2`` needs torch;
+``compose_cascade`` (one-member bundles -> a cascade) needs neither.
 The names below load lazily: ``import exporters.bundle`` (used by tests and tools that only write
 bundles) does not import torch; the first use of an export function does, and a missing torch raises an
 ImportError that names the ``train`` extra.
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from exporters.bundle import archive_bundle, write_bundle
+    from exporters.cascade import CascadeResult, compose_cascade
     from exporters.errors import ConversionError, ExportError, VerificationError
     from exporters.export import ExportResult, MemberExport, compressed_size, export_ensemble, export_model
     from exporters.onnx import OPSET, MemberHead, export_onnx
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from exporters.pt2 import wrap_pt2
 
 __all__ = [
+    "CascadeResult",
     "ConversionError",
     "ExportError",
     "ExportResult",
@@ -32,6 +35,7 @@ __all__ = [
     "VerificationError",
     "WrapResult",
     "archive_bundle",
+    "compose_cascade",
     "compressed_size",
     "export_ensemble",
     "export_model",
@@ -44,6 +48,7 @@ __all__ = [
 # Public name -> the module that defines it.
 _SOURCES = {
     "OPSET": "exporters.onnx",
+    "CascadeResult": "exporters.cascade",
     "ConversionError": "exporters.errors",
     "ExportError": "exporters.errors",
     "ExportResult": "exporters.export",
@@ -54,6 +59,7 @@ _SOURCES = {
     "VerificationError": "exporters.errors",
     "WrapResult": "exporters.wrap",
     "archive_bundle": "exporters.bundle",
+    "compose_cascade": "exporters.cascade",
     "compressed_size": "exporters.export",
     "export_ensemble": "exporters.export",
     "export_model": "exporters.export",

@@ -5,19 +5,16 @@ as it is: opset 18, weights inside the file) and handed to :func:`exporters.wrap
 program's own torch logits on the held-out inputs as the parity reference: the gates then cover the
 conversion as well as the head.
 
-Loading safety: ``torch.export.load`` unpickles some archive members (tensor subclasses, custom
-objects, legacy weight files, and sample inputs when the safe loader refuses them). :func:`load_program`
-first reads the archive's JSON configs and refuses every archive that would reach a pickle, and loads
-the sample inputs with ``torch.load(weights_only=True)`` itself, so a plain-tensor program (what
-``torch.export.save`` writes for an ordinary model) loads without running pickled code.
+Loading safety: ``torch.export.load`` alone can run code from the file (pickles, a shape string
+``eval``-ed by sympy, node targets resolved from ``torch``, guard code compiled into the module);
+:func:`load_program` loads through :mod:`exporters.pt2_safety`, which refuses such archives and drops
+the guard code, so a plain-tensor program (what ``torch.export.save`` writes for an ordinary model)
+loads without running code from the file.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +23,7 @@ import numpy as np
 from edge_runtime.bundle import TaskSpec
 from edge_runtime.extras import install_hint
 from exporters.errors import ConversionError, ExportError
+from exporters.pt2_safety import load_program_safely
 from exporters.verify import Tolerance
 from exporters.wrap import WrapResult, wrap_onnx
 
@@ -36,71 +34,18 @@ except ImportError as exc:  # pragma: no cover - exercised only on a runtime-onl
 
 __all__ = ["load_program", "program_logits", "program_to_onnx", "wrap_pt2"]
 
-_TENSOR_CONSTANT_PREFIX = "tensor_"  # torch.export.pt2_archive: constants stored as plain tensors
-
-
-def _check_archive(path: Path) -> None:
-    """Refuse archives whose loading would unpickle anything but plain tensors (see the module docstring)."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise ExportError(f"{path} is not a torch.export archive ({exc}); save the program with torch.export.save") from exc
-    with archive:
-        names = archive.namelist()
-        roots = {n.split("/", 1)[0] for n in names if "/" in n}
-        if len(roots) != 1:
-            raise ExportError(f"{path} is not a torch.export archive (one top folder expected); save it with torch.export.save")
-        root = roots.pop() + "/"
-        models = [n for n in names if n.startswith(root + "models/") and n.endswith(".json")]
-        if [m.rsplit("/", 1)[1] for m in models] != ["model.json"]:
-            raise ExportError(
-                f"{path} holds {len(models)} programs {models}; wrap a file with one program saved by torch.export.save"
-            )
-        for config_name, what in (("data/weights/model_weights_config.json", "weights"),
-                                  ("data/constants/model_constants_config.json", "constants")):
-            if root + config_name not in names:
-                raise ExportError(
-                    f"{path} lacks {config_name} (an older archive format that stores {what} as pickles); "
-                    "save it again with torch.export.save from torch >= 2.7"
-                )
-            try:
-                config = json.loads(archive.read(root + config_name))["config"]
-            except (KeyError, ValueError, TypeError) as exc:
-                raise ExportError(f"{path}: {config_name} is damaged ({exc}); save the program again") from exc
-            for key, entry in config.items():
-                pickled = bool(entry.get("use_pickle")) if isinstance(entry, Mapping) else True
-                plain = isinstance(entry, Mapping) and (what == "weights" or str(entry.get("path_name", "")).startswith(_TENSOR_CONSTANT_PREFIX))
-                if pickled or not plain:
-                    raise ExportError(
-                        f"{path} stores {what} '{key}' as a pickled object, which anytime-edge does not load "
-                        "(unpickling can run code); export a model whose weights are plain tensors"
-                    )
-        sample = root + "data/sample_inputs/model.pt"
-        if sample in names:
-            try:
-                torch.load(io.BytesIO(archive.read(sample)), weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - the safe unpickler raises UnpicklingError and others
-                raise ExportError(
-                    f"{path} has sample inputs that are not plain tensors ({type(exc).__name__}); export the program "
-                    "with tensor example inputs"
-                ) from exc
-
 
 def load_program(path: str | os.PathLike[str]) -> "torch.export.ExportedProgram":
-    """Load a ``.pt2`` written by ``torch.export.save``, refusing archives that hold pickled objects.
+    """Load a ``.pt2`` written by ``torch.export.save`` without running code from it; one user input.
+
+    Loads through :func:`exporters.pt2_safety.load_program_safely` (archive scan, weights-only loads,
+    guard code dropped).
 
     Raises:
-        ExportError: missing file, not an archive, several programs, pickled members, or torch cannot read it.
+        ExportError: missing file, not an archive, several programs, anything whose loading could run
+            code, torch cannot read it, or the program takes other than one input.
     """
-    source = Path(path)
-    if not source.is_file():
-        raise ExportError(f"{source} does not exist or is not a file; pass a .pt2 saved with torch.export.save")
-    _check_archive(source)
-    try:
-        program = torch.export.load(str(source))
-    except Exception as exc:  # noqa: BLE001 - the deserialiser raises many types
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"torch cannot load {source}: {first}; save it again with this torch version") from exc
+    program = load_program_safely(path)
     inputs = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     if len(inputs) != 1:
         raise ExportError(f"the program takes {len(inputs)} inputs; a bundle member takes exactly one (the sample batch)")

@@ -486,7 +486,7 @@ def profile_bundle(
         row["file"] = member.file
         row["params"] = member.params
         # Whose outputs this member takes: its latency was measured with those inputs, right after they ran.
-        sources = {c.member for c in member.connections} | ({k - 1} if k > 0 else set())
+        sources = {c.member for c in member.connections} | ({k - 1} if k > 0 and manifest.chains_logits else set())
         row["conditional_on"] = [manifest.members[i].name for i in sorted(sources)]
     return profile
 

@@ -13,6 +13,12 @@ bundle is calibrated: all K members with the calibrated entropy exit.
   thresholded candidate each validation sample costs the prefix it exits at; its quantile q is the q
   quantile over samples of their exit prefix's q latency (an estimate: it assumes exit depth and
   per-member latency are independent).
+* Budget runs (``budget_runs``): the validation set goes through the runtime one request at a time under
+  each latency budget (entropy exit off), with the budget policy predicting member latencies from this
+  profile; each sample's depth is what the runtime really chose, and its latency, as for the threshold
+  candidate, is its exit prefix's profiled latency. So every candidate, single or anytime, sits on one
+  latency basis: the profiled single-stream time at batch 1 on this device (never wall time of a run).
+  :func:`auto_budgets` picks budgets between consecutive prefixes' p99.
 * Memory: the estimated peak RSS of a process serving the candidate: a runtime process's RSS before
   loading (Python, numpy, ONNX Runtime), plus what each of its members added when its session was
   created, plus the growth seen while running the whole bundle (``profiles.store`` documents the fields;
@@ -43,7 +49,17 @@ from profiles.errors import SelectionError
 from profiles.measure import MeasureConfig, profile_bundle
 from profiles.store import find_profile, store_profile
 
-__all__ = ["BUDGET_QUANTILES", "Candidate", "Selection", "choose", "evaluate_candidates", "pareto_front", "plot_selection", "select"]
+__all__ = [
+    "BUDGET_QUANTILES",
+    "Candidate",
+    "Selection",
+    "auto_budgets",
+    "choose",
+    "evaluate_candidates",
+    "pareto_front",
+    "plot_selection",
+    "select",
+]
 
 BUDGET_QUANTILES = ("p50", "p90", "p95", "p99")
 
@@ -54,7 +70,7 @@ class Candidate:
 
     name: str  # e.g. "ensemble[1..2]" or "ensemble@H<=0.31"
     bundle: str  # the bundle it comes from
-    kind: str  # "prefix" (members 1..k, no early exit) or "threshold" (all members, entropy exit)
+    kind: str  # "prefix" (members 1..k, no early exit), "threshold" (all members, entropy exit) or "budget"
     members: int  # members loaded
     mean_members: float  # members evaluated per sample on average (= members for a prefix)
     threshold: float | None  # entropy exit threshold (nats) for kind "threshold"
@@ -63,6 +79,7 @@ class Candidate:
     memory_mb: float  # estimated peak RSS of a process serving it
     size_bytes: int  # ONNX files of its members
     pareto: bool = False  # on the accuracy/p50 Pareto front
+    budget_ms: float | None = None  # kind "budget": the latency budget the runtime ran under (ms per request)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +134,20 @@ def _memory_mb(profile: Mapping[str, Any], k: int) -> float:
     return round(loaded + growth, 2)
 
 
+def _exit_latency(profile: Mapping[str, Any], exit_at: np.ndarray) -> dict[str, float]:
+    """Quantile q over samples of the q latency of the prefix each one exits at (``exit_at``: 0-based member)."""
+    return {
+        q: float(np.quantile([profile["prefixes"][e]["latency_ms"][q] for e in exit_at], float(q[1:]) / 100))
+        for q in BUDGET_QUANTILES
+    }
+
+
+def auto_budgets(profile: Mapping[str, Any]) -> list[float]:
+    """Budgets (ms) midway between consecutive prefixes' profiled p99: one per member after the first."""
+    p99 = [float(p["latency_ms"]["p99"]) for p in profile["prefixes"]]
+    return [round((a + b) / 2, 4) for a, b in zip(p99, p99[1:])]
+
+
 def _bundle_candidates(
     path: str | os.PathLike[str],
     x: np.ndarray,
@@ -125,6 +156,7 @@ def _bundle_candidates(
     measure: MeasureConfig,
     store: bool,
     notes: list[str],
+    budget_runs: Sequence[float] | str = (),
 ) -> list[Candidate]:
     bundle = load_bundle(path)
     manifest = bundle.manifest
@@ -174,10 +206,7 @@ def _bundle_candidates(
         confident = prefixes.entropy[:-1] <= threshold  # (K-1, N): the last member always answers
         exit_at = np.where(confident.any(axis=0), confident.argmax(axis=0), count - 1)  # 0-based member
         answer = prefixes.labels[exit_at, np.arange(len(y))]
-        latency = {
-            q: float(np.quantile([profile["prefixes"][e]["latency_ms"][q] for e in exit_at], float(q[1:]) / 100))
-            for q in BUDGET_QUANTILES
-        }
+        latency = _exit_latency(profile, exit_at)
         out.append(Candidate(
             name=f"{label}@H<={threshold:.3g}",
             bundle=str(path),
@@ -190,6 +219,27 @@ def _bundle_candidates(
             memory_mb=_memory_mb(profile, count),
             size_bytes=int(sum(sizes)),
         ))
+    budgets = auto_budgets(profile) if budget_runs == "auto" else list(budget_runs)  # type: ignore[arg-type]
+    if count > 1 and budgets:
+        # The runtime's budget policy predicts member latencies from this profile (stored or not).
+        profiled = bundle.with_manifest(replace(manifest, profiles={**manifest.profiles, fingerprint(): profile}))
+        served = AnytimeRuntime(profiled, session_config, entropy_threshold="off")
+        for budget in budgets:
+            answers = [served.predict(row, budget_ms=budget)[0] for row in x]
+            exit_at = np.array([a.members_used - 1 for a in answers])
+            out.append(Candidate(
+                name=f"{label}@{budget:.4g}ms",
+                bundle=str(path),
+                kind="budget",
+                members=count,
+                mean_members=float(exit_at.mean() + 1),
+                threshold=None,
+                accuracy=float(np.mean([a.label == t for a, t in zip(answers, y)])),
+                latency_ms=_exit_latency(profile, exit_at),
+                memory_mb=_memory_mb(profile, count),
+                size_bytes=int(sum(sizes)),
+                budget_ms=float(budget),
+            ))
     return out
 
 
@@ -201,6 +251,7 @@ def evaluate_candidates(
     measure: MeasureConfig | None = None,
     store: bool = True,
     notes: list[str] | None = None,
+    budget_runs: Sequence[float] | str = (),
 ) -> list[Candidate]:
     """Every candidate of ``bundles`` with its validation accuracy, latency and memory on this device.
 
@@ -212,6 +263,8 @@ def evaluate_candidates(
         measure: how to measure a bundle that has no profile for this device.
         store: store such a new profile in its bundle.
         notes: if given, receives one line per bundle measured now.
+        budget_runs: latency budgets (ms) to run each multi-member bundle under, one validation request at
+            a time, or ``"auto"`` (:func:`auto_budgets` of its profile); each gives a "budget" candidate.
 
     Raises:
         SelectionError: no bundles, bad labels, or data that does not fit a bundle's task.
@@ -220,12 +273,16 @@ def evaluate_candidates(
     if not bundles:
         raise SelectionError("no candidates given; pass one or more bundle paths")
     y = _check_labels(np.asarray(x), y)
+    if isinstance(budget_runs, str) and budget_runs != "auto":
+        raise SelectionError(f"budget runs '{budget_runs}' is unknown; give budgets in ms or 'auto'")
+    if not isinstance(budget_runs, str) and any(not (float(b) > 0) for b in budget_runs):
+        raise SelectionError("every budget run needs a positive budget in ms")
     config = session_config or SessionConfig()
     measure = measure or MeasureConfig()
     notes = [] if notes is None else notes
     out: list[Candidate] = []
     for path in bundles:
-        out.extend(_bundle_candidates(path, np.asarray(x), y, config, measure, store, notes))
+        out.extend(_bundle_candidates(path, np.asarray(x), y, config, measure, store, notes, budget_runs))
     names = [c.name for c in out]
     if len(set(names)) != len(names):  # two bundles with the same manifest name: qualify by path
         out = [replace(c, name=f"{Path(c.bundle).name}:{c.name}") for c in out]
@@ -302,6 +359,7 @@ def select(
     session_config: SessionConfig | None = None,
     measure: MeasureConfig | None = None,
     store: bool = True,
+    budget_runs: Sequence[float] | str = (),
 ) -> Selection:
     """Evaluate the candidates, mark the Pareto front and choose under the budget and cap.
 
@@ -314,13 +372,14 @@ def select(
         session_config: ORT settings (should match deployment).
         measure: how to measure a bundle without a profile for this device.
         store: store such new profiles in their bundles.
+        budget_runs: budgets (ms) or ``"auto"``: see :func:`evaluate_candidates`.
 
     Raises:
         SelectionError: bad inputs, or nothing fits.
     """
     _check_request(budget_ms, memory_mb, quantile)  # before minutes of measuring, not after
     notes: list[str] = []
-    candidates = pareto_front(evaluate_candidates(bundles, x, y, session_config, measure, store, notes))
+    candidates = pareto_front(evaluate_candidates(bundles, x, y, session_config, measure, store, notes, budget_runs))
     chosen = choose(candidates, budget_ms, memory_mb, quantile)
     return Selection(tuple(candidates), chosen, budget_ms, quantile, memory_mb, fingerprint(), tuple(notes))
 
@@ -360,7 +419,7 @@ def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | 
     if selection.budget_ms is not None:
         ax.axvline(selection.budget_ms, c="C3", ls="--", lw=1, label=f"budget {selection.budget_ms:g} ms ({stat})")
     ax.margins(0.1)  # room for labels at the edges
-    ax.set_xlabel(f"{stat} latency per query, batch 1 (ms)")
+    ax.set_xlabel(f"{stat} latency per query, batch 1 (ms, profiled on this device)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"accuracy vs latency on device {selection.fingerprint}", fontsize=9)
     legend = ax.legend(fontsize=7, loc="best")

@@ -82,7 +82,6 @@ def test_dsd2_keeps_the_users_labels_by_default() -> None:
 
 @pytest.mark.parametrize("method, expected", [
     ("fcpts", ["--target TARGET global sparsity of the Conv/Linear weights (0.8 = 80% zeros) (default: 0.8)",
-               "--data DATA digits, mnist1d, mnist (the shared real MNIST), a directory of IDX files, or an .npz with "
                "x_train, y_train, x_test, y_test (default mnist)"]),
     ("dsd2", ["(default: 0.0)", "--rounds ROUNDS pruning rounds, 20% of the remaining weights each (default: 20)"]),
     ("channels", ["--keep KEEP share of channels/units kept in every hidden layer (default: 0.5)"]),
@@ -152,7 +151,7 @@ def test_select_plot_draws_the_budget_on_the_axis_statistic_and_keeps_labels_apa
     assert plot_selection(selection, tmp_path / "plot.png") is None
     assert (tmp_path / "plot.png").stat().st_size > 0
     ax = figures[0].axes[0]
-    assert ax.get_xlabel() == f"{stat} latency per query, batch 1 (ms)"
+    assert ax.get_xlabel() == f"{stat} latency per query, batch 1 (ms, profiled on this device)"
     points = {tuple(p) for coll in ax.collections for p in coll.get_offsets()}
     assert all((c.latency_ms[stat], c.accuracy) in points for c in cands)
     budget_lines = [line for line in ax.get_lines() if line.get_linestyle() == "--"]

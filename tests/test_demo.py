@@ -28,7 +28,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_demo_writes_every_artefact(demo) -> None:
     out, result = demo
     for name in ("bundle/manifest.json", "report.json", "validation.npz", "test.npz", "accuracy_vs_latency.png",
-                 "candidates/teacher/manifest.json", "candidates/lowrank/manifest.json", "candidates/sparse/manifest.json"):
+                 "candidates/teacher/manifest.json", "candidates/lowrank/manifest.json", "candidates/sparse/manifest.json",
+                 "cascade/manifest.json"):
         assert (out / name).is_file(), name
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["anytime_curve"] == result["report"]["anytime_curve"]
@@ -45,7 +46,7 @@ def test_report_figures_are_consistent(demo) -> None:
     assert all(v > 0 for v in latencies)
     assert 1.0 <= report["entropy_exit"]["mean_members"] <= len(curve)
     assert len(report["budgets"]) >= 2
-    assert {c["name"] for c in report["candidates"]} == {"teacher", "bdistil", "lowrank", "sparse"}
+    assert {c["name"] for c in report["candidates"]} == {"teacher", "bdistil", "lowrank", "sparse", "cascade"}
     sparse = next(c for c in report["candidates"] if c["name"] == "sparse")
     assert sparse["nonzero_params"] < 0.35 * sparse["params"]  # 80% target (biases are not pruned)
 
@@ -61,3 +62,25 @@ def test_bundle_carries_threshold_and_profile_and_runs(demo) -> None:
     answers = runtime.predict(test["x"][:20], entropy_threshold="calibrated")
     accuracy = np.mean([a.label == y for a, y in zip(answers, test["y"][:20])])
     assert accuracy > 0.5
+
+
+def test_cascade_of_the_cheapest_student_then_the_teacher(demo) -> None:
+    out, result = demo
+    report = result["report"]
+    cascade = report["cascade"]
+    singles = {c["name"]: c for c in report["candidates"] if c["name"] in ("lowrank", "sparse")}
+    assert cascade["members"] == [min(singles, key=lambda n: singles[n]["latency_ms_p50"]), "teacher"]
+    runtime = edge_runtime.load(out / "cascade")
+    manifest = runtime.manifest
+    assert manifest.combine == "replace" and manifest.num_members == 2
+    assert manifest.calibration.entropy_threshold == pytest.approx(cascade["calibration"]["entropy_threshold"])
+    assert manifest.member_latency_ms(fingerprint(), "p50") is not None
+    # Full cascade = the teacher's answer; its first prefix = the student's.
+    accuracy = {c["name"]: c["accuracy"] for c in report["candidates"]}
+    assert cascade["curve"][-1]["accuracy"] == pytest.approx(accuracy["teacher"])
+    assert cascade["curve"][0]["accuracy"] == pytest.approx(accuracy[cascade["members"][0]])
+    assert 1.0 <= cascade["entropy_exit"]["mean_members"] <= 2.0
+    # The exits sit on the curves' latency basis: each sample costs its exit prefix's profiled p50.
+    for exit_, curve in ((cascade["entropy_exit"], cascade["curve"]), (report["entropy_exit"], report["anytime_curve"])):
+        assert curve[0]["latency_ms_p50"] <= exit_["profiled_ms_p50"] <= curve[-1]["latency_ms_p50"]
+    assert any(line.startswith("\nCascade ") for line in result["lines"])

@@ -1,7 +1,13 @@
-"""Loading a torch.export program (.pt2) as a trainable module with real layers; refusing unsafe archives."""
+"""Loading a torch.export program (.pt2) as a trainable module with real layers; refusing unsafe archives.
+
+The refusals are checked on both entry points that load a .pt2 (they share exporters.pt2_safety):
+``distill.exported.load_exported_module`` (raises CheckpointError) and ``exporters.pt2.load_program``
+(raises ExportError), and once through ``anytime-edge export MODEL.pt2``.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -12,10 +18,36 @@ import torch
 from torch import nn
 
 from byo_teachers import GroupedNet, SmallResNet, export_pt2, separable_images
+from distill.cli import main as anytime_edge
 from distill.errors import CheckpointError
 from distill.exported import load_exported_module
+from exporters.errors import ExportError
+from exporters.pt2 import load_program, program_logits
 
 X = np.random.default_rng(0).uniform(0, 16, size=(6, 1, 8, 8)).astype(np.float32)
+
+
+def _run_distill(path: Path) -> None:
+    load_exported_module(path)(torch.from_numpy(X))
+
+
+def _run_exporters(path: Path) -> None:
+    program_logits(load_program(path), X)  # what wrap_pt2 runs before the ONNX conversion
+
+
+@pytest.fixture
+def code_ran():  # type: ignore[no-untyped-def]
+    """``code_ran(name)``: whether a payload set ``builtins.ANYTIME_EDGE_<name>``; all removed afterwards."""
+    import builtins
+
+    yield lambda name: hasattr(builtins, f"ANYTIME_EDGE_{name}")
+    for name in [n for n in vars(builtins) if n.startswith("ANYTIME_EDGE_")]:
+        delattr(builtins, name)
+
+
+# (load a file and run the result on X, the error that loader raises)
+LOADERS = [pytest.param(_run_distill, CheckpointError, id="distill"),
+           pytest.param(_run_exporters, ExportError, id="exporters")]
 
 
 @pytest.mark.parametrize("make", [SmallResNet, GroupedNet])
@@ -66,59 +98,104 @@ def test_loaded_program_trains_exactly_like_the_original(tmp_path: Path) -> None
     torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=1e-4)
 
 
-def test_files_that_are_not_programs_are_one_line_errors(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("run", "error"), LOADERS)
+def test_files_that_are_not_programs_are_one_line_errors(run, error, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     text = tmp_path / "model.pt2"
     text.write_text("not a program")
-    with pytest.raises(CheckpointError, match="not a torch.export program") as err:
-        load_exported_module(text)
+    with pytest.raises(error, match="not a torch.export program") as err:
+        run(text)
     assert "\n" not in str(err.value)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_exported_module(tmp_path / "missing.pt2")
+    with pytest.raises(error, match="does not exist"):
+        run(tmp_path / "missing.pt2")
     archive = tmp_path / "other.pt2"
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("model/data.pkl", b"\x80\x04N.")
-    with pytest.raises(CheckpointError, match="not a torch.export program"):
-        load_exported_module(archive)
+    with pytest.raises(error, match="not a torch.export program"):
+        run(archive)
 
 
 def _rewrite(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def]
-    """Copy the archive, passing each member's (name, bytes) through ``edit`` (None drops it)."""
+    """Copy the archive, passing each member's (name, bytes) through ``edit`` (a list: several, None: dropped)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for name in zin.namelist():
             changed = edit(name, zin.read(name))
-            if changed is not None:
-                zout.writestr(changed[0], changed[1])
+            for new_name, data in [changed] if isinstance(changed, tuple) else changed or []:
+                zout.writestr(new_name, data)
     return dst
 
 
-def test_archives_whose_loading_could_run_code_are_refused(tmp_path: Path) -> None:
+class _RunsCode:
+    """Unpickling it sets a builtins attribute: proof that a pickle from the file ran."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return exec, ("import builtins; builtins.ANYTIME_EDGE_PICKLE_RAN = 1",)
+
+
+def _pickled_weight(name: str, data: bytes):  # type: ignore[no-untyped-def]
+    if name.endswith("weights/model_weights_config.json"):
+        config = json.loads(data)
+        next(iter(config["config"].values()))["use_pickle"] = True
+        data = json.dumps(config).encode()
+    return name, data
+
+
+def _foreign_target(name: str, data: bytes):  # type: ignore[no-untyped-def]
+    if name.endswith("models/model.json"):
+        data = data.replace(b'"torch.ops.aten.relu.default"', b'"torch.os.system"')
+    return name, data
+
+
+def _evil_expression(name: str, data: bytes):  # type: ignore[no-untyped-def]
+    if name.endswith("models/model.json"):
+        data = data.replace(b"Symbol(", b"__import__('os').getcwd() or Symbol(", 1)
+    return name, data
+
+
+def _binary(name: str, data: bytes):  # type: ignore[no-untyped-def]
+    return (name.replace("models/model.json", "data/aotinductor/model.so"), data) if name.endswith("model.json") else (name, data)
+
+
+def _two_programs(name: str, data: bytes):  # type: ignore[no-untyped-def]
+    return [(name, data), (name.replace("models/model.json", "models/other.json"), data)] if name.endswith("model.json") else (name, data)
+
+
+def _pickled_sample_inputs(name: str, data: bytes):  # type: ignore[no-untyped-def]
+    """Sample inputs torch.export.load unpickles with weights_only=False when the safe loader refuses them."""
+    if name.endswith("data/sample_inputs/model.pt"):
+        buffer = io.BytesIO()
+        torch.save(((_RunsCode(),), {}), buffer)
+        data = buffer.getvalue()
+    return name, data
+
+
+UNSAFE = [(_pickled_weight, "pickled object"), (_foreign_target, "calls 'torch.os.system'"),
+          (_evil_expression, "symbolic shape expression"), (_binary, "does not open"),
+          (_two_programs, "2 programs"), (_pickled_sample_inputs, "not a loadable torch.export program")]
+
+
+@pytest.mark.parametrize(("run", "error"), LOADERS)
+def test_archives_whose_loading_could_run_code_are_refused(run, error, code_ran, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     good = export_pt2(SmallResNet().eval(), tmp_path / "good.pt2", X)
-
-    def pickled_weight(name: str, data: bytes):  # type: ignore[no-untyped-def]
-        if name.endswith("weights/model_weights_config.json"):
-            config = json.loads(data)
-            next(iter(config["config"].values()))["use_pickle"] = True
-            data = json.dumps(config).encode()
-        return name, data
-
-    def foreign_target(name: str, data: bytes):  # type: ignore[no-untyped-def]
-        if name.endswith("models/model.json"):
-            data = data.replace(b'"torch.ops.aten.relu.default"', b'"torch.os.system"')
-        return name, data
-
-    def evil_expression(name: str, data: bytes):  # type: ignore[no-untyped-def]
-        if name.endswith("models/model.json"):
-            data = data.replace(b"Symbol(", b"__import__('os').getcwd() or Symbol(", 1)
-        return name, data
-
-    def binary(name: str, data: bytes):  # type: ignore[no-untyped-def]
-        return (name.replace("models/model.json", "data/aotinductor/model.so"), data) if name.endswith("model.json") else (name, data)
-
-    for edit, message in ((pickled_weight, "pickled object"), (foreign_target, "calls 'torch.os.system'"),
-                          (evil_expression, "symbolic shape expression"), (binary, "does not open")):
+    assert any(n.endswith("data/sample_inputs/model.pt") for n in zipfile.ZipFile(good).namelist())
+    for edit, message in UNSAFE:
         bad = _rewrite(good, tmp_path / f"{edit.__name__}.pt2", edit)
-        with pytest.raises(CheckpointError, match=message):
-            load_exported_module(bad)
+        with pytest.raises(error, match=message) as err:
+            run(bad)
+        assert "\n" not in str(err.value) and "torch.export.save" in str(err.value), edit.__name__
+    assert not code_ran("PICKLE_RAN")
+
+
+def test_cli_export_refuses_an_unsafe_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = export_pt2(SmallResNet().eval(), tmp_path / "good.pt2", X)
+    bad = _rewrite(good, tmp_path / "bad.pt2", _foreign_target)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x_train=rng.uniform(0, 16, (40, 1, 8, 8)).astype(np.float32), y_train=np.arange(40) % 4,
+             x_test=X, y_test=np.arange(len(X)) % 4)
+    assert anytime_edge(["export", str(bad), "--data", str(data), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "calls 'torch.os.system'" in err and "torch.export.save" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b").exists()
 
 
 class _Signal(nn.Module):
@@ -146,10 +223,9 @@ def test_conv1d_programs_with_tuple_outputs_load_too(tmp_path: Path) -> None:
     torch.testing.assert_close(features, model(x)[1])
 
 
-def test_guard_code_in_the_file_is_never_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("run", "error"), LOADERS)
+def test_guard_code_in_the_file_is_never_run(run, error, code_ran, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """``ExportedProgram.module()`` compiles the file's guard code; a crafted guard could run anything."""
-    import builtins
-
     good = export_pt2(SmallResNet().eval(), tmp_path / "good.pt2", X)
     payload = "__import__('builtins').setattr(__import__('builtins'), 'ANYTIME_EDGE_GUARD_RAN', 1) is None"
 
@@ -160,6 +236,5 @@ def test_guard_code_in_the_file_is_never_run(tmp_path: Path) -> None:
             data = json.dumps(program).encode()
         return name, data
 
-    loaded = load_exported_module(_rewrite(good, tmp_path / "guard.pt2", guard))
-    loaded(torch.from_numpy(X))
-    assert not hasattr(builtins, "ANYTIME_EDGE_GUARD_RAN")
+    run(_rewrite(good, tmp_path / "guard.pt2", guard))  # loads and runs the forward on X
+    assert not code_ran("GUARD_RAN")

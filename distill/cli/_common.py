@@ -19,7 +19,8 @@ def add_data_argument(parser: argparse.ArgumentParser, default: str = "digits") 
     parser.add_argument(
         "--data",
         default=default,
-        help="digits, mnist1d, mnist (the shared real MNIST), a directory of IDX files, or an .npz "
+        help="digits, mnist1d, mnist (the shared real MNIST), cluttered-mnist[:IDX_DIR] (64x64, generated from MNIST), "
+        "a directory of IDX files, or an .npz "
         "with x_train, y_train, x_test, y_test (default %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split and of training")

@@ -27,6 +27,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     parser.add_argument("--min-queries", type=int, default=1024, help="when a bundle has no profile here: queries to time")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="when a bundle has no profile here: seconds to time")
+    parser.add_argument(
+        "--budget-runs", default="auto", metavar="auto|none|B[,B...]",
+        help="run each anytime bundle on the validation data under these latency budgets (ms), one request at a time; "
+        "'auto' (default): one budget between each pair of consecutive prefixes' p99",
+    )
     parser.add_argument("--no-store", action="store_true", help="do not store profiles measured now in the bundles")
     parser.add_argument("--json", action="store_true", help="print the selection as JSON instead of a table")
 
@@ -36,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
         session = SessionConfig(intra_op_threads=args.threads)
     except ValueError as exc:
         raise SelectionError(f"{exc}; fix --threads") from exc
+    budget_runs = _budget_runs(args.budget_runs)
     data = load_npz(args.data, ("x", "y"))
     measure = MeasureConfig(min_queries=args.min_queries, min_seconds=args.min_seconds, session=session)
     selection = select(
         args.bundles, data["x"], data["y"], budget_ms=args.budget_ms, memory_mb=args.memory_mb,
         quantile=args.quantile, session_config=session, measure=measure, store=not args.no_store,
+        budget_runs=budget_runs,
     )
     plot_note = plot_selection(selection, args.plot) if args.plot else None
     if args.json:
@@ -57,6 +64,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_runs(text: str) -> str | list[float]:
+    if text in ("auto", "none"):
+        return "auto" if text == "auto" else []
+    try:
+        return [float(b) for b in text.split(",")]
+    except ValueError:
+        raise SelectionError(f"--budget-runs '{text}' is not 'auto', 'none' or comma-separated ms values") from None
+
+
 def _table(selection: Selection) -> str:
     q = selection.budget_quantile
     rows = []
@@ -70,7 +86,8 @@ def _table(selection: Selection) -> str:
     budget = "none" if selection.budget_ms is None else f"{selection.budget_ms} ms at {q}"
     memory = "none" if selection.memory_mb is None else f"{selection.memory_mb} MiB"
     lines = [
-        f"device {selection.fingerprint}; latency from this device's profiles (batch 1, single stream); "
+        f"device {selection.fingerprint}; latency from this device's profiles (batch 1, single stream; budget and "
+        "threshold rows: each sample's exit prefix); "
         f"budget {budget}; memory cap {memory}",
         "",
         format_table(headers, rows),
