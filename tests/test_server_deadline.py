@@ -406,3 +406,31 @@ def test_a_header_line_that_never_ends_gets_a_json_431(limited_server: Any) -> N
             pass
         status, _, body = _response(sock)
     assert status == 431 and "exceed 65536 bytes" in json.loads(body)["error"]
+
+
+def test_cli_flags_reach_the_server_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_runtime
+    from edge_runtime.cli import main
+    from edge_runtime.cli import serve as serve_cli
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(edge_runtime, "load", lambda *a, **k: FakeRuntime())
+    monkeypatch.setattr(serve_cli, "serve", lambda runtime, config, announce=None: seen.update(config=config))
+    args = ["serve", "bundle", "--port", "0", "--max-connections", "64", "--header-timeout", "2", "--keep-alive", "3",
+            "--switch-interval-ms", "0"]
+    assert main(args) == 0
+    config = seen["config"]
+    assert (config.max_connections, config.header_timeout_s, config.keep_alive_s) == (64, 2.0, 3.0)
+    assert config.switch_interval_ms is None  # 0 keeps Python's own
+
+
+def test_serve_sets_the_switch_interval_while_serving_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from edge_runtime.server import serve
+
+    during: list[float] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: during.append(sys.getswitchinterval()))
+    before = sys.getswitchinterval()
+    serve(FakeRuntime(), ServerConfig(port=0, workers=1, switch_interval_ms=0.5))
+    assert during == [pytest.approx(0.0005)] and sys.getswitchinterval() == before

@@ -197,11 +197,7 @@ class Scheduler:
         self._closing = False
         self.shed = 0  # requests refused so far (queue full or budget spent waiting)
         self.completed = 0  # calls that returned on a worker
-        self._threads = [
-            threading.Thread(target=self._work, name=f"anytime-infer-{k}", daemon=True) for k in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads: list[threading.Thread] = []  # started with the first call (none for an app never used)
 
     @property
     def queued(self) -> int:
@@ -245,6 +241,8 @@ class Scheduler:
         job.first_ms = self.tracker.first_member_ms()
         give_up = None
         with self._lock:
+            if not self._threads:
+                self._start_workers()
             job.waited = self._queued >= self._free
             if job.waited and shed:
                 if self._queued >= self.max_queue:
@@ -360,6 +358,15 @@ class Scheduler:
                 with self._lock:
                     self._free += 1  # free now, not when the event loop gets round to the result
             job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+
+    def _start_workers(self) -> None:
+        if self._closing:
+            raise OverloadedError("the server is shutting down; retry on another instance")
+        self._threads = [
+            threading.Thread(target=self._work, name=f"anytime-infer-{k}", daemon=True) for k in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def _next(self) -> _Job | None:
         """Pop the most urgent live job (the lock is held)."""
