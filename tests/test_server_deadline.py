@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -207,7 +208,16 @@ _LIMITS = {"workers": 1, "max_queue": 2, "max_connections": 8, "header_timeout_s
 
 @pytest.fixture
 def limited_server() -> Any:
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(TESTS), "0.0", json.dumps(_LIMITS)], env=_env(),
+    yield from _server_process(0.0, _LIMITS)
+
+
+@pytest.fixture
+def busy_server() -> Any:
+    yield from _server_process(1.0, {"workers": 1, "max_queue": 0})  # each inference takes a second
+
+
+def _server_process(delay_s: float, config: dict[str, Any]) -> Any:
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(TESTS), str(delay_s), json.dumps(config)], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         port = int(_read_line(proc).rsplit(":", 1)[1])
@@ -434,3 +444,28 @@ def test_serve_sets_the_switch_interval_while_serving_and_restores_it(monkeypatc
     before = sys.getswitchinterval()
     serve(FakeRuntime(), ServerConfig(port=0, workers=1, switch_interval_ms=0.5))
     assert during == [pytest.approx(0.0005)] and sys.getswitchinterval() == before
+
+
+def test_overload_is_refused_by_the_connection_layer_and_keeps_the_connection(busy_server: Any) -> None:
+    proc, port = busy_server
+    body = json.dumps(infer_body()).encode()
+    request = (b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    with _connect(port) as running, _connect(port) as other:
+        running.sendall(request)  # takes the only worker for a second
+        time.sleep(0.3)
+        answers = []
+        for _ in range(3):  # keep-alive: each refusal leaves the connection usable
+            other.sendall(request)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += other.recv(65536)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+            while len(rest) < length:
+                rest += other.recv(65536)
+            answers.append((head, json.loads(rest)))
+        assert all(head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower() for head, _ in answers)
+        assert all(set(doc) == {"error"} and "overloaded" in doc["error"] for _, doc in answers)
+        running.settimeout(10)
+        assert running.recv(65536).startswith(b"HTTP/1.1 200")

@@ -162,6 +162,42 @@ class _Server:
             threshold = self._calibrated()
         return (None if budget == "off" else budget), (None if threshold == "off" else threshold)  # type: ignore[return-value]
 
+    def refusal(self, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, arrival: float) -> OverloadedError | None:
+        """Why an inference request must be refused now, before it is decoded, or None (see :class:`_Shedder`).
+
+        ``body`` is the whole body when it has arrived, else None (then only a full queue refuses).
+        """
+        scheduler = self.scheduler
+        try:
+            scheduler.check_capacity()
+            if body is None:
+                return None
+            budget: Any = None
+            fields = dict(headers)
+            if fields.get(b"content-encoding", b"identity").strip().lower() in (b"identity", b""):
+                length = fields.get(b"inference-header-content-length")
+                header = body[: int(length)] if length is not None and length.isdigit() else body
+                budget, _ = self.resolve(declared_budget_ms(header), None)
+            scheduler.check_deadline(arrival, budget if isinstance(budget, (int, float)) else None)
+        except OverloadedError as exc:
+            return exc
+        return None
+
+    def overloaded_response(self, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, arrival: float) -> bytes | None:
+        """:meth:`refusal` as the HTTP/1.1 response the connection layer writes itself, without an ASGI task.
+
+        Returns the response bytes; None to serve the request; ``b""`` (only when ``body`` is None) when every
+        worker is busy and the body is needed to decide.
+        """
+        if self.scheduler.running < self.scheduler.workers:
+            return None
+        refused = self.refusal(headers, body, arrival)
+        if refused is None:
+            return b"" if body is None else None  # b"": every worker busy, decide once the body is in
+        content = json.dumps({"error": str(refused)}).encode()
+        return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"retry-after: %d\r\n\r\n" % (len(content), max(1, math.ceil(refused.retry_after_s)))) + content
+
     def check_model(self, request: Request) -> None:
         name = request.path_params["name"]
         if name != self.name:
@@ -337,24 +373,15 @@ class _Shedder:
             await self.app(scope, receive, send)
             return
         arrival = arrival_time(scope, time.perf_counter())
-        try:
-            scheduler.check_capacity()
-        except OverloadedError as exc:
-            await _send_overloaded(send, exc)
+        refused = self.server.refusal(scope["headers"], None, arrival)
+        if refused is not None:
+            await _send_overloaded(send, refused)
             return
         message = await receive()
-        budget: Any = None
-        if message["type"] == "http.request" and not message.get("more_body", False):
-            headers = dict(scope["headers"])
-            if headers.get(b"content-encoding", b"identity").strip().lower() in (b"identity", b""):
-                body = message.get("body", b"")
-                length = headers.get(b"inference-header-content-length")
-                header = body[: int(length)] if length is not None and length.isdigit() else body
-                budget, _ = self.server.resolve(declared_budget_ms(header), None)
-        try:
-            scheduler.check_deadline(arrival, budget if isinstance(budget, (int, float)) else None)
-        except OverloadedError as exc:
-            await _send_overloaded(send, exc)
+        body = message.get("body", b"") if message["type"] == "http.request" and not message.get("more_body", False) else None
+        refused = self.server.refusal(scope["headers"], body, arrival)
+        if refused is not None:
+            await _send_overloaded(send, refused)
             return
         replayed = False
 

@@ -22,6 +22,9 @@ So the server runs uvicorn's httptools protocol with these rules added (:class:`
   the connection that has been idle longest (no request in progress, including half-sent heads), as
   nginx reuses idle keep-alive connections. Only when every connection has a request in progress is the
   new one answered 503 ``{"error"}`` with ``Retry-After`` and ``Connection: close``.
+* **Refusals without the application.** Under overload (every worker busy) an inference request is
+  refused here, with the app's own rules (``_Server.overloaded_response``), before any ASGI task or request
+  object exists; its body, when the decision needs it, is held (up to 64 KiB) until it is complete.
 * **Arrival time.** The moment the first byte of a request is parsed is stored in the ASGI scope
   (``scope["extensions"]["anytime.arrival"]``, a ``time.perf_counter()`` value); the budget counts from it,
   so time spent reading and parsing the body is spent from the budget (see :func:`arrival_time`).
@@ -33,7 +36,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, MutableMapping
+from typing import Any, Callable, ClassVar, MutableMapping
 
 from starlette.types import Receive, Scope, Send
 
@@ -50,6 +53,7 @@ __all__ = ["ARRIVAL", "ConnectionLimits", "arrival_time", "guarded_protocol"]
 
 logger = logging.getLogger("edge_runtime.server")
 
+_DEFER_BYTES = 64 * 1024  # a body held back for the overload decision beyond this goes to the app undecided
 _LINGER_S = 1.0  # after an error answer, how long what the client still sends is read and dropped
 ARRIVAL = "anytime.arrival"  # key in scope["extensions"]: perf_counter() when the request's first byte was parsed
 
@@ -86,6 +90,8 @@ class _GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head/body timeouts, idle eviction and the arrival stamp."""
 
     limits: ClassVar[ConnectionLimits]
+    # (headers, body or None, arrival) -> a whole 503 response to write, None to serve, b"" to decide on the body
+    shed: ClassVar[Callable[[Any, bytes | None, float], bytes | None] | None] = None
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -94,6 +100,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._idle_since = time.monotonic()
         self._head_raw = 0  # bytes received since the current request head began (None: not reading a head)
         self._discarding = False  # answered and closing: what still arrives is read and dropped
+        self._deferred: bytearray | None = None  # body held while deciding whether to refuse (overload)
+        self._answered = False  # the current request was answered here, without the application
         if len(self.connections) > self.limits.max_connections and not self._evict_idle():
             self.app = self._refuse  # every open connection has a request in progress: answer 503
         self._arm_head_timer()
@@ -143,14 +151,60 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._head_timer = None
         self._idle_since = None
         self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
+        self._deferred = None
+        self._answered = False
+        if self.shed is not None and (self.cycle is None or self.cycle.response_complete) and not self.pipeline \
+                and self.parser.get_method() == b"POST" and self.url.split(b"?", 1)[0].endswith(b"/infer"):
+            # Under overload, refuse here: no ASGI task, no request object (see _app._Shedder for the rules).
+            response = self.shed(self.headers, None, self.scope["extensions"][ARRIVAL])
+            if response:
+                self._answer(response)
+                return
+            if response is not None and not self.expect_100_continue:  # (that client waits for the app's 100)
+                self._deferred = bytearray()  # every worker busy: the body decides
+                return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._answered:
+            return
+        if self._deferred is not None:
+            self._deferred += body
+            if len(self._deferred) > _DEFER_BYTES:
+                self._serve_deferred()
+            return
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        super().on_message_complete()
+        if self._deferred is not None:
+            response = self.shed(self.headers, bytes(self._deferred), self.scope["extensions"][ARRIVAL])
+            if response:
+                self._deferred = None
+                self._answer(response)
+            else:
+                self._serve_deferred()
+        if not self._answered:
+            super().on_message_complete()
         self._maybe_idle()  # an answer sent before the body was read (a shed request) ends here
+
+    def _serve_deferred(self) -> None:
+        """Hand a deferred request to the application after all, with the body held so far."""
+        body, self._deferred = self._deferred, None
+        super().on_headers_complete()
+        if body:
+            super().on_body(bytes(body))
+
+    def _answer(self, response: bytes) -> None:
+        """Write a whole response for the current request (its body, if any, is read and dropped)."""
+        self._answered = True
+        if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
+            self.transport.write(response.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1))
+            self._linger_close()
+        else:
+            self.transport.write(response)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -159,6 +213,7 @@ class _GuardedProtocol(HttpToolsProtocol):
     def _maybe_idle(self) -> None:
         """Once the last request is read and answered, the next head's clock starts."""
         busy = self._body_timer is not None or self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        busy = busy or getattr(self, "_deferred", None) is not None
         if not busy and not self.transport.is_closing():
             self._head_raw = 0
             self._idle_since = time.monotonic()
@@ -244,6 +299,12 @@ class _GuardedProtocol(HttpToolsProtocol):
         await send({"type": "http.response.body", "body": body})
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
-    """The uvicorn protocol class (``uvicorn.Config(http=...)``) that applies ``limits``."""
-    return type("AnytimeHttpProtocol", (_GuardedProtocol,), {"limits": limits})
+def guarded_protocol(
+    limits: ConnectionLimits, shed: Callable[[Any, bytes | None, float], bytes | None] | None = None
+) -> type[HttpToolsProtocol]:
+    """The uvicorn protocol class (``uvicorn.Config(http=...)``) that applies ``limits``.
+
+    ``shed`` (the app's ``_Server.overloaded_response``) refuses inference requests under overload in the
+    connection layer itself, before any ASGI task exists (~half the event loop's cost of a refusal).
+    """
+    return type("AnytimeHttpProtocol", (_GuardedProtocol,), {"limits": limits, "shed": staticmethod(shed) if shed else None})

@@ -62,7 +62,7 @@ def serve(
     limits = ConnectionLimits(config.max_connections, config.header_timeout_s, config.body_timeout_s)
     uv_config = uvicorn.Config(
         app,
-        http=guarded_protocol(limits),  # httptools, with timeouts and the connection cap (see _connections)
+        http=guarded_protocol(limits, app.state.server.overloaded_response),  # httptools, with timeouts and the connection cap (see _connections)
         log_level="warning",
         access_log=False,
         lifespan="on",
