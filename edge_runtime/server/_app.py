@@ -29,7 +29,8 @@ from the budget; the runtime gets what is left (see :mod:`edge_runtime.server._s
 first, so another client's request due sooner runs between the chunks of a large one; large bodies are
 parsed and large answers encoded on a thread, in slices that let the event loop in between.
 
-Under overload, :class:`_Shedder` answers 503 before routing, in ~15-25 us of the event loop: a full queue
+Under overload, :class:`_Shedder` answers 503 before routing (~15-25 us of the event loop, measured
+in-process; under :func:`serve` the connection layer applies the same rules before any ASGI task): a full queue
 before the body is read, a budget the queue shows cannot be met before the body is decoded. A client that
 hangs up before its request is read is logged as one DEBUG line, and nothing is sent to it.
 """
