@@ -84,7 +84,7 @@ def _serve(runtime: Any, x: np.ndarray, queries: int, seconds: float, budget_ms:
         answer = runtime.predict(x[len(answers) % len(x)], budget_ms=budget_ms, entropy_threshold="off")[0]
         answers.append(answer)
         if answer.members_used == len(observed):
-            rows.append([window[-1] for window in observed])
+            rows.append([window[-1][1] for window in observed])
     return np.array(rows), answers
 
 

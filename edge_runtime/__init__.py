@@ -30,6 +30,7 @@ from edge_runtime.errors import (
 if TYPE_CHECKING:
     from edge_runtime.bundle import Bundle, Calibration, LoadLimits, Manifest, PathLike, load_bundle
     from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibration
+    from edge_runtime.deadline import DeadlineConfig
     from edge_runtime.ensemble import AnytimeRuntime, PrefixEvaluation
     from edge_runtime.policies import ExitPolicy
     from edge_runtime.result import Prediction
@@ -42,6 +43,7 @@ __all__ = [
     "Calibration",
     "CalibrationTarget",
     "ChecksumError",
+    "DeadlineConfig",
     "EdgeRuntimeError",
     "ExitPolicy",
     "InputError",
@@ -67,6 +69,7 @@ _LAZY = {
     "Bundle": "edge_runtime.bundle",
     "Calibration": "edge_runtime.bundle",
     "CalibrationTarget": "edge_runtime.calibrate",
+    "DeadlineConfig": "edge_runtime.deadline",
     "ExitPolicy": "edge_runtime.policies",
     "LoadLimits": "edge_runtime.bundle",
     "Manifest": "edge_runtime.bundle",
@@ -100,6 +103,7 @@ def load(
     budget_ms: float | str | None = None,
     latency_quantile: str = "p99",
     warmup: int = 8,
+    deadline: "DeadlineConfig | None" = None,
 ) -> "AnytimeRuntime":
     """Load a bundle (directory or ``.zip``) and build its anytime runtime.
 
@@ -115,6 +119,8 @@ def load(
         budget_ms: the default latency budget per request (ms), or None/``"off"``.
         latency_quantile: profile/observed quantile that predicts member latency for budgets.
         warmup: single-sample warm-up runs per member.
+        deadline: how latency estimates age and when a member is stopped in flight
+            (:class:`edge_runtime.deadline.DeadlineConfig`; the default suits most bundles).
 
     Returns:
         The runtime, ready to serve.
@@ -132,4 +138,5 @@ def load(
         budget_ms=budget_ms,
         latency_quantile=latency_quantile,
         warmup=warmup,
+        deadline=deadline,
     )

@@ -11,6 +11,14 @@ Batches: each sample exits on its own. Rows that stop are settled and sliced out
 on a smaller batch (``x``, ``prev_logits`` and the carried connection tensors are sliced together). A
 latency budget is per request: when it stops, every remaining row stops.
 
+Deadlines (:mod:`edge_runtime.deadline`): a budget is per request and counted from the start of
+``predict``; every answer carries ``elapsed_ms`` and ``late``. A member k > 1 predicted to take at least
+``DeadlineConfig.stop_min_ms`` runs under the runtime's watchdog, which stops it in flight at the deadline;
+the answer is then the one before it (exit reason ``"budget"``, ``stopped_in_flight``).
+
+Threads: the latency refresher and the watchdog, one each per runtime, started on first use; :meth:`close`
+(or leaving a ``with`` block, or interpreter exit) stops and joins both.
+
 Errors: if member k > 1 raises during a request, the rows still running get the answer after member
 k-1 with exit reason ``"error"``, the error is logged and counted, and the runtime keeps serving. If
 the first member raises there is no answer, and :class:`~edge_runtime.errors.MemberError` is raised.
@@ -30,11 +38,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_runtime.bundle import Bundle, Manifest, PathLike, connection_inputs, load_bundle
+from edge_runtime.deadline import DeadlineConfig, StoppedInFlight, Watchdog
 from edge_runtime.errors import InputError, MemberError, ModelLoadError, PolicyError, error_line
+from edge_runtime.latency import LatencyEstimator
 from edge_runtime.policies import (
     CALIBRATED,
     ExitPolicy,
-    LatencyEstimator,
     RunAll,
     ThresholdSpec,
     parse_budget,
@@ -50,6 +59,9 @@ _QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 _HEAD = ("logits", "probs", "entropy")  # every member's first three fetched outputs, in this order
 _PREV = "prev_logits"
 _FLOAT32 = np.dtype(np.float32)
+# A single-sample run this many times its prediction raises the prediction at once (LatencyEstimator.raise_to);
+# smaller overruns (the ~1% a p99 lets through) wait for the next refresh, so one hiccup moves nothing.
+_SURPRISE = 2.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,7 @@ class AnytimeRuntime:
         warmup: single-sample warm-up runs per member at load (the first run of a session is slow, and the
             later ones seed the observed latencies).
         sessions: pre-built sessions, one per member (tests use fakes); built from the bundle when None.
+        deadline: latency-estimate ageing and the in-flight stop (:class:`~edge_runtime.deadline.DeadlineConfig`).
 
     Raises:
         BundleError: the bundle cannot be read, verified or loaded by ONNX Runtime.
@@ -141,6 +154,7 @@ class AnytimeRuntime:
         latency_quantile: str = "p99",
         warmup: int = 8,
         sessions: Sequence[Any] | None = None,
+        deadline: DeadlineConfig | None = None,
     ) -> None:
         bundle = load_bundle(bundle)
         manifest = bundle.manifest
@@ -173,11 +187,18 @@ class AnytimeRuntime:
         self._policies: dict[tuple[float | None, float | None], ExitPolicy] = {}
         self._default_policy = policy_for(self._default_threshold, self._default_budget)
         self._zeros = (0.0,) * manifest.num_members  # "no prediction" for policies that ignore latency
+        self._deadline = deadline = deadline or DeadlineConfig()
         self._estimator = LatencyEstimator(
             manifest.num_members,
             profile_ms=self._profile_latencies(latency_quantile),
             quantile=_QUANTILES[latency_quantile],
+            window_s=deadline.latency_window_s,
+            refresh_s=deadline.latency_refresh_s,
+            clock=perf_counter,  # the module's clock, read now: tests that fake it fake both
+            names=[m.name for m in manifest.members],
         )
+        self._watchdog = Watchdog(deadline.stop_lead_ms, clock=perf_counter)
+        self._stop_min_ms = deadline.stop_min_ms if deadline.in_flight_stop else math.inf
         self._warm_up(warmup)
 
     # ------------------------------------------------------------------ properties
@@ -216,8 +237,33 @@ class AnytimeRuntime:
 
     @property
     def latency_estimator(self) -> LatencyEstimator:
-        """Where the budget policy's latency predictions come from."""
+        """Where the budget policy's latency predictions come from (``.describe()`` shows its state)."""
         return self._estimator
+
+    @property
+    def watchdog(self) -> Watchdog:
+        """The in-flight stop (``.describe()``: guarded runs, stops, stop latency)."""
+        return self._watchdog
+
+    @property
+    def deadline_config(self) -> DeadlineConfig:
+        return self._deadline
+
+    def close(self) -> None:
+        """Stop and join the runtime's threads (latency refresher, watchdog). Idempotent.
+
+        ``predict`` keeps working afterwards, with the estimates as they were and no in-flight stop.
+        Interpreter exit does the same for runtimes never closed.
+        """
+        self._stop_min_ms = math.inf
+        self._watchdog.close()
+        self._estimator.close()
+
+    def __enter__(self) -> "AnytimeRuntime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def latency_observations(self) -> list[np.ndarray]:
         """Recent observed single-sample latencies (ms) per member: the session run plus the runtime's
@@ -237,12 +283,21 @@ class AnytimeRuntime:
     ) -> list[Prediction]:
         """Classify a batch with early exit; one :class:`Prediction` per sample, in input order.
 
+        The budget is per request: it covers the whole call for the whole batch (validation, every
+        member, the results), not each sample. The next member runs only if the time spent plus its
+        predicted latency fits; a member k > 1 still running at the deadline is stopped in flight (when
+        predicted to take at least ``DeadlineConfig.stop_min_ms``), and those rows answer with the members
+        before it. Member 1 always runs to the end (there is no answer without it), so a request can still
+        end after its budget: each :class:`Prediction` carries ``elapsed_ms`` (from the start of the call)
+        and ``late`` (``elapsed_ms`` > budget), whatever its exit reason.
+
         Args:
             x: a batch shaped ``(N, *task.input.shape[1:])``, or one unbatched sample shaped
                 ``task.input.shape[1:]`` (answered as a batch of one). Any real numeric dtype (cast to
                 float32); raw values in the client's layout (e.g. ``(N, H, W, C)`` images for a bundle whose
                 preprocess has ``layout="nhwc"``); the bundle's preprocess is applied here.
-            budget_ms: latency budget for this request in ms, ``"off"``, or None for the runtime default.
+            budget_ms: latency budget for this whole request (all its samples) in ms, ``"off"``, or None for
+                the runtime default.
             entropy_threshold: a number (nats), ``"calibrated"``, ``"off"``, or None for the runtime default.
 
         Returns:
@@ -312,12 +367,17 @@ class AnytimeRuntime:
         last = len(plan) - 1
         observed = self._estimator.observed
         stop = policy.stop_reason
+        budget = policy.budget_ms
+        deadline = None if budget is None else t0 + budget / 1e3
+        stop_min = self._stop_min_ms if budget is not None else math.inf
+        raise_to = self._estimator.raise_to if policy.uses_latency else None
         chains = self._chains
         feed: dict[str, np.ndarray] = {self._x_name: x}
         carried: dict[tuple[int, str], np.ndarray] = {}
         good = None
         reason = "complete"
         used = 0
+        stopped = False
         entropy = best_entropy = 0.0  # of the member just run / of the best answer so far
         t_prev = perf_counter()
         for k, (run, names, conns, keeps) in enumerate(plan):
@@ -325,14 +385,29 @@ class AnytimeRuntime:
                 for name, key in conns:
                     feed[name] = carried[key]
             try:
-                outs = run(names, feed, None)
+                if k and estimates[k] >= stop_min:
+                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]
+                else:
+                    outs = run(names, feed, None)
+            except StoppedInFlight:
+                t = perf_counter()
+                ms = (t - t_prev) * 1e3  # a lower bound of its latency, still worth knowing
+                observed[k].append((t, ms))
+                if raise_to is not None:
+                    raise_to(k, ms)
+                t_prev = t
+                reason, stopped, entropy = "budget", True, best_entropy
+                break
             except Exception as exc:  # noqa: BLE001 - a member failing must not take the runtime down
                 self._member_failed(k, exc)
                 reason = "error"
                 entropy = best_entropy
                 break
             t = perf_counter()
-            observed[k].append((t - t_prev) * 1e3)
+            ms = (t - t_prev) * 1e3
+            observed[k].append((t, ms))
+            if raise_to is not None and ms > _SURPRISE * estimates[k]:
+                raise_to(k, ms)  # far slower than predicted (a re-tried member still under load): skip it now
             t_prev = t
             if conns:  # a connection input is this member's only: the next one rejects it
                 for name, _ in conns:
@@ -354,8 +429,11 @@ class AnytimeRuntime:
         probs = good[1][0]
         label = int(probs.argmax())
         t = perf_counter()
-        answer = Prediction(label, self._labels[label], probs, used, reason, entropy, (t - t0) * 1e3)
-        self._estimator.finish.append((perf_counter() - t_prev) * 1e3)
+        elapsed = (t - t0) * 1e3
+        late = budget is not None and elapsed > budget
+        answer = Prediction(label, self._labels[label], probs, used, reason, entropy, elapsed, late, stopped)
+        t = perf_counter()
+        self._estimator.finish.append((t, (t - t_prev) * 1e3))
         return answer
 
     def _predict_batch(self, x: np.ndarray, policy: ExitPolicy, estimates: tuple[float, ...], t0: float) -> list[Prediction]:
@@ -363,20 +441,30 @@ class AnytimeRuntime:
         plan = self._plan
         last = len(plan) - 1
         stop = policy.stop_reason
+        budget = policy.budget_ms
+        deadline = None if budget is None else t0 + budget / 1e3
+        stop_min = self._stop_min_ms if budget is not None else math.inf
         results: list[Prediction | None] = [None] * n
         rows = np.arange(n)  # original index of every row still running
         feed: dict[str, np.ndarray] = {self._x_name: x}
         carried: dict[tuple[int, str], np.ndarray] = {}
         good: list[np.ndarray] | None = None
+        next_ms = estimates[0]
         t_prev = perf_counter()
         for k, (run, names, conns, keeps) in enumerate(plan):
             for name, key in conns:
                 feed[name] = carried[key]
             try:
-                outs = run(names, feed, None)
+                if k and next_ms >= stop_min:
+                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]
+                else:
+                    outs = run(names, feed, None)
+            except StoppedInFlight:
+                self._settle(results, rows, good, range(len(rows)), k, "budget", t0, budget, stopped=True)
+                return results  # type: ignore[return-value]
             except Exception as exc:  # noqa: BLE001 - a member failing must not take the runtime down
                 self._member_failed(k, exc)
-                self._settle(results, rows, good, range(len(rows)), k, "error", t0)
+                self._settle(results, rows, good, range(len(rows)), k, "error", t0, budget)
                 return results  # type: ignore[return-value]
             t = perf_counter()
             took_ms, t_prev = (t - t_prev) * 1e3, t
@@ -384,7 +472,7 @@ class AnytimeRuntime:
                 del feed[name]
             good = outs
             if k == last:
-                self._settle(results, rows, outs, range(len(rows)), k + 1, "complete", t0)
+                self._settle(results, rows, outs, range(len(rows)), k + 1, "complete", t0, budget)
                 break
             # A batch runs longer than the single-sample prediction: scale the next member's prediction
             # by how much slower this member ran than its own prediction (never below 1).
@@ -394,7 +482,7 @@ class AnytimeRuntime:
             reasons = [stop(e, elapsed, next_ms) for e in outs[2].tolist()]
             leaving = [i for i, r in enumerate(reasons) if r is not None]
             for i in leaving:
-                self._settle(results, rows, outs, (i,), k + 1, reasons[i], t0)  # type: ignore[arg-type]
+                self._settle(results, rows, outs, (i,), k + 1, reasons[i], t0, budget)  # type: ignore[arg-type]
             if len(leaving) == len(rows):
                 break
             for key, i in keeps:
@@ -421,14 +509,19 @@ class AnytimeRuntime:
         used: int,
         reason: str,
         t0: float,
+        budget: float | None,
+        stopped: bool = False,
     ) -> None:
-        assert outs is not None and used >= 1  # the first member's failure raises before this
+        assert outs is not None and used >= 1  # the first member's failure raises before this, and it is never stopped
         elapsed = (perf_counter() - t0) * 1e3
+        late = budget is not None and elapsed > budget
         probs, entropy = outs[1], outs[2]
         for i in which:
             p = probs[i]
             label = int(p.argmax())
-            results[int(rows[i])] = Prediction(label, self._labels[label], p, used, reason, float(entropy[i]), elapsed)
+            results[int(rows[i])] = Prediction(
+                label, self._labels[label], p, used, reason, float(entropy[i]), elapsed, late, stopped
+            )
 
     def _member_failed(self, k: int, exc: BaseException) -> None:
         self._errors[k] += 1

@@ -13,7 +13,8 @@ __all__ = ["EXIT_REASONS", "Prediction"]
 
 # Why evaluation stopped for a sample:
 #   confident - the running ensemble's entropy fell to the threshold or below;
-#   budget    - the next member would have overrun the latency budget;
+#   budget    - the next member would have overrun the latency budget, or the in-flight stop ended the
+#               running member at the deadline (then ``stopped_in_flight`` is True);
 #   complete  - every member ran;
 #   error     - a later member raised; the answer is the best one before it.
 EXIT_REASONS = ("confident", "budget", "complete", "error")
@@ -25,6 +26,11 @@ class Prediction:
 
     ``probabilities`` is a view of the ensemble output after ``members_used`` members (the graphs compute
     it); treat it as read-only.
+
+    The budget is per request (the whole batch of a ``predict`` call), counted from the start of the call:
+    ``elapsed_ms`` is when this sample's answer was settled, and ``late`` says it came after the budget
+    (whatever the exit reason: a slow first member, which always runs, makes even a ``confident``
+    answer late).
     """
 
     label: int  # class index, the arg-max of ``probabilities``
@@ -34,6 +40,8 @@ class Prediction:
     exit_reason: str  # one of EXIT_REASONS
     entropy: float  # natural-log entropy of ``probabilities`` (nats)
     elapsed_ms: float  # from the start of the request until this sample's answer was settled
+    late: bool = False  # elapsed_ms > the request's budget (always False without a budget)
+    stopped_in_flight: bool = False  # a member was stopped at the deadline; the answer is from the ones before
 
     def __post_init__(self) -> None:
         # Cheap checks only: this runs once per sample on the hot path.
@@ -49,8 +57,8 @@ class Prediction:
             probabilities: include the class probabilities.
 
         Returns:
-            A dict with keys label, label_name, members_used, exit_reason, entropy, elapsed_ms
-            (and probabilities).
+            A dict with keys label, label_name, members_used, exit_reason, entropy, elapsed_ms, late,
+            stopped_in_flight (and probabilities).
         """
         d: dict[str, Any] = {
             "label": int(self.label),
@@ -59,6 +67,8 @@ class Prediction:
             "exit_reason": self.exit_reason,
             "entropy": _finite_or_none(float(self.entropy)),
             "elapsed_ms": float(self.elapsed_ms),
+            "late": bool(self.late),
+            "stopped_in_flight": bool(self.stopped_in_flight),
         }
         if probabilities:
             d["probabilities"] = [float(p) for p in self.probabilities.tolist()]

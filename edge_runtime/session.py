@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from edge_runtime.errors import DependencyError, ModelLoadError, error_line
 
-__all__ = ["ORT_FLOOR", "TELEMETRY_ENV", "RunTimeout", "SessionConfig", "create_session", "run_bounded"]
+__all__ = ["ORT_FLOOR", "TELEMETRY_ENV", "RunTimeout", "SessionConfig", "create_session", "new_run_options", "run_bounded"]
 
 TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
 os.environ.setdefault(TELEMETRY_ENV, "1")  # before onnxruntime is imported below: ORT reads it when it initialises
@@ -154,6 +154,16 @@ class RunTimeout(Exception):
     """:func:`run_bounded` stopped a run at its deadline (internal: callers turn it into their own error)."""
 
 
+def new_run_options() -> ort.RunOptions:
+    """A ``RunOptions`` whose ``terminate`` may be set from another thread to stop the run between operators.
+
+    Logging is fatal-only: ORT logs a stop as an error line, and the caller reports the stop itself.
+    """
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
+
+
 def run_bounded(session: Any, output_names: Sequence[str], feed: Mapping[str, Any], timeout_s: float | None) -> list[Any]:
     """``session.run(output_names, feed)``, stopped by ``RunOptions.terminate`` once ``timeout_s`` has passed.
 
@@ -167,8 +177,7 @@ def run_bounded(session: Any, output_names: Sequence[str], feed: Mapping[str, An
     """
     if timeout_s is None:
         return session.run(list(output_names), dict(feed))
-    options = ort.RunOptions()
-    options.log_severity_level = 4  # fatal only: ORT logs the stop as an error line; the caller reports it once
+    options = new_run_options()
     fired = threading.Event()
 
     def stop() -> None:

@@ -216,7 +216,7 @@ def _timed_passes(chain: _Chain, pool: Sequence[Mapping[str, np.ndarray]], confi
 
 def _served_passes(runtime: Any, rows: Sequence[np.ndarray], config: MeasureConfig, tracker: PeakTracker) -> np.ndarray:
     """Single-sample runtime requests, every member run; the runtime's own per-member times (ms)."""
-    observed = runtime.latency_estimator.observed  # one deque per member; predict() appends to each
+    observed = runtime.latency_estimator.observed  # one deque per member of (time_s, ms); predict() appends
     k = len(observed)
 
     def serve(row: np.ndarray) -> None:
@@ -234,7 +234,7 @@ def _served_passes(runtime: Any, rows: Sequence[np.ndarray], config: MeasureConf
         if q == len(out):
             out = np.concatenate([out, np.empty_like(out)])
         serve(rows[q % len(rows)])
-        out[q] = [window[-1] for window in observed]
+        out[q] = [window[-1][1] for window in observed]
         q += 1
         if q % _SAMPLE_EVERY == 0:
             tracker.sample()

@@ -60,29 +60,7 @@ def member_graph(
                   helper.make_node("Add", ["features", "c"], ["h_mixed"])]
         hidden_name = "h_mixed"
     nodes.append(helper.make_node("MatMul", [hidden_name, "w2"], ["own_logits"]))
-    if index > 0:
-        inputs.append(helper.make_tensor_value_info("prev_logits", TensorProto.FLOAT, ["N", num_classes]))
-        nodes.append(helper.make_node("Add", ["own_logits", "prev_logits"], ["logits"]))
-    else:
-        nodes.append(helper.make_node("Identity", ["own_logits"], ["logits"]))
-    nodes += [
-        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
-        helper.make_node("LogSoftmax", ["logits"], ["logp"], axis=-1),
-        helper.make_node("Mul", ["probs", "logp"], ["plogp"]),
-        helper.make_node("ReduceSum", ["plogp", "axis1"], ["neg_entropy"], keepdims=0),
-        helper.make_node("Neg", ["neg_entropy"], ["entropy"]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes]),
-        helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes]),
-        helper.make_tensor_value_info("entropy", TensorProto.FLOAT, ["N"]),
-        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", hidden]),
-    ]
-    graph = helper.make_graph(nodes, f"member_{index}", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return _finish_member(nodes, inputs, inits, index, num_classes, hidden, f"member_{index}")
 
 
 def make_bundle(
@@ -151,3 +129,81 @@ def set_member_bytes(bundle_dir: Path, index: int, blob: bytes) -> None:
     (Path(bundle_dir) / member["file"]).write_bytes(blob)
     member["sha256"] = hashlib.sha256(blob).hexdigest()
     path.write_text(json.dumps(manifest, indent=1))
+
+
+def looping_member_graph(index: int, input_shape: Sequence[int], num_classes: int, trip_count: int, hidden: int = 16) -> bytes:
+    """Member ``index`` with ``logits += 0 * Loop(trip_count, identity body)``: the same answer as
+    :func:`member_graph`, but each run takes about ``trip_count`` tiny operators (a member that is slow for
+    as long as a test needs, and that ONNX Runtime can stop between operators)."""
+    model = onnx.load_from_string(member_graph(index, input_shape, num_classes, hidden))
+    g = model.graph
+    for node in g.node:
+        node.output[:] = ["logits_orig" if o == "logits" else o for o in node.output]
+        node.input[:] = ["logits_orig" if i == "logits" else i for i in node.input]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
+    )
+    g.initializer.extend([numpy_helper.from_array(np.array(trip_count, np.int64), "M"),
+                          numpy_helper.from_array(np.array(True), "C"), numpy_helper.from_array(np.array(0.0, np.float32), "V")])
+    nodes = list(g.node)
+    cut = [i for i, n in enumerate(nodes) if "logits_orig" in n.output][0] + 1
+    added = [helper.make_node("Loop", ["M", "C", "V"], ["s"], body=body), helper.make_node("Mul", ["s", "V"], ["z"]),
+             helper.make_node("Add", ["logits_orig", "z"], ["logits"])]
+    del g.node[:]
+    g.node.extend(nodes[:cut] + added + nodes[cut:])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def deep_member_graph(index: int, input_shape: Sequence[int], num_classes: int, hidden: int = 256, depth: int = 40,
+                      seed: int = 0) -> bytes:
+    """Member ``index`` as a deep MLP: Flatten -> ``depth`` x (MatMul, Relu) of width ``hidden`` -> logits,
+    with the bundle's graph contract (outputs logits, probs, entropy, features). A ms-scale member made of
+    many short operators, as real CNN members are (ONNX Runtime can stop a run only between operators)."""
+    rng = np.random.default_rng(seed + 100 + index)
+    features_in = int(np.prod(input_shape))
+    inits = [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])]
+    nodes = [helper.make_node("Flatten", ["x"], ["h0"], axis=1)]
+    width = features_in
+    for d in range(depth):
+        w = rng.normal(0, np.sqrt(2.0 / width), (width, hidden)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{d}"))
+        out = "features" if d == depth - 1 else f"h{d + 1}"
+        nodes += [helper.make_node("MatMul", [f"h{d}", f"w{d}"], [f"p{d}"]), helper.make_node("Relu", [f"p{d}"], [out])]
+        width = hidden
+    w_out = rng.normal(0, 1 / np.sqrt(hidden), (hidden, num_classes)).astype(np.float32)
+    inits.append(numpy_helper.from_array(w_out, "w_out"))
+    nodes.append(helper.make_node("MatMul", ["features", "w_out"], ["own_logits"]))
+    return _finish_member(nodes, inputs, inits, index, num_classes, hidden, f"deep_member_{index}")
+
+
+def _finish_member(nodes: list, inputs: list, inits: list, index: int, num_classes: int, hidden: int, name: str) -> bytes:
+    """The member contract's tail after ``own_logits``: sum with prev_logits (k > 1), probs, entropy; checked bytes."""
+    if index > 0:
+        inputs.append(helper.make_tensor_value_info("prev_logits", TensorProto.FLOAT, ["N", num_classes]))
+        nodes.append(helper.make_node("Add", ["own_logits", "prev_logits"], ["logits"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["own_logits"], ["logits"]))
+    nodes += [
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+        helper.make_node("LogSoftmax", ["logits"], ["logp"], axis=-1),
+        helper.make_node("Mul", ["probs", "logp"], ["plogp"]),
+        helper.make_node("ReduceSum", ["plogp", "axis1"], ["neg_entropy"], keepdims=0),
+        helper.make_node("Neg", ["neg_entropy"], ["entropy"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes]),
+        helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes]),
+        helper.make_tensor_value_info("entropy", TensorProto.FLOAT, ["N"]),
+        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", hidden]),
+    ]
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

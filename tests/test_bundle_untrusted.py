@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_members import make_bundle, member_graph, set_member_bytes
+from onnx_members import looping_member_graph, make_bundle, member_graph, set_member_bytes
 
 import edge_runtime
 from edge_runtime.bundle import MANIFEST_NAME, Calibration, LoadLimits, load_bundle, save_manifest, sha256_bytes, update_manifest
@@ -151,28 +151,7 @@ def test_a_fifo_is_not_read(tiny_bundle: Path) -> None:
 def _loop_member(trip_count: int = 10**15) -> bytes:
     """Member 1 with ``logits += 0 * Loop(trip_count, identity body)``: valid ONNX that runs for ever
     (../shared/cases/untrusted/02)."""
-    model = onnx.load_from_string(member_graph(0, (1, 4, 4), 3))
-    g = model.graph
-    for node in g.node:
-        node.output[:] = ["logits_orig" if o == "logits" else o for o in node.output]
-        node.input[:] = ["logits_orig" if i == "logits" else i for i in node.input]
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
-        "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
-        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
-    )
-    g.initializer.extend([numpy_helper.from_array(np.array(trip_count, np.int64), "M"),
-                          numpy_helper.from_array(np.array(True), "C"), numpy_helper.from_array(np.array(0.0, np.float32), "V")])
-    nodes = list(g.node)
-    cut = [i for i, n in enumerate(nodes) if "logits_orig" in n.output][0] + 1
-    added = [helper.make_node("Loop", ["M", "C", "V"], ["s"], body=body), helper.make_node("Mul", ["s", "V"], ["z"]),
-             helper.make_node("Add", ["logits_orig", "z"], ["logits"])]
-    del g.node[:]
-    g.node.extend(nodes[:cut] + added + nodes[cut:])
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return looping_member_graph(0, (1, 4, 4), 3, trip_count)
 
 
 def test_a_member_that_never_finishes_is_stopped_at_the_load_timeout(tiny_bundle: Path) -> None:

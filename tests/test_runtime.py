@@ -266,7 +266,8 @@ def test_predict_from_many_threads_matches_serial(connected_bundle: Path) -> Non
 def test_prediction_to_dict_is_json_ready(tiny_bundle: Path) -> None:
     answer = edge_runtime.load(tiny_bundle).predict(_x(1))[0]
     d = json.loads(json.dumps(answer.to_dict()))
-    assert set(d) == {"label", "label_name", "probabilities", "members_used", "exit_reason", "entropy", "elapsed_ms"}
+    assert set(d) == {"label", "label_name", "probabilities", "members_used", "exit_reason", "entropy", "elapsed_ms",
+                      "late", "stopped_in_flight"}
     assert d["probabilities"] == pytest.approx(answer.probabilities.tolist())
     assert "probabilities" not in answer.to_dict(probabilities=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
@@ -75,46 +76,154 @@ def test_spellings() -> None:
         make_policy("budget", threshold=1.0)
 
 
+class Clock:
+    """A settable clock in seconds for the estimator (no timings in tests)."""
+
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _observe(est: LatencyEstimator, clock: Clock, k: int, values: list[float], every_s: float = 0.001) -> None:
+    for v in values:
+        clock.now += every_s
+        est.observed[k].append((clock.now, v))
+
+
 def test_estimator_prefers_the_larger_of_profile_and_enough_observations() -> None:
-    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.9, window=100, min_observations=10)
+    clock = Clock()
+    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.9, min_observations=10, refresh_s=None, clock=clock)
     assert est.refresh() == (1.0, 2.0) and est.source() == "profile"
-    for v in range(1, 10):  # too few observations to override the profile
-        est.observed[1].append(50.0)
+    _observe(est, clock, 1, [50.0] * 9)  # too few observations since load to override the profile
     assert est.refresh() == (1.0, 2.0)
-    est.observed[1].append(50.0)
+    _observe(est, clock, 1, [50.0])
     assert est.refresh() == (1.0, 50.0) and est.source() == "profile+observed"
 
 
-def test_estimator_window_forgets_and_uses_a_high_quantile() -> None:
-    est = LatencyEstimator(1, quantile=0.99, window=100)
-    for _ in range(100):
-        est.observed[0].append(9.0)  # a slow period...
-    for v in np.linspace(1.0, 2.0, 100):
-        est.observed[0].append(float(v))  # ...pushed out of the window by fast runs
-    assert est.refresh()[0] == pytest.approx(np.quantile(np.linspace(1.0, 2.0, 100), 0.99))
+def test_estimator_forgets_by_time_not_by_count() -> None:
+    clock = Clock()
+    est = LatencyEstimator(1, quantile=0.99, window_s=1.0, refresh_s=None, clock=clock)
+    _observe(est, clock, 0, [9.0] * 500)  # a slow period of 0.5 s...
+    clock.now += 0.6
+    fast = np.linspace(1.0, 2.0, 100).tolist()
+    _observe(est, clock, 0, fast)  # ...then 0.1 s of fast runs: the slow ones still count
+    assert est.refresh()[0] == pytest.approx(9.0)
+    clock.now += 0.45  # the slow period is now more than 1 s old; the fast runs are not
+    assert est.refresh()[0] == pytest.approx(np.quantile(fast, 0.99))
+
+
+def test_a_member_no_longer_run_falls_back_to_its_profile_after_the_window() -> None:
+    clock = Clock()
+    est = LatencyEstimator(2, profile_ms=[0.1, 0.2], quantile=0.99, window_s=1.0, min_observations=4, refresh_s=None, clock=clock)
+    _observe(est, clock, 1, [0.2] * 50)
+    _observe(est, clock, 1, [8.0] * 50)  # a load spike; then the budget skips member 2: no new observations
+    assert est.refresh()[1] == pytest.approx(8.0)
+    clock.now += 0.9
+    assert est.refresh()[1] == pytest.approx(8.0)
+    clock.now += 0.2  # every observation is older than the window: back to the profile, so it is re-tried
+    assert est.refresh()[1] == pytest.approx(0.2)
+    row = est.describe()["members"][1]
+    assert (row["source"], row["samples"], row["observed_ms"]) == ("profile", 0, None)
+    assert row["age_s"] == pytest.approx(1.1)
+
+
+def test_without_a_profile_a_stale_member_falls_back_to_its_quietest_window() -> None:
+    clock = Clock()
+    est = LatencyEstimator(1, quantile=0.5, window_s=1.0, refresh_s=None, clock=clock)
+    _observe(est, clock, 0, [0.3] * 20)
+    assert est.refresh()[0] == pytest.approx(0.3)  # a quiet window sets the baseline
+    clock.now += 2.0
+    _observe(est, clock, 0, [5.0] * 20)
+    assert est.refresh()[0] == pytest.approx(5.0)  # fresh observations rule while they count
+    clock.now += 1.0001
+    assert est.refresh()[0] == pytest.approx(0.3, rel=1e-3)  # stale: the quietest window seen, not the spike
+    assert est.describe()["members"][0]["source"] == "baseline"
+
+
+def test_without_a_profile_a_baseline_learnt_under_load_decays() -> None:
+    clock = Clock()
+    est = LatencyEstimator(1, quantile=0.5, window_s=1.0, refresh_s=None, clock=clock)
+    _observe(est, clock, 0, [8.0] * 20)  # started during a spike: the only baseline is slow
+    assert est.refresh()[0] == pytest.approx(8.0)
+    clock.now += 1.0 + 5 * 1.0  # unrun for five windows past the first: halved
+    assert est.refresh()[0] == pytest.approx(4.0)
+    clock.now += 5 * 4.0
+    assert est.refresh()[0] == pytest.approx(0.25)  # small enough for any budget to re-try it
+
+
+def test_estimator_describe_shows_each_members_state() -> None:
+    clock = Clock()
+    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.5, min_observations=2, refresh_s=None, clock=clock,
+                           names=["a", "b"])
+    _observe(est, clock, 0, [3.0, 3.0, 3.0])
+    est.refresh()
+    state = est.describe()
+    a, b = state["members"]
+    assert (a["member"], a["source"], a["estimate_ms"], a["samples"], a["profile_ms"]) == ("a", "observed", 3.0, 3, 1.0)
+    assert a["age_s"] == pytest.approx(0.0)
+    assert (b["member"], b["source"], b["estimate_ms"], b["samples"], b["age_s"]) == ("b", "profile", 2.0, 0, None)
+    assert state["window_s"] == 1.0 and state["quantile"] == 0.5
 
 
 def test_estimator_adds_the_finish_time_to_every_member() -> None:
-    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.5)
-    est.finish.extend([0.25, 0.25, 0.25])
+    clock = Clock()
+    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.5, refresh_s=None, clock=clock)
+    est.finish.extend([(clock.now, 0.25)] * 3)
     assert est.refresh() == (1.25, 2.25)
 
 
-def test_estimator_refreshes_in_the_background_while_asked() -> None:
+def test_estimator_refreshes_in_the_background_while_asked_and_joins_on_close() -> None:
     est = LatencyEstimator(1, refresh_s=0.01, idle_s=0.5)
     assert est.estimates() == (0.0,)
-    est.observed[0].append(4.0)
+    est.observed[0].append((time.perf_counter(), 4.0))
     assert est.estimates() == (0.0,)  # cached: a request never pays for a refresh
     deadline = time.monotonic() + 30  # generous: the machine may be busy; no timing is asserted
     while est.estimates() != (4.0,) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert est.estimates() == (4.0,)
-    while est._thread is not None and time.monotonic() < deadline:  # stops by itself when idle
+    while est._thread.running and time.monotonic() < deadline:  # stops by itself when idle
         time.sleep(0.05)
-    assert est._thread is None
+    assert not est._thread.running
+    est.estimates()  # starts it again
+    thread = est._thread._thread
+    assert thread is not None and thread.is_alive()
+    est.close()
+    assert not est._thread.running and not thread.is_alive() and thread not in threading.enumerate()
+    est.estimates()  # closed: no new thread
+    assert not est._thread.running
 
 
-@pytest.mark.parametrize("kwargs", [{"profile_ms": [1.0]}, {"quantile": 0.2}, {"window": 0}, {"refresh_s": 0}])
+@pytest.mark.parametrize("kwargs", [{"profile_ms": [1.0]}, {"quantile": 0.2}, {"window_s": 0}, {"window_s": math.inf},
+                                    {"max_observations": 0}, {"refresh_s": 0}])
 def test_estimator_rejects_bad_settings(kwargs: dict) -> None:
     with pytest.raises(PolicyError):
         LatencyEstimator(2, **kwargs)
+
+
+def test_the_first_run_after_a_gap_is_cold_and_not_counted() -> None:
+    clock = Clock()
+    est = LatencyEstimator(1, profile_ms=[0.2], quantile=0.99, window_s=1.0, min_observations=4, refresh_s=None, clock=clock)
+    _observe(est, clock, 0, [0.2] * 50)
+    clock.now += 1.5  # the member was skipped: its runs aged out, it is re-tried at its profile
+    assert est.refresh()[0] == pytest.approx(0.2)
+    _observe(est, clock, 0, [3.0])  # the re-try's first run is cold...
+    est.raise_to(0, 3.0)
+    assert est.estimates()[0] == pytest.approx(0.2) and est.refresh()[0] == pytest.approx(0.2)  # ...and ignored
+    _observe(est, clock, 0, [0.25, 0.2, 0.2])
+    assert est.refresh()[0] == pytest.approx(0.25, abs=0.01)
+
+
+def test_a_retried_member_still_slow_is_skipped_from_its_second_run() -> None:
+    clock = Clock()
+    est = LatencyEstimator(1, profile_ms=[0.2], quantile=0.99, window_s=1.0, min_observations=4, refresh_s=None, clock=clock)
+    _observe(est, clock, 0, [0.2] * 50)
+    clock.now += 1.5
+    est.refresh()
+    _observe(est, clock, 0, [3.0])
+    est.raise_to(0, 3.0)  # cold: ignored
+    _observe(est, clock, 0, [2.5])
+    est.raise_to(0, 2.5)  # still slow: the cached estimate rises at once, before any refresh
+    assert est._cached[0] == pytest.approx(2.5)
+    assert est.refresh()[0] == pytest.approx(2.5)  # and the refresh agrees (the cold run left out)

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             lines.append(
                 f"{i}: label={p.label} ({p.label_name}) p={float(np.max(p.probabilities)):.3f} "
                 f"members={p.members_used}/{members} exit={p.exit_reason} entropy={p.entropy:.4f} "
-                f"elapsed={p.elapsed_ms:.3f}ms"
+                f"elapsed={p.elapsed_ms:.3f}ms{' late' if p.late else ''}{' stopped-in-flight' if p.stopped_in_flight else ''}"
             )
     if ids is not None:
         correct = sum(int(p.label == t) for p, t in zip(answers, ids.tolist()))
