@@ -8,6 +8,7 @@ every shed request comes straight back). Every phase is bounded by its duration 
 * ``single``: one client, the server's goodput baseline.
 * ``storm16`` / ``storm200``: 16 / 200 such clients. Goals: goodput (200s per second) at 200 clients
   >= 80% of ``single``; at 16 clients <= 1% of the 200s later than budget + 1 ms (client clock).
+* ``polite16``: 16 clients that wait the ``Retry-After`` of a 503 (for contrast with ``storm16``; no goal).
 * ``idle300``: 300 connections that send nothing or half a request head, reopened 1 s after the server
   closes them (as an idle pool or a slow-loris client would), beside 16 real clients. Goal: the real
   clients' 200s p99 < 50 ms.
@@ -29,7 +30,7 @@ IDLE_REOPEN_S = 1.0  # an idle connection the server closed is reopened after th
 
 
 async def _client(host: str, port: int, path: str, bodies: Sequence[bytes], offset: int, stop_at: float,
-                   budget: list[int], records: list[tuple[int, float]]) -> None:
+                   budget: list[int], records: list[tuple[int, float]], polite: bool = False) -> None:
     prefix = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: ".encode()
     reader = writer = None
     i = offset
@@ -47,10 +48,14 @@ async def _client(host: str, port: int, path: str, bodies: Sequence[bytes], offs
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
             match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
             await reader.readexactly(int(match.group(1)) if match else 0)
-            records.append((int(head[9:12]), (time.perf_counter() - t0) * 1e3))
+            status = int(head[9:12])
+            records.append((status, (time.perf_counter() - t0) * 1e3))
             if re.search(rb"(?i)\r\nconnection:\s*close", head):
                 writer.close()
                 writer = None
+            if polite and status == 503:  # a well-behaved client waits the Retry-After
+                wait = re.search(rb"(?i)\r\nretry-after:\s*(\d+)", head)
+                await asyncio.sleep(min(float(wait.group(1)) if wait else 1.0, max(0.0, stop_at - time.perf_counter())))
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
             records.append((0, (time.perf_counter() - t0) * 1e3))
             if writer is not None:
@@ -80,7 +85,7 @@ async def _idle(host: str, port: int, half_head: bool, stop_at: float, reopened:
 
 
 def run_phase(host: str, port: int, path: str, bodies: Sequence[bytes], clients: int, seconds: float,
-              max_requests: int, idle: int = 0, server: Any = None) -> dict[str, Any]:
+              max_requests: int, idle: int = 0, server: Any = None, polite: bool = False) -> dict[str, Any]:
     """``clients`` closed-loop clients (and ``idle`` idle connections) for ``seconds``; returns the records.
 
     ``server`` (a psutil.Process) adds the server's CPU use; the load generator's own is always recorded:
@@ -96,7 +101,8 @@ def run_phase(host: str, port: int, path: str, bodies: Sequence[bytes], clients:
         if idle:
             await asyncio.sleep(1.0)  # let them connect before the real clients start
         t0 = time.perf_counter()
-        await asyncio.gather(*(_client(host, port, path, bodies, k * 7919, stop_at, budget, records) for k in range(clients)))
+        await asyncio.gather(*(_client(host, port, path, bodies, k * 7919, stop_at, budget, records, polite)
+                               for k in range(clients)))
         wall = time.perf_counter() - t0
         await asyncio.gather(*idlers)
         return wall

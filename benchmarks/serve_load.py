@@ -107,12 +107,12 @@ def _bodies(x: np.ndarray, name: str, params: dict[str, Any]) -> list[bytes]:
 class ServerProcess:
     """``python -m edge_runtime serve`` on a free loopback port; a context manager that always stops it."""
 
-    def __init__(self, bundle: Path, workers: int, max_queue: int) -> None:
+    def __init__(self, bundle: Path, workers: int, max_queue: int, extra: Sequence[str] = ()) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_runtime", "serve", str(bundle), "--host", HOST, "--port", "0",
-             "--workers", str(workers), "--max-queue", str(max_queue)],
+             "--workers", str(workers), "--max-queue", str(max_queue), *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:
@@ -511,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per overload phase (default 60)")
     parser.add_argument("--storm-budget-ms", type=float, default=1.0, help="budget of the overload phases (default 1)")
     parser.add_argument("--repeat", type=int, default=1, help="overload runs, each on a fresh server (default 1)")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="passed to the server in the overload phases (default: the server's own)")
     args = parser.parse_args(argv)
     level_s = args.level_s if args.level_s is not None else (2.0 if args.quick else 10.0)
     sustain_s = args.sustain_s if args.sustain_s is not None else (5.0 if args.quick else 60.0)
@@ -659,17 +661,19 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
     print(f"serve_load --overload: {source}; budget {budget:g} ms; {args.duration:g} s per phase, {args.repeat} run(s); "
           f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "
           f"{info['logical_cores']} logical cores; load average {[round(v, 2) for v in os.getloadavg()]}", flush=True)
-    phases = {"single": (1, 0), "storm16": (16, 0), "storm200": (200, 0), "idle300": (16, 300)}
+    phases = {"single": (1, 0), "storm16": (16, 0), "storm200": (200, 0), "polite16": (16, 0), "idle300": (16, 300)}
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeat):
-        with ServerProcess(bundle, args.workers, args.max_queue) as server:
+        extra = [] if args.switch_interval_ms is None else ["--switch-interval-ms", str(args.switch_interval_ms)]
+        with ServerProcess(bundle, args.workers, args.max_queue, extra) as server:
             path = f"/v2/models/{server.model}/infer"
             _overload.run_phase(server.host, server.port, path, bodies, 1, min(2.0, args.duration), 2000)  # warm up
             rss_start = server.rss_mb()
             stats = {}
             for phase, (clients, idle) in phases.items():
                 raw = _overload.run_phase(server.host, server.port, path, bodies, clients, args.duration,
-                                          args.max_requests * 10, idle=idle, server=server.ps)
+                                          args.max_requests * 10, idle=idle, server=server.ps,
+                                          polite=phase == "polite16")
                 stats[phase] = _overload.summarize(raw, budget)
                 stats[phase]["load_average"] = os.getloadavg()[0]
             rss_growth = server.rss_mb() / rss_start - 1.0
