@@ -22,7 +22,8 @@ Everything is bounded in time and request count and stops by itself; every serve
 4. Worker sweep: budget requests at 16 clients with 1, 2 and 4 inference threads (a fresh server each):
    how many concurrent member evaluations a 2-core box takes before they slow each other past deadlines.
 5. Overload (``--overload``, alone; see ``_overload.py``): one client, then 16 and 200 closed-loop clients
-   that retry at once on 503, then 300 idle / half-sent-head connections beside 16 real clients, each
+   that retry at once on 503, 16 that wait the Retry-After (contrast), then 300 idle / half-sent-head
+   connections beside 16 real clients, each
    ``--duration`` s (60) at ``--storm-budget-ms`` (1), on a fresh server per ``--repeat`` (median and
    spread). Goals: goodput at 200 clients >= 80% of one client's; <= 1% of 200s past budget + 1 ms at 16;
    p99 < 50 ms beside the idle sockets; no 5xx but 503; RSS growth <= 10%.
