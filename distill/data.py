@@ -416,6 +416,13 @@ def _finish(
         if y.dtype.kind == "f" and not np.all(np.equal(np.mod(y, 1), 0)):
             raise DataError(f"the {split} labels are not whole numbers; labels must be class ids 0..C-1 or class names")
     y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
+    if not labels:
+        found = np.unique(np.concatenate([y_tr, y_te]))
+        if found[0] < 0 or len(found) != found[-1] + 1:  # e.g. classes 1..3 or {-1, 1}: ids are their sorted order
+            y_tr, y_te = np.searchsorted(found, y_tr), np.searchsorted(found, y_te)
+            labels = tuple(str(int(v)) for v in found)
+            logger.info("class labels %s are not 0..C-1; mapped to ids 0..%d in sorted order (names kept)",
+                        [int(v) for v in found], len(found) - 1)
     num_classes = len(labels) if labels else int(max(y_tr.max(), y_te.max())) + 1
     for split, y in (("train", y_tr), ("test", y_te)):
         if y.min() < 0 or y.max() >= num_classes:

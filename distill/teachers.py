@@ -38,8 +38,9 @@ from distill.data import Dataset
 from distill.errors import CheckpointError, TrainingError
 from distill.logit_cache import LogitCache, attach
 from distill.logits import logits_of
+from edge_runtime.errors import error_line
 
-__all__ = ["INPUT_MODES", "LoadedTeacher", "OnnxTeacher", "RawInputTeacher", "dense_proxy", "load_teacher", "rewritable_layers"]
+__all__ = ["INPUT_MODES", "LoadedTeacher", "LogProbabilities", "OnnxTeacher", "RawInputTeacher", "dense_proxy", "load_teacher", "rewritable_layers"]
 
 INPUT_MODES = ("raw", "model")  # what a user's teacher takes: raw client values, or model-ready inputs
 
@@ -84,17 +85,21 @@ class RawInputTeacher(nn.Module):
 class OnnxTeacher(nn.Module):
     """An ONNX classifier as a source of logits (ONNX Runtime on the CPU); it has no trainable layers.
 
-    ``forward(x)`` takes model-ready ``(N, *input_shape)`` and returns logits ``(N, classes)`` as a tensor:
-    the output named ``logits`` if there is one, else the first. Inputs go through the inverse
-    preprocess first unless ``inputs="model"``.
+    ``forward(x)`` takes model-ready ``(N, *input_shape)`` and returns logits ``(N, classes)`` as a tensor.
+    Which output: the one named ``logits`` if there is one, else the first floating-point output of rank 2
+    (a converted scikit-learn classifier puts an integer ``label`` first). An output that holds
+    probabilities (rows in [0, 1] summing to 1, as a model ending in softmax gives) is turned into
+    log-probabilities, which are logits up to a per-row constant. Inputs go through the inverse preprocess
+    first unless ``inputs="model"``, and are cast to the graph's input type (float32, float64, integers).
 
     Raises:
-        CheckpointError: the file cannot be loaded by ONNX Runtime, or has not exactly one input.
+        CheckpointError: the file cannot be loaded by ONNX Runtime, has not exactly one input, or has no
+            floating-point (N, classes) output.
     """
 
     def __init__(self, path: str | os.PathLike[str], dataset: Dataset, inputs: str = "raw", threads: int = 0) -> None:
         super().__init__()
-        import onnxruntime as ort
+        from edge_runtime.session import ort  # through session: the no-telemetry default is set before ORT loads
 
         self.path = Path(path)
         options = ort.SessionOptions()
@@ -103,16 +108,26 @@ class OnnxTeacher(nn.Module):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for a bad file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{self.path} is not a loadable ONNX model ({first[:200]}); pass an ONNX classifier") from exc
+            raise CheckpointError(f"{self.path} is not a loadable ONNX model ({error_line(exc)}); pass an ONNX classifier") from exc
         feeds = self.session.get_inputs()
         if len(feeds) != 1:
             raise CheckpointError(f"{self.path} takes {len(feeds)} inputs; a teacher takes exactly one (the batch)")
         self.input_name = feeds[0].name
         batch_dim = feeds[0].shape[0] if feeds[0].shape else None
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 0
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = "logits" if "logits" in outputs else outputs[0]
+        self.input_dtype = np.dtype(_ONNX_TYPES.get(feeds[0].type, "float32"))
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        floats = [o.name for o in outputs if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)") and len(o.shape or ()) == 2]
+        if "logits" in names:
+            self.output_name = "logits"
+        elif floats:
+            self.output_name = floats[0]
+        else:
+            raise CheckpointError(
+                f"{self.path} has no floating-point (N, classes) output (outputs: {names}); export the classifier's "
+                "logits or probabilities as a float tensor"
+            )
         self.raw_inputs = inputs == "raw"
         self.scale, self.offset, self.channels_last = _inverse_preprocess(dataset)
 
@@ -122,10 +137,22 @@ class OnnxTeacher(nn.Module):
             feed = (feed - self.offset) / self.scale
             if self.channels_last:
                 feed = np.moveaxis(feed, 1, -1)
-        feed = np.ascontiguousarray(feed, dtype=np.float32)
+        if self.input_dtype.kind in "iu":
+            feed = np.rint(feed)  # integer inputs (uint8 pixels): undo float rounding of the inverse map
+        feed = np.ascontiguousarray(feed, dtype=self.input_dtype)
         step = self.fixed_batch or len(feed)
         parts = [self.session.run([self.output_name], {self.input_name: feed[i : i + step]})[0] for i in range(0, len(feed), step)]
-        return torch.from_numpy(np.concatenate(parts).astype(np.float32))
+        out = np.concatenate(parts).astype(np.float32)
+        if out.ndim == 2 and _are_probabilities(out):
+            out = np.log(np.maximum(out, 1e-12)).astype(np.float32)  # probabilities -> log-probabilities
+        return torch.from_numpy(out)
+
+
+_ONNX_TYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int16)": "int16", "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
 
 
 def rewritable_layers(module: nn.Module) -> list[str]:
@@ -262,17 +289,20 @@ def _test_accuracy(module: nn.Module, dataset: Dataset) -> float:
     return accuracy(module, dataset.x_test, dataset.y_test)
 
 
-def _check_classes(module: nn.Module, dataset: Dataset, source: str) -> None:
-    """One forward on two validation rows: right output form and class count, or a one-line error."""
+def _check_classes(module: nn.Module, dataset: Dataset, source: str) -> bool:
+    """One forward on a few validation rows: right output form and class count, or a one-line error.
+
+    Returns:
+        True when the output looks like probabilities (rows in [0, 1] summing to 1: a forward ending in softmax).
+    """
     with torch.no_grad():
         try:
-            out = logits_of(module(torch.from_numpy(np.ascontiguousarray(dataset.x_val[:2]))), who=f"the teacher {source}")
+            out = logits_of(module(torch.from_numpy(np.ascontiguousarray(dataset.x_val[:16]))), who=f"the teacher {source}")
         except TrainingError:
             raise
         except Exception as exc:  # noqa: BLE001 - a user's model (torch or ORT) may raise anything on wrong inputs
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
-                f"the teacher {source} fails on --data inputs of shape {dataset.input_shape} ({first}); "
+                f"the teacher {source} fails on --data inputs of shape {dataset.input_shape} ({error_line(exc)}); "
                 "pass the data it was trained on, or --teacher-inputs model if it takes standardised inputs"
             ) from exc
     if out.shape[1] != dataset.num_classes:
@@ -280,6 +310,26 @@ def _check_classes(module: nn.Module, dataset: Dataset, source: str) -> None:
             f"the teacher {source} returns {out.shape[1]} logits per sample but the data has {dataset.num_classes} classes; "
             "pass the data it was trained on"
         )
+    return _are_probabilities(out.numpy())
+
+
+def _are_probabilities(out: np.ndarray) -> bool:
+    return bool(out.size and out.min() >= 0.0 and out.max() <= 1.0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+
+
+class LogProbabilities(nn.Module):
+    """A teacher whose forward ends in softmax, made to return log-probabilities (logits up to a constant).
+
+    Distillation at a temperature needs logits: softmax(p / T) of probabilities ``p`` is almost uniform.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.train(module.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(logits_of(self.module(x), who="the teacher").clamp_min(1e-12))
 
 
 def load_teacher(
@@ -319,7 +369,8 @@ def load_teacher(
     if isinstance(spec, nn.Module):
         module = RawInputTeacher(spec, dataset) if inputs == "raw" else spec
         module.eval()
-        _check_classes(module, dataset, type(spec).__name__)
+        if _check_classes(module, dataset, type(spec).__name__):
+            module = LogProbabilities(module)
         return LoadedTeacher(module, "module", type(spec).__name__, "", {"test_accuracy": _test_accuracy(module, dataset)})
 
     text = str(spec)
@@ -354,8 +405,10 @@ def load_teacher(
             "(torch.export.save) file"
         )
     module.eval()  # parameters stay trainable: students that start as a copy of the teacher train them
-    if kind != "auto":
-        _check_classes(module, dataset, text)
+    if kind not in ("auto", "onnx") and _check_classes(module, dataset, text):
+        module = LogProbabilities(module)  # a .pt2 or checkpoint whose forward ends in softmax
+    elif kind == "onnx":
+        _check_classes(module, dataset, text)  # OnnxTeacher already turns probabilities into log-probabilities
     teacher = LoadedTeacher(module, kind, text, identity, dict(metrics), onnx_path)
     if cache:
         attach(module, LogitCache(logits_root, identity))

@@ -268,3 +268,20 @@ def test_nhwc_case_raw_client_arrays_answer_as_the_nchw_model_input(tmp_path: Pa
     expected = create_session(load_bundle(bundle).member_bytes[0]).run(["probs"], {"x": data.x_test[:32]})[0]
     answers = edge_runtime.load(bundle, warmup=1).predict(raw)
     np.testing.assert_allclose(np.stack([p.probabilities for p in answers]), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("values", [(1, 2, 3), (-1, 1), (0, 2, 7)])
+def test_integer_labels_that_are_not_0_to_c_minus_1_are_mapped_with_names_kept(values, tmp_path) -> None:
+    """UCI's wine labels its cultivars 1..3; a class id 0 with no sample would be an empty class."""
+    rng = np.random.default_rng(0)
+    y = np.array(values)[rng.integers(0, len(values), 120)]
+    y[: len(values)] = values  # every class present
+    x = rng.normal(size=(120, 4)).astype(np.float32) + y[:, None]
+    path = tmp_path / "ints.npz"
+    np.savez(path, x_train=x[:90], y_train=y[:90], x_test=x[90:], y_test=y[90:])
+    data = load_dataset(path)
+    assert data.labels == tuple(str(v) for v in sorted(values))
+    assert data.num_classes == len(values)
+    assert set(np.unique(np.concatenate([data.y_train, data.y_val, data.y_test]))) <= set(range(len(values)))
+    expected = np.searchsorted(np.array(sorted(values)), y[90:])
+    np.testing.assert_array_equal(data.y_test, expected)

@@ -263,3 +263,50 @@ def test_dsd2_prunes_a_copy_of_a_pt2_teacher(user_files, tmp_path, capsys) -> No
     assert "pruning a copy of the teacher" in out and "resnet.pt2" in out
     manifest = json.loads((tmp_path / "dsd2" / "manifest.json").read_text())
     assert manifest["members"][0]["info"]["method"] == "dsd2"
+
+
+def _sklearn_style_onnx(path: Path, weights: np.ndarray) -> Path:
+    """A converted-classifier layout: float64 input, an integer `label` output first, then `probabilities`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    features, classes = weights.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"]),
+         helper.make_node("Softmax", ["scores"], ["probabilities"], axis=1),
+         helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)],
+        "user_classifier",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", features])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(weights.astype(np.float64), "w")],
+    )
+    # Softmax of doubles gives doubles: cast for the declared float output
+    graph.node[1].input[0] = "scores_f"
+    graph.node.insert(1, helper.make_node("Cast", ["scores"], ["scores_f"], to=TensorProto.FLOAT))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_onnx_teacher_with_a_label_output_first_and_probabilities(tmp_path) -> None:
+    data = load_dataset(_tabular_npz(tmp_path))
+    weights = np.array([[3.0, -3.0], [0.1, 0.0], [0.0, 0.2], [0.0, 0.0], [0.3, 0.1]])
+    loaded = load_teacher(_sklearn_style_onnx(tmp_path / "clf.onnx", weights), data, runs_dir=tmp_path, cache=False)
+    assert loaded.module.output_name == "probabilities" and loaded.module.input_dtype == np.float64
+    logits = predict_logits(loaded.module, data.x_test)
+    raw = data.raw(data.x_test).astype(np.float64)
+    expected = raw @ weights
+    np.testing.assert_array_equal(logits.argmax(1), expected.argmax(1))
+    # log-probabilities: differences between classes are the score differences (logits up to a constant)
+    np.testing.assert_allclose(logits[:, 0] - logits[:, 1], expected[:, 0] - expected[:, 1], rtol=1e-3, atol=1e-3)
+
+
+def test_a_teacher_ending_in_softmax_is_distilled_from_log_probabilities(user_resnet, digits, tmp_path) -> None:
+    softmaxed = nn.Sequential(user_resnet, nn.Softmax(dim=1)).eval()
+    loaded = load_teacher(softmaxed, digits, runs_dir=tmp_path)
+    logits = predict_logits(loaded.module, digits.x_test[:50])
+    reference = predict_logits(RawInputTeacher(user_resnet, digits), digits.x_test[:50])
+    # log(softmax(z)) = z - logsumexp(z): the same logits up to a per-row constant
+    centred = lambda z: z - z.mean(axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(centred(logits), centred(reference), rtol=1e-3, atol=1e-3)
