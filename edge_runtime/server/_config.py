@@ -48,7 +48,15 @@ class ServerConfig:
     # another bind None accepts any; "*" accepts any anywhere.
     allowed_hosts: tuple[str, ...] | None = None
     reserve_ms: float = 0.5  # kept back from each budget for encoding and sending the answer
-    max_connections: int = 256  # open connections + tasks before uvicorn itself refuses with 503
+    max_connections: int = 256  # open connections; a new one beyond closes the longest-idle one (503 only if none is idle)
+    backlog: int = 128  # connections the kernel queues before the server accepts them (listen backlog)
+    header_timeout_s: float = 5.0  # a request head must be complete this long after the connection opens or the last answer
+    body_timeout_s: float = 10.0  # a request body must be complete this long after its head (else 408 and close)
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this long without a byte
+    # The interpreter's thread switch interval while serving (sys.setswitchinterval, restored after): how
+    # long a worker back from ONNX Runtime may wait for the event loop to yield the interpreter lock. None
+    # leaves Python's 5 ms.
+    switch_interval_ms: float | None = 0.5
     shutdown_timeout_s: float = 30.0  # on SIGTERM, wait this long for in-flight requests, then cancel
 
     def __post_init__(self) -> None:
@@ -89,8 +97,16 @@ class ServerConfig:
         if self.max_connections < self.workers + self.max_queue:
             raise ServerConfigError(
                 f"max_connections ({self.max_connections}) must be at least workers + max_queue "
-                f"({self.workers + self.max_queue}), or queued requests would be refused by uvicorn"
+                f"({self.workers + self.max_queue}), or queued requests would be refused for want of a connection"
             )
+        if self.switch_interval_ms is not None and not (math.isfinite(self.switch_interval_ms) and 0 < self.switch_interval_ms <= 100):
+            raise ServerConfigError(f"switch_interval_ms must be in (0, 100] milliseconds or None, not {self.switch_interval_ms}")
+        if self.backlog < 1:
+            raise ServerConfigError(f"backlog must be >= 1, not {self.backlog}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ServerConfigError(f"{name} must be a positive number of seconds, not {value}")
         if not (math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > 0):
             raise ServerConfigError(f"shutdown_timeout_s must be a positive number, not {self.shutdown_timeout_s}")
 

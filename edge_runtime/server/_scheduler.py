@@ -16,7 +16,13 @@ starts, minus what the answer still needs (a fixed reserve for encoding and send
 time for a result to get back to the event loop), so queueing and a busy machine cost members, not
 deadlines: the anytime answer under load.
 
-The queue lives on the event loop thread (no locks); only ``predict`` runs on the worker threads.
+A batch is queued as separate chunks (``chunk_rows`` each, see the app): one client's large batch then
+holds a worker for one chunk at a time, and a request due sooner runs in between. Only the first chunk
+can be shed; the later ones (``shed=False``) wait their turn past the queue bound and run with what is
+left of the budget, so work already done is never thrown away.
+
+The queue is shared by the event loop (which adds jobs and refuses) and the workers (which take the most
+urgent job the moment they finish one), under one lock held for microseconds.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ import collections
 import heapq
 import itertools
 import math
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Deque, Generic, List, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Deque, Generic, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -129,8 +135,35 @@ class Scheduled(Generic[T]):
     budget_ms: float | None  # the budget handed to the call (what was left of the request's), or None
 
 
+class _Job:
+    """One call waiting for, or running on, a worker."""
+
+    __slots__ = ("call", "deadline", "reserve_ms", "first_ms", "shed", "waited", "future", "loop", "state", "enqueued")
+
+    def __init__(self, call: Callable[[float | None], Any], deadline: float | None, future: "asyncio.Future[Any]",
+                 loop: asyncio.AbstractEventLoop, shed: bool) -> None:
+        self.call = call
+        self.deadline = deadline
+        self.future = future
+        self.loop = loop
+        self.shed = shed
+        self.reserve_ms = 0.0
+        self.first_ms = 0.0
+        self.waited = False  # queued behind busy workers (only such a job can be shed when it starts)
+        self.state = _QUEUED
+        self.enqueued = time.perf_counter()
+
+
+_QUEUED, _TAKEN, _GONE = 0, 1, 2  # a job's state: waiting, taken by a worker, expired or cancelled
+
+
 class Scheduler:
     """Runs blocking calls on ``workers`` threads with a bounded earliest-deadline-first queue.
+
+    The workers take their next job from the queue themselves, the moment they finish one: a worker
+    does not wait for the event loop (which, under a retry storm, may be milliseconds behind) to hand it
+    work, and a slot is visibly free as soon as its call returns. The event loop only enqueues jobs,
+    refuses, and takes results back.
 
     Args:
         workers: worker threads; at most this many calls run at once.
@@ -153,15 +186,18 @@ class Scheduler:
         self.reserve_ms = reserve_ms
         self.no_budget_due_s = no_budget_due_ms / 1e3
         self.tracker = tracker or LatencyTracker()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="anytime-infer")
-        self._free = workers
-        # (due time, arrival order, waiter): a heap, earliest due first. Entries whose waiter is already
-        # done (expired, cancelled) stay until popped; ``_queued`` counts the live ones.
-        self._heap: List[Tuple[float, int, asyncio.Future[None]]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        # (due time, arrival order, job): a heap, earliest due first. Jobs expired or cancelled while
+        # waiting stay until popped (state _GONE); ``_queued`` counts the live ones.
+        self._heap: List[Tuple[float, int, _Job]] = []
         self._order = itertools.count()
         self._queued = 0
+        self._free = workers  # workers not running a call (read without the lock: a hint)
+        self._closing = False
         self.shed = 0  # requests refused so far (queue full or budget spent waiting)
         self.completed = 0  # calls that returned on a worker
+        self._threads: list[threading.Thread] = []  # started with the first call (none for an app never used)
 
     @property
     def queued(self) -> int:
@@ -174,7 +210,13 @@ class Scheduler:
         return self.workers - self._free
 
     async def run(
-        self, call: Callable[[float | None], T], arrival: float, budget_ms: float | None, members_used: Callable[[T], int]
+        self,
+        call: Callable[[float | None], T],
+        arrival: float,
+        budget_ms: float | None,
+        members_used: Callable[[T], int],
+        shed: bool = True,
+        record: bool = True,
     ) -> Scheduled[T]:
         """Queue ``call`` for a worker and run it with what is left of the budget.
 
@@ -183,39 +225,68 @@ class Scheduler:
             arrival: ``time.perf_counter()`` when the request arrived; the budget counts from it.
             budget_ms: the request's budget, or None.
             members_used: reads the most members used from the result, for the latency estimate.
+            shed: False for the later chunks of a request already started: they wait their turn (never
+                refused, past the queue bound) and run with what is left of the budget, so work done is
+                not thrown away.
+            record: whether the call's time feeds the first-member estimate (False for large batches,
+                whose time says nothing about a single request's).
 
         Raises:
-            OverloadedError: the queue is full, or the budget ran out while waiting.
+            OverloadedError: the queue is full, or the budget ran out while waiting (only with ``shed``).
         """
         deadline = None if budget_ms is None else arrival + budget_ms / 1e3
-        enqueued = time.perf_counter()
-        waited = await self._acquire(deadline)
-        try:
-            started = time.perf_counter()
-            reserve_ms = self.reserve_ms + self.tracker.return_ms()
-            if deadline is not None:
-                left_ms = (deadline - started) * 1e3 - reserve_ms
-                # Overload: it had to wait for a worker, and what is left cannot pay for the first member;
-                # answering would be late. A request that found a worker free runs whatever is left (the
-                # runtime always runs the first member, so a too-small budget gets that answer, "budget").
-                if waited and left_ms < self.tracker.first_member_ms():
+        loop = asyncio.get_running_loop()
+        job = _Job(call, deadline, loop.create_future(), loop, shed)
+        job.reserve_ms = self.reserve_ms + self.tracker.return_ms()
+        job.first_ms = self.tracker.first_member_ms()
+        give_up = None
+        with self._lock:
+            if not self._threads:
+                self._start_workers()
+            job.waited = self._queued >= self._free
+            if job.waited and shed:
+                if self._queued >= self.max_queue:
                     self.shed += 1
-                    raise OverloadedError(
-                        f"overloaded: waited {(started - enqueued) * 1e3:.1f} ms for a worker; too little of the "
-                        f"{budget_ms:g} ms budget is left for one member: retry, or raise anytime_budget_ms"
-                    )
-            loop = asyncio.get_running_loop()
-            result, left_ms, call_start, call_end = await loop.run_in_executor(
-                self._executor, _invoke, call, deadline, reserve_ms
-            )
-            resumed = time.perf_counter()
-            self.completed += 1
-            service_ms = (call_end - call_start) * 1e3
-            self.tracker.record(service_ms, members_used(result))
-            self.tracker.record_return((resumed - call_end) * 1e3)
-            return Scheduled(result, (started - enqueued) * 1e3, service_ms, left_ms)
+                    raise self._full()
+                if deadline is not None:
+                    # Leave the queue the moment the budget left could no longer pay for the first member.
+                    give_up = deadline - (job.reserve_ms + job.first_ms) / 1e3
+                    if give_up <= time.perf_counter():  # it never could: refuse now, no timer
+                        self.shed += 1
+                        raise OverloadedError(
+                            "overloaded: every worker is busy and the latency budget is too short to wait; "
+                            "retry, or raise anytime_budget_ms"
+                        )
+            due = deadline if deadline is not None else job.enqueued + self.no_budget_due_s
+            heapq.heappush(self._heap, (due, next(self._order), job))
+            self._queued += 1
+            self._wake.notify()
+        timer = None if give_up is None else loop.call_later(give_up - time.perf_counter(), self._expire, job)
+        try:
+            result, left_ms, started, call_start, call_end = await job.future
+        except OverloadedError:
+            if job.state == _TAKEN:  # refused by the worker that took it (counted here, on the event loop)
+                self.shed += 1
+            raise
+        except asyncio.CancelledError:
+            with self._lock:  # left by cancellation (client gone, forced shutdown); a running call just finishes
+                if job.state == _QUEUED:
+                    job.state = _GONE
+                    self._queued -= 1
+            raise
         finally:
-            self._release()
+            if timer is not None:
+                timer.cancel()
+        resumed = time.perf_counter()
+        self.completed += 1
+        service_ms = (call_end - call_start) * 1e3
+        if record:
+            self.tracker.record(service_ms, members_used(result))
+        self.tracker.record_return((resumed - call_end) * 1e3)
+        return Scheduled(result, (started - job.enqueued) * 1e3, service_ms, left_ms)
+
+    def _full(self) -> OverloadedError:
+        return OverloadedError(f"overloaded: {self._queued} requests already wait for {self.workers} worker(s); retry later")
 
     def check_capacity(self) -> None:
         """Refuse now if a new request could neither run nor queue (callers check before costly decoding).
@@ -223,78 +294,129 @@ class Scheduler:
         Raises:
             OverloadedError: every worker is busy and the queue is full.
         """
-        if self._free == 0 and self.queued >= self.max_queue:
+        if self._free == 0 and self._queued >= self.max_queue:
+            self.shed += 1
+            raise self._full()
+
+    def check_deadline(self, arrival: float, budget_ms: float | None) -> None:
+        """Refuse now a request that would have to queue and could not start in time (costs microseconds).
+
+        What the queue shows: every worker is busy, and the requests already waiting with earlier
+        deadlines need at least one first member each (spread over the workers) before this one could
+        start; if what would then be left of its budget cannot pay for its own first member plus the
+        reserve, it is refused before its body is decoded, never queued. A request that finds a worker
+        free is never refused here.
+
+        Raises:
+            OverloadedError: as above, or every worker is busy and the queue is full.
+        """
+        self.check_capacity()
+        if budget_ms is None or self._free > self._queued:
+            return
+        deadline = arrival + budget_ms / 1e3
+        first_ms = self.tracker.first_member_ms()
+        with self._lock:
+            ahead = sum(1 for due, _, job in self._heap if due <= deadline and job.state == _QUEUED)
+        need_ms = self.reserve_ms + self.tracker.return_ms() + first_ms * (1 + ahead / self.workers)
+        if (deadline - time.perf_counter()) * 1e3 < need_ms:
             self.shed += 1
             raise OverloadedError(
-                f"overloaded: {self.queued} requests already wait for {self.workers} worker(s); retry later"
+                f"overloaded: {self.running} request(s) running and {ahead} due sooner waiting; the {budget_ms:g} ms "
+                "budget cannot be met: retry, or raise anytime_budget_ms"
             )
 
-    async def _acquire(self, deadline: float | None) -> bool:
-        """Take a worker slot, waiting in the queue if none is free; returns whether it waited."""
-        if self._free > 0:  # free slots exist only while nobody waits: _release hands slots over
-            self._free -= 1
-            return False
-        self.check_capacity()
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        due = deadline if deadline is not None else time.perf_counter() + self.no_budget_due_s
-        heapq.heappush(self._heap, (due, next(self._order), waiter))
-        self._queued += 1
-        timer = None
-        if deadline is not None:
-            # Leave the queue the moment the budget left could no longer pay for the first member (for a
-            # budget that never could, that is at once: waiting would only make it later).
-            keep_ms = self.reserve_ms + self.tracker.return_ms() + self.tracker.first_member_ms()
-            give_up = deadline - keep_ms / 1e3
-            timer = loop.call_later(max(0.0, give_up - time.perf_counter()), self._expire, waiter)
-        try:
-            await waiter
-            return True
-        except asyncio.CancelledError:
-            if waiter.cancelled():
-                self._queued -= 1  # left the queue by cancellation (client gone, forced shutdown)
-            elif waiter.exception() is None:
-                self._release()  # the slot was handed over just as this request was cancelled
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    def _expire(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
+    def _expire(self, job: _Job) -> None:
+        """On the event loop: the job's budget can no longer pay for the first member; refuse it if still waiting."""
+        with self._lock:
+            if job.state != _QUEUED:
+                return
+            job.state = _GONE
             self._queued -= 1
             self.shed += 1
-            waiter.set_exception(
-                OverloadedError(
-                    "overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms"
-                )
+        if not job.future.done():
+            job.future.set_exception(
+                OverloadedError("overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms")
             )
 
-    def _release(self) -> None:
+    # -- the worker threads ------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                job = self._next()
+                while job is None:
+                    if self._closing:
+                        return
+                    self._wake.wait()
+                    job = self._next()
+                self._free -= 1
+            try:
+                outcome: Any = self._execute(job)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request, which answers it
+                outcome = exc
+            finally:
+                with self._lock:
+                    self._free += 1  # free now, not when the event loop gets round to the result
+            job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+
+    def _start_workers(self) -> None:
+        if self._closing:
+            raise OverloadedError("the server is shutting down; retry on another instance")
+        self._threads = [
+            threading.Thread(target=self._work, name=f"anytime-infer-{k}", daemon=True) for k in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _next(self) -> _Job | None:
+        """Pop the most urgent live job (the lock is held)."""
         while self._heap:
-            _, _, waiter = heapq.heappop(self._heap)
-            if not waiter.done():
+            _, _, job = heapq.heappop(self._heap)
+            if job.state == _QUEUED:
+                job.state = _TAKEN
                 self._queued -= 1
-                waiter.set_result(None)  # hand the slot straight to the most urgent request waiting
-                return
-        self._free += 1
+                return job
+        return None
+
+    def _execute(self, job: _Job) -> Any:
+        """Run a job on this worker with the budget left *now*: the hand-off to this thread costs time too."""
+        started = time.perf_counter()
+        left_ms = None
+        if job.deadline is not None:
+            left_ms = (job.deadline - started) * 1e3 - job.reserve_ms
+            # Overload: it had to wait for a worker, and what is left cannot pay for the first member;
+            # answering would be late. A request that found a worker free runs whatever is left (the
+            # runtime always runs the first member, so a too-small budget gets that answer, "budget").
+            if job.shed and job.waited and left_ms < job.first_ms:
+                return OverloadedError(
+                    f"overloaded: waited {(started - job.enqueued) * 1e3:.1f} ms for a worker; too little of the "
+                    "budget is left for one member: retry, or raise anytime_budget_ms"
+                )
+            left_ms = max(left_ms, _MIN_BUDGET_MS)  # the runtime wants a positive budget: first member only
+        result = job.call(left_ms)
+        return result, left_ms, started, started, time.perf_counter()
 
     def close(self) -> None:
-        """Wait for running calls to finish, then stop the worker threads."""
-        self._executor.shutdown(wait=True)
+        """Let running calls finish, then stop and join the worker threads (queued requests are dropped)."""
+        with self._lock:
+            self._closing = True
+            for _, _, job in self._heap:
+                job.state = _GONE
+            self._heap.clear()
+            self._queued = 0
+            self._wake.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
 
 
-def _invoke(
-    call: Callable[[float | None], T], deadline: float | None, reserve_ms: float
-) -> tuple[T, float | None, float, float]:
-    """Run ``call`` on a worker with the budget left *now*: the hand-off to this thread costs time too."""
-    start = time.perf_counter()
-    left_ms = None
-    if deadline is not None:
-        # The runtime wants a positive budget; with none left it answers with the first member only.
-        left_ms = max((deadline - start) * 1e3 - reserve_ms, _MIN_BUDGET_MS)
-    result = call(left_ms)
-    return result, left_ms, start, time.perf_counter()
+def _resolve(future: "asyncio.Future[Any]", outcome: Any) -> None:
+    if future.done():  # expired or cancelled meanwhile
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def most_members(predictions: Sequence[object]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 import threading
 from typing import Callable
 
@@ -17,6 +18,7 @@ import uvicorn
 
 from edge_runtime.server._app import PathLike, RuntimeLike, create_app
 from edge_runtime.server._config import ServerConfig
+from edge_runtime.server._connections import ConnectionLimits, guarded_protocol
 from edge_runtime.server._errors import ServerConfigError
 
 __all__ = ["serve"]
@@ -57,12 +59,16 @@ def serve(
     app = create_app(runtime, config)
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
+    limits = ConnectionLimits(config.max_connections, config.header_timeout_s, config.body_timeout_s)
     uv_config = uvicorn.Config(
         app,
+        http=guarded_protocol(limits, app.state.server.overloaded_response),  # httptools, with timeouts and the connection cap (see _connections)
         log_level="warning",
         access_log=False,
         lifespan="on",
-        limit_concurrency=config.max_connections,
+        limit_concurrency=None,  # uvicorn's limit counts idle sockets; the protocol caps connections instead
+        backlog=config.backlog,
+        timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # a float works (loop.call_later)
         timeout_graceful_shutdown=max(1, round(config.shutdown_timeout_s)),
         server_header=False,
     )
@@ -70,6 +76,12 @@ def serve(
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     if announce is not None:
         announce(url)
+    # The event loop and the workers share the interpreter lock. A worker whose member just ran in ONNX
+    # Runtime (which releases the lock) waits for the loop to yield it: up to the switch interval, 5 ms by
+    # default, while the loop is busy (overload, a large body) -- longer than a whole 1 ms budget.
+    switch_interval = sys.getswitchinterval()
+    if config.switch_interval_ms is not None:
+        sys.setswitchinterval(config.switch_interval_ms / 1e3)
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if on_main else None
     if on_main:
@@ -79,6 +91,7 @@ def serve(
     try:
         server.run(sockets=[sock])
     finally:
+        sys.setswitchinterval(switch_interval)
         sock.close()
         if on_main:
             signal.signal(signal.SIGTERM, previous)

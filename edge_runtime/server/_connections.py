@@ -1,0 +1,310 @@
+"""The HTTP connections: slow or idle clients cannot hold the server, and the budget clock starts on arrival.
+
+uvicorn's own protections do not cover a server that must answer within milliseconds (measured with
+uvicorn 0.54): its ``limit_concurrency`` counts idle sockets, so 255 connections that never send a
+request head make every real request get a plain-text 503 for as long as they stay open; a request head
+sent a byte at a time has no time limit (any byte resets the keep-alive timer); and its pure-Python h11
+parser costs ~150 us a request on a 2-core box, which under a retry storm is what fills the event loop
+(httptools, the C parser uvicorn uses when it is installed: ~5 us).
+
+So the server runs uvicorn's httptools protocol with these rules added (:class:`ConnectionLimits`):
+
+* **Head timeout.** From a connection's start, and from the end of each answer on it, the next request head
+  must be complete within ``header_timeout_s``; trickled bytes do not reset it. Otherwise the connection
+  is closed (a half-sent head has no request to answer).
+* **Head size.** A request line and headers over ``max_header_bytes`` (64 KiB) are answered 431 and the
+  connection closed (uvicorn's h11 parser capped them at 16 KiB; httptools has no cap of its own).
+* **Body timeout.** A request's body must arrive within ``body_timeout_s`` of its head; otherwise it is
+  answered 408 (``{"error"}``, ``Connection: close``) if no answer has started, and the connection is closed.
+* **Idle keep-alive** (uvicorn's ``timeout_keep_alive``): a connection with no byte of a new request for
+  ``keep_alive_s`` is closed.
+* **Connection cap without starving.** At most ``max_connections`` are open; a new one beyond that closes
+  the connection that has been idle longest (no request in progress, including half-sent heads), as
+  nginx reuses idle keep-alive connections. Only when every connection has a request in progress is the
+  new one answered 503 ``{"error"}`` with ``Retry-After`` and ``Connection: close``.
+* **Refusals without the application.** Under overload (every worker busy) an inference request is
+  refused here, with the app's own rules (``_Server.overloaded_response``), before any ASGI task or request
+  object exists; its body, when the decision needs it, is held (up to 64 KiB) until it is complete.
+* **Arrival time.** The moment the first byte of a request is parsed is stored in the ASGI scope
+  (``scope["extensions"]["anytime.arrival"]``, a ``time.perf_counter()`` value); the budget counts from it,
+  so time spent reading and parsing the body is spent from the budget (see :func:`arrival_time`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, MutableMapping
+
+from starlette.types import Receive, Scope, Send
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError as exc:  # httptools missing: name the extra that installs it
+    from edge_runtime.extras import install_hint
+
+    raise ImportError(
+        f"the anytime-edge server needs 'httptools', which is not installed; {install_hint('serve')}", name="httptools"
+    ) from exc
+
+__all__ = ["ARRIVAL", "ConnectionLimits", "arrival_time", "guarded_protocol"]
+
+logger = logging.getLogger("edge_runtime.server")
+
+_DEFER_BYTES = 64 * 1024  # a body held back for the overload decision beyond this goes to the app undecided
+_LINGER_S = 1.0  # after an error answer, how long what the client still sends is read and dropped
+ARRIVAL = "anytime.arrival"  # key in scope["extensions"]: perf_counter() when the request's first byte was parsed
+
+
+def arrival_time(scope: MutableMapping[str, Any], default: float) -> float:
+    """When the request arrived (``time.perf_counter()``), as the connection layer stamped it, else ``default``."""
+    extensions = scope.get("extensions") or {}
+    value = extensions.get(ARRIVAL)
+    return value if isinstance(value, float) else default
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a connection may take over each part of a request, and how many may be open."""
+
+    max_connections: int  # open connections; beyond it the longest-idle one is closed
+    header_timeout_s: float  # a request head must be complete this long after the connection starts or the last answer ends
+    body_timeout_s: float  # a request body must be complete this long after its head
+    retry_after_s: int = 1  # Retry-After of the 503 sent when every connection is busy
+    max_header_bytes: int = 64 * 1024  # request line + headers; more is answered 431 (httptools itself has no limit)
+
+
+def _json_error(status: int, reason: bytes, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 response: ``{"error": message}``, ``Connection: close``."""
+    body = json.dumps({"error": message}).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n"
+        % (status, reason, len(body), extra)
+        + body
+    )
+
+
+class _GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with head/body timeouts, idle eviction and the arrival stamp."""
+
+    limits: ClassVar[ConnectionLimits]
+    # (headers, body or None, arrival) -> a whole 503 response to write, None to serve, b"" to decide on the body
+    shed: ClassVar[Callable[[Any, bytes | None, float], bytes | None] | None] = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: Any = None
+        self._body_timer: Any = None
+        self._idle_since = time.monotonic()
+        self._head_raw = 0  # bytes received since the current request head began (None: not reading a head)
+        self._discarding = False  # answered and closing: what still arrives is read and dropped
+        self._deferred: bytearray | None = None  # body held while deciding whether to refuse (overload)
+        self._answered = False  # the current request was answered here, without the application
+        if len(self.connections) > self.limits.max_connections and not self._evict_idle():
+            self.app = self._refuse  # every open connection has a request in progress: answer 503
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    # -- the parts of a request ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        reading_head = self._head_raw is not None
+        super().data_received(data)
+        if reading_head and self._head_raw is not None and not self.transport.is_closing():
+            # Still inside a head after this data: httptools buffers a header until its line ends, so count
+            # raw bytes here too, not only the complete headers seen in on_header.
+            self._head_raw += len(data)
+            if self._head_raw > self.limits.max_header_bytes:
+                self._head_too_large = True
+                self.send_400_response("")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {ARRIVAL: time.perf_counter()}  # type: ignore[typeddict-unknown-key]
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self.limits.max_header_bytes:
+            self._head_too_large = True
+            raise ValueError("request head too large")  # httptools stops parsing; uvicorn calls send_400_response
+
+    def on_headers_complete(self) -> None:
+        self._head_raw = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._idle_since = None
+        self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
+        self._deferred = None
+        self._answered = False
+        if self.shed is not None and (self.cycle is None or self.cycle.response_complete) and not self.pipeline \
+                and self.parser.get_method() == b"POST" and self.url.split(b"?", 1)[0].endswith(b"/infer"):
+            # Under overload, refuse here: no ASGI task, no request object (see _app._Shedder for the rules).
+            response = self.shed(self.headers, None, self.scope["extensions"][ARRIVAL])
+            if response:
+                self._answer(response)
+                return
+            if response is not None and not self.expect_100_continue:  # (that client waits for the app's 100)
+                self._deferred = bytearray()  # every worker busy: the body decides
+                return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._answered:
+            return
+        if self._deferred is not None:
+            self._deferred += body
+            if len(self._deferred) > _DEFER_BYTES:
+                self._serve_deferred()
+            return
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if self._deferred is not None:
+            response = self.shed(self.headers, bytes(self._deferred), self.scope["extensions"][ARRIVAL])
+            if response:
+                self._deferred = None
+                self._answer(response)
+            else:
+                self._serve_deferred()
+        if not self._answered:
+            super().on_message_complete()
+        self._maybe_idle()  # an answer sent before the body was read (a shed request) ends here
+
+    def _serve_deferred(self) -> None:
+        """Hand a deferred request to the application after all, with the body held so far."""
+        body, self._deferred = self._deferred, None
+        super().on_headers_complete()
+        if body:
+            super().on_body(bytes(body))
+
+    def _answer(self, response: bytes) -> None:
+        """Write a whole response for the current request (its body, if any, is read and dropped)."""
+        self._answered = True
+        if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
+            self.transport.write(response.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1))
+            self._linger_close()
+        else:
+            self.transport.write(response)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        """Once the last request is read and answered, the next head's clock starts."""
+        busy = self._body_timer is not None or self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        busy = busy or getattr(self, "_deferred", None) is not None
+        if not busy and not self.transport.is_closing():
+            self._head_raw = 0
+            self._idle_since = time.monotonic()
+            self._arm_head_timer()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP, as ``{"error"}`` JSON like every other error here."""
+        if getattr(self, "_head_too_large", False):
+            response = _json_error(431, b"Request Header Fields Too Large",
+                                   f"the request line and headers exceed {self.limits.max_header_bytes} bytes; send fewer or shorter headers")
+        else:
+            response = _json_error(400, b"Bad Request", "the request is not valid HTTP/1.1; send a well-formed request")
+        self.transport.write(response)
+        self._linger_close()
+
+    def _linger_close(self) -> None:
+        """Close after an error answer without losing it: closing with unread bytes makes the kernel send a
+        reset, which can destroy the answer before the client reads it. So: end our side, drop what still
+        arrives for a second, then close (as nginx's lingering close does)."""
+        self._discarding = True
+        self._cancel_timers()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_LINGER_S, self.transport.close)
+
+    # -- timeouts ------------------------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            logger.debug("closed a connection from %s: no complete request head within %g s", self.client, self.limits.header_timeout_s)
+            self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.disconnected = True  # the handler's reads end now; nothing more is written by it
+            self.transport.write(
+                _json_error(408, b"Request Timeout", f"the request body did not arrive within {self.limits.body_timeout_s:g} s; "
+                            "send the whole body at once")
+            )
+            cycle.message_event.set()
+        logger.debug("closed a connection from %s: request body incomplete after %g s", self.client, self.limits.body_timeout_s)
+        self._linger_close()
+
+    # -- the connection cap --------------------------------------------------------------------------
+
+    def _is_idle(self) -> bool:
+        return getattr(self, "_idle_since", None) is not None and (self.cycle is None or self.cycle.response_complete)
+
+    def _evict_idle(self) -> bool:
+        """Close the connection idle longest (not this one); False when none is idle."""
+        idle = [c for c in self.connections if c is not self and isinstance(c, _GuardedProtocol) and c._is_idle()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c._idle_since)
+        logger.debug("closed an idle connection from %s: %d connections open", oldest.client, len(self.connections))
+        oldest._cancel_timers()
+        oldest.transport.close()
+        self.connections.discard(oldest)  # counted out now; connection_lost follows
+        return True
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = json.dumps({"error": f"overloaded: {len(self.connections) - 1} connections all have requests in progress; "
+                                    "retry later"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"retry-after", str(self.limits.retry_after_s).encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def guarded_protocol(
+    limits: ConnectionLimits, shed: Callable[[Any, bytes | None, float], bytes | None] | None = None
+) -> type[HttpToolsProtocol]:
+    """The uvicorn protocol class (``uvicorn.Config(http=...)``) that applies ``limits``.
+
+    ``shed`` (the app's ``_Server.overloaded_response``) refuses inference requests under overload in the
+    connection layer itself, before any ASGI task exists (~half the event loop's cost of a refusal).
+    """
+    return type("AnytimeHttpProtocol", (_GuardedProtocol,), {"limits": limits, "shed": staticmethod(shed) if shed else None})
