@@ -39,6 +39,16 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the serve arguments to ``parser``."""
     parser.add_argument("bundle", metavar="BUNDLE", help="bundle directory or .zip")
