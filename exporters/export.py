@@ -33,7 +33,7 @@ from edge_runtime.session import create_session
 from exporters.bundle import write_bundle
 from exporters.errors import ConversionError, ExportError, VerificationError
 from exporters.onnx import OPSET, MemberHead, export_member, output_names
-from exporters.verify import GateReport, Tolerance, accuracy, check_accuracy, check_graph, check_parity
+from exporters.verify import GateReport, Tolerance, accuracy, check_accuracy, check_graph, check_heldout, check_parity
 
 import torch  # noqa: E402 - after exporters.onnx, which turns a missing torch into an install hint
 from torch import nn  # noqa: E402
@@ -106,20 +106,6 @@ def _as_labels(y: ArrayLike) -> np.ndarray:
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         raise ExportError(f"held-out labels have dtype {labels.dtype}; pass integer class ids")
     return labels.astype(np.int64)
-
-
-def _check_heldout(task: TaskSpec, x: torch.Tensor, y: np.ndarray) -> None:
-    if tuple(x.shape[1:]) != tuple(task.model_input_shape[1:]):
-        raise ExportError(
-            f"held-out inputs have shape {tuple(x.shape)}, the task expects {list(task.model_input_shape)} (the members' input); "
-            "pass preprocessed inputs of the members' shape (Dataset.x_test, not raw client values)"
-        )
-    if x.shape[0] < 2 or x.shape[0] != y.shape[0]:
-        raise ExportError(f"held-out data needs >= 2 samples and one label each (got {x.shape[0]} inputs, {y.shape[0]} labels)")
-    if not torch.isfinite(x).all():
-        raise ExportError("held-out inputs hold NaN/inf; clean the data before exporting")
-    if y.min() < 0 or y.max() >= task.num_classes:
-        raise ExportError(f"held-out labels must lie in [0, {task.num_classes - 1}] for a task with {task.num_classes} labels")
 
 
 def _normalise_connections(connections: Sequence[Sequence[int]] | None, n: int) -> tuple[tuple[int, ...], ...]:
@@ -242,7 +228,7 @@ def export_ensemble(
         _check_json(info, f"member_info[{k}]")
     x = _as_tensor(heldout[0])
     y = _as_labels(heldout[1])
-    _check_heldout(task, x, y)
+    check_heldout(task, x.numpy(), y)
 
     consumed = {j for s in sources for j in s}
     heads = [

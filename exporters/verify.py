@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from edge_runtime.errors import error_line
-from exporters.errors import VerificationError
+from exporters.errors import ExportError, VerificationError
 
-__all__ = ["GateReport", "Tolerance", "accuracy", "check_accuracy", "check_graph", "check_parity"]
+if TYPE_CHECKING:
+    from edge_runtime.bundle import TaskSpec
+
+__all__ = ["GateReport", "Tolerance", "accuracy", "check_accuracy", "check_graph", "check_heldout", "check_parity"]
 
 PARITY_OUTPUTS = ("logits", "probs", "entropy")
 
@@ -180,3 +183,27 @@ def check_accuracy(torch_accuracy: float, onnx_accuracy: float, *, name: str, to
             f"member '{name}' scores {100 * onnx_accuracy:.2f}% in ONNX Runtime but {100 * torch_accuracy:.2f}% in "
             f"torch on held-out data (allowed gap {100 * tolerance.accuracy_gap:.2f} point); the export is wrong"
         )
+
+
+def check_heldout(task: "TaskSpec", x: np.ndarray, y: np.ndarray) -> None:
+    """Held-out data fit for the gates: the members' sample shape, >= 2 rows, one label each, finite, labels in range.
+
+    Args:
+        task: the bundle's task (``task.model_input_shape`` is what the members take, after its preprocess).
+        x: inputs ``(N, *member input shape)`` (numpy; torch callers pass ``tensor.numpy()``).
+        y: integer labels ``(N,)``.
+
+    Raises:
+        ExportError: one line naming what is wrong and the fix.
+    """
+    if tuple(x.shape[1:]) != tuple(task.model_input_shape[1:]):
+        raise ExportError(
+            f"held-out inputs have shape {tuple(x.shape)}, the task expects {list(task.model_input_shape)} (the members' input); "
+            "pass inputs as the members take them (after the task's preprocess: Dataset.x_test, not raw client values)"
+        )
+    if x.shape[0] < 2 or x.shape[0] != y.shape[0]:
+        raise ExportError(f"held-out data needs >= 2 samples and one label each (got {x.shape[0]} inputs, {y.shape[0]} labels)")
+    if not np.all(np.isfinite(x)):
+        raise ExportError("held-out inputs hold NaN/inf; clean the data before exporting")
+    if y.min() < 0 or y.max() >= task.num_classes:
+        raise ExportError(f"held-out labels must lie in [0, {task.num_classes - 1}] for a task with {task.num_classes} labels")

@@ -46,7 +46,7 @@ from edge_runtime.session import create_session
 from exporters.bundle import write_bundle
 from exporters.errors import ConversionError, ExportError, VerificationError
 from exporters.irversion import lower_ir_version
-from exporters.verify import GateReport, Tolerance, accuracy, check_accuracy, check_graph, check_parity
+from exporters.verify import GateReport, Tolerance, accuracy, check_accuracy, check_graph, check_heldout, check_parity
 
 if TYPE_CHECKING:
     import onnx
@@ -371,20 +371,6 @@ def _free_batch(graph: Any, input_name: str) -> None:
     del graph.value_info[:]
 
 
-def _check_heldout(task: TaskSpec, x: np.ndarray, y: np.ndarray) -> None:
-    if tuple(x.shape[1:]) != tuple(task.model_input_shape[1:]):
-        raise ExportError(
-            f"held-out inputs have shape {tuple(x.shape)}, the task's members take {list(task.model_input_shape)}; "
-            "pass inputs as the model takes them (after the task's preprocess)"
-        )
-    if x.shape[0] < 2 or x.shape[0] != y.shape[0]:
-        raise ExportError(f"held-out data needs >= 2 samples and one label each (got {x.shape[0]} inputs, {y.shape[0]} labels)")
-    if not np.all(np.isfinite(x)):
-        raise ExportError("held-out inputs hold NaN/inf; clean the data before exporting")
-    if y.min() < 0 or y.max() >= task.num_classes:
-        raise ExportError(f"held-out labels must lie in [0, {task.num_classes - 1}] for a task with {task.num_classes} labels")
-
-
 def _batches(n: int, batch_size: int) -> list[slice]:
     # A first batch of one row, then larger ones: proves the batch dimension is not fixed.
     cuts = [0, 1] + list(range(1 + batch_size, n, batch_size)) + [n]
@@ -491,7 +477,7 @@ def wrap_onnx(
     if y.size and not np.issubdtype(y.dtype, np.integer):
         raise ExportError(f"held-out labels have dtype {y.dtype}; pass integer class ids")
     y = y.astype(np.int64)
-    _check_heldout(task, x, y)
+    check_heldout(task, x, y)
 
     proto = load_onnx(model)
     source = inspect_source(proto, input_shape=tuple(task.model_input_shape[1:]), num_classes=task.num_classes, output=output)
