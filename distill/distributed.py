@@ -222,7 +222,7 @@ def wrap(model: nn.Module) -> nn.Module:
     Frozen parameters (``requires_grad=False``) are left alone; parameters the forward never uses get no
     gradient, as in one process.
     """
-    if not is_distributed():
+    if not is_distributed() or not any(p.requires_grad for p in model.parameters()):
         return model
     from torch.nn.parallel import DistributedDataParallel
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from distill import distributed
 from distill.data import load_dataset
+from distill.errors import TrainingError
 from distill.losses import make_loss
 from distill.progressive import Candidate, ProgressiveConfig, progressive_ensemble
 from distill.teacher import TeacherConfig, train_teacher
@@ -51,6 +52,10 @@ class TinyMLP(nn.Module):
 def tiny_mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return TinyMLP()
+
+
+def _fail_on_rank_0() -> None:
+    raise TrainingError(f"no candidate is fast enough (rank {distributed.rank()})")
 
 
 def tiny_data(n: int = 100) -> tuple[np.ndarray, np.ndarray]:
@@ -114,11 +119,12 @@ def worker(rank: int, world: int, port: int, root: str, queue: Any) -> None:
         result["started"] = started
         result["world_size"] = distributed.world_size()
 
-        # 1. fit: the shard each rank sees, and the trained parameters.
+        # 1. fit, twice on one model (a new DDP wrapper each time, as DSD² rounds do): the shard each rank
+        #    sees, and the trained parameters.
         model, batches = tiny_mlp(), []
         model.body[0].register_forward_pre_hook(lambda _m, inputs: batches.append(len(inputs[0])))
         x, y = tiny_data()
-        result["fit_history"] = fit(model, x, y, make_loss("ce"), FIT)
+        result["fit_history"] = fit(model, x, y, make_loss("ce"), FIT) + fit(model, x, y, make_loss("ce"), FIT)
         result["fit_params"], result["fit_batches"] = params_of(model), batches
 
         # 2. the teacher: interrupted, resumed, written by rank 0 alone.
@@ -133,7 +139,14 @@ def worker(rank: int, world: int, port: int, root: str, queue: Any) -> None:
         result["member_params"] = params_of(ensemble.members[0])
         result["member_step"] = ensemble.report.members[0].step
 
-        # 4. the end of the collective part: rank 0 goes on alone, as one process
+        # 4. a choice made on rank 0 (a latency search) reaches every rank, and so does its error
+        result["on_main"] = distributed.on_main(lambda: 10 + distributed.rank())
+        try:
+            distributed.on_main(lambda: _fail_on_rank_0())
+        except TrainingError as exc:
+            result["on_main_error"] = str(exc)
+
+        # 5. the end of the collective part: rank 0 goes on alone, as one process
         result["continues"] = distributed.main_continues_alone()
         result["alone"] = (distributed.is_distributed(), distributed.world_size(), distributed.is_main_process())
     result["writes"] = writes
