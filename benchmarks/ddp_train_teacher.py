@@ -6,8 +6,8 @@ loading, training, evaluation, checkpoint), with a fresh ``--out``:
     python -m distill train-teacher --data mnist --epochs E --out OUT --no-progress
     torchrun --standalone --nproc_per_node=N -m distill train-teacher --data mnist --epochs E --out OUT --no-progress
 
-The one-process run uses torch's default threads (one per core); torchrun gives each of its processes one
-thread (OMP_NUM_THREADS=1, its default), so both use the same cores. The training loop's own time is the
+The one-process run uses torch's default threads (one per core; ``--threads`` sets OMP_NUM_THREADS); torchrun
+gives each of its processes one thread (OMP_NUM_THREADS=1, its default), so both use the same cores. The training loop's own time is the
 ``train_seconds`` the checkpoint's metrics.json records (fit plus the validation/test evaluation). Runs
 alternate (1, N, 1, N, ...) so a change in the machine's load falls on both; the load average is recorded
 before and after each run, because on a shared machine it decides the result.
@@ -38,8 +38,10 @@ def _command(procs: int, data: str, epochs: int, out: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *tail]
 
 
-def _run(procs: int, data: str, epochs: int, out: Path) -> dict[str, object]:
+def _run(procs: int, data: str, epochs: int, out: Path, threads: int) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if procs == 1 and threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     load_before = os.getloadavg()
     started = time.perf_counter()
     done = subprocess.run(_command(procs, data, epochs, out), cwd=ROOT, env=env, capture_output=True, text=True)
@@ -48,7 +50,7 @@ def _run(procs: int, data: str, epochs: int, out: Path) -> dict[str, object]:
         raise SystemExit(f"{procs} process(es) failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
     return {
-        "procs": procs, "wall_s": round(wall, 2), "train_seconds": metrics["train_seconds"],
+        "procs": procs, "threads_per_process": threads if procs == 1 and threads else (None if procs == 1 else 1), "wall_s": round(wall, 2), "train_seconds": metrics["train_seconds"],
         "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
         "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
     }
@@ -59,6 +61,8 @@ def main() -> int:
     parser.add_argument("--data", default="mnist", help="any --data spec (default mnist: the shared real MNIST)")
     parser.add_argument("--epochs", type=int, default=1, help="teacher epochs per run (default 1)")
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts to compare (1 = no torchrun)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="OMP_NUM_THREADS of the one-process runs (default 0: torch's default, one per core)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of all --procs, alternating")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -66,7 +70,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeat):
             for procs in args.procs:
-                row = {"repeat": r, **_run(procs, args.data, args.epochs, Path(tmp) / f"p{procs}-r{r}")}
+                row = {"repeat": r, **_run(procs, args.data, args.epochs, Path(tmp) / f"p{procs}-r{r}", args.threads)}
                 rows.append(row)
                 print(f"{procs} process(es): wall {row['wall_s']:7.1f} s, train_seconds {row['train_seconds']:7.1f} s, "
                       f"test accuracy {100 * row['test_accuracy']:.2f}%, load average {row['loadavg_before'][0]:.2f} -> "
