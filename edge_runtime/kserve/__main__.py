@@ -1,7 +1,7 @@
 """``python -m edge_runtime.kserve BUNDLE --http_port P``: serve a bundle from KServe's ``ModelServer``.
 
-Takes KServe's own ``ModelServer`` flags (``--http_port``, ``--grpc_port``, ``--enable_grpc``,
-``--model_name``, ...) beside the runtime's (``--budget-ms``, ``--entropy``, ``--threads``,
+Takes KServe's own ``ModelServer`` flags (``--http_port``, ``--grpc_port``, ``--enable_grpc`` (off by
+default here), ``--model_name`` (the bundle's name by default), ...) beside the runtime's (``--budget-ms``, ``--entropy``, ``--threads``,
 ``--inference-workers``, ``--max-queue``, ``--max-batch``), as ``anytime-edge serve`` spells them.
 A bundle that cannot be loaded, or a missing ``kserve`` extra, is one line on stderr and exit status 1.
 """
@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a worker before 503 (default 32)")
     parser.add_argument("--max-batch", type=int, default=4096, help="most samples per request; more get 413 (default 4096)")
     add_load_timeout(parser)
-    parser.set_defaults(model_name=None)  # KServe's default is "model"; here the bundle's own name
+    # KServe's default name is "model"; here the bundle's own. gRPC is off unless asked for: KServe's gRPC
+    # InferParameter holds bool, int64 or string only, so a budget such as 2.5 ms cannot be sent that way
+    # (and the adapter is tested over REST only).
+    parser.set_defaults(model_name=None, enable_grpc=False)
     return parser
 
 
