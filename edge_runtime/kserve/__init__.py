@@ -14,7 +14,8 @@ inputs; outputs in binary when the request asks with ``binary_data_output`` or a
 Differences from ``anytime-edge serve``: a budget counts from the moment KServe hands the decoded request
 to the model (KServe parses the body first; ``anytime-edge serve`` counts from the first byte); KServe
 binds every interface (0.0.0.0, as a pod needs) and has no Host/Origin checks, body limit or early
-503 before the body is read; errors other than the ``{"error": ...}`` bodies answered here follow
+503 before the body is read; KServe's ``--workers`` (processes) must stay 1 (scale with
+``--inference-workers`` threads or replicas); gRPC is off by default; errors other than the ``{"error": ...}`` bodies answered here follow
 KServe/FastAPI (a malformed body is FastAPI's 422). Only this package imports ``kserve``, on first use of
 its names; nothing else in ``edge_runtime`` does.
 """

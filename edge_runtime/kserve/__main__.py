@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {missing_dependency_message(exc.name or 'kserve') or exc}", file=sys.stderr)
         return 1
     args = parser.parse_args(argv)
+    if args.workers != 1:
+        # KServe's multi-process server re-imports its app in new processes; this adapter is tested with one.
+        parser.error("--workers must be 1 here; raise --inference-workers (threads) or the InferenceService's replicas")
     try:
         from kserve import ModelServer, model_server
 
@@ -81,9 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     add_error_handlers(model_server.app, model)
+    # KServe's own flags, as parsed here (ModelServer's defaults come from sys.argv, which main(argv) may not be);
+    # --configure_logging and --log_config_file it reads from sys.argv itself.
     server = ModelServer(
-        http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers, enable_grpc=args.enable_grpc,
-        enable_docs_url=args.enable_docs_url, enable_latency_logging=args.enable_latency_logging,
+        http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers, max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging, access_log_format=args.access_log_format,
+        event_loop=args.event_loop, timeout_keep_alive=args.timeout_keep_alive,
+        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
     )
     print(f"serving '{model.name}' ({runtime.manifest.num_members} members, {workers} worker(s)) from KServe's "
           f"ModelServer on port {args.http_port}", flush=True)
