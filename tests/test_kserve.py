@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 
 import edge_runtime
-from edge_runtime.server import ServerConfig, create_app
 from onnx_members import make_bundle
 
 kserve = pytest.importorskip(
     "kserve", reason="the kserve extra is not installed (pip install -c constraints.txt '.[kserve]', or make install)"
 )
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig  # noqa: E402
+
+from edge_runtime.server import ServerConfig, create_app  # noqa: E402  # the serve extra comes with kserve's
 
 with warnings.catch_warnings():  # starlette 1.x flags httpx (its TestClient's transport) as deprecated
     warnings.simplefilter("ignore")
@@ -207,3 +208,41 @@ def test_missing_kserve_is_one_line_naming_the_extra(bundle: Path) -> None:
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install -c constraints.txt '.[kserve]'" in lines[0]
+
+
+# -- in process: the model object KServe calls ----------------------------------------------------------------
+
+
+def test_raw_tensor_contents_are_read_as_the_binary_extension(bundle: Path, sample: np.ndarray) -> None:
+    # gRPC's raw_input_contents reach the model as bytes only (no data list): decoded as the binary extension
+    from edge_runtime.kserve import AnytimeModel
+
+    runtime = edge_runtime.load(bundle)
+    model = AnytimeModel(runtime, ServerConfig(workers=1))
+    model.load()
+    tensor = InferInput(name="x", shape=list(sample.shape), datatype="FP32")
+    tensor.set_data_from_numpy(sample, binary_data=True)
+    assert tensor.data is None
+    try:
+        response = asyncio.run(model.predict(InferRequest(model_name="tiny", infer_inputs=[tensor], request_id="r1")))
+    finally:
+        model.stop()
+    assert response.id == "r1" and response.model_name == "tiny"
+    labels = {o.name: o for o in response.outputs}["label"].as_numpy().tolist()
+    assert labels == [p.label for p in runtime.predict(sample)]
+
+
+def test_nan_from_the_model_is_an_error_not_null() -> None:
+    from edge_runtime.errors import EdgeRuntimeError
+    from edge_runtime.kserve import AnytimeModel
+    from test_server import FakeRuntime
+
+    model = AnytimeModel(FakeRuntime(members=((1, "confident", float("nan")),)), ServerConfig(workers=1))
+    spec = model.get_input_types()[0]
+    x = np.ones([1, *spec["shape"][1:]], np.float32)
+    tensor = InferInput(name=spec["name"], shape=list(x.shape), datatype="FP32", data=x.ravel().tolist())
+    try:
+        with pytest.raises(EdgeRuntimeError, match="NaN or infinity"):
+            asyncio.run(model.predict(InferRequest(model_name=model.name, infer_inputs=[tensor])))
+    finally:
+        model.stop()

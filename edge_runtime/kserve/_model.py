@@ -84,6 +84,9 @@ class AnytimeModel(Model):  # type: ignore[misc]  # kserve ships no type hints
         else:
             decoded = decode_infer_document(doc, spec, binary, bool(binary), rows)
         predictions, params = await self._core.run_decoded(decoded, arrival)
+        if not all(np.isfinite(p.probabilities).all() and np.isfinite(p.entropy) for p in predictions):
+            # KServe's JSON encoder would send NaN as null; anytime-edge serve refuses the same way
+            raise EdgeRuntimeError("the model produced NaN or infinity; check the bundle with `anytime-edge inspect`")
         outputs = response_outputs(decoded, predictions, self._core.manifest.task.labels)
         params["anytime_elapsed_ms"] = (time.perf_counter() - arrival) * 1e3
         return InferResponse(
