@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import psutil
 
-__all__ = ["FINGERPRINT_PREFIX", "cpu_facts", "device_info", "find_profile_key", "fingerprint", "legacy_fingerprint"]
+__all__ = ["FINGERPRINT_PREFIX", "ISA_FLAGS", "cpu_facts", "device_info", "find_profile_key", "fingerprint", "legacy_fingerprint"]
 
 FINGERPRINT_PREFIX = "v2-"
 
