@@ -24,7 +24,7 @@ from profiles.measure import MeasureConfig, profile_bundle, profile_onnx
 from profiles.report import profile_table
 from profiles.store import store_profile
 
-HELP = "measure latency and memory of bundles/ONNX models on this device"
+HELP = "measure latency and memory of bundles/ONNX models on this device, or merge other devices' profiles"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
