@@ -166,17 +166,22 @@ def main_process_first() -> Iterator[None]:
 def on_main(fn: Callable[[], T]) -> T:
     """``fn()`` computed on rank 0 only and its result (or the error it raised) given to every rank.
 
-    For choices made by measuring (latency searches): each rank timing on its own would pick a different
-    student, and the ranks' collectives would then no longer match. Without a process group: ``fn()``.
+    For choices made by measuring (latency searches, member sizing): each rank timing on its own would pick
+    a different student, and the ranks' collectives would then no longer match. Rank 0 runs ``fn`` as one
+    process (the others wait in the broadcast), so ``on_main`` may nest. Without a process group: ``fn()``.
     """
+    global _alone
     if not is_distributed():
         return fn()
     outcome: list[Any] = [None]
     if is_main_process():
+        _alone = True
         try:
             outcome[0] = (True, fn())
         except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
             outcome[0] = (False, exc)
+        finally:
+            _alone = False
     # Pickle travels only between the ranks of this job (one torchrun), never from a file or the network.
     dist.broadcast_object_list(outcome, src=0)
     ok, value = outcome[0]

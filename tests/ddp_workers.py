@@ -22,10 +22,12 @@ from distill import distributed
 from distill.data import load_dataset
 from distill.errors import TrainingError
 from distill.losses import make_loss
+from distill.lowrank.latency import LatencyConfig, measure_side_by_side
 from distill.progressive import Candidate, ProgressiveConfig, progressive_ensemble
 from distill.teacher import TeacherConfig, train_teacher
 from distill.teachers import load_teacher
 from distill.train import FitConfig, fit
+from exporters import export_onnx
 
 TEACHER = TeacherConfig(width=8, depth=1, hidden=32, epochs=3, lr=5e-3, batch_size=32)
 LIMIT_TRAIN = 256
@@ -146,7 +148,12 @@ def worker(rank: int, world: int, port: int, root: str, queue: Any) -> None:
         except TrainingError as exc:
             result["on_main_error"] = str(exc)
 
-        # 5. the end of the collective part: rank 0 goes on alone, as one process
+        # 5. latency measured on rank 0 and shared: a member ladder sized by it is the same on every rank
+        blob = export_onnx(tiny_mlp(), torch.from_numpy(x[:2]))
+        timing = LatencyConfig(rounds=2, calls_per_round=3, warmup=1)
+        result["latency"] = measure_side_by_side({"a": blob, "b": blob}, x[:8], timing)
+
+        # 6. the end of the collective part: rank 0 goes on alone, as one process
         result["continues"] = distributed.main_continues_alone()
         result["alone"] = (distributed.is_distributed(), distributed.world_size(), distributed.is_main_process())
     result["writes"] = writes

@@ -106,6 +106,12 @@ def test_a_choice_made_on_rank_0_reaches_every_rank_with_its_error(two_ranks) ->
     assert ranks[0]["on_main_error"] == ranks[1]["on_main_error"] == "no candidate is fast enough (rank 0)"
 
 
+def test_latency_is_measured_on_rank_0_and_shared(two_ranks) -> None:
+    _, ranks = two_ranks
+    assert ranks[0]["latency"] == ranks[1]["latency"]  # timings of two processes never agree to the ns by chance
+    assert ranks[0]["latency"]["a"][1]["p50"] > 0
+
+
 def test_rank_0_alone_continues_after_training_as_one_process(two_ranks) -> None:
     _, ranks = two_ranks
     assert (ranks[0]["continues"], ranks[1]["continues"]) == (True, False)
