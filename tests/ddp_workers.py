@@ -8,8 +8,11 @@ under the test's directory, so the parent can check that rank 0 alone wrote.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import math
 import os
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from distill import distributed
+from distill.cluttered import ClutterConfig, cluttered_mnist
 from distill.data import load_dataset
 from distill.errors import TrainingError
 from distill.losses import make_loss
@@ -54,6 +58,18 @@ class TinyMLP(nn.Module):
 def tiny_mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return TinyMLP()
+
+
+def write_tiny_mnist(folder: Path) -> None:
+    """20 + 10 random 28x28 'digits' as MNIST IDX files (the cluttered set's source)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for name, array in (("train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28))),
+                        ("train-labels-idx1-ubyte.gz", np.arange(20) % 10),
+                        ("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28))),
+                        ("t10k-labels-idx1-ubyte.gz", np.arange(10))):
+        header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+        (folder / name).write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
 def _fail_on_rank_0() -> None:
@@ -120,6 +136,11 @@ def worker(rank: int, world: int, port: int, root: str, queue: Any) -> None:
     with distributed.session() as started:
         result["started"] = started
         result["world_size"] = distributed.world_size()
+
+        # 0. generated data (cluttered MNIST): rank 0 generates and caches it, the other rank reads that cache
+        clutter = cluttered_mnist(Path(root) / "mnist", ClutterConfig(canvas=32), cache_dir=Path(root) / "data")
+        digest = hashlib.sha256(clutter.x_train.tobytes() + clutter.x_test.tobytes()).hexdigest()
+        result["cluttered"] = (clutter.from_cache, digest)
 
         # 1. fit, twice on one model (a new DDP wrapper each time, as DSD² rounds do): the shard each rank
         #    sees, and the trained parameters.

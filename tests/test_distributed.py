@@ -38,6 +38,7 @@ def _free_port() -> int:
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
     """Run tests/ddp_workers.worker on 2 spawned gloo ranks; (their directory, rank -> results)."""
     root = tmp_path_factory.mktemp("ddp")
+    ddp_workers.write_tiny_mnist(root / "mnist")
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     mp.start_processes(ddp_workers.worker, args=(2, _free_port(), str(root), queue), nprocs=2, join=True,
@@ -117,6 +118,13 @@ def test_rank_0_alone_continues_after_training_as_one_process(two_ranks) -> None
     assert (ranks[0]["continues"], ranks[1]["continues"]) == (True, False)
     assert ranks[0]["alone"] == (False, 1, True)  # no collective can wait on the ranks that left
     assert ranks[1]["alone"] == (True, 2, False)
+
+
+def test_generated_data_is_written_by_rank_0_and_read_by_the_others(two_ranks) -> None:
+    root, ranks = two_ranks
+    assert ranks[0]["cluttered"][0] is False and ranks[1]["cluttered"][0] is True  # generated, then read back
+    assert ranks[0]["cluttered"][1] == ranks[1]["cluttered"][1]
+    assert len(list((root / "data").glob("cluttered-mnist-*.npz"))) == 1
 
 
 def test_without_torchruns_environment_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
