@@ -213,7 +213,8 @@ def cluttered_mnist(
     if path is None or "WORLD_SIZE" not in os.environ:
         return _load_or_generate(root, files, config, path, write=path is not None)
     # Under torchrun rank 0 generates and writes the cache while the other ranks wait; they then read it.
-    from distill.distributed import is_main_process, main_process_first  # imports torch: only under torchrun
+    # distill.distributed imports torch: only under torchrun
+    from distill.distributed import is_main_process, main_process_first
 
     with main_process_first():
         return _load_or_generate(root, files, config, path, write=is_main_process())

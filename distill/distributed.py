@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 from distill.errors import TrainingError
 
@@ -61,7 +63,7 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 _alone = False  # set on rank 0 by main_continues_alone(): the other ranks have left, act as one process
 
 
-def launched_by_torchrun(environ: "os._Environ[str] | dict[str, str] | None" = None) -> bool:
+def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
     """True when the process has torchrun's environment (all of RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
     env = os.environ if environ is None else environ
     return all(key in env for key in _TORCHRUN_ENV)
@@ -208,15 +210,14 @@ def local_batch_size(global_batch: int) -> int:
     return -(-global_batch // world_size())
 
 
-def sampler(n: int, seed: int) -> "torch.utils.data.DistributedSampler[int]":
+def sampler(n: int, seed: int) -> DistributedSampler[int]:
     """This rank's shard of ``range(n)``; after ``set_epoch(e)`` it orders by ``randperm(n, seed + e)``.
 
     Every rank gets ``ceil(n / world_size)`` indices (the last few repeat the first to even them out), rank
     ``r`` the ``r``-th of every ``world_size`` positions of the shuffled order.
     """
-    from torch.utils.data import DistributedSampler
-
-    return DistributedSampler(range(n), num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=False)
+    indices: Any = range(n)  # the sampler only takes len() of its "dataset"
+    return DistributedSampler(indices, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=False)
 
 
 def wrap(model: nn.Module) -> nn.Module:

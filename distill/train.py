@@ -11,6 +11,7 @@ one-process run, gradients are averaged, and rank 0 alone shows progress and run
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> n
     cache = cache_for(model)
     if cache is None:
         return _forward_logits(model, x, batch_size)
-    compute = lambda rows: _forward_logits(model, rows, batch_size)  # noqa: E731
+    compute = functools.partial(_forward_logits, model, batch_size=batch_size)
     if not distributed.is_distributed():
         return cache.logits(x, compute)
     # Rank 0 computes and writes the entry while the others wait; they then read it (or, if it could

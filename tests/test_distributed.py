@@ -15,12 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_workers
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-import ddp_workers
 from distill import distributed
 from distill.losses import make_loss
 from distill.train import fit
@@ -94,7 +94,7 @@ def test_a_bdistil_member_is_identical_on_both_ranks(two_ranks) -> None:
 
 
 def test_only_rank_0_writes(two_ranks) -> None:
-    root, ranks = two_ranks
+    ranks = two_ranks[1]
     written = {Path(path).name for _, path in ranks[0]["writes"]}
     assert {"progress.pt", "progress.json", "model.pt", "config.json", "metrics.json"} <= written  # the hook sees writes
     assert any(name.endswith(".npy") for name in written)  # the logit cache, filled by rank 0
@@ -108,7 +108,7 @@ def test_a_choice_made_on_rank_0_reaches_every_rank_with_its_error(two_ranks) ->
 
 
 def test_latency_is_measured_on_rank_0_and_shared(two_ranks) -> None:
-    _, ranks = two_ranks
+    ranks = two_ranks[1]
     assert ranks[0]["latency"] == ranks[1]["latency"]  # timings of two processes never agree to the ns by chance
     assert ranks[0]["latency"]["a"][1]["p50"] > 0
 
@@ -144,7 +144,7 @@ def test_torchrun_runs_train_teacher_unchanged_and_rank_0_alone_reports(tmp_path
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "distill",
            "train-teacher", "--data", "digits", "--epochs", "1", "--width", "8", "--hidden", "32", "--out", str(out),
            "--no-progress"]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("checkpoint: ") == 1  # printed by rank 0 only
     assert json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == 0
