@@ -8,6 +8,10 @@ Endpoints (each model endpoint also under ``/v2/models/{name}/versions/{version}
     GET  /v2/models/{name}            model metadata (input/output tensors, -1 for the batch)
     GET  /v2/models/{name}/ready      {"name", "ready"}
     POST /v2/models/{name}/infer      inference (see :mod:`edge_runtime.server._protocol`)
+    GET  /metrics                     Prometheus text format (see :mod:`edge_runtime.server._metrics`)
+
+With ``ServerConfig.access_log`` set, every inference request also writes one JSON line (see
+:mod:`edge_runtime.server._access_log`).
 
 Every error is ``{"error": "<one line naming the fix>"}``: 400 bad request, 403 a web page's Origin, 404
 unknown model or path, 405 wrong method, 413 body or batch too large, 415 a Content-Type or -Encoding not
@@ -60,11 +64,13 @@ from starlette.routing import Route
 
 from edge_runtime.bundle import Manifest
 from edge_runtime.errors import EdgeRuntimeError, InputError, MemberError, PolicyError
+from edge_runtime.server._access_log import AccessLog
 from edge_runtime.server._config import ServerConfig
 from edge_runtime.server._connections import arrival_time
 from edge_runtime.server._errors import ModelNotFoundError, OverloadedError, ServerError
 from edge_runtime.server._http import CallerCheck, check_content_type, header_length, read_body
 from edge_runtime.server._memory import RELEASE_AFTER_BYTES, release_freed_memory
+from edge_runtime.server._metrics import CONTENT_TYPE, Outcome, ServerMetrics
 from edge_runtime.server._protocol import (
     MODEL_VERSION,
     InferRequest,
@@ -147,6 +153,8 @@ class _Server:
             self.default_threshold = getattr(runtime, "entropy_threshold", self._calibrated())
         self.ready = True
         self.metadata = model_metadata(self.name, self.manifest)
+        self.metrics = ServerMetrics(self.name, [m.name for m in self.manifest.members], runtime, self.scheduler)
+        self.access_log = None if config.access_log is None else AccessLog(config.access_log, self.name)
         self.server_metadata = {"name": SERVER_NAME, "version": _version(), "extensions": list(EXTENSIONS)}
 
     def _calibrated(self) -> float | None:
@@ -195,9 +203,18 @@ class _Server:
         refused = self.refusal(headers, body, arrival)
         if refused is None:
             return b"" if body is None else None  # b"": every worker busy, decide once the body is in
+        self.note_shed(refused, arrival)
         content = json.dumps({"error": str(refused)}).encode()
         return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"retry-after: %d\r\n\r\n" % (len(content), max(1, math.ceil(refused.retry_after_s)))) + content
+
+    def note_shed(self, refused: OverloadedError, arrival: float) -> None:
+        """Count a request refused before it reached a handler (its body not decoded) and log it."""
+        elapsed_s = time.perf_counter() - arrival
+        self.metrics.shed(refused.reason)
+        self.metrics.answered(503, elapsed_s, None)
+        if self.access_log is not None:
+            self.access_log.write(503, elapsed_s * 1e3, None, shed=refused.reason)
 
     def check_model(self, request: Request) -> None:
         name = request.path_params["name"]
@@ -226,11 +243,24 @@ class _Server:
 
     async def infer(self, request: Request) -> Response:
         arrival = arrival_time(request.scope, time.perf_counter())  # the first byte's time, when the server stamped it
-        response = await self._guard(self._infer, request, arrival)
+        outcome = Outcome()
+        response = await self._guard(self._infer, request, arrival, outcome)
+        if response is not _NO_ANSWER:
+            elapsed_s = time.perf_counter() - arrival
+            status = response.status_code
+            shed = getattr(request.state, "shed", None)
+            if shed is not None:
+                self.metrics.shed(shed)
+            self.metrics.answered(status, elapsed_s, outcome if status == 200 else None)
+            if self.access_log is not None:
+                self.access_log.write(status, elapsed_s * 1e3, outcome if outcome.request_id is not None else None, shed=shed)
         if response is not _NO_ANSWER and getattr(request.state, "body_bytes", 0) >= RELEASE_AFTER_BYTES:
             # after the answer is sent, on a thread: the request's lists and arrays are garbage by then
             response.background = BackgroundTask(release_freed_memory)
         return response
+
+    async def scrape(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def _model_info(self, request: Request) -> Response:
         self.check_model(request)
@@ -259,6 +289,7 @@ class _Server:
 
     def _refusal(self, request: Request, exc: Exception) -> Response:
         if isinstance(exc, OverloadedError):
+            request.state.shed = exc.reason
             return _error(exc.status, str(exc), {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
         if isinstance(exc, ServerError):
             return _error(exc.status, str(exc))
@@ -273,7 +304,7 @@ class _Server:
         logger.error("unexpected error while answering %s %s", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal error while answering the request; see the server log")
 
-    async def _infer(self, request: Request, arrival: float) -> Response:
+    async def _infer(self, request: Request, arrival: float, outcome: Outcome) -> Response:
         self.check_model(request)
         check_content_type(request)
         json_length = header_length(request)
@@ -289,6 +320,8 @@ class _Server:
             decoded = decode_infer_request(body, spec, json_length, rows)
         del body, header
         budget, threshold = self.resolve(decoded.budget_ms, decoded.entropy_threshold)
+        outcome.request_id = decoded.id if decoded.id is not None else uuid.uuid4().hex
+        outcome.budget_ms = budget
         # Explicit values reach the runtime, so what the answer reports is what was applied.
         threshold_arg: float | str = "off" if threshold is None else threshold
         x, chunk = decoded.x, self.config.chunk_rows
@@ -315,8 +348,8 @@ class _Server:
         if len(predictions) != x.shape[0]:
             raise EdgeRuntimeError(f"the runtime answered {len(predictions)} samples for a batch of {x.shape[0]}")
         if len(predictions) > _ENCODE_INLINE_ROWS:  # a large answer is encoded on a thread, not on the event loop
-            return await run_in_threadpool(self._answer, decoded, predictions, budget, threshold, queue_ms, arrival)
-        return self._answer(decoded, predictions, budget, threshold, queue_ms, arrival)
+            return await run_in_threadpool(self._answer, decoded, predictions, budget, threshold, queue_ms, arrival, outcome)
+        return self._answer(decoded, predictions, budget, threshold, queue_ms, arrival, outcome)
 
     def _answer(
         self,
@@ -326,15 +359,19 @@ class _Server:
         threshold: float | None,
         queue_ms: float,
         arrival: float,
+        outcome: Outcome,
     ) -> Response:
         params: dict[str, Any] = summarize(predictions, self.manifest)
         params["anytime_queue_ms"] = queue_ms
         params["anytime_budget_ms"] = "off" if budget is None else budget
         params["anytime_entropy_threshold"] = "off" if threshold is None else threshold
         params["anytime_elapsed_ms"] = (time.perf_counter() - arrival) * 1e3
-        request_id = decoded.id if decoded.id is not None else uuid.uuid4().hex
+        outcome.record(predictions)
+        outcome.members_used = params["anytime_members_used"]
+        outcome.exit_reason = params["anytime_exit_reason"]
+        outcome.queue_ms = queue_ms
         try:
-            body = encode_infer_response(self.name, decoded, request_id, predictions, params, self.manifest.task.labels)
+            body = encode_infer_response(self.name, decoded, outcome.request_id or "", predictions, params, self.manifest.task.labels)
         except ValueError:
             raise EdgeRuntimeError("the model produced NaN or infinity; check the bundle with `anytime-edge inspect`") from None
         return Response(body, media_type="application/json")
@@ -342,6 +379,8 @@ class _Server:
     async def shutdown(self) -> None:
         self.ready = False
         await run_in_threadpool(self.scheduler.close)
+        if self.access_log is not None:
+            self.access_log.close()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -376,12 +415,14 @@ class _Shedder:
         arrival = arrival_time(scope, time.perf_counter())
         refused = self.server.refusal(scope["headers"], None, arrival)
         if refused is not None:
+            self.server.note_shed(refused, arrival)
             await _send_overloaded(send, refused)
             return
         message = await receive()
         body = message.get("body", b"") if message["type"] == "http.request" and not message.get("more_body", False) else None
         refused = self.server.refusal(scope["headers"], body, arrival)
         if refused is not None:
+            self.server.note_shed(refused, arrival)
             await _send_overloaded(send, refused)
             return
         replayed = False
@@ -436,6 +477,7 @@ def create_app(runtime: RuntimeLike | PathLike, config: ServerConfig | None = No
         Route("/v2/health/live", server.live, methods=["GET"]),
         Route("/v2/health/ready", server.health_ready, methods=["GET"]),
         Route("/v2", server.server_info, methods=["GET"]),
+        Route("/metrics", server.scrape, methods=["GET"]),
     ]
 
     @asynccontextmanager

@@ -255,7 +255,7 @@ class Scheduler:
                         self.shed += 1
                         raise OverloadedError(
                             "overloaded: every worker is busy and the latency budget is too short to wait; "
-                            "retry, or raise anytime_budget_ms"
+                            "retry, or raise anytime_budget_ms", reason="deadline"
                         )
             due = deadline if deadline is not None else job.enqueued + self.no_budget_due_s
             heapq.heappush(self._heap, (due, next(self._order), job))
@@ -322,7 +322,7 @@ class Scheduler:
             self.shed += 1
             raise OverloadedError(
                 f"overloaded: {self.running} request(s) running and {ahead} due sooner waiting; the {budget_ms:g} ms "
-                "budget cannot be met: retry, or raise anytime_budget_ms"
+                "budget cannot be met: retry, or raise anytime_budget_ms", reason="deadline"
             )
 
     def _expire(self, job: _Job) -> None:
@@ -335,7 +335,8 @@ class Scheduler:
             self.shed += 1
         if not job.future.done():
             job.future.set_exception(
-                OverloadedError("overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms")
+                OverloadedError("overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms",
+                                reason="expired")
             )
 
     # -- the worker threads ------------------------------------------------------------------------------
@@ -361,7 +362,7 @@ class Scheduler:
 
     def _start_workers(self) -> None:
         if self._closing:
-            raise OverloadedError("the server is shutting down; retry on another instance")
+            raise OverloadedError("the server is shutting down; retry on another instance", reason="shutdown")
         self._threads = [
             threading.Thread(target=self._work, name=f"anytime-infer-{k}", daemon=True) for k in range(self.workers)
         ]
@@ -390,7 +391,7 @@ class Scheduler:
             if job.shed and job.waited and left_ms < job.first_ms:
                 return OverloadedError(
                     f"overloaded: waited {(started - job.enqueued) * 1e3:.1f} ms for a worker; too little of the "
-                    "budget is left for one member: retry, or raise anytime_budget_ms"
+                    "budget is left for one member: retry, or raise anytime_budget_ms", reason="expired"
                 )
             left_ms = max(left_ms, _MIN_BUDGET_MS)  # the runtime wants a positive budget: first member only
         result = job.call(left_ms)
