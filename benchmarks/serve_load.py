@@ -512,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per overload phase (default 60)")
     parser.add_argument("--storm-budget-ms", type=float, default=1.0, help="budget of the overload phases (default 1)")
     parser.add_argument("--repeat", type=int, default=1, help="overload runs, each on a fresh server (default 1)")
+    parser.add_argument("--phases", default="single,storm16,storm200,polite16,idle300",
+                        help="overload phases to run, comma-separated (default: all; goals of phases left out read '-')")
     parser.add_argument("--switch-interval-ms", type=float, default=None,
                         help="passed to the server in the overload phases (default: the server's own)")
     args = parser.parse_args(argv)
@@ -663,6 +665,11 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
           f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "
           f"{info['logical_cores']} logical cores; load average {[round(v, 2) for v in os.getloadavg()]}", flush=True)
     phases = {"single": (1, 0), "storm16": (16, 0), "storm200": (200, 0), "polite16": (16, 0), "idle300": (16, 300)}
+    chosen = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if not chosen or set(chosen) - set(phases):
+        print(f"serve_load: --phases takes some of {', '.join(phases)}", file=sys.stderr)
+        return 2
+    phases = {p: phases[p] for p in phases if p in chosen}
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeat):
         extra = [] if args.switch_interval_ms is None else ["--switch-interval-ms", str(args.switch_interval_ms)]
@@ -677,6 +684,7 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
                                           polite=phase == "polite16")
                 stats[phase] = _overload.summarize(raw, budget)
                 stats[phase]["load_average"] = os.getloadavg()[0]
+                stats[phase]["rss_mb_after"] = server.rss_mb()  # where growth happens (a leak keeps rising)
             rss_growth = server.rss_mb() / rss_start - 1.0
             runs.append({"stats": stats, "rss_mb_start": rss_start, "rss_growth": rss_growth,
                          "goals": _overload.overload_goals(stats, rss_growth), "server_exit_status": server.stop()})
