@@ -42,6 +42,7 @@ hangs up before its request is read is logged as one DEBUG line, and nothing is 
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
 import logging
 import math
@@ -66,7 +67,7 @@ from edge_runtime.bundle import Manifest
 from edge_runtime.errors import EdgeRuntimeError, InputError, MemberError, PolicyError
 from edge_runtime.server._access_log import AccessLog
 from edge_runtime.server._config import ServerConfig
-from edge_runtime.server._connections import arrival_time
+from edge_runtime.server._connections import REFUSED, arrival_time
 from edge_runtime.server._errors import ModelNotFoundError, OverloadedError, ServerError
 from edge_runtime.server._http import CallerCheck, check_content_type, header_length, read_body
 from edge_runtime.server._memory import RELEASE_AFTER_BYTES, release_freed_memory
@@ -153,6 +154,9 @@ class _Server:
             self.default_threshold = getattr(runtime, "entropy_threshold", self._calibrated())
         self.ready = True
         self.metadata = model_metadata(self.name, self.manifest)
+        # Ids for requests that bring none: this process's random prefix and a counter. (uuid4 per request
+        # reads os.urandom, a system call that lets a worker take the interpreter lock from the event loop.)
+        self._id_prefix, self._ids = uuid.uuid4().hex[:16] + "-", itertools.count(1)
         self.metrics = ServerMetrics(self.name, [m.name for m in self.manifest.members], runtime, self.scheduler)
         self.access_log = None if config.access_log is None else AccessLog(config.access_log, self.name)
         self.server_metadata = {"name": SERVER_NAME, "version": _version(), "extensions": list(EXTENSIONS)}
@@ -208,6 +212,11 @@ class _Server:
         return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"retry-after: %d\r\n\r\n" % (len(content), max(1, math.ceil(refused.retry_after_s)))) + content
 
+    def busy(self) -> bool:
+        """True while a new request could not start at once: every worker busy, or requests queued."""
+        scheduler = self.scheduler
+        return scheduler.running >= scheduler.workers or scheduler.queued > 0
+
     def note_shed(self, refused: OverloadedError, arrival: float) -> None:
         """Count a request refused before it reached a handler (its body not decoded) and log it."""
         elapsed_s = time.perf_counter() - arrival
@@ -251,6 +260,7 @@ class _Server:
             shed = getattr(request.state, "shed", None)
             if shed is not None:
                 self.metrics.shed(shed)
+                _mark_refused(request.scope)
             self.metrics.answered(status, elapsed_s, outcome if status == 200 else None)
             if self.access_log is not None:
                 self.access_log.write(status, elapsed_s * 1e3, outcome if outcome.request_id is not None else None, shed=shed)
@@ -320,7 +330,7 @@ class _Server:
             decoded = decode_infer_request(body, spec, json_length, rows)
         del body, header
         budget, threshold = self.resolve(decoded.budget_ms, decoded.entropy_threshold)
-        outcome.request_id = decoded.id if decoded.id is not None else uuid.uuid4().hex
+        outcome.request_id = decoded.id if decoded.id is not None else f"{self._id_prefix}{next(self._ids):x}"
         outcome.budget_ms = budget
         # Explicit values reach the runtime, so what the answer reports is what was applied.
         threshold_arg: float | str = "off" if threshold is None else threshold
@@ -416,6 +426,7 @@ class _Shedder:
         refused = self.server.refusal(scope["headers"], None, arrival)
         if refused is not None:
             self.server.note_shed(refused, arrival)
+            _mark_refused(scope)
             await _send_overloaded(send, refused)
             return
         message = await receive()
@@ -423,6 +434,7 @@ class _Shedder:
         refused = self.server.refusal(scope["headers"], body, arrival)
         if refused is not None:
             self.server.note_shed(refused, arrival)
+            _mark_refused(scope)
             await _send_overloaded(send, refused)
             return
         replayed = False
@@ -435,6 +447,14 @@ class _Shedder:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _mark_refused(scope: Any) -> None:
+    """Tell the connection layer this request was refused for overload (its read gate holds such connections)."""
+    extensions = scope.get("extensions")
+    if extensions is None:
+        extensions = scope["extensions"] = {}
+    extensions[REFUSED] = True
 
 
 async def _send_overloaded(send: Any, exc: OverloadedError) -> None:

@@ -58,6 +58,9 @@ class ServerConfig:
     # leaves Python's 5 ms.
     switch_interval_ms: float | None = 0.5
     shutdown_timeout_s: float = 30.0  # on SIGTERM, wait this long for in-flight requests, then cancel
+    # While every worker is busy, answered connections are not read until one is free (a client that retries at
+    # once waits in the kernel instead of costing a 503 each); see _connections.ReadGate. False = always read.
+    backpressure: bool = True
     access_log: str | None = None  # JSON-lines access log: a file path (appended to), "-" = standard output, None = off
 
     def __post_init__(self) -> None:

@@ -198,6 +198,9 @@ class Scheduler:
         self.shed = 0  # requests refused so far (queue full or budget spent waiting)
         self.completed = 0  # calls that returned on a worker
         self._threads: list[threading.Thread] = []  # started with the first call (none for an app never used)
+        # Called on the event loop whenever a worker or a queue slot has come free (the connection layer's
+        # read gate resumes a paused connection then); None = nobody listens.
+        self.on_free: Callable[[], None] | None = None
 
     @property
     def queued(self) -> int:
@@ -333,6 +336,8 @@ class Scheduler:
             job.state = _GONE
             self._queued -= 1
             self.shed += 1
+        if self.on_free is not None:
+            self.on_free()
         if not job.future.done():
             job.future.set_exception(
                 OverloadedError("overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms",
@@ -358,7 +363,13 @@ class Scheduler:
             finally:
                 with self._lock:
                     self._free += 1  # free now, not when the event loop gets round to the result
-            job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+            job.loop.call_soon_threadsafe(self._finished, job.future, outcome)
+
+    def _finished(self, future: "asyncio.Future[Any]", outcome: Any) -> None:
+        """On the event loop: hand a call's outcome to its request, then say a worker is free."""
+        _resolve(future, outcome)
+        if self.on_free is not None:
+            self.on_free()
 
     def _start_workers(self) -> None:
         if self._closing:
