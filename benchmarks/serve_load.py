@@ -659,18 +659,21 @@ def _scrape_shed(server: ServerProcess) -> dict[str, float]:
 
         conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
         conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
+        response = conn.getresponse()
+        text = response.read().decode()
         conn.close()
-    except (ImportError, OSError):
+        if response.status != 200:  # a server without /metrics
+            return {}
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "anytime_shed_total":
+                    out[f"shed_{s.labels['reason']}"] = s.value
+                elif s.name == "anytime_requests_total":
+                    out[f"status_{s.labels['status']}"] = s.value
+        return out
+    except (ImportError, OSError, ValueError):
         return {}
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "anytime_shed_total":
-                out[f"shed_{s.labels['reason']}"] = s.value
-            elif s.name == "anytime_requests_total":
-                out[f"status_{s.labels['status']}"] = s.value
-    return out
 
 
 def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray) -> int:
