@@ -29,6 +29,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "uvicorn": "serve",
     "httptools": "serve",
     "prometheus_client": "serve",
+    "kserve": "kserve",
     "matplotlib": "plot",
     "adjustText": "plot",
     "httpx": "dev",

@@ -329,9 +329,25 @@ class _Server:
         else:
             decoded = decode_infer_request(body, spec, json_length, rows)
         del body, header
-        budget, threshold = self.resolve(decoded.budget_ms, decoded.entropy_threshold)
         outcome.request_id = decoded.id if decoded.id is not None else f"{self._id_prefix}{next(self._ids):x}"
-        outcome.budget_ms = budget
+        outcome.budget_ms = self.resolve(decoded.budget_ms, None)[0]  # type: ignore[assignment]
+        predictions, params = await self.run_decoded(decoded, arrival)
+        if len(predictions) > _ENCODE_INLINE_ROWS:  # a large answer is encoded on a thread, not on the event loop
+            return await run_in_threadpool(self._answer, decoded, predictions, params, arrival, outcome)
+        return self._answer(decoded, predictions, params, arrival, outcome)
+
+    async def run_decoded(self, decoded: InferRequest, arrival: float) -> tuple[list[PredictionLike], dict[str, Any]]:
+        """Run a decoded request through the scheduler; return its predictions and ``anytime_*`` parameters.
+
+        The part of an inference request after decoding, shared with the KServe adapter
+        (:mod:`edge_runtime.kserve`). ``arrival`` is the ``time.perf_counter()`` the budget counts from;
+        the parameters lack ``anytime_elapsed_ms``, which the caller sets when its answer is ready.
+
+        Raises:
+            OverloadedError: shed (503) because the queue is full or the budget cannot be met.
+            EdgeRuntimeError: the runtime failed (a member error, a wrong number of answers).
+        """
+        budget, threshold = self.resolve(decoded.budget_ms, decoded.entropy_threshold)
         # Explicit values reach the runtime, so what the answer reports is what was applied.
         threshold_arg: float | str = "off" if threshold is None else threshold
         x, chunk = decoded.x, self.config.chunk_rows
@@ -357,29 +373,21 @@ class _Server:
             queue_ms += done.queue_ms
         if len(predictions) != x.shape[0]:
             raise EdgeRuntimeError(f"the runtime answered {len(predictions)} samples for a batch of {x.shape[0]}")
-        if len(predictions) > _ENCODE_INLINE_ROWS:  # a large answer is encoded on a thread, not on the event loop
-            return await run_in_threadpool(self._answer, decoded, predictions, budget, threshold, queue_ms, arrival, outcome)
-        return self._answer(decoded, predictions, budget, threshold, queue_ms, arrival, outcome)
-
-    def _answer(
-        self,
-        decoded: InferRequest,
-        predictions: Sequence[PredictionLike],
-        budget: float | None,
-        threshold: float | None,
-        queue_ms: float,
-        arrival: float,
-        outcome: Outcome,
-    ) -> Response:
         params: dict[str, Any] = summarize(predictions, self.manifest)
         params["anytime_queue_ms"] = queue_ms
         params["anytime_budget_ms"] = "off" if budget is None else budget
         params["anytime_entropy_threshold"] = "off" if threshold is None else threshold
+        return predictions, params
+
+    def _answer(
+        self, decoded: InferRequest, predictions: Sequence[PredictionLike], params: dict[str, Any], arrival: float,
+        outcome: Outcome,
+    ) -> Response:
         params["anytime_elapsed_ms"] = (time.perf_counter() - arrival) * 1e3
         outcome.record(predictions)
         outcome.members_used = params["anytime_members_used"]
         outcome.exit_reason = params["anytime_exit_reason"]
-        outcome.queue_ms = queue_ms
+        outcome.queue_ms = params["anytime_queue_ms"]
         try:
             body = encode_infer_response(self.name, decoded, outcome.request_id or "", predictions, params, self.manifest.task.labels)
         except ValueError:
