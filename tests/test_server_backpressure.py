@@ -12,6 +12,8 @@ import re
 import time
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from edge_runtime.server._connections import ReadGate
 from test_server import infer_body
 from test_server_deadline import _connect, _server_process
@@ -113,3 +115,11 @@ def test_a_retry_after_503_waits_for_the_worker_instead_of_a_second_refusal() ->
             assert second.startswith(b"HTTP/1.1 200") and answer["outputs"]
             running.settimeout(10)
             assert running.recv(65536).startswith(b"HTTP/1.1 200")
+        with _connect(port) as sock:  # the server's own account of it
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    samples = {s.name: s.value for f in text_string_to_metric_families(data.partition(b"\r\n\r\n")[2].decode())
+               for s in f.samples}
+    assert samples["anytime_holds_total"] == 1 and samples["anytime_connections_held"] == 0

@@ -26,6 +26,8 @@ Read when scraped (nothing on the hot path):
 ``anytime_latency_samples``            gauge      runs of ``member`` inside the estimator's window
 ``anytime_queue_depth``                gauge      requests waiting for a worker now
 ``anytime_workers_busy``               gauge      workers running a request now (of ``anytime_workers``)
+``anytime_connections_held``           gauge      connections not read now by backpressure (under :func:`serve` only)
+``anytime_holds_total``                counter    times a connection refused with 503 was held unread (backpressure)
 ``process_*``                          various    prometheus_client's process metrics (RSS, CPU seconds, open fds)
 =====================================  =========  ==================================================================
 
@@ -121,6 +123,15 @@ class _Scraped(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=["model"])
             gauge.add_metric(model, float(value))
             yield gauge
+        if m.gate is not None:
+            held = GaugeMetricFamily("anytime_connections_held", "Connections not read now (backpressure), each "
+                                     "most likely with a retried request waiting in the kernel.", labels=["model"])
+            held.add_metric(model, float(m.gate.waiting))
+            yield held
+            holds = CounterMetricFamily("anytime_holds", "Times a connection refused with 503 was held unread "
+                                        "until a worker was free (backpressure).", labels=["model"])
+            holds.add_metric(model, float(m.gate.held))
+            yield holds
 
 
 class ServerMetrics:
@@ -139,6 +150,7 @@ class ServerMetrics:
         self.member_names = tuple(member_names)
         self.runtime = runtime
         self.scheduler = scheduler
+        self.gate: Any = None  # the connection layer's ReadGate when serving with backpressure (set by serve())
         self.registry = CollectorRegistry(auto_describe=False)
         self._requests = Counter("anytime_requests", "Inference requests answered, by HTTP status.",
                                  ["model", "status"], registry=self.registry)

@@ -64,6 +64,7 @@ def serve(
     if config.backpressure:
         gate = ReadGate(app.state.server.busy)
         app.state.server.scheduler.on_free = gate.release
+        app.state.server.metrics.gate = gate  # GET /metrics reports the held connections
     uv_config = uvicorn.Config(
         app,
         http=guarded_protocol(limits, app.state.server.overloaded_response, gate),  # httptools, with timeouts and the connection cap (see _connections)
