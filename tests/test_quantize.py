@@ -242,3 +242,13 @@ def test_cli_runs_on_the_runtime_plus_wrap_install_and_the_runtime_never_imports
     ran = subprocess.run([sys.executable, "-c", code, str(tmp_path / "q")], env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr
+
+
+def test_inspect_shows_the_quantization(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_runtime.cli import main
+
+    q_path = _quantize(make_bundle(tmp_path / "f", num_members=1), tmp_path / "q", per_channel=True).path
+    assert main(["inspect", str(q_path)]) == 0
+    assert "int8     static QDQ, weights int8 per-channel, activations uint8 (minmax on 256 samples); from 'tiny'" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "f"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quantization"] is None
