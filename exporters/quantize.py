@@ -70,10 +70,9 @@ from exporters.bundle import write_bundle
 from exporters.errors import ConversionError, ExportError, VerificationError
 from exporters.verify import check_graph
 
-__all__ = ["PrefixGate", "QuantizeConfig", "QuantizeResult", "float_head_nodes", "quantize_bundle"]
+__all__ = ["PrefixGate", "QuantizeConfig", "QuantizeResult", "float_head_nodes", "member_feeds", "quantize_bundle"]
 
 _PREV = "prev_logits"
-_PERCENTILE = 99.999  # onnxruntime's default for CalibrationMethod.Percentile, recorded here for reports
 
 
 @dataclass(frozen=True)
@@ -221,9 +220,20 @@ def _reader(q: Any, feeds: Sequence[Mapping[str, np.ndarray]]) -> Any:
     return Reader()
 
 
-def _member_feeds(bundle: Bundle, x: np.ndarray, batch_size: int) -> list[list[dict[str, np.ndarray]]]:
-    """Per member, per batch: the feed the runtime gives that member when the float bundle runs on ``x``
-    (members' input space: after the task's preprocess)."""
+def member_feeds(bundle: Bundle, x: np.ndarray, batch_size: int) -> list[list[dict[str, np.ndarray]]]:
+    """Per member, per batch: the feed the runtime gives that member when the float bundle runs on ``x``.
+
+    Args:
+        bundle: a loaded float bundle.
+        x: inputs ``(N, *task.model_input_shape[1:])`` in the members' space (after the task's preprocess).
+        batch_size: rows per batch.
+
+    Returns:
+        ``feeds[k][b]``: member k's inputs (``x``, ``prev_logits``, connection tensors) for batch b.
+
+    Raises:
+        ExportError: a float member fails on ``x``.
+    """
     manifest = bundle.manifest
     sessions = [create_session(blob, SessionConfig(), name=m.name) for m, blob in zip(manifest.members, bundle.member_bytes)]
     x_name = manifest.task.input.name
@@ -373,7 +383,7 @@ def quantize_bundle(
     if y.min() < 0 or y.max() >= task.num_classes:
         raise ExportError(f"held-out labels must lie in [0, {task.num_classes - 1}]")
 
-    feeds = _member_feeds(source, task.preprocess.apply(x_cal), config.batch_size)
+    feeds = member_feeds(source, task.preprocess.apply(x_cal), config.batch_size)
     blobs: list[bytes] = []
     excluded: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="anytime-edge-quantize-") as tmp:
