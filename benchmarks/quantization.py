@@ -18,10 +18,12 @@ with other work; ratios measured side by side move much less.
 
 Bundles (``--from DIR``; default ``runs/demo`` for digits, else ``runs/<data name>``): ``teacher``,
 ``lowrank`` and ``channels`` under ``DIR/candidates/`` or ``DIR/``, the B-DISTIL ensemble at ``DIR/bundle``
-or ``DIR/bdistil``; ``--bundle NAME=PATH`` adds or replaces one. Build them with ``make demo`` (digits), or::
-
-    anytime-edge lowrank --data D --teacher CKPT --rank 16 --epochs 1 --out DIR/lowrank
-    anytime-edge sparsify channels --data D --teacher CKPT --keep 0.5 --out DIR/channels
+or ``DIR/bdistil``; ``--bundle NAME=PATH`` adds or replaces one. Build them with ``make demo`` (digits), with
+``anytime-edge lowrank ... --out DIR/lowrank`` and ``anytime-edge sparsify channels ... --out DIR/channels``,
+or, on a large data set, with ``--build-students CKPT``: a low-rank student (``--rank``, spectral init) and a
+channel-pruned one (``--keep``), each distilled ``--epochs`` on the first ``--train-rows`` training rows
+(teacher logits computed once for both), exported through the gated exporter into ``DIR``; then the
+script exits (time them in a separate run, so building does not load the machine during timing).
 
 Usage:
     python benchmarks/quantization.py --json benchmarks/results/quantization_digits.json [--data digits]
@@ -86,21 +88,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-samples", type=int, default=256, help="validation rows that calibrate")
     parser.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
     parser.add_argument("--calibration", default="minmax", choices=("minmax", "percentile", "entropy"))
+    parser.add_argument("--activations", default="uint8", choices=("uint8", "int8"), help="activation type (U8S8 or S8S8)")
     parser.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds at batch 1 (half at 32)")
     parser.add_argument("--calls", type=int, default=10, help="timed calls per member per round at batch 1 (3 at 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     parser.add_argument("--json", type=Path, help="write rows, goals and conditions here")
+    build = parser.add_argument_group("building the students (needs the train extra)")
+    build.add_argument("--build-students", type=Path, metavar="CKPT", help="teacher checkpoint: build lowrank/ and channels/ in --from, exit")
+    build.add_argument("--rank", type=int, default=16, help="low-rank student's rank")
+    build.add_argument("--keep", type=float, default=0.5, help="channel-pruned student's share of channels")
+    build.add_argument("--epochs", type=int, default=1, help="distillation epochs of each student")
+    build.add_argument("--train-rows", type=int, default=10000, help="training rows the students are distilled on")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     load_start = os.getloadavg()
     root = args.root or (Path("runs/demo") if args.data == "digits" else Path("runs") / args.data.split(":")[0])
+    if args.build_students is not None:
+        return _build_students(args, root)
     bundles = _find_bundles(root, args.bundle)
     if not bundles:
         raise SystemExit(f"no bundles under {root}; run `make demo` or pass --from/--bundle (see --help)")
     data = load_dataset(args.data, seed=args.seed)
     x_val, x_test, y_test = data.raw(data.x_val), data.raw(data.x_test), data.y_test
-    config = QuantizeConfig(per_channel=args.per_channel, calibration=args.calibration,
+    config = QuantizeConfig(per_channel=args.per_channel, calibration=args.calibration, activation_type=args.activations,
                             calibration_samples=args.calibration_samples, max_loss=100.0)  # measure, never refuse here
     print(f"{data!r}; bundles: {', '.join(f'{k}={v}' for k, v in bundles.items())}", flush=True)
 
@@ -179,6 +190,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _build_students(args: argparse.Namespace, root: Path) -> int:
+    """A low-rank and a channel-pruned student of the checkpoint, distilled on a subset, exported (gated)."""
+    from dataclasses import replace
+
+    import torch
+
+    from distill.lowrank.student import LowRankConfig, lowrank_student
+    from distill.sparse.structured import channel_student
+    from distill.teacher import load_model
+    from distill.train import predict_logits
+    from exporters import export_model
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    data = load_dataset(args.data, seed=args.seed)
+    teacher, _ = load_model(args.build_students)
+    rows = slice(0, args.train_rows)
+    train = replace(data, x_train=data.x_train[rows], y_train=data.y_train[rows])
+    logits = predict_logits(teacher, train.x_train)
+    print(f"teacher logits on {len(logits)} training rows: {time.perf_counter() - started:.0f} s", flush=True)
+    heldout = (data.x_test, data.y_test)
+    meta = {"data": data.name, "teacher": str(args.build_students), "train_rows": len(logits), "epochs": args.epochs}
+    student, report = lowrank_student(teacher, train, LowRankConfig(rank=args.rank, epochs=args.epochs), teacher_logits=logits)
+    result = export_model(student, data.task_spec(), root / "lowrank", heldout=heldout, name="lowrank",
+                          metadata={**meta, "method": "lowrank"}, info={"method": "lowrank", "rank": args.rank})
+    print(*result.describe(), f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)
+    student, _ = channel_student(teacher, train, args.keep, epochs=args.epochs, limit=args.train_rows, teacher_logits=logits)
+    result = export_model(student, data.task_spec(), root / "channels", heldout=heldout, name="channels",
+                          metadata={**meta, "method": "channels"}, info={"method": "channels", "keep": args.keep})
+    print(*result.describe(), f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)
     return 0
 
 
