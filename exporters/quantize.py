@@ -21,8 +21,9 @@ The head stays float32 (``float_head``): the node that produces ``logits`` (a me
 levels over their range and the ``p * log p`` products with them: probabilities and entropy (hence the
 calibrated exit) move, for no speed (the head is a few hundred operations of a 10-class output).
 
-Activations default to uint8 with int8 weights (ORT's U8S8): on this project's CPU (AVX-512 VNNI) that
-was 3.4x faster than the float teacher at batch 1 where int8 activations (S8S8) gained 1.2x. On x86 CPUs
+Activations default to uint8 with int8 weights (ORT's U8S8): on this project's CPU (AVX-512 VNNI) the
+cluttered-MNIST ResNet teacher ran 3.7x faster than float at batch 1 where int8 activations (S8S8) gained
+1.3x (``benchmarks/results/quantization_cluttered-mnist*.json``). On x86 CPUs
 without VNNI, U8S8 kernels can saturate (ORT's quantization docs); quantize on the target device (the
 gates run here) or pass ``activation_type="int8"``.
 
