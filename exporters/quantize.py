@@ -384,7 +384,10 @@ def quantize_bundle(
     if y.min() < 0 or y.max() >= task.num_classes:
         raise ExportError(f"held-out labels must lie in [0, {task.num_classes - 1}]")
 
-    feeds = member_feeds(source, task.preprocess.apply(x_cal), config.batch_size)
+    if config.method == "static":
+        feeds = member_feeds(source, task.preprocess.apply(x_cal), config.batch_size)
+    else:  # dynamic quantization computes ranges per call: no calibration run
+        feeds = [[] for _ in manifest.members]
     blobs: list[bytes] = []
     excluded: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="anytime-edge-quantize-") as tmp:
