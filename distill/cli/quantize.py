@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         method=args.method, per_channel=args.per_channel, calibration=args.calibration,
         activation_type=args.activations, calibration_samples=args.calibration_samples, max_loss=args.max_loss,
     )
-    labels = load_bundle(args.bundle).manifest.task.labels
+    float_manifest = load_bundle(args.bundle).manifest
+    labels = float_manifest.task.labels
 
     def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
         x, y = read_inputs(path)
@@ -76,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     for line in result.describe():
         print(line)
     print(f"bundle: {result.path}")
+    if float_manifest.calibration is not None or float_manifest.profiles:
+        print(f"note: the float bundle's entropy threshold and profiles are not carried over (INT8 entropies and latencies "
+              f"differ): run `anytime-edge calibrate {result.path} --data VAL.npz` and `anytime-edge profile {result.path}`")
     if args.zip:
         print(f"archive: {archive_bundle(result.path, args.zip)}")
     return 0
