@@ -512,6 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per overload phase (default 60)")
     parser.add_argument("--storm-budget-ms", type=float, default=1.0, help="budget of the overload phases (default 1)")
     parser.add_argument("--repeat", type=int, default=1, help="overload runs, each on a fresh server (default 1)")
+    parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
+                        help="extra `anytime-edge serve` flag for the overload servers (repeatable), e.g. --no-backpressure")
+    parser.add_argument("--phases", default="single,storm16,storm200,polite16,idle300",
+                        help="overload phases to run, comma-separated (default: all; goals of phases left out read '-')")
     parser.add_argument("--switch-interval-ms", type=float, default=None,
                         help="passed to the server in the overload phases (default: the server's own)")
     args = parser.parse_args(argv)
@@ -648,6 +652,30 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
     return 0
 
 
+def _scrape_shed(server: ServerProcess) -> dict[str, float]:
+    """The server's own counts from GET /metrics: requests by status and 503s by reason (empty if none)."""
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        text = response.read().decode()
+        conn.close()
+        if response.status != 200:  # a server without /metrics
+            return {}
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "anytime_shed_total":
+                    out[f"shed_{s.labels['reason']}"] = s.value
+                elif s.name == "anytime_requests_total":
+                    out[f"status_{s.labels['status']}"] = s.value
+        return out
+    except (ImportError, OSError, ValueError):
+        return {}
+
+
 def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray) -> int:
     """Phase 5: retry storms and idle connections, ``--repeat`` times on fresh servers."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -663,9 +691,15 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
           f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "
           f"{info['logical_cores']} logical cores; load average {[round(v, 2) for v in os.getloadavg()]}", flush=True)
     phases = {"single": (1, 0), "storm16": (16, 0), "storm200": (200, 0), "polite16": (16, 0), "idle300": (16, 300)}
+    chosen = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if not chosen or set(chosen) - set(phases):
+        print(f"serve_load: --phases takes some of {', '.join(phases)}", file=sys.stderr)
+        return 2
+    phases = {p: phases[p] for p in phases if p in chosen}
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeat):
         extra = [] if args.switch_interval_ms is None else ["--switch-interval-ms", str(args.switch_interval_ms)]
+        extra += args.server_flag
         with ServerProcess(bundle, args.workers, args.max_queue, extra) as server:
             path = f"/v2/models/{server.model}/infer"
             _overload.run_phase(server.host, server.port, path, bodies, 1, min(2.0, args.duration), 2000)  # warm up
@@ -677,8 +711,10 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
                                           polite=phase == "polite16")
                 stats[phase] = _overload.summarize(raw, budget)
                 stats[phase]["load_average"] = os.getloadavg()[0]
+                stats[phase]["rss_mb_after"] = server.rss_mb()  # where growth happens (a leak keeps rising)
             rss_growth = server.rss_mb() / rss_start - 1.0
-            runs.append({"stats": stats, "rss_mb_start": rss_start, "rss_growth": rss_growth,
+            server_counts = _scrape_shed(server)
+            runs.append({"stats": stats, "rss_mb_start": rss_start, "rss_growth": rss_growth, "server_counts": server_counts,
                          "goals": _overload.overload_goals(stats, rss_growth), "server_exit_status": server.stop()})
     rows = []
     for phase in phases:
@@ -713,9 +749,11 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
     print("\nGoals (value per run)")
     print(format_table(["goal", "values", "target", "met"], goal_rows))
     results = {"benchmark": "serve_load --overload", "bundle": source, "budget_ms": budget, "duration_s": args.duration,
-               "workers": args.workers, "max_queue": args.max_queue, "device": info, "runs": runs,
+               "workers": args.workers, "max_queue": args.max_queue, "server_flags": args.server_flag, "device": info, "runs": runs,
                "client": "asyncio closed loop, keep-alive raw HTTP/1.1, no back-off on 503",
                "conditions": _conditions(started)}
+    for r in runs:
+        print(f"server counts (GET /metrics, all phases): {r['server_counts']}")
     print(f"conditions: {results['conditions']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -210,6 +210,18 @@ def cluttered_mnist(
     if cache:
         folder = Path(cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or Path("runs") / "data")
         path = folder / f"cluttered-mnist-{_fingerprint(files, config)}.npz"
+    if path is None or "WORLD_SIZE" not in os.environ:
+        return _load_or_generate(root, files, config, path, write=path is not None)
+    # Under torchrun rank 0 generates and writes the cache while the other ranks wait; they then read it.
+    # distill.distributed imports torch: only under torchrun
+    from distill.distributed import is_main_process, main_process_first
+
+    with main_process_first():
+        return _load_or_generate(root, files, config, path, write=is_main_process())
+
+
+def _load_or_generate(root: Path, files: list[Path], config: ClutterConfig, path: Path | None, write: bool) -> ClutteredMnist:
+    """Read ``path`` if it holds the set, else generate it (and, if ``write``, cache it there)."""
     cached = _read_cache(path, config) if path is not None else None
     if cached is not None:
         return ClutteredMnist(**cached, path=path, from_cache=True)
@@ -226,7 +238,7 @@ def cluttered_mnist(
         "x_test": render(images["x_test"], config, split=1),
         "y_test": images["y_test"].astype(np.int64),
     }
-    if path is not None:
+    if path is not None and write:
         meta = {"generator": GENERATOR_VERSION, "config": asdict(config), "sources": [f.name for f in files]}
         _write_cache(path, arrays, meta)
     return ClutteredMnist(**arrays, path=path, from_cache=False)

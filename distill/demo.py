@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distill.data import Dataset, load_dataset
+from distill.distributed import is_main_process, main_continues_alone
 from distill.diagnostics import ensemble_warnings, student_warnings
 from distill.errors import TrainingError
 from distill.teacher import default_teacher_config
@@ -94,7 +95,7 @@ def _pct(x: float) -> str:
 
 
 def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log: _Log) -> dict[str, Any]:
-    """Train and export every candidate; returns name -> ExportResult."""
+    """Train and export every candidate; returns name -> ExportResult (under torchrun: rank 0 exports, others get None)."""
     import torch
 
     from distill.lowrank.student import LowRankConfig, lowrank_student
@@ -112,7 +113,7 @@ def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log
     teacher = loaded.module
     results["teacher"] = log.step(
         "export the teacher (gated: checker, torch-vs-ORT parity, held-out accuracy)",
-        lambda: _export_teacher(loaded, data, bundles / "teacher", meta),
+        lambda: _export_teacher(loaded, data, bundles / "teacher", meta) if is_main_process() else None,
     )
     layered: list[Any] = []  # the module low-rank and FCPTS rewrite: the teacher, or a dense proxy of an ONNX one
 
@@ -127,6 +128,8 @@ def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log
             ProgressiveConfig(members=cfg.members, epochs=cfg.ensemble_epochs,
                               seed=cfg.seed, progress=cfg.progress),
         )
+        if not is_main_process():  # under torchrun: every rank trained, rank 0 exports
+            return None
         info = [{"method": "bdistil", **m.to_dict()} for m in built.report.members]
         return export_ensemble(
             built.members, task, cfg.out / "bundle", heldout=heldout, connections=built.connections, combine="sum",
@@ -149,6 +152,8 @@ def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log
             log.say(f"    note: {exc}; meanwhile the demo uses rank {FALLBACK_RANK}")
             choice = {"rank": FALLBACK_RANK}
             student, report = build(**choice)
+        if not is_main_process():
+            return None
         return export_model(student, task, bundles / "lowrank", heldout=heldout, name="lowrank",
                             metadata={**meta, "method": "lowrank", "report": report.to_dict()},
                             info={"method": "lowrank", **choice})
@@ -161,6 +166,8 @@ def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log
         student, report = fcpts_student(
             with_layers("FCPTS"), data, target=cfg.sparsity, cfg=FCPTSConfig(target=cfg.sparsity, iterations=cfg.fcpts_iterations, seed=cfg.seed)
         )
+        if not is_main_process():
+            return None
         return export_model(student, task, bundles / "sparse", heldout=heldout, name="sparse",
                             metadata={**meta, "method": "fcpts", "achieved_sparsity": report.final_global},
                             info={"method": "fcpts", "target": cfg.sparsity, "achieved": report.final_global})
@@ -383,14 +390,19 @@ def _plot(path: Path, candidates: list[dict[str, Any]], curve: list[dict[str, An
 
 
 def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole job; returns the report (also written to ``cfg.out/report.json``)."""
+    """Run the whole job; returns the report (also written to ``cfg.out/report.json``).
+
+    Under torchrun every rank trains the students (DDP); rank 0 alone exports, profiles, calibrates and
+    writes, and the other ranks return ``{}`` once the students are trained.
+    """
     import edge_runtime
     from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibration
     from edge_runtime.device import device_info, fingerprint
 
     started = time.perf_counter()
     log = _Log(say)
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        cfg.out.mkdir(parents=True, exist_ok=True)
     data = log.step(f"load data '{cfg.data}'", lambda: load_dataset(cfg.data, seed=cfg.seed))
     say(f"    {data!r}")
     teacher_cfg = default_teacher_config(data)
@@ -403,6 +415,8 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     )
     teacher_metrics = {"kind": loaded.kind, "source": loaded.source, **loaded.metrics}
     exports = _build_candidates(cfg, loaded, data, log)
+    if not main_continues_alone():
+        return {}
     paths = {name: result.path for name, result in exports.items()}
 
     x_val_raw, x_test_raw = data.raw(data.x_val), data.raw(data.x_test)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from distill import distributed
 from distill.data import Dataset, load_dataset
 from distill.errors import CheckpointError, TrainingError
 from distill.losses import CrossEntropy
@@ -164,11 +165,14 @@ def finished_run(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
 def train_teacher(dataset: Dataset, cfg: TeacherConfig, out_dir: str | os.PathLike[str], progress: bool = True) -> tuple[Classifier, dict[str, Any]]:
     """Train a teacher on ``dataset`` into ``out_dir``, resuming from ``progress.pt`` if present.
 
+    Under torchrun every rank trains (DDP) and reads the same ``progress.pt``; rank 0 alone writes.
+
     Returns:
         The trained model (eval mode) and its metrics (val/test accuracy, params, seconds).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_config(dataset))
     identity = teacher_identity(dataset, cfg)
@@ -201,10 +205,12 @@ def train_teacher(dataset: Dataset, cfg: TeacherConfig, out_dir: str | os.PathLi
         "train_seconds": round(time.perf_counter() - started, 2),
         "resumed_from_epoch": start_epoch,
     }
-    save_model(model, out, extra=identity)
-    _atomic_save(metrics, out / "metrics.json")
-    for leftover in (progress_path, progress_meta):
-        leftover.unlink(missing_ok=True)
+    if distributed.is_main_process():
+        save_model(model, out, extra=identity)
+        _atomic_save(metrics, out / "metrics.json")
+        for leftover in (progress_path, progress_meta):
+            leftover.unlink(missing_ok=True)
+    distributed.barrier()  # every rank may read the finished checkpoint from here on
     return model, metrics
 
 

@@ -247,7 +247,11 @@ def dense_proxy(teacher: LoadedTeacher, dataset: Dataset, *, runs_dir: str | os.
         teacher_logits=logits)
     model.eval()
     if teacher.identity:
-        save_model(model, out, extra={"proxy_of": teacher.source, "teacher_identity": teacher.identity})
+        from distill import distributed
+
+        if distributed.is_main_process():  # under torchrun every rank trained it; rank 0 writes it
+            save_model(model, out, extra={"proxy_of": teacher.source, "teacher_identity": teacher.identity})
+        distributed.barrier()
     return model
 
 

@@ -2,10 +2,16 @@
 
 Teacher logits are computed once before distillation (the teacher is frozen), so an epoch costs one
 student forward/backward per batch. Everything is seeded: the same seed gives the same batches.
+
+Under ``torchrun`` (see :mod:`distill.distributed`) :func:`fit` trains the model in DDP: each rank takes
+``ceil(batch_size / world_size)`` samples of every step from a DistributedSampler that shuffles like the
+one-process run, gradients are averaged, and rank 0 alone shows progress and runs ``on_epoch_end``
+(checkpoints). :func:`predict_logits` on a teacher with a logit cache fills the cache on rank 0 first.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -15,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill import distributed
 from distill.errors import TrainingError
 from distill.logit_cache import cache_for
 from distill.logits import logits_of
@@ -48,9 +55,16 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> n
     :class:`~distill.logit_cache.LogitCache` attached is read from (or fills) that cache instead.
     """
     cache = cache_for(model)
-    if cache is not None:
-        return cache.logits(x, lambda rows: _forward_logits(model, rows, batch_size))
-    return _forward_logits(model, x, batch_size)
+    if cache is None:
+        return _forward_logits(model, x, batch_size)
+    compute = functools.partial(_forward_logits, model, batch_size=batch_size)
+    if not distributed.is_distributed():
+        return cache.logits(x, compute)
+    # Rank 0 computes and writes the entry while the others wait; they then read it (or, if it could
+    # not be written, compute it themselves without writing): two ranks never write one file.
+    with distributed.main_process_first():
+        found = cache.logits(x, compute) if distributed.is_main_process() else cache.lookup(x)
+    return found if found is not None else np.ascontiguousarray(compute(x), dtype=np.float32)
 
 
 @torch.no_grad()
@@ -82,7 +96,8 @@ def _progress(total: int, cfg: FitConfig):  # type: ignore[no-untyped-def]
         from tqdm import tqdm
     except ImportError:  # progress is a nicety; training does not depend on it
         return None
-    return tqdm(total=total, desc=cfg.desc, unit="epoch", disable=not cfg.progress, file=sys.stderr, leave=False)
+    show = cfg.progress and distributed.is_main_process()
+    return tqdm(total=total, desc=cfg.desc, unit="epoch", disable=not show, file=sys.stderr, leave=False)
 
 
 def fit(
@@ -105,7 +120,8 @@ def fit(
         cfg: epochs, learning rate, batch size, seed.
         teacher_logits: the frozen teacher's logits on ``x``; required when the loss uses the teacher.
         start_epoch, optimizer_state: resume a checkpointed run.
-        on_epoch_end: called after each epoch (checkpointing).
+        on_epoch_end: called after each epoch (checkpointing); under torchrun on rank 0 only, with the
+            unwrapped model.
     """
     if loss.uses_teacher and teacher_logits is None:
         raise TrainingError("this loss distils from a teacher: pass teacher_logits")
@@ -117,7 +133,11 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
-    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    # Under torchrun: DDP around the model, this rank's shard of each epoch, a share of each batch.
+    net = distributed.wrap(model)
+    shard = distributed.sampler(len(x), seed=cfg.seed * 1000) if distributed.is_distributed() else None
+    batch = distributed.local_batch_size(cfg.batch_size)
+    steps_per_epoch = math.ceil((len(shard) if shard is not None else len(x)) / batch)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     history: list[float] = []
     bar = _progress(cfg.epochs, cfg)
@@ -125,25 +145,30 @@ def fit(
         bar.update(start_epoch)
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        if shard is not None:
+            shard.set_epoch(epoch)
+            order = torch.tensor(list(shard), dtype=torch.int64)
+        else:
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         running, seen = 0.0, 0
         for i in range(steps_per_epoch):
             step = epoch * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            logits = logits_of(model(xt[idx]))
+            idx = order[i * batch : (i + 1) * batch]
+            logits = logits_of(net(xt[idx]))
             value = loss(logits, tt[idx], yt[idx])
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
             running += float(value.detach()) * len(idx)
             seen += len(idx)
-        history.append(running / max(seen, 1))
+        running, seen_all = distributed.all_reduce_sum([running, seen])
+        history.append(running / max(seen_all, 1))
         if bar is not None:
             bar.set_postfix(loss=f"{history[-1]:.4f}")
             bar.update(1)
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and distributed.is_main_process():
             on_epoch_end(epoch, model, optimizer)
     if bar is not None:
         bar.close()

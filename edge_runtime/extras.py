@@ -27,6 +27,8 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "torch_pruning": "train",
     "starlette": "serve",
     "uvicorn": "serve",
+    "httptools": "serve",
+    "prometheus_client": "serve",
     "kserve": "kserve",
     "matplotlib": "plot",
     "adjustText": "plot",

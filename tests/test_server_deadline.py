@@ -446,8 +446,13 @@ def test_serve_sets_the_switch_interval_while_serving_and_restores_it(monkeypatc
     assert during == [pytest.approx(0.0005)] and sys.getswitchinterval() == before
 
 
-def test_overload_is_refused_by_the_connection_layer_and_keeps_the_connection(busy_server: Any) -> None:
-    proc, port = busy_server
+@pytest.fixture
+def busy_server_ungated() -> Any:
+    yield from _server_process(1.0, {"workers": 1, "max_queue": 0, "backpressure": False})  # every retry read at once
+
+
+def test_overload_is_refused_by_the_connection_layer_and_keeps_the_connection(busy_server_ungated: Any) -> None:
+    proc, port = busy_server_ungated
     body = json.dumps(infer_body()).encode()
     request = (b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                b"Content-Length: %d\r\n\r\n" % len(body)) + body

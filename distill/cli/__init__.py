@@ -3,10 +3,16 @@
 Runtime commands (run, inspect, calibrate, serve), ``cascade``, ``quantize`` (with onnx) and the profiler's work on a runtime-only install; the
 training commands need the ``train`` extra, and say so when it is missing. Only the chosen command's
 module is imported (see :mod:`edge_runtime.cli`), so this module must not import torch.
+
+Under ``torchrun`` (``torchrun --standalone --nproc_per_node=N -m distill COMMAND ...``) the command runs in
+a process group (:mod:`distill.distributed`, imported only then): training is data-parallel, rank 0 alone
+writes and prints.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Mapping, Sequence
 
 from edge_runtime.cli import RUNTIME_COMMANDS, dispatch
@@ -29,10 +35,24 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``anytime-edge`` console script."""
-    return dispatch(
-        argv,
-        COMMANDS,
-        prog="anytime-edge",
-        description="Anytime Edge: distil a teacher into anytime students and run them on modest CPUs.",
-    )
+    """Entry point of the ``anytime-edge`` console script and of ``python -m distill`` (also under torchrun)."""
+
+    def run() -> int:
+        return dispatch(
+            argv,
+            COMMANDS,
+            prog="anytime-edge",
+            description="Anytime Edge: distil a teacher into anytime students and run them on modest CPUs.",
+        )
+
+    if "WORLD_SIZE" not in os.environ:  # not started by torchrun: no torch import, nothing changes
+        return run()
+    from distill import distributed
+    from distill.errors import TrainingError
+
+    try:
+        with distributed.session(), distributed.quiet_unless_main():
+            return run()
+    except TrainingError as exc:  # the process group could not be formed
+        print(f"anytime-edge: {exc}", file=sys.stderr)
+        return 1

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from distill import distributed
     from distill.diagnostics import ensemble_warnings, student_warnings
     from distill.errors import TrainingError
     from distill.models import build_model
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             sizing=args.size_by,
         )
         ensemble = progressive_ensemble(teacher, dataset, cfg)
+        if not distributed.main_continues_alone():  # under torchrun: every rank trained, rank 0 exports
+            return 0
         info = [{"method": ensemble.report.method, **m.to_dict()} for m in ensemble.report.members]
         result = export_ensemble(
             ensemble.members, task, args.out, heldout=heldout, connections=ensemble.connections, combine="sum",
@@ -132,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             macs = [count_macs(build_model(first.model_config(dataset)), dataset.input_shape)] * args.members
         if args.baseline == "resched":
             ensemble = resched_ensemble(teacher, dataset, candidates, base)
+            if not distributed.main_continues_alone():
+                return 0
             result = export_ensemble(
                 ensemble.members, task, args.out, heldout=heldout, combine="mean", name="resched",
                 metadata={**metadata, "method": "resched", "report": ensemble.report.to_dict()},
@@ -142,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
             summary = ensemble.report.to_dict()
         else:
             students, report = no_resched_students(teacher, dataset, list(np.cumsum(macs)), candidates[0], base)
+            if not distributed.main_continues_alone():
+                return 0
             for t, (student, m) in enumerate(zip(students, report.members)):
                 single = export_model(
                     student, task, args.out / f"t{t + 1}", heldout=heldout, name=f"no_resched_t{t + 1}",

@@ -53,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from distill import distributed
     from distill.errors import TrainingError
     from distill.lowrank.latency import LatencyConfig, measure_side_by_side
     from distill.lowrank.student import LowRankConfig, lowrank_student
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if len(dataset.x_test) < 2:
         raise TrainingError("the test split needs at least 2 rows to export and time the models")
     student, report = lowrank_student(teacher, dataset, cfg)
+    if not distributed.main_continues_alone():  # under torchrun: every rank trained, rank 0 exports and times
+        return 0
     ranks = {row["layer"]: row["rank"] for row in report.layers if row["factored"]}
     result = export_model(
         student,

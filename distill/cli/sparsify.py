@@ -84,6 +84,8 @@ def _run_channels(args: argparse.Namespace) -> int:
     teacher = loaded.layered("channel pruning", dataset, runs_dir=args.runs_dir, say=print)
     student, report = channel_student(teacher, dataset, args.keep, epochs=args.finetune_epochs,
                                       limit=args.finetune_samples, seed=args.seed)
+    if not _main_continues_alone():  # under torchrun: every rank fine-tuned, rank 0 exports
+        return 0
     print(f"channels kept {args.keep:.0%}: {report.params_dense} -> {report.params_shrunk} parameters; test accuracy "
           f"dense {report.accuracy_dense:.2%}, shrunk {report.accuracy_shrunk:.2%} before and "
           f"{report.accuracy_finetuned:.2%} after {report.finetune_epochs} KD epochs ({report.seconds:.1f} s)")
@@ -121,6 +123,8 @@ def _run_fcpts(args: argparse.Namespace) -> int:
     loaded, dataset = resolve_teacher(args)
     teacher, metrics = loaded.layered("FCPTS", dataset, runs_dir=args.runs_dir, say=print), loaded.metrics
     student, report = fcpts_student(teacher, dataset, cfg=cfg)
+    if not _main_continues_alone():  # under torchrun every rank computes the same allocation; rank 0 exports
+        return 0
     print(f"FCPTS ({cfg.route}, {cfg.density} density) target {cfg.target:.1%}: learned {report.learned_global:.3%}, "
           f"final {report.final_global:.3%}{' (after exact projection)' if report.projected else ''}, "
           f"{report.seconds:.1f} s for {cfg.iterations} iterations")
@@ -167,6 +171,8 @@ def _run_dsd2(args: argparse.Namespace) -> int:
               f"val {r.val_accuracy:6.2%}  test {r.test_accuracy:6.2%}  entropy {r.entropy:.3f}  ({r.seconds:.1f} s)", flush=True)
 
     result, student, dense = run_dsd2(dataset, model_cfg, cfg, on_round=show)
+    if not _main_continues_alone():  # under torchrun: every rank trained the rounds, rank 0 writes
+        return 0
     picked = result.distilled[result.picked_round]
     best = max(result.distilled, key=lambda r: r.test_accuracy)
     print(f"teacher: vanilla round {result.teacher_round} ({result.vanilla[result.teacher_round].sparsity:.2%} sparse)")
@@ -188,6 +194,12 @@ def _run_dsd2(args: argparse.Namespace) -> int:
     _print_deploy(dense, out, dataset)
     print(f"bundle: {out.path}")
     return 0
+
+
+def _main_continues_alone() -> bool:
+    from distill.distributed import main_continues_alone
+
+    return main_continues_alone()
 
 
 def run(args: argparse.Namespace) -> int:

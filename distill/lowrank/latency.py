@@ -9,6 +9,10 @@ absolute numbers move.
 Sessions use the runtime's own :class:`edge_runtime.session.SessionConfig` (one intra-op thread,
 sequential, no spinning, all graph optimisations), i.e. exactly what the device runs. Inputs are real
 rows of the data set, cycled.
+
+Under torchrun the models are timed on rank 0 alone and every rank gets its numbers
+(:func:`distill.distributed.on_main`): choices made from them (low-rank ranks, B-DISTIL member sizes) are
+then the same on every rank, and the other ranks do not compete for the cores while rank 0 times.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Mapping
 
 import numpy as np
 
+from distill.distributed import on_main
 from distill.errors import TrainingError
 from edge_runtime.session import SessionConfig, create_session
 from profiles.measure import latency_stats, time_sessions
@@ -73,6 +78,10 @@ def measure_side_by_side(
     config = config or LatencyConfig()
     if not models or len(x) == 0:
         raise TrainingError("give at least one model and one input row to time")
+    return on_main(lambda: _measure(models, x, config))
+
+
+def _measure(models: Mapping[str, bytes], x: np.ndarray, config: LatencyConfig) -> dict[str, dict[int, dict[str, float]]]:
     sessions = {name: create_session(blob, config.session, name=name) for name, blob in models.items()}
     names = list(sessions)
     results: dict[str, dict[int, dict[str, float]]] = {name: {} for name in names}

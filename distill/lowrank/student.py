@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from distill.data import Dataset
+from distill.distributed import on_main
 from distill.errors import TrainingError
 from distill.losses import LOSSES, make_loss
 from distill.layers import classifier_head
@@ -261,10 +262,11 @@ def lowrank_student(
     example = _example(dataset)
     keep = _head(teacher, example) if cfg.keep_head else {}
     if cfg.latency_ms is not None or cfg.speedup is not None:
-        plans, chosen, search, teacher_ms = plan_for_latency(
+        # Timed on rank 0 alone under torchrun (distill.distributed.on_main): every rank builds its choice.
+        plans, chosen, search, teacher_ms = on_main(lambda: plan_for_latency(
             teacher, dataset, cfg.latency_ms, speedup=cfg.speedup, search=cfg.search, ladder=cfg.ladder,
             factors=cfg.factors, config=cfg.latency, keep=keep,
-        )
+        ))
         if cfg.search == "energy":
             energy = chosen
         else:

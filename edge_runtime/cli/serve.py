@@ -77,6 +77,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds an idle keep-alive connection stays open (default: 5)")
     parser.add_argument("--switch-interval-ms", type=_non_negative_float, default=0.5,
                         help="interpreter thread switch interval while serving (default: 0.5; 0 keeps Python's 5)")
+    parser.add_argument("--no-backpressure", dest="backpressure", action="store_false",
+                        help="keep reading every connection while all workers are busy (each retry then costs a 503); "
+                             "default: an answered connection is read again once a worker is free")
+    parser.add_argument("--access-log", nargs="?", const="-", default=None, metavar="PATH|-",
+                        help="write one JSON line per inference request (time, id, status, budget, members used, exit "
+                             "reason, elapsed ms; never tensor data) to PATH, appended, or to standard output with '-' "
+                             "or no value (default: off)")
     add_load_timeout(parser)
 
 
@@ -101,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         header_timeout_s=args.header_timeout,
         keep_alive_s=args.keep_alive,
         switch_interval_ms=args.switch_interval_ms or None,
+        access_log=args.access_log,
+        backpressure=args.backpressure,
     )
     runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout),
                    entropy_threshold=args.entropy)

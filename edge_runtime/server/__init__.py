@@ -11,7 +11,9 @@ package imports it, so a runtime-only install works without the extra.
 The wire format (tensors, outputs, ``anytime_*`` parameters, batch reporting) is described in
 :mod:`edge_runtime.server._protocol`, the endpoints and errors in :mod:`edge_runtime.server._app`, the
 worker pool and load shedding in :mod:`edge_runtime.server._scheduler`, the checks of Host, Origin,
-Content-Type and Content-Encoding in :mod:`edge_runtime.server._http`.
+Content-Type and Content-Encoding in :mod:`edge_runtime.server._http`, connection limits and backpressure in
+:mod:`edge_runtime.server._connections`, ``GET /metrics`` in :mod:`edge_runtime.server._metrics` and the
+JSON-lines access log in :mod:`edge_runtime.server._access_log`.
 """
 
 from __future__ import annotations

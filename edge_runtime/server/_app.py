@@ -8,6 +8,10 @@ Endpoints (each model endpoint also under ``/v2/models/{name}/versions/{version}
     GET  /v2/models/{name}            model metadata (input/output tensors, -1 for the batch)
     GET  /v2/models/{name}/ready      {"name", "ready"}
     POST /v2/models/{name}/infer      inference (see :mod:`edge_runtime.server._protocol`)
+    GET  /metrics                     Prometheus text format (see :mod:`edge_runtime.server._metrics`)
+
+With ``ServerConfig.access_log`` set, every inference request also writes one JSON line (see
+:mod:`edge_runtime.server._access_log`).
 
 Every error is ``{"error": "<one line naming the fix>"}``: 400 bad request, 403 a web page's Origin, 404
 unknown model or path, 405 wrong method, 413 body or batch too large, 415 a Content-Type or -Encoding not
@@ -38,6 +42,7 @@ hangs up before its request is read is logged as one DEBUG line, and nothing is 
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
 import logging
 import math
@@ -60,11 +65,13 @@ from starlette.routing import Route
 
 from edge_runtime.bundle import Manifest
 from edge_runtime.errors import EdgeRuntimeError, InputError, MemberError, PolicyError
+from edge_runtime.server._access_log import AccessLog
 from edge_runtime.server._config import ServerConfig
-from edge_runtime.server._connections import arrival_time
+from edge_runtime.server._connections import REFUSED, arrival_time
 from edge_runtime.server._errors import ModelNotFoundError, OverloadedError, ServerError
 from edge_runtime.server._http import CallerCheck, check_content_type, header_length, read_body
 from edge_runtime.server._memory import RELEASE_AFTER_BYTES, release_freed_memory
+from edge_runtime.server._metrics import CONTENT_TYPE, Outcome, ServerMetrics
 from edge_runtime.server._protocol import (
     MODEL_VERSION,
     InferRequest,
@@ -147,6 +154,11 @@ class _Server:
             self.default_threshold = getattr(runtime, "entropy_threshold", self._calibrated())
         self.ready = True
         self.metadata = model_metadata(self.name, self.manifest)
+        # Ids for requests that bring none: this process's random prefix and a counter. (uuid4 per request
+        # reads os.urandom, a system call that lets a worker take the interpreter lock from the event loop.)
+        self._id_prefix, self._ids = uuid.uuid4().hex[:16] + "-", itertools.count(1)
+        self.metrics = ServerMetrics(self.name, [m.name for m in self.manifest.members], runtime, self.scheduler)
+        self.access_log = None if config.access_log is None else AccessLog(config.access_log, self.name)
         self.server_metadata = {"name": SERVER_NAME, "version": _version(), "extensions": list(EXTENSIONS)}
 
     def _calibrated(self) -> float | None:
@@ -195,9 +207,23 @@ class _Server:
         refused = self.refusal(headers, body, arrival)
         if refused is None:
             return b"" if body is None else None  # b"": every worker busy, decide once the body is in
+        self.note_shed(refused, arrival)
         content = json.dumps({"error": str(refused)}).encode()
         return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"retry-after: %d\r\n\r\n" % (len(content), max(1, math.ceil(refused.retry_after_s)))) + content
+
+    def busy(self) -> bool:
+        """True while a new request could not start at once: every worker busy, or requests queued."""
+        scheduler = self.scheduler
+        return scheduler.running >= scheduler.workers or scheduler.queued > 0
+
+    def note_shed(self, refused: OverloadedError, arrival: float) -> None:
+        """Count a request refused before it reached a handler (its body not decoded) and log it."""
+        elapsed_s = time.perf_counter() - arrival
+        self.metrics.shed(refused.reason)
+        self.metrics.answered(503, elapsed_s, None)
+        if self.access_log is not None:
+            self.access_log.write(503, elapsed_s * 1e3, None, shed=refused.reason)
 
     def check_model(self, request: Request) -> None:
         name = request.path_params["name"]
@@ -226,11 +252,25 @@ class _Server:
 
     async def infer(self, request: Request) -> Response:
         arrival = arrival_time(request.scope, time.perf_counter())  # the first byte's time, when the server stamped it
-        response = await self._guard(self._infer, request, arrival)
+        outcome = Outcome()
+        response = await self._guard(self._infer, request, arrival, outcome)
+        if response is not _NO_ANSWER:
+            elapsed_s = time.perf_counter() - arrival
+            status = response.status_code
+            shed = getattr(request.state, "shed", None)
+            if shed is not None:
+                self.metrics.shed(shed)
+                _mark_refused(request.scope)
+            self.metrics.answered(status, elapsed_s, outcome if status == 200 else None)
+            if self.access_log is not None:
+                self.access_log.write(status, elapsed_s * 1e3, outcome if outcome.request_id is not None else None, shed=shed)
         if response is not _NO_ANSWER and getattr(request.state, "body_bytes", 0) >= RELEASE_AFTER_BYTES:
             # after the answer is sent, on a thread: the request's lists and arrays are garbage by then
             response.background = BackgroundTask(release_freed_memory)
         return response
+
+    async def scrape(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     async def _model_info(self, request: Request) -> Response:
         self.check_model(request)
@@ -259,6 +299,7 @@ class _Server:
 
     def _refusal(self, request: Request, exc: Exception) -> Response:
         if isinstance(exc, OverloadedError):
+            request.state.shed = exc.reason
             return _error(exc.status, str(exc), {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
         if isinstance(exc, ServerError):
             return _error(exc.status, str(exc))
@@ -273,7 +314,7 @@ class _Server:
         logger.error("unexpected error while answering %s %s", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal error while answering the request; see the server log")
 
-    async def _infer(self, request: Request, arrival: float) -> Response:
+    async def _infer(self, request: Request, arrival: float, outcome: Outcome) -> Response:
         self.check_model(request)
         check_content_type(request)
         json_length = header_length(request)
@@ -288,10 +329,12 @@ class _Server:
         else:
             decoded = decode_infer_request(body, spec, json_length, rows)
         del body, header
+        outcome.request_id = decoded.id if decoded.id is not None else f"{self._id_prefix}{next(self._ids):x}"
+        outcome.budget_ms = self.resolve(decoded.budget_ms, None)[0]  # type: ignore[assignment]
         predictions, params = await self.run_decoded(decoded, arrival)
         if len(predictions) > _ENCODE_INLINE_ROWS:  # a large answer is encoded on a thread, not on the event loop
-            return await run_in_threadpool(self._answer, decoded, predictions, params, arrival)
-        return self._answer(decoded, predictions, params, arrival)
+            return await run_in_threadpool(self._answer, decoded, predictions, params, arrival, outcome)
+        return self._answer(decoded, predictions, params, arrival, outcome)
 
     async def run_decoded(self, decoded: InferRequest, arrival: float) -> tuple[list[PredictionLike], dict[str, Any]]:
         """Run a decoded request through the scheduler; return its predictions and ``anytime_*`` parameters.
@@ -337,12 +380,16 @@ class _Server:
         return predictions, params
 
     def _answer(
-        self, decoded: InferRequest, predictions: Sequence[PredictionLike], params: dict[str, Any], arrival: float
+        self, decoded: InferRequest, predictions: Sequence[PredictionLike], params: dict[str, Any], arrival: float,
+        outcome: Outcome,
     ) -> Response:
         params["anytime_elapsed_ms"] = (time.perf_counter() - arrival) * 1e3
-        request_id = decoded.id if decoded.id is not None else uuid.uuid4().hex
+        outcome.record(predictions)
+        outcome.members_used = params["anytime_members_used"]
+        outcome.exit_reason = params["anytime_exit_reason"]
+        outcome.queue_ms = params["anytime_queue_ms"]
         try:
-            body = encode_infer_response(self.name, decoded, request_id, predictions, params, self.manifest.task.labels)
+            body = encode_infer_response(self.name, decoded, outcome.request_id or "", predictions, params, self.manifest.task.labels)
         except ValueError:
             raise EdgeRuntimeError("the model produced NaN or infinity; check the bundle with `anytime-edge inspect`") from None
         return Response(body, media_type="application/json")
@@ -350,6 +397,8 @@ class _Server:
     async def shutdown(self) -> None:
         self.ready = False
         await run_in_threadpool(self.scheduler.close)
+        if self.access_log is not None:
+            self.access_log.close()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -384,12 +433,16 @@ class _Shedder:
         arrival = arrival_time(scope, time.perf_counter())
         refused = self.server.refusal(scope["headers"], None, arrival)
         if refused is not None:
+            self.server.note_shed(refused, arrival)
+            _mark_refused(scope)
             await _send_overloaded(send, refused)
             return
         message = await receive()
         body = message.get("body", b"") if message["type"] == "http.request" and not message.get("more_body", False) else None
         refused = self.server.refusal(scope["headers"], body, arrival)
         if refused is not None:
+            self.server.note_shed(refused, arrival)
+            _mark_refused(scope)
             await _send_overloaded(send, refused)
             return
         replayed = False
@@ -402,6 +455,14 @@ class _Shedder:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _mark_refused(scope: Any) -> None:
+    """Tell the connection layer this request was refused for overload (its read gate holds such connections)."""
+    extensions = scope.get("extensions")
+    if extensions is None:
+        extensions = scope["extensions"] = {}
+    extensions[REFUSED] = True
 
 
 async def _send_overloaded(send: Any, exc: OverloadedError) -> None:
@@ -444,6 +505,7 @@ def create_app(runtime: RuntimeLike | PathLike, config: ServerConfig | None = No
         Route("/v2/health/live", server.live, methods=["GET"]),
         Route("/v2/health/ready", server.health_ready, methods=["GET"]),
         Route("/v2", server.server_info, methods=["GET"]),
+        Route("/metrics", server.scrape, methods=["GET"]),
     ]
 
     @asynccontextmanager

@@ -58,6 +58,10 @@ class ServerConfig:
     # leaves Python's 5 ms.
     switch_interval_ms: float | None = 0.5
     shutdown_timeout_s: float = 30.0  # on SIGTERM, wait this long for in-flight requests, then cancel
+    # While every worker is busy, answered connections are not read until one is free (a client that retries at
+    # once waits in the kernel instead of costing a 503 each); see _connections.ReadGate. False = always read.
+    backpressure: bool = True
+    access_log: str | None = None  # JSON-lines access log: a file path (appended to), "-" = standard output, None = off
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -107,6 +111,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ServerConfigError(f"{name} must be a positive number of seconds, not {value}")
+        if self.access_log is not None and (not isinstance(self.access_log, str) or not self.access_log.strip()):
+            raise ServerConfigError(f"access_log must be a file path or '-' (standard output), not {self.access_log!r}")
         if not (math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > 0):
             raise ServerConfigError(f"shutdown_timeout_s must be a positive number, not {self.shutdown_timeout_s}")
 

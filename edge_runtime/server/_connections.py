@@ -25,6 +25,12 @@ So the server runs uvicorn's httptools protocol with these rules added (:class:`
 * **Refusals without the application.** Under overload (every worker busy) an inference request is
   refused here, with the app's own rules (``_Server.overloaded_response``), before any ASGI task or request
   object exists; its body, when the decision needs it, is held (up to 64 KiB) until it is complete.
+* **Backpressure** (:class:`ReadGate`, ``ServerConfig.backpressure``). While every worker is busy, a
+  connection whose request has just been answered (or refused) is not read again until a worker comes free;
+  then the connection paused longest is read first. A client that resends at once after each answer or 503
+  waits in the kernel's socket buffer instead of costing the event loop a refusal per retry, so under a retry
+  storm the loop's time goes to requests that are served. Time a request spends in the kernel is not seen by
+  the server: its budget counts from when it is read.
 * **Arrival time.** The moment the first byte of a request is parsed is stored in the ASGI scope
   (``scope["extensions"]["anytime.arrival"]``, a ``time.perf_counter()`` value); the budget counts from it,
   so time spent reading and parsing the body is spent from the budget (see :func:`arrival_time`).
@@ -49,13 +55,14 @@ except ImportError as exc:  # httptools missing: name the extra that installs it
         f"the anytime-edge server needs 'httptools', which is not installed; {install_hint('serve')}", name="httptools"
     ) from exc
 
-__all__ = ["ARRIVAL", "ConnectionLimits", "arrival_time", "guarded_protocol"]
+__all__ = ["ARRIVAL", "REFUSED", "ConnectionLimits", "ReadGate", "arrival_time", "guarded_protocol"]
 
 logger = logging.getLogger("edge_runtime.server")
 
 _DEFER_BYTES = 64 * 1024  # a body held back for the overload decision beyond this goes to the app undecided
 _LINGER_S = 1.0  # after an error answer, how long what the client still sends is read and dropped
 ARRIVAL = "anytime.arrival"  # key in scope["extensions"]: perf_counter() when the request's first byte was parsed
+REFUSED = "anytime.refused"  # key in scope["extensions"], set by the app when it answered 503 for overload
 
 
 def arrival_time(scope: MutableMapping[str, Any], default: float) -> float:
@@ -86,12 +93,85 @@ def _json_error(status: int, reason: bytes, message: str, extra: bytes = b"") ->
     )
 
 
+class ReadGate:
+    """Backpressure: answered connections are not read while the server is busy; resumed oldest first.
+
+    Args:
+        busy: True while a new request could not start at once (every worker busy, or requests queued).
+        recheck_s: while connections are paused, how often to look for room besides the workers' signals
+            (a resumed connection may have nothing to send, and then no worker frees to resume the next).
+    """
+
+    pending_s = 0.005  # a resumed connection that begins no request within this long no longer blocks the next
+
+    def __init__(self, busy: Callable[[], bool], recheck_s: float = 0.001) -> None:
+        self._busy = busy
+        self._recheck_s = recheck_s
+        self._paused: dict[Any, None] = {}  # paused connections, oldest first
+        self._resumed: dict[Any, float] = {}  # resumed, no request begun yet -> when resumed (monotonic)
+        self._timer: Any = None
+        self.held = 0  # connections paused so far
+
+    @property
+    def waiting(self) -> int:
+        """Connections paused now."""
+        return len(self._paused)
+
+    def hold(self, conn: "_GuardedProtocol") -> bool:
+        """Pause reading ``conn`` if the server is busy or others already wait (first come, first read)."""
+        if not self._paused and not self._busy():
+            return False
+        conn.flow.pause_reading()
+        self._paused[conn] = None
+        self.held += 1
+        if self._timer is None:
+            self._timer = conn.loop.call_later(self._recheck_s, self._tick)
+        return True
+
+    def forget(self, conn: "_GuardedProtocol") -> None:
+        """A connection closed: it no longer waits."""
+        self._paused.pop(conn, None)
+        self._resumed.pop(conn, None)
+
+    def started(self, conn: "_GuardedProtocol") -> None:
+        """A request began on ``conn``: if it was just resumed, its client did have one waiting."""
+        if self._resumed:
+            self._resumed.pop(conn, None)
+
+    def release(self) -> None:
+        """Resume the connection paused longest if a request could start now (a worker came free).
+
+        One at a time: while a resumed connection's request has not begun (for up to ``pending_s``), no other
+        is resumed, or two requests would race for one free worker and the later one be refused.
+        """
+        if not self._paused or self._busy():
+            return
+        if self._resumed:
+            now = time.monotonic()
+            for conn, when in list(self._resumed.items()):
+                if now - when > self.pending_s:  # its client had nothing to send
+                    del self._resumed[conn]
+            if self._resumed:
+                return
+        conn = next(iter(self._paused))
+        del self._paused[conn]
+        self._resumed[conn] = time.monotonic()
+        conn.resume_reading_held()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.release()
+        if self._paused:
+            self._timer = next(iter(self._paused)).loop.call_later(self._recheck_s, self._tick)
+
+
 class _GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head/body timeouts, idle eviction and the arrival stamp."""
 
     limits: ClassVar[ConnectionLimits]
     # (headers, body or None, arrival) -> a whole 503 response to write, None to serve, b"" to decide on the body
     shed: ClassVar[Callable[[Any, bytes | None, float], bytes | None] | None] = None
+    gate: ClassVar[ReadGate | None] = None  # backpressure; None = always read
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -108,6 +188,8 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        if self.gate is not None:
+            self.gate.forget(self)
         super().connection_lost(exc)
 
     # -- the parts of a request ----------------------------------------------------------------------
@@ -126,6 +208,8 @@ class _GuardedProtocol(HttpToolsProtocol):
                 self.send_400_response("")
 
     def on_message_begin(self) -> None:
+        if self.gate is not None:
+            self.gate.started(self)
         super().on_message_begin()
         self.scope["extensions"] = {ARRIVAL: time.perf_counter()}  # type: ignore[typeddict-unknown-key]
         self._head_size = 0
@@ -216,8 +300,36 @@ class _GuardedProtocol(HttpToolsProtocol):
         busy = busy or getattr(self, "_deferred", None) is not None
         if not busy and not self.transport.is_closing():
             self._head_raw = 0
+            if self.gate is not None and self._refused() and self.gate.hold(self):
+                # Not read until a worker is free: no head or keep-alive clock runs meanwhile, and it is not
+                # idle (its client's next request most likely waits in the socket buffer).
+                self._idle_since = None
+                if self._head_timer is not None:
+                    self._head_timer.cancel()
+                    self._head_timer = None
+                keep_alive = getattr(self, "timeout_keep_alive_task", None)
+                if keep_alive is not None:
+                    keep_alive.cancel()
+                    self.timeout_keep_alive_task = None
+                return
             self._idle_since = time.monotonic()
             self._arm_head_timer()
+
+    def _refused(self) -> bool:
+        """Whether the request just finished here was refused for overload (503), here or by the app."""
+        if self._answered:
+            return True
+        cycle = self.cycle
+        extensions = cycle.scope.get("extensions") if cycle is not None else None
+        return bool(extensions and extensions.get(REFUSED))
+
+    def resume_reading_held(self) -> None:
+        """Read again after the read gate held this connection (see :class:`ReadGate`)."""
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        self._idle_since = time.monotonic()
+        self._arm_head_timer()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP, as ``{"error"}`` JSON like every other error here."""
@@ -300,11 +412,15 @@ class _GuardedProtocol(HttpToolsProtocol):
 
 
 def guarded_protocol(
-    limits: ConnectionLimits, shed: Callable[[Any, bytes | None, float], bytes | None] | None = None
+    limits: ConnectionLimits,
+    shed: Callable[[Any, bytes | None, float], bytes | None] | None = None,
+    gate: ReadGate | None = None,
 ) -> type[HttpToolsProtocol]:
     """The uvicorn protocol class (``uvicorn.Config(http=...)``) that applies ``limits``.
 
     ``shed`` (the app's ``_Server.overloaded_response``) refuses inference requests under overload in the
     connection layer itself, before any ASGI task exists (~half the event loop's cost of a refusal).
+    ``gate`` holds answered connections unread while the server is busy (backpressure).
     """
-    return type("AnytimeHttpProtocol", (_GuardedProtocol,), {"limits": limits, "shed": staticmethod(shed) if shed else None})
+    return type("AnytimeHttpProtocol", (_GuardedProtocol,),
+                {"limits": limits, "shed": staticmethod(shed) if shed else None, "gate": gate})

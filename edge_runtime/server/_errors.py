@@ -76,6 +76,13 @@ class OverloadedError(ServerError):
 
     status = 503
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+    REASONS = ("queue_full", "deadline", "expired", "shutdown")
+
+    def __init__(self, message: str, retry_after_s: float = 1.0, reason: str = "queue_full") -> None:
         super().__init__(message)
+        if reason not in self.REASONS:
+            raise ValueError(f"shed reason {reason!r} is not one of {self.REASONS}")
         self.retry_after_s = retry_after_s  # sent as the Retry-After header (whole seconds, at least 1)
+        # why (the ``reason`` of anytime_shed_total): queue_full = every worker busy and the queue full;
+        # deadline = the queue shows the budget cannot be met; expired = the budget ran out while queued
+        self.reason = reason

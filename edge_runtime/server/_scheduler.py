@@ -198,6 +198,9 @@ class Scheduler:
         self.shed = 0  # requests refused so far (queue full or budget spent waiting)
         self.completed = 0  # calls that returned on a worker
         self._threads: list[threading.Thread] = []  # started with the first call (none for an app never used)
+        # Called on the event loop whenever a worker or a queue slot has come free (the connection layer's
+        # read gate resumes a paused connection then); None = nobody listens.
+        self.on_free: Callable[[], None] | None = None
 
     @property
     def queued(self) -> int:
@@ -255,7 +258,7 @@ class Scheduler:
                         self.shed += 1
                         raise OverloadedError(
                             "overloaded: every worker is busy and the latency budget is too short to wait; "
-                            "retry, or raise anytime_budget_ms"
+                            "retry, or raise anytime_budget_ms", reason="deadline"
                         )
             due = deadline if deadline is not None else job.enqueued + self.no_budget_due_s
             heapq.heappush(self._heap, (due, next(self._order), job))
@@ -322,7 +325,7 @@ class Scheduler:
             self.shed += 1
             raise OverloadedError(
                 f"overloaded: {self.running} request(s) running and {ahead} due sooner waiting; the {budget_ms:g} ms "
-                "budget cannot be met: retry, or raise anytime_budget_ms"
+                "budget cannot be met: retry, or raise anytime_budget_ms", reason="deadline"
             )
 
     def _expire(self, job: _Job) -> None:
@@ -333,9 +336,12 @@ class Scheduler:
             job.state = _GONE
             self._queued -= 1
             self.shed += 1
+        if self.on_free is not None:
+            self.on_free()
         if not job.future.done():
             job.future.set_exception(
-                OverloadedError("overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms")
+                OverloadedError("overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms",
+                                reason="expired")
             )
 
     # -- the worker threads ------------------------------------------------------------------------------
@@ -357,11 +363,17 @@ class Scheduler:
             finally:
                 with self._lock:
                     self._free += 1  # free now, not when the event loop gets round to the result
-            job.loop.call_soon_threadsafe(_resolve, job.future, outcome)
+            job.loop.call_soon_threadsafe(self._finished, job.future, outcome)
+
+    def _finished(self, future: "asyncio.Future[Any]", outcome: Any) -> None:
+        """On the event loop: hand a call's outcome to its request, then say a worker is free."""
+        _resolve(future, outcome)
+        if self.on_free is not None:
+            self.on_free()
 
     def _start_workers(self) -> None:
         if self._closing:
-            raise OverloadedError("the server is shutting down; retry on another instance")
+            raise OverloadedError("the server is shutting down; retry on another instance", reason="shutdown")
         self._threads = [
             threading.Thread(target=self._work, name=f"anytime-infer-{k}", daemon=True) for k in range(self.workers)
         ]
@@ -390,7 +402,7 @@ class Scheduler:
             if job.shed and job.waited and left_ms < job.first_ms:
                 return OverloadedError(
                     f"overloaded: waited {(started - job.enqueued) * 1e3:.1f} ms for a worker; too little of the "
-                    "budget is left for one member: retry, or raise anytime_budget_ms"
+                    "budget is left for one member: retry, or raise anytime_budget_ms", reason="expired"
                 )
             left_ms = max(left_ms, _MIN_BUDGET_MS)  # the runtime wants a positive budget: first member only
         result = job.call(left_ms)

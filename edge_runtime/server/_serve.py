@@ -18,7 +18,7 @@ import uvicorn
 
 from edge_runtime.server._app import PathLike, RuntimeLike, create_app
 from edge_runtime.server._config import ServerConfig
-from edge_runtime.server._connections import ConnectionLimits, guarded_protocol
+from edge_runtime.server._connections import ConnectionLimits, ReadGate, guarded_protocol
 from edge_runtime.server._errors import ServerConfigError
 
 __all__ = ["serve"]
@@ -60,9 +60,14 @@ def serve(
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     limits = ConnectionLimits(config.max_connections, config.header_timeout_s, config.body_timeout_s)
+    gate = None
+    if config.backpressure:
+        gate = ReadGate(app.state.server.busy)
+        app.state.server.scheduler.on_free = gate.release
+        app.state.server.metrics.gate = gate  # GET /metrics reports the held connections
     uv_config = uvicorn.Config(
         app,
-        http=guarded_protocol(limits, app.state.server.overloaded_response),  # httptools, with timeouts and the connection cap (see _connections)
+        http=guarded_protocol(limits, app.state.server.overloaded_response, gate),  # httptools, with timeouts and the connection cap (see _connections)
         log_level="warning",
         access_log=False,
         lifespan="on",
