@@ -4,7 +4,9 @@ Steps (each one real, each one timed):
 
 1. load the data and train (or reuse) the teacher;
 2. build the candidates: a B-DISTIL anytime ensemble, a low-rank student (spectral init + distillation)
-   and an FCPTS sparse student, each exported through the gated exporters as a bundle;
+   and an FCPTS sparse student, each exported through the gated exporters as a bundle; then INT8 copies
+   (:mod:`exporters.quantize`, calibrated on the validation split, gated on the test split) of the teacher,
+   of the low-rank student (low-rank + INT8) and of the most accurate student if that is another one;
 3. profile every bundle on this machine (latency percentiles, memory) and store the profile inside it;
 4. calibrate the ensemble's entropy exit threshold on validation data; compose the cheapest single student
    and the teacher into a cascade (``combine="replace"``), profile and calibrate it the same way;
@@ -59,6 +61,7 @@ class DemoConfig:
     profile_queries: int = 1024  # timed single-stream queries per batch size when profiling
     profile_seconds: float = 0.5  # ... and at least this long
     accuracy_drop: float = 0.5  # calibration target: points below the full ensemble
+    int8: bool = True  # add INT8 copies of the teacher and students (anytime-edge quantize) as candidates
     seed: int = 0
     progress: bool = True
 
@@ -204,6 +207,45 @@ def _wrap_onnx_teacher(loaded: LoadedTeacher, data: Dataset, out: Path, metadata
                           nonzero_params=wrapped.params, export_seconds=round(time.perf_counter() - started, 2),
                           gates=wrapped.gates)
     return ExportResult(path=wrapped.path, manifest=wrapped.manifest, members=(member,))
+
+
+def _int8_candidates(cfg: DemoConfig, exports: dict[str, Any], data: Dataset, x_val: np.ndarray, x_test: np.ndarray,
+                     log: _Log) -> dict[str, dict[str, Any]]:
+    """INT8 copies of the teacher, the low-rank student and the most accurate student (if another one):
+    quantized with the defaults of ``anytime-edge quantize`` (static QDQ, MinMax, uint8 activations), then
+    per-channel weights if that first try loses more than 0.5 point. A refusal is reported, not fatal.
+
+    Returns:
+        INT8 name (``<float name>_int8``) -> ``{"source", "result" (QuantizeResult or None), "refused"}``.
+    """
+    from exporters.errors import VerificationError
+    from exporters.quantize import QuantizeConfig, quantize_bundle
+
+    students = [n for n, r in exports.items() if len(r.members) == 1 and n != "teacher"]
+    best = max(students, key=lambda n: exports[n].reports[-1].onnx_accuracy)
+    sources = list(dict.fromkeys(["teacher", *(["lowrank"] if "lowrank" in exports else []), best]))
+
+    def build() -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name in sources:
+            entry: dict[str, Any] = {"source": name, "result": None, "refused": None}
+            for config in (QuantizeConfig(), QuantizeConfig(per_channel=True)):
+                try:
+                    entry["result"] = quantize_bundle(
+                        exports[name].path, cfg.out / "candidates" / f"{name}_int8", calibration=x_val,
+                        heldout=(x_test, data.y_test), config=config, name=f"{name}_int8",
+                        metadata={"method": f"{exports[name].manifest.metadata.get('method', name)}+int8"},
+                    )
+                    entry["refused"] = None
+                    break
+                except VerificationError as exc:
+                    entry["refused"] = str(exc)
+            if entry["refused"]:
+                log.say(f"    note: no INT8 {name}: {entry['refused']}")
+            out[f"{name}_int8"] = entry
+        return out
+
+    return log.step(f"INT8 copies of {', '.join(sources)} (static QDQ, calibrated on the validation split, gated)", build)
 
 
 def _profile_all(cfg: DemoConfig, paths: dict[str, Path], calibration_rows: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -380,7 +422,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     x_val_raw, x_test_raw = data.raw(data.x_val), data.raw(data.x_test)
     np.savez(cfg.out / "validation.npz", x=x_val_raw, y=data.y_val)
     np.savez(cfg.out / "test.npz", x=x_test_raw, y=data.y_test)
-    profiles = log.step("profile every bundle on this machine", lambda: _profile_all(cfg, paths, x_val_raw))
+    int8 = _int8_candidates(cfg, exports, data, x_val_raw, x_test_raw, log) if cfg.int8 else {}
+    int8_paths = {name: e["result"].path for name, e in int8.items() if e["result"] is not None}
+    profiles = log.step("profile every bundle on this machine", lambda: _profile_all(cfg, {**paths, **int8_paths}, x_val_raw))
 
     def calibrate_threshold() -> Any:
         runtime = edge_runtime.load(paths["bdistil"])
@@ -424,6 +468,38 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
             "bundle": str(result.path),
         })
 
+    int8_rows = []
+    teacher_row = next(c for c in candidates if c["name"] == "teacher")
+    for name, entry in int8.items():
+        float_row = next(c for c in candidates if c["name"] == entry["source"])
+        result = entry["result"]
+        if result is None:
+            int8_rows.append({"name": name, "source": entry["source"], "refused": entry["refused"]})
+            continue
+        p50 = profiles[name]["prefixes"][-1]["latency_ms"]
+        q = result.manifest.quantization
+        candidates.append({
+            "name": name,
+            "members": 1,
+            "accuracy": result.prefixes[-1].int8_accuracy,
+            "latency_ms_p50": p50["p50"],
+            "latency_ms_p99": p50["p99"],
+            "size_bytes": sum(result.int8_bytes),
+            "size_bytes_zip": sum(m.info["bytes_zip"] for m in result.manifest.members),
+            "params": float_row["params"],
+            "nonzero_params": float_row["nonzero_params"],
+            "bundle": str(result.path),
+        })
+        int8_rows.append({
+            "name": name, "source": entry["source"], "refused": None, "settings": q.describe() if q else "",
+            "accuracy_float": result.prefixes[-1].float_accuracy, "accuracy_int8": result.prefixes[-1].int8_accuracy,
+            "agreement": result.prefixes[-1].agreement, "max_prob_diff": result.prefixes[-1].max_prob_diff,
+            "p50_ms_float": float_row["latency_ms_p50"], "p50_ms_int8": p50["p50"],
+            "speedup_p50": float_row["latency_ms_p50"] / p50["p50"],
+            "speedup_p50_vs_teacher": teacher_row["latency_ms_p50"] / p50["p50"],
+            "size_bytes_float": float_row["size_bytes"], "size_bytes_int8": sum(result.int8_bytes),
+            "seconds": result.seconds,
+        })
     candidates.append(cascade["candidate"])
     warnings = ensemble_warnings("B-DISTIL", [p["accuracy"] for p in curve], data.num_classes, len(data.y_test))
     for c in candidates:
@@ -443,6 +519,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         "entropy_exit": entropy,
         "budgets": budget_rows,
         "cascade": {k: v for k, v in cascade.items() if k != "candidate"},
+        "int8": int8_rows,
         "bundle": str(paths["bdistil"]),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "seconds": log.seconds,
@@ -463,6 +540,17 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
           f"{c['size_bytes'] / 1024:.1f}", f"{c['size_bytes_zip'] / 1024:.1f}", f"{c['params']:,} ({c['nonzero_params']:,})"]
          for c in candidates],
     ))
+    if int8_rows:
+        say("\nINT8 (static QDQ, calibrated on the validation split; test split; batch-1 p50 on this machine):")
+        say(format_table(
+            ["int8 candidate", "from", "acc float", "acc int8", "agreement", "p50 float ms", "p50 int8 ms", "speed-up",
+             "vs teacher", "KiB float -> int8"],
+            [[r["name"], r["source"], _pct(r["accuracy_float"]), _pct(r["accuracy_int8"]), _pct(r["agreement"]),
+              f"{r['p50_ms_float']:.3f}", f"{r['p50_ms_int8']:.3f}", f"{r['speedup_p50']:.2f}x",
+              f"{r['speedup_p50_vs_teacher']:.2f}x", f"{r['size_bytes_float'] / 1024:.0f} -> {r['size_bytes_int8'] / 1024:.0f}"]
+             if r["refused"] is None else [r["name"], r["source"], "refused", "", "", "", "", "", "", ""]
+             for r in int8_rows],
+        ))
     say("\nAnytime curve of the B-DISTIL ensemble (test split; latency of members 1..t on this machine):")
     say(format_table(["members", "test acc", "p50 ms", "p99 ms"],
                [[p["members"], _pct(p["accuracy"]), f"{p['latency_ms_p50']:.3f}", f"{p['latency_ms_p99']:.3f}"] for p in curve]))

@@ -45,6 +45,7 @@ _SPEC: dict[str, Any] = {
     "calibration": "object|null",
     "profiles": {"*": {"members": [{"name": "string", "latency_ms": _LATENCY}], "device": "object|null"}},
     "metadata": "object",
+    "quantization": "object|null",
 }
 _CALIBRATION = {
     "entropy_threshold": "finite",
@@ -52,6 +53,18 @@ _CALIBRATION = {
     "accuracy": "number",
     "mean_members": "number",
     "curve": ["object"],
+}
+_QUANTIZATION = {
+    "method": "string",
+    "weight_type": "string",
+    "activation_type": "string|null",
+    "per_channel": "boolean",
+    "calibration": "string|null",
+    "calibration_samples": "integer",
+    "float_head": "boolean",
+    "tool": "string",
+    "source": "object",
+    "gates": "object",
 }
 
 
@@ -82,6 +95,8 @@ def decode_manifest(raw: bytes, where: str, max_depth: int) -> dict[str, Any]:
     _check(data, _SPEC, "", where)
     if isinstance(data.get("calibration"), dict):
         _check(data["calibration"], _CALIBRATION, "calibration", where)
+    if isinstance(data.get("quantization"), dict):
+        _check(data["quantization"], _QUANTIZATION, "quantization", where)
     return data
 
 

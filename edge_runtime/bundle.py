@@ -41,6 +41,7 @@ import numpy as np
 
 from edge_runtime._manifest_json import decode_manifest
 from edge_runtime._member_checks import check_member_graph, check_sample_size
+from edge_runtime._quantization import Quantization
 from edge_runtime._sources import LoadLimits, check_member_file, open_source
 from edge_runtime.errors import BundleError, ChecksumError, ManifestError, error_line
 from edge_runtime.files import atomic_write, locked
@@ -58,6 +59,7 @@ __all__ = [
     "Manifest",
     "MemberSpec",
     "Preprocess",
+    "Quantization",
     "SUPPORTED_VERSIONS",
     "TaskSpec",
     "TensorSpec",
@@ -398,6 +400,7 @@ class Manifest:
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)  # provenance: data set, teacher, tool version
     version: int = MANIFEST_VERSION
+    quantization: Quantization | None = None  # how an INT8 bundle was made (anytime-edge quantize); None: float
 
     def __post_init__(self) -> None:
         if self.version not in SUPPORTED_VERSIONS:
@@ -465,6 +468,7 @@ class Manifest:
             raise ManifestError("manifest.json has no integer 'version'; rebuild the bundle with the exporters")
         try:
             calibration = d.get("calibration")
+            quantization = d.get("quantization")
             return cls(
                 name=str(d.get("name", "bundle")),
                 task=TaskSpec.from_dict(_require(d, "task", "manifest")),
@@ -474,6 +478,7 @@ class Manifest:
                 profiles=dict(d.get("profiles", {})),
                 metadata=dict(d.get("metadata", {})),
                 version=version,
+                quantization=Quantization.from_dict(quantization) if quantization is not None else None,
             )
         except (TypeError, ValueError) as exc:
             raise ManifestError(f"manifest.json has a malformed field ({exc}); rebuild the bundle") from exc
@@ -483,6 +488,10 @@ class Manifest:
         d = asdict(self)
         d = {"format": BUNDLE_FORMAT, **d}
         d["task"]["input"]["shape"] = list(self.task.input.shape)
+        if self.quantization is None:
+            del d["quantization"]  # float bundles keep the manifest they always had
+        else:
+            d["quantization"] = self.quantization.to_dict()
         return json.loads(json.dumps(d))  # tuples -> lists, a deep copy
 
 

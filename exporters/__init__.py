@@ -1,7 +1,8 @@
 """torch -> ONNX export into anytime-edge bundles, every export gated (checker, parity, accuracy).
 
 ``wrap_onnx`` (a user's ONNX classifier -> bundle) needs onnx but not torch; ``wrap_pt2`` needs torch;
-``compose_cascade`` (one-member bundles -> a cascade) needs neither.
+``compose_cascade`` (one-member bundles -> a cascade) needs neither; ``quantize_bundle`` (INT8 members,
+ONNX Runtime's quantization tools) needs onnx but not torch.
 The names below load lazily: ``import exporters.bundle`` (used by tests and tools that only write
 bundles) does not import torch; the first use of an export function does, and a missing torch raises an
 ImportError that names the ``train`` extra.
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from exporters.errors import ConversionError, ExportError, VerificationError
     from exporters.export import ExportResult, MemberExport, compressed_size, export_ensemble, export_model
     from exporters.onnx import OPSET, MemberHead, export_onnx
+    from exporters.quantize import QuantizeConfig, QuantizeResult, quantize_bundle
     from exporters.verify import GateReport, Tolerance
     from exporters.wrap import WrapResult, wrap_onnx
     from exporters.pt2 import wrap_pt2
@@ -31,6 +33,8 @@ __all__ = [
     "MemberExport",
     "MemberHead",
     "OPSET",
+    "QuantizeConfig",
+    "QuantizeResult",
     "Tolerance",
     "VerificationError",
     "WrapResult",
@@ -40,6 +44,7 @@ __all__ = [
     "export_ensemble",
     "export_model",
     "export_onnx",
+    "quantize_bundle",
     "wrap_onnx",
     "wrap_pt2",
     "write_bundle",
@@ -55,6 +60,8 @@ _SOURCES = {
     "GateReport": "exporters.verify",
     "MemberExport": "exporters.export",
     "MemberHead": "exporters.onnx",
+    "QuantizeConfig": "exporters.quantize",
+    "QuantizeResult": "exporters.quantize",
     "Tolerance": "exporters.verify",
     "VerificationError": "exporters.errors",
     "WrapResult": "exporters.wrap",
@@ -64,6 +71,7 @@ _SOURCES = {
     "export_ensemble": "exporters.export",
     "export_model": "exporters.export",
     "export_onnx": "exporters.onnx",
+    "quantize_bundle": "exporters.quantize",
     "wrap_onnx": "exporters.wrap",
     "wrap_pt2": "exporters.pt2",
     "write_bundle": "exporters.bundle",

@@ -46,9 +46,26 @@ def test_report_figures_are_consistent(demo) -> None:
     assert all(v > 0 for v in latencies)
     assert 1.0 <= report["entropy_exit"]["mean_members"] <= len(curve)
     assert len(report["budgets"]) >= 2
-    assert {c["name"] for c in report["candidates"]} == {"teacher", "bdistil", "lowrank", "sparse", "cascade"}
+    int8 = {r["name"]: r for r in report["int8"]}
+    assert {"teacher_int8", "lowrank_int8"} <= set(int8)
+    passed = {name for name, r in int8.items() if r["refused"] is None}
+    assert {c["name"] for c in report["candidates"]} == {"teacher", "bdistil", "lowrank", "sparse", "cascade", *passed}
     sparse = next(c for c in report["candidates"] if c["name"] == "sparse")
     assert sparse["nonzero_params"] < 0.35 * sparse["params"]  # 80% target (biases are not pruned)
+
+
+def test_int8_candidates_are_gated_bundles_or_refusals(demo) -> None:
+    out, result = demo
+    for row in result["report"]["int8"]:
+        path = out / "candidates" / row["name"]
+        if row["refused"] is not None:  # the gate said no: one line, nothing written
+            assert "nothing written" in row["refused"] and "\n" not in row["refused"] and not path.exists()
+            continue
+        manifest = edge_runtime.load(path).manifest
+        assert manifest.quantization is not None and manifest.quantization.source["name"] == row["source"]
+        assert row["accuracy_int8"] >= row["accuracy_float"] - 0.005 - 1e-9
+        assert manifest.member_latency_ms(fingerprint(), "p50") is not None  # profiled like every candidate
+        assert row["p50_ms_int8"] > 0 and row["size_bytes_int8"] > 0
 
 
 def test_bundle_carries_threshold_and_profile_and_runs(demo) -> None:

@@ -1,6 +1,6 @@
 """``anytime-edge``: the whole toolkit's command line.
 
-Runtime commands (run, inspect, calibrate, serve), ``cascade`` and the profiler's work on a runtime-only install; the
+Runtime commands (run, inspect, calibrate, serve), ``cascade``, ``quantize`` (with onnx) and the profiler's work on a runtime-only install; the
 training commands need the ``train`` extra, and say so when it is missing. Only the chosen command's
 module is imported (see :mod:`edge_runtime.cli`), so this module must not import torch.
 
@@ -25,6 +25,7 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
     "select": ("profiles.cli.select", "choose what to deploy from measured accuracy, latency and memory"),
     "train-teacher": ("distill.cli.train_teacher", "train (or resume) the teacher classifier on a data set"),
     "export": ("distill.cli.export", "export a checkpoint, or wrap an .onnx / .pt2 classifier, as a one-member bundle"),
+    "quantize": ("distill.cli.quantize", "quantize every member of a bundle to INT8 (ONNX Runtime), gated against the float bundle"),
     "cascade": ("distill.cli.cascade", "compose one-member bundles (cheapest first) into an anytime cascade"),
     "ensemble": ("distill.cli.ensemble", "distil a teacher into a progressive ensemble (B-DISTIL)"),
     "sparsify": ("distill.cli.sparsify", "sparse students: FCPTS sparsity allocation or DSD² pruning"),

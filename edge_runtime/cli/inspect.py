@@ -90,6 +90,7 @@ def describe_bundle(path: str, check: bool = False, load_timeout_s: float | None
             "mean_members": m.calibration.mean_members,
             "curve_points": len(m.calibration.curve),
         },
+        "quantization": None if m.quantization is None else {**m.quantization.to_dict(), "describe": m.quantization.describe()},
         "this_device": here,
         "profiles": profiles,
         "metadata": dict(m.metadata),
@@ -123,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         lines.append(
             f"  {k}. {mem['name']:<16} {mem['size_bytes'] / 1024:8.1f} KiB  {mem['params']:>9,d} params  connections: {conns}"
         )
+    if d["quantization"] is not None:
+        q = d["quantization"]
+        lines.append(f"int8     {q['describe']}; from '{q['source'].get('name', '?')}' with {q['tool']}")
     cal = d["calibration"]
     if cal is None:
         lines.append("calibration  none (no entropy exit by default; run `calibrate`)")
