@@ -114,7 +114,7 @@ class Watchdog:
                 self._cond.notify()
         try:
             return run(names, feed, guard.options)
-        except Exception as exc:  # noqa: BLE001 - ORT has no error type for a stop; the guard decides
+        except Exception as exc:  # ORT has no error type for a stop; the guard decides
             with self._cond:
                 self._armed.pop(key, None)
                 stopped = guard.fired_at is not None  # set under this lock, so final once disarmed

@@ -3,9 +3,10 @@
 :class:`AnytimeRuntime` holds one ONNX Runtime session per member, created once at load. A request is
 validated and preprocessed once, then member k gets ``x``, the previous member's combined ``logits`` (as
 ``prev_logits``; not for a ``combine="replace"`` cascade, whose members stand alone) and any connection
-tensors, and returns the combined ``logits``/``probs``/``entropy`` after k members (the graphs do the combining, softmax and entropy; Python only compares one float per
-member and sample). After each member an :class:`~edge_runtime.policies.ExitPolicy` says whether the
-sample stops; the first member always runs.
+tensors, and returns the combined ``logits``/``probs``/``entropy`` after k members (the graphs do the
+combining, softmax and entropy; Python only compares one float per member and sample). After each
+member an :class:`~edge_runtime.policies.ExitPolicy` says whether the sample stops; the first member
+always runs.
 
 Batches: each sample exits on its own. Rows that stop are settled and sliced out, so later members run
 on a smaller batch (``x``, ``prev_logits`` and the carried connection tensors are sliced together). A
@@ -334,7 +335,7 @@ class AnytimeRuntime:
                 t = perf_counter()
                 try:
                     outs = run(names, feed, None)
-                except Exception as exc:  # noqa: BLE001 - any failure inside ORT is the member's
+                except Exception as exc:  # any failure inside ORT is the member's
                     self._errors[k] += 1
                     raise MemberError(f"member '{self.manifest.members[k].name}' failed: {error_line(exc)}") from exc
                 member_ms[k] += (perf_counter() - t) * 1e3

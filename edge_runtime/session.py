@@ -148,7 +148,7 @@ def create_session(model: bytes, config: SessionConfig | None = None, name: str 
     config = config or SessionConfig()
     try:
         return ort.InferenceSession(model, sess_options=config.to_session_options(), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
+    except Exception as exc:  # ORT raises several unrelated types for a bad model
         raise ModelLoadError(f"ONNX Runtime could not load '{name}': {error_line(exc)}; re-export the model") from exc
 
 
@@ -218,7 +218,7 @@ def run_bounded(session: Any, output_names: Sequence[str], feed: Mapping[str, An
     timer.start()
     try:
         return session.run(list(output_names), dict(feed), options)
-    except Exception as exc:  # noqa: BLE001 - ORT's failure types vary; the timer decides what it was
+    except Exception as exc:  # ORT's failure types vary; the timer decides what it was
         if fired.is_set():
             raise RunTimeout(f"stopped after {timeout_s:g} s") from exc
         raise

@@ -242,7 +242,7 @@ def export_member(
                 optimize=True,
                 verbose=False,
             )
-        except Exception as exc:  # noqa: BLE001 - torch.export/onnxscript raise many unrelated types
+        except Exception as exc:  # torch.export/onnxscript raise many unrelated types
             cause = _innermost(exc)
             if isinstance(cause, ConversionError):  # our own contract check, raised while tracing
                 raise cause from None

@@ -351,7 +351,7 @@ def _memory_run(subject: _Subject, config: MeasureConfig) -> dict[str, Any]:
                 chain.run(pool[i % len(pool)])
                 if i % _SAMPLE_EVERY == 0:
                     tracker.sample()
-    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a failing run
+    except Exception as exc:  # ORT raises several unrelated types for a failing run
         raise _failing_run(subject.name, exc) from exc
     memory["run"] = tracker.result()
     return memory
@@ -403,7 +403,7 @@ def _measure(subject: _Subject, config: MeasureConfig, probe: tuple[str, Path] |
                 timings[b] = _timed_passes(chain, pools[b], config, run_tracker)
     except MeasurementError:
         raise
-    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a failing run
+    except Exception as exc:  # ORT raises several unrelated types for a failing run
         raise _failing_run(subject.name, exc) from exc
     memory["run"] = run_tracker.result()
     memory["method"] = "this process"

@@ -9,7 +9,8 @@ bundle is calibrated: all K members with the calibrated entropy exit.
   the one after the first member whose entropy is at or below the threshold (the rule the runtime
   applies), which needs no second run.
 * Latency: from the bundle's stored profile for this device (measured first, and stored, when there is
-  none or it was measured with other session settings, e.g. thread count). Prefix k's percentiles are those of the single-stream one-pass time of members 1..k. For the
+  none or it was measured with other session settings, e.g. thread count). Prefix k's percentiles are
+  those of the single-stream one-pass time of members 1..k. For the
   thresholded candidate each validation sample costs the prefix it exits at; its quantile q is the q
   quantile over samples of their exit prefix's q latency (an estimate: it assumes exit depth and
   per-member latency are independent).

@@ -443,7 +443,10 @@ def test_bundle_files_follow_the_umask(tmp_path: Path, umask: int, dir_mode: int
         archive = archive_bundle(bundle, tmp_path / "bundle.zip")
     finally:
         os.umask(old)
-    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
     assert mode(bundle) == dir_mode
     assert mode(bundle / MANIFEST_NAME) == file_mode
     assert mode(bundle / "member_1.onnx") == file_mode
