@@ -483,7 +483,8 @@ class Manifest:
         d = asdict(self)
         d = {"format": BUNDLE_FORMAT, **d}
         d["task"]["input"]["shape"] = list(self.task.input.shape)
-        return json.loads(json.dumps(d))  # tuples -> lists, a deep copy
+        plain: dict[str, Any] = json.loads(json.dumps(d))  # tuples -> lists, a deep copy
+        return plain
 
 
 @dataclass(frozen=True)

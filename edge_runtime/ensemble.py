@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -76,14 +76,14 @@ class PrefixEvaluation:
     @property
     def labels(self) -> np.ndarray:
         """(K, N) predicted class after each prefix."""
-        return self.probs.argmax(axis=-1)
+        return np.asarray(self.probs.argmax(axis=-1))
 
     def accuracy(self, y: np.ndarray) -> np.ndarray:
         """(K,) accuracy of each prefix against integer labels ``y`` of shape (N,)."""
         y = np.asarray(y).reshape(-1)
         if y.shape[0] != self.probs.shape[1]:
             raise InputError(f"{y.shape[0]} labels for {self.probs.shape[1]} samples; give one label per sample")
-        return (self.labels == y[None, :]).mean(axis=1)
+        return np.asarray((self.labels == y[None, :]).mean(axis=1))
 
 
 # One member's hot-path plan: bound run, output names to fetch, connection feeds, outputs to keep.
@@ -106,7 +106,8 @@ def _compile_preprocess(manifest: Manifest) -> tuple[Any, Any, tuple[int, ...] |
     if pre.is_affine_identity:
         return None, None, transpose, model_shape
     if pre.channels is None:
-        return np.float32(pre.scale), np.float32(pre.offset), transpose, model_shape
+        # no channels: scale and offset are scalars (Preprocess checks it)
+        return np.float32(cast(float, pre.scale)), np.float32(cast(float, pre.offset)), transpose, model_shape
     scale, offset = pre.arrays(model_shape)
     return scale, offset, transpose, model_shape
 
@@ -362,7 +363,7 @@ class AnytimeRuntime:
         chains = self._chains
         feed: dict[str, np.ndarray] = {self._x_name: x}
         carried: dict[tuple[int, str], np.ndarray] = {}
-        good = None
+        good: Any = None  # set by the first member, which always answers (it runs unguarded; its failure raises)
         reason = "complete"
         used = 0
         stopped = False

@@ -254,7 +254,8 @@ def export_member(
         raise ConversionError("torch.onnx.export returned nothing; upgrade torch to >= 2.5")
     proto = program.model_proto
     lower_ir_version(proto)
-    return proto.SerializeToString()
+    data: bytes = proto.SerializeToString()
+    return data
 
 
 def export_onnx(model: nn.Module, example_x: "torch.Tensor", *, input_name: str = "x", emit_features: bool = False) -> bytes:

@@ -109,7 +109,10 @@ def program_to_onnx(program: "torch.export.ExportedProgram") -> bytes:
                                              optimize=True, verbose=False)
         except Exception as exc:  # torch.export/onnxscript raise many unrelated types
             raise ConversionError(f"torch.onnx.export failed for the program: {error_line(_innermost(exc))}") from exc
-    return onnx_program.model_proto.SerializeToString()
+    if onnx_program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise ConversionError("torch.onnx.export returned nothing; upgrade torch to >= 2.5")
+    data: bytes = onnx_program.model_proto.SerializeToString()
+    return data
 
 
 def wrap_pt2(

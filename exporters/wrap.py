@@ -50,6 +50,7 @@ from exporters.verify import GateReport, Tolerance, accuracy, check_accuracy, ch
 
 if TYPE_CHECKING:
     import onnx
+    from onnx import ModelProto
 
 __all__ = [
     "MIN_OPSET",
@@ -136,7 +137,7 @@ def load_onnx(source: "bytes | str | os.PathLike[str] | onnx.ModelProto") -> "on
     """
     onnx = _onnx()
     if isinstance(source, onnx.ModelProto):
-        proto = onnx.ModelProto()
+        proto: ModelProto = onnx.ModelProto()
         proto.CopyFrom(source)
         return proto
     if isinstance(source, (bytes, bytearray)):
@@ -147,7 +148,8 @@ def load_onnx(source: "bytes | str | os.PathLike[str] | onnx.ModelProto") -> "on
             raise ExportError(f"{path} does not exist or is not a file; pass an .onnx model file")
         data, where = path.read_bytes(), str(path)
     try:
-        return onnx.load_model_from_string(data)
+        model: ModelProto = onnx.load_model_from_string(data)
+        return model
     except Exception as exc:  # protobuf raises DecodeError and others
         raise ExportError(f"{where} is not an ONNX model ({type(exc).__name__}); pass a file saved with onnx.save") from exc
 
@@ -357,7 +359,8 @@ def add_head(proto: "onnx.ModelProto", source: SourceGraph, num_classes: int) ->
         first = error_line(exc)
         raise ConversionError(f"cannot add the probs/entropy head to the model: {first}") from exc
     lower_ir_version(wrapped)
-    return wrapped
+    merged: ModelProto = wrapped
+    return merged
 
 
 def _free_batch(graph: Any, input_name: str) -> None:

@@ -132,7 +132,8 @@ def _memory_mb(profile: Mapping[str, Any], k: int) -> float:
     loaded = memory["process_baseline"] + sum(m["rss_load_delta_mb"] for m in profile["members"][:k])
     run_peak = memory["run"]["kernel_peak_mb"] or memory["run"]["rss_sampled_peak_mb"]
     growth = max(0.0, run_peak - memory["rss_after_load"])  # buffers allocated by running, whole bundle
-    return round(loaded + growth, 2)
+    total: float = round(loaded + growth, 2)
+    return total
 
 
 def _exit_latency(profile: Mapping[str, Any], exit_at: np.ndarray) -> dict[str, float]:
@@ -220,7 +221,7 @@ def _bundle_candidates(
             memory_mb=_memory_mb(profile, count),
             size_bytes=int(sum(sizes)),
         ))
-    budgets = auto_budgets(profile) if budget_runs == "auto" else list(budget_runs)  # type: ignore[arg-type]
+    budgets = auto_budgets(profile) if isinstance(budget_runs, str) else list(budget_runs)  # the one str: "auto" (checked)
     if count > 1 and budgets:
         # The runtime's budget policy predicts member latencies from this profile (stored or not).
         profiled = bundle.with_manifest(replace(manifest, profiles={**manifest.profiles, fingerprint(): profile}))

@@ -46,7 +46,7 @@ import time
 import traceback
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Protocol, Sequence, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence, Union
 
 import numpy as np
 from starlette.applications import Starlette
@@ -92,7 +92,8 @@ _ESTIMATE_ROWS = 16  # only requests this small feed the scheduler's first-membe
 class RuntimeLike(Protocol):
     """What the server needs from :class:`edge_runtime.AnytimeRuntime` (a fake in tests)."""
 
-    manifest: Manifest
+    @property
+    def manifest(self) -> Manifest: ...  # read only: AnytimeRuntime's is a property
 
     def predict(
         self, x: np.ndarray, budget_ms: float | str | None = None, entropy_threshold: float | str | None = None
@@ -240,7 +241,7 @@ class _Server:
         self.check_model(request)
         return JSONResponse({"name": self.name, "ready": self.ready}, status_code=200 if self.ready else 503)
 
-    async def _guard(self, handler: Any, request: Request, *args: Any) -> Response:
+    async def _guard(self, handler: Callable[..., Awaitable[Response]], request: Request, *args: Any) -> Response:
         """Run a handler and answer whatever it raises; nothing a request does reaches uvicorn."""
         try:
             return await handler(request, *args)
@@ -425,9 +426,11 @@ def create_app(runtime: RuntimeLike | PathLike, config: ServerConfig | None = No
     if isinstance(runtime, (str, os.PathLike)):
         from edge_runtime import load
 
-        runtime = load(runtime)
-    server = _Server(runtime, config)
-    routes = []
+        served: RuntimeLike = load(runtime)
+    else:
+        served = runtime
+    server = _Server(served, config)
+    routes: list[Route] = []
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         # infer first: Starlette tries routes in order, and inference is the hot path
         routes.insert(0, Route(f"{prefix}/infer", server.infer, methods=["POST"]))
