@@ -375,7 +375,7 @@ class AnytimeRuntime:
                     feed[name] = carried[key]
             try:
                 if k and estimates[k] >= stop_min:
-                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]
+                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]  # set: stop_min is inf without a budget
                 else:
                     outs = run(names, feed, None)
             except StoppedInFlight:
@@ -445,16 +445,16 @@ class AnytimeRuntime:
                 feed[name] = carried[key]
             try:
                 if k and next_ms >= stop_min:
-                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]
+                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]  # set: stop_min is inf without a budget
                 else:
                     outs = run(names, feed, None)
             except StoppedInFlight:
                 self._settle(results, rows, good, range(len(rows)), k, "budget", t0, budget, stopped=True)
-                return results  # type: ignore[return-value]
+                return results  # type: ignore[return-value]  # every row is settled by now
             except Exception as exc:  # noqa: BLE001 - a member failing must not take the runtime down
                 self._member_failed(k, exc)
                 self._settle(results, rows, good, range(len(rows)), k, "error", t0, budget)
-                return results  # type: ignore[return-value]
+                return results  # type: ignore[return-value]  # every row is settled by now
             t = perf_counter()
             took_ms, t_prev = (t - t_prev) * 1e3, t
             for name, _ in conns:  # a connection input is this member's only: the next one rejects it
@@ -471,7 +471,7 @@ class AnytimeRuntime:
             reasons = [stop(e, elapsed, next_ms) for e in outs[2].tolist()]
             leaving = [i for i, r in enumerate(reasons) if r is not None]
             for i in leaving:
-                self._settle(results, rows, outs, (i,), k + 1, reasons[i], t0, budget)  # type: ignore[arg-type]
+                self._settle(results, rows, outs, (i,), k + 1, reasons[i], t0, budget)  # type: ignore[arg-type]  # leaving: not None
             if len(leaving) == len(rows):
                 break
             for key, i in keeps:
@@ -487,7 +487,7 @@ class AnytimeRuntime:
                 good = [o[keep] for o in outs]
             if self._chains:
                 feed[_PREV] = logits
-        return results  # type: ignore[return-value]
+        return results  # type: ignore[return-value]  # every row is settled by now
 
     def _settle(
         self,

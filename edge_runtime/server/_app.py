@@ -162,7 +162,9 @@ class _Server:
             threshold = self.default_threshold
         elif threshold == "calibrated":
             threshold = self._calibrated()
-        return (None if budget == "off" else budget), (None if threshold == "off" else threshold)  # type: ignore[return-value]
+        # The only word left is "off": decoding refused any other, and "calibrated" was resolved above.
+        budget_ms, entropy = (None if budget == "off" else budget), (None if threshold == "off" else threshold)
+        return budget_ms, entropy  # type: ignore[return-value]  # no str left (see above)
 
     def refusal(self, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, arrival: float) -> OverloadedError | None:
         """Why an inference request must be refused now, before it is decoded, or None (see :class:`_Shedder`).
