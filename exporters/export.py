@@ -35,6 +35,7 @@ from exporters.errors import ConversionError, ExportError, VerificationError
 from exporters.onnx import OPSET, MemberHead, export_member, output_names
 from exporters.verify import GateReport, Tolerance, accuracy, check_accuracy, check_graph, check_heldout, check_parity
 
+# isort: split
 import torch  # after exporters.onnx, which turns a missing torch into an install hint
 from torch import nn
 
