@@ -43,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gamma", type=float, default=0.05, help="weak-learning margin of the edge check (default 0.05)")
     parser.add_argument("--connect", choices=("none", "previous", "all"), default="previous",
                         help="connections tried first: none, the previous member's features (default), or all earlier")
+    parser.add_argument("--size-by", choices=("auto", "latency", "macs"), default="auto",
+                        help="how member sizes are chosen: each ~1/K of the teacher's measured ORT latency (latency), "
+                        "multiply-accumulates (macs), or latency where the teacher takes >= 0.2 ms (auto, default)")
     parser.add_argument("--refine-epochs", type=int, default=0,
                         help="least-squares refinement of each member to the residual (not in the paper; default 0)")
     parser.add_argument("--limit-train", type=int, help="train on only the first N training samples (quicker)")
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = ProgressiveConfig(
             members=args.members, connect=args.connect, gamma=args.gamma, epochs=args.epochs, lr=args.lr,
             batch_size=args.batch_size, refine_epochs=args.refine_epochs, seed=args.seed, progress=args.progress,
+            sizing=args.size_by,
         )
         ensemble = progressive_ensemble(teacher, dataset, cfg)
         info = [{"method": ensemble.report.method, **m.to_dict()} for m in ensemble.report.members]

@@ -54,6 +54,7 @@ from distill.progressive.members import (
     count_macs,
     default_candidates,
 )
+from distill.progressive.sizing import MIN_TEACHER_MS, MemberSizing, latency_candidates
 from distill.progressive.rounds import (
     BarrierLoss,
     boosting_weights,
@@ -64,9 +65,10 @@ from distill.progressive.rounds import (
 )
 from distill.train import FitConfig, fit, predict_logits, scaled_epochs
 
-__all__ = ["CONNECT_RULES", "ProgressiveConfig", "limit_training", "progressive_ensemble"]
+__all__ = ["CONNECT_RULES", "SIZINGS", "ProgressiveConfig", "limit_training", "progressive_ensemble"]
 
 CONNECT_RULES = ("none", "previous", "all")
+SIZINGS = ("macs", "latency", "auto")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,10 @@ class ProgressiveConfig:
     """How B-DISTIL builds an ensemble."""
 
     members: int = 4  # K: members to build (fewer if no candidate passes the check)
-    candidates: tuple[Candidate, ...] = ()  # escalation ladder, cheapest first; () = default_candidates(data)
+    candidates: tuple[Candidate, ...] = ()  # escalation ladder, cheapest first; () = chosen by ``sizing``
+    # how an empty ladder is chosen: "macs" (default_candidates), "latency" (distill.progressive.sizing: each
+    # member ~1/K of the teacher's measured ORT latency), "auto" (latency where the teacher takes >= 0.2 ms)
+    sizing: str = "macs"
     connect: str = "previous"  # first-try connections of member t: "none", "previous" (t-1) or "all"
     gamma: float = 0.05  # weak-learning margin: accept a member when its validation edge >= gamma
     temperature: float = 0.0  # residual temperature tau; 0 = the residual's RMS, recomputed every round
@@ -90,6 +95,8 @@ class ProgressiveConfig:
         object.__setattr__(self, "candidates", tuple(self.candidates))
         if self.members < 1:
             raise TrainingError("an ensemble needs --members >= 1")
+        if self.sizing not in SIZINGS:
+            raise TrainingError(f"sizing '{self.sizing}' is unknown; use one of {list(SIZINGS)}")
         if self.connect not in CONNECT_RULES:
             raise TrainingError(f"connect '{self.connect}' is unknown; use one of {list(CONNECT_RULES)}")
         if not 0.0 <= self.gamma < 2.0:
@@ -180,7 +187,14 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
         TrainingError: not even the first member passes the weak-learning check.
     """
     cfg = cfg or ProgressiveConfig()
-    candidates = cfg.candidates or default_candidates(dataset)
+    sizing: MemberSizing | None = None
+    if cfg.candidates:
+        candidates = cfg.candidates
+    elif cfg.sizing == "macs":
+        candidates = default_candidates(dataset)
+    else:
+        sizing = latency_candidates(teacher, dataset, cfg.members, min_teacher_ms=0.0 if cfg.sizing == "latency" else MIN_TEACHER_MS)
+        candidates = sizing.candidates
     epochs = cfg.epochs or scaled_epochs(len(dataset.x_train))
     x_train, x_val = dataset.x_train, dataset.x_val
     g_train, g_val = predict_logits(teacher, x_train).astype(np.float64), predict_logits(teacher, x_val).astype(np.float64)
@@ -267,6 +281,7 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
         teacher_val_accuracy=float((teacher_val_pred == dataset.y_val).mean()),
         stopped=stopped,
         stopped_attempts=tuple(stopped_attempts),
-        settings={**cfg.to_dict(), "candidates": [c.to_dict() for c in candidates]},
+        settings={**cfg.to_dict(), "candidates": [c.to_dict() for c in candidates],
+                  **({"member_sizing": sizing.to_dict()} if sizing is not None else {})},
     )
     return Ensemble(members, sources, report)

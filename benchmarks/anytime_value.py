@@ -1,0 +1,381 @@
+"""Does an anytime bundle pay for itself? Every candidate, single and anytime, at the same budgets.
+
+For one data set (default cluttered-mnist, the realistic-scale workload):
+
+1. the teacher (``runs/teachers``; trained on first use) and its candidates, students trained on the first
+   ``--limit-train`` training rows for ``--epochs`` epochs each:
+   * single: the teacher, a low-rank student (ranks searched for ``--lowrank-speedup`` x the teacher's ORT
+     speed), a channel-pruned student (Torch-Pruning, ``--keep`` of the channels), and the NO-RESCHED
+     students (one per prefix length, each of the cumulative MACs of B-DISTIL's members 1..t);
+   * anytime: B-DISTIL (members sized by measured latency, ``sizing="auto"``: each ~1/K of the teacher),
+     RESCHED (the same sizes, distilled alone, mean of logits), and cascades (``combine="replace"``) of
+     each cheap single student -> the teacher;
+2. every bundle profiled at batch 1 on validation rows (p50/p99 per prefix, stored in the bundle so the
+   runtime's budget policy predicts from it) and every anytime bundle's entropy exit calibrated on the
+   validation split (accuracy within ``--accuracy-drop`` points of its full answer);
+3. six budgets spread evenly from the cheapest first member's profiled p99 to the teacher's profiled p99;
+   at each, every anytime bundle runs the test split one request at a time (batch 1, entropy exit off,
+   wall-clock budget in ``AnytimeRuntime.predict``), and the best single candidate is the most accurate one
+   whose *validation-time* (profiled) p99 fits the budget;
+4. entropy exit: each anytime bundle with its calibrated threshold and no budget, and the teacher, one
+   request at a time, alternating request by request (so a busy machine slows both alike): accuracy and
+   mean wall ms of each;
+5. the B-DISTIL curve: test accuracy of every prefix t of B-DISTIL, RESCHED and NO-RESCHED, and the
+   profiled p50 of B-DISTIL's prefix t.
+
+Accuracy is always on the test split (ONNX Runtime, the exported bundles). Latency: profiled p50/p99 for
+candidates and budgets; wall time of the real requests for miss rates and entropy-exit means.
+
+    python benchmarks/anytime_value.py --data cluttered-mnist --json benchmarks/results/anytime_value_cluttered.json
+
+JSON: the schema of issue 13 (``dataset``, ``device``, ``teacher``, ``candidates``, ``budgets``,
+``entropy_exit``, ``bdistil_curve``) plus ``details`` (build reports, timings, load average, settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout first, whatever is installed
+
+import torch  # noqa: E402
+
+import edge_runtime  # noqa: E402
+from distill.data import Dataset, load_dataset  # noqa: E402
+from distill.errors import TrainingError  # noqa: E402
+from distill.lowrank.student import LowRankConfig, lowrank_student  # noqa: E402
+from distill.progressive import (  # noqa: E402
+    BaselineConfig,
+    ProgressiveConfig,
+    limit_training,
+    no_resched_students,
+    progressive_ensemble,
+    resched_ensemble,
+)
+from distill.sparse.structured import channel_student  # noqa: E402
+from distill.teachers import load_teacher  # noqa: E402
+from distill.train import predict_logits  # noqa: E402
+from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibration  # noqa: E402
+from edge_runtime.device import device_info  # noqa: E402
+from exporters import export_ensemble, export_model  # noqa: E402
+from exporters.cascade import compose_cascade  # noqa: E402
+from profiles.measure import MeasureConfig, profile_bundle  # noqa: E402
+from profiles.store import store_profile  # noqa: E402
+
+BUDGETS = 6
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Training budget of the students of one data set."""
+
+    limit_train: int | None
+    epochs: int
+    lr: float = 3e-3
+    batch_size: int = 128
+
+
+SCHEDULES = {
+    "cluttered-mnist": Schedule(limit_train=20000, epochs=3),
+    "mnist": Schedule(limit_train=20000, epochs=3),
+    "digits": Schedule(limit_train=None, epochs=40, batch_size=64),
+}
+
+
+def _log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    out = fn()
+    timings[name] = round(time.perf_counter() - started, 1)
+    _log(f"{name}: {timings[name]:.0f} s (load average {os.getloadavg()[0]:.1f})")
+    return out
+
+
+def build(full: Dataset, loaded: Any, sched: Schedule, members: int, args: argparse.Namespace, work: Path,
+          timings: dict[str, float]) -> tuple[dict[str, Path], dict[str, list[float]], dict[str, Any]]:
+    """Train and export every candidate; returns (bundle paths, test accuracy per prefix, build reports)."""
+    teacher = loaded.module
+    data = limit_training(full, sched.limit_train)
+    task = full.task_spec()
+    heldout = (full.x_test, full.y_test)
+    common = dict(epochs=sched.epochs, lr=sched.lr, batch_size=sched.batch_size, seed=args.seed, progress=False)
+    paths: dict[str, Path] = {}
+    acc: dict[str, list[float]] = {}
+    reports: dict[str, Any] = {}
+
+    def keep(name: str, result: Any) -> None:
+        paths[name] = result.path
+        acc[name] = [g.onnx_accuracy for g in result.reports]
+
+    keep("teacher", _timed(timings, "export teacher", lambda: export_model(teacher, task, work / "teacher", heldout=heldout, name="teacher")))
+    _timed(timings, "teacher logits (cached on disk)", lambda: (predict_logits(teacher, data.x_train), predict_logits(teacher, data.x_val)))
+
+    bd = _timed(timings, "bdistil", lambda: progressive_ensemble(
+        teacher, data, ProgressiveConfig(members=members, sizing=args.sizing, **common)))
+    reports["bdistil"] = bd.report.to_dict()
+    keep("bdistil", export_ensemble(bd.members, task, work / "bdistil", heldout=heldout, connections=bd.connections,
+                                    combine="sum", name="bdistil"))
+    sizes = [m.candidate for m in bd.report.members]
+    base = BaselineConfig(**common)
+    rs = _timed(timings, "resched", lambda: resched_ensemble(teacher, data, sizes, base))
+    reports["resched"] = rs.report.to_dict()
+    keep("resched", export_ensemble(rs.members, task, work / "resched", heldout=heldout, combine="mean", name="resched"))
+    cumulative = list(np.cumsum([m.macs for m in bd.report.members]))
+    nr, nr_report = _timed(timings, "no_resched", lambda: no_resched_students(teacher, data, cumulative, sizes[0], base))
+    reports["no_resched"] = nr_report.to_dict()
+    for t, student in enumerate(nr):
+        keep(f"no_resched_t{t + 1}", export_model(student, task, work / f"no_resched_t{t + 1}", heldout=heldout,
+                                                  name=f"no_resched_t{t + 1}"))
+
+    def lowrank() -> Any:
+        try:
+            return lowrank_student(teacher, data, LowRankConfig(speedup=args.lowrank_speedup, epochs=sched.epochs, lr=1e-3,
+                                                                seed=args.seed))
+        except TrainingError as exc:  # a busy machine may time no rank fast enough
+            _log(f"low-rank speed-up search failed ({exc}); rank 16")
+            return lowrank_student(teacher, data, LowRankConfig(rank=16, epochs=sched.epochs, lr=1e-3, seed=args.seed))
+
+    student, report = _timed(timings, "lowrank", lowrank)
+    reports["lowrank"] = report.to_dict()
+    keep("lowrank", export_model(student, task, work / "lowrank", heldout=heldout, name="lowrank"))
+    student, report = _timed(timings, "channels", lambda: channel_student(
+        teacher, data, args.keep, epochs=sched.epochs, limit=len(data.x_train), seed=args.seed))
+    reports["channels"] = report.to_dict() if hasattr(report, "to_dict") else repr(report)
+    keep("channels", export_model(student, task, work / "channels", heldout=heldout, name="channels"))
+    (work / "reports.json").write_text(json.dumps(reports, indent=1, default=str) + "\n")
+    return paths, acc, reports
+
+
+def reuse(full: Dataset, work: Path) -> tuple[dict[str, Path], dict[str, list[float]], dict[str, Any]]:
+    """The bundles an earlier run built in ``work`` (cascades are composed again); test accuracy re-measured."""
+    paths = {d.name: d for d in sorted(work.iterdir()) if (d / "manifest.json").is_file() and not d.name.startswith("cascade_")}
+    missing = {"teacher", "bdistil", "resched"} - set(paths)
+    if missing:
+        raise SystemExit(f"--reuse: {work} lacks the bundles {sorted(missing)}; run once without --reuse")
+    x_test = full.raw(full.x_test)
+    acc = {k: [float(a) for a in edge_runtime.load(p, warmup=0).evaluate_prefixes(x_test).accuracy(full.y_test)]
+           for k, p in paths.items()}
+    reports_file = work / "reports.json"
+    return paths, acc, json.loads(reports_file.read_text()) if reports_file.is_file() else {}
+
+
+def profile_all(paths: dict[str, Path], x_val: np.ndarray, seconds: float) -> dict[str, dict[str, Any]]:
+    """Batch-1 profile of every bundle on validation rows, stored in the bundle (the budget policy reads it)."""
+    config = MeasureConfig(min_queries=300, min_seconds=seconds, warmup_queries=50, batch=1, memory_probe=False)
+    out = {}
+    for name, path in paths.items():
+        out[name] = profile_bundle(path, config, data=x_val, data_label="validation split")
+        store_profile(path, out[name])
+    return out
+
+
+def _p(profile: dict[str, Any], k: int, q: str) -> float:
+    return float(profile["prefixes"][k]["latency_ms"][q])
+
+
+def budget_runs(runtime: Any, x: np.ndarray, y: np.ndarray, budget: float) -> dict[str, Any]:
+    """The test split one request at a time under ``budget`` ms (entropy exit off): accuracy, members, misses."""
+    members = np.zeros(len(x), dtype=np.int64)
+    correct = missed = forced = 0
+    for i in range(len(x)):
+        started = time.perf_counter()
+        answer = runtime.predict(x[i : i + 1], budget_ms=budget, entropy_threshold="off")[0]
+        wall = (time.perf_counter() - started) * 1e3
+        members[i] = answer.members_used
+        correct += int(answer.label == y[i])
+        late = wall > budget
+        forced += int(late and answer.members_used == 1)  # member 1 alone over budget: not the policy's choice
+        missed += int(late and answer.members_used > 1)
+    return {"accuracy": correct / len(x), "mean_members": float(members.mean()), "miss_rate": missed / len(x),
+            "forced_miss_rate": forced / len(x)}
+
+
+def entropy_vs_teacher(runtime: Any, teacher: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Calibrated entropy exit vs the teacher, request by request alternately; wall ms of each."""
+    ours, theirs, correct, teacher_correct, members = [], [], 0, 0, []
+    for i in range(len(x)):
+        row = x[i : i + 1]
+        first, second = ((runtime, ours), (teacher, theirs)) if i % 2 == 0 else ((teacher, theirs), (runtime, ours))
+        for rt, sink in (first, second):
+            started = time.perf_counter()
+            answer = rt.predict(row, budget_ms="off", entropy_threshold="calibrated" if rt is runtime else "off")[0]
+            sink.append((time.perf_counter() - started) * 1e3)
+            if rt is runtime:
+                correct += int(answer.label == y[i])
+                members.append(answer.members_used)
+            else:
+                teacher_correct += int(answer.label == y[i])
+    return {"threshold": float(runtime.manifest.calibration.entropy_threshold), "accuracy": correct / len(x),
+            "mean_ms": float(np.mean(ours)), "teacher_mean_ms": float(np.mean(theirs)),
+            "teacher_accuracy": teacher_correct / len(x), "mean_members": float(np.mean(members)),
+            "p50_ms": float(np.median(ours)), "teacher_p50_ms": float(np.median(theirs))}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    full = load_dataset(args.data, seed=args.seed)
+    loaded = _timed(timings, "teacher (cached or trained)", lambda: load_teacher("auto", full, runs_dir=args.runs, progress=False))
+    sched = SCHEDULES.get(full.name, SCHEDULES["mnist"])
+    if args.limit_train is not None or args.epochs is not None:
+        sched = Schedule(limit_train=args.limit_train or sched.limit_train, epochs=args.epochs or sched.epochs,
+                         lr=sched.lr, batch_size=sched.batch_size)
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="anytime_value_"))
+    if args.reuse:
+        paths, acc, reports = _timed(timings, "reuse bundles", lambda: reuse(full, work))
+    else:
+        paths, acc, reports = build(full, loaded, sched, args.members, args, work, timings)
+    x_val, x_test = full.raw(full.x_val), full.raw(full.x_test)
+    y_val, y_test = full.y_val, full.y_test
+    n = min(args.requests or len(x_test), len(x_test))
+    x_run, y_run = x_test[:n], y_test[:n]
+
+    singles = [k for k in paths if k != "teacher" and k not in ("bdistil", "resched")]
+    profiles = _timed(timings, "profile singles", lambda: profile_all({k: paths[k] for k in ["teacher", *singles]}, x_val, args.profile_seconds))
+    cheap = [k for k in singles if _p(profiles[k], 0, "p50") < 0.8 * _p(profiles["teacher"], 0, "p50")]
+    cheap = sorted(cheap, key=lambda k: -acc[k][0])[: args.cascades]
+    for k in cheap:  # cascades from the most accurate cheap students, each then the teacher
+        paths[f"cascade_{k}"] = compose_cascade([paths[k], paths["teacher"]], work / f"cascade_{k}", name=f"cascade_{k}").path
+        acc[f"cascade_{k}"] = [acc[k][0], acc["teacher"][0]]
+    anytime = ["bdistil", "resched", *[f"cascade_{k}" for k in cheap]]
+    profiles.update(_timed(timings, "profile anytime", lambda: profile_all({k: paths[k] for k in anytime}, x_val, args.profile_seconds)))
+
+    def calibrate_all() -> dict[str, Any]:
+        out = {}
+        for k in anytime:
+            cal = calibrate(edge_runtime.load(paths[k], warmup=0), x_val, y_val, CalibrationTarget(accuracy_drop=args.accuracy_drop))
+            save_calibration(paths[k], cal)
+            out[k] = {"threshold": cal.entropy_threshold, "validation_accuracy": cal.accuracy, "mean_members": cal.mean_members}
+        return out
+
+    calibration = _timed(timings, "calibrate", calibrate_all)
+    teacher = profiles["teacher"]
+    candidates = [{"name": k, "kind": "single", "accuracy": acc[k][0], "p50_ms": _p(profiles[k], 0, "p50"),
+                   "p99_ms": _p(profiles[k], 0, "p99")} for k in ["teacher", *singles]]
+    candidates += [{"name": k, "kind": "anytime", "accuracy": acc[k][-1], "p50_ms": _p(profiles[k], -1, "p50"),
+                    "p99_ms": _p(profiles[k], -1, "p99"), "members": len(acc[k]), "prefix_accuracy": acc[k],
+                    "prefix_p50_ms": [p["latency_ms"]["p50"] for p in profiles[k]["prefixes"]]} for k in anytime]
+    low = min(_p(profiles[k], 0, "p99") for k in anytime)
+    high = _p(teacher, 0, "p99")
+    budgets_ms = [float(b) for b in np.linspace(low, high, BUDGETS)]
+    runtimes = {k: edge_runtime.load(paths[k], entropy_threshold="off") for k in anytime}
+    budget_rows = []
+
+    def all_budgets() -> None:
+        for budget in budgets_ms:
+            fits = [c for c in candidates if c["kind"] == "single" and c["p99_ms"] <= budget]
+            best = max(fits, key=lambda c: (c["accuracy"], -c["p50_ms"])) if fits else None
+            row = {"budget_ms": round(budget, 4),
+                   "best_single": {"name": best["name"], "accuracy": best["accuracy"]} if best else {"name": None, "accuracy": None},
+                   "anytime": []}
+            for k in anytime:
+                row["anytime"].append({"name": k, **budget_runs(runtimes[k], x_run, y_run, budget)})
+            top = max(row["anytime"], key=lambda r: r["accuracy"])
+            _log(f"budget {budget:.3f} ms: best single {row['best_single']}, best anytime {top['name']} {top['accuracy']:.4f}")
+            budget_rows.append(row)
+
+    _timed(timings, "budget runs", all_budgets)
+    teacher_rt = edge_runtime.load(paths["teacher"], entropy_threshold="off")
+    entropy = []
+
+    def all_entropy() -> None:
+        for k in anytime:
+            entropy.append({"name": k, **entropy_vs_teacher(edge_runtime.load(paths[k]), teacher_rt, x_run, y_run)})
+            _log(f"entropy exit {k}: {entropy[-1]}")
+
+    _timed(timings, "entropy exit runs", all_entropy)
+    curve = [{"t": t + 1, "bdistil": acc["bdistil"][t], "resched": acc["resched"][t],
+              "no_resched": acc[f"no_resched_t{t + 1}"][0] if f"no_resched_t{t + 1}" in acc else None,
+              "p50_ms": _p(profiles["bdistil"], t, "p50"),
+              "resched_p50_ms": _p(profiles["resched"], t, "p50"),
+              "no_resched_p50_ms": _p(profiles[f"no_resched_t{t + 1}"], 0, "p50") if f"no_resched_t{t + 1}" in profiles else None}
+             for t in range(len(acc["bdistil"]))]
+    return {
+        "dataset": full.name,
+        "device": {**device_info(), "load_average_end": os.getloadavg()},
+        "teacher": {"accuracy": acc["teacher"][0], "p50_ms": _p(teacher, 0, "p50"), "p99_ms": _p(teacher, 0, "p99")},
+        "candidates": candidates,
+        "budgets": budget_rows,
+        "entropy_exit": entropy,
+        "bdistil_curve": curve,
+        "details": {
+            "schedule": sched.__dict__, "train_rows": min(len(full.x_train), sched.limit_train or len(full.x_train)),
+            "test_rows_run": n, "reused_bundles": args.reuse, "members": args.members, "sizing": args.sizing, "calibration": calibration,
+            "accuracy_drop": args.accuracy_drop, "teacher_metrics": loaded.metrics, "build_seconds": timings,
+            "total_seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(sum(psutil.Process().cpu_times()[:2]), 1), "reports": reports,
+            "bundles": {k: str(v) for k, v in paths.items()},
+        },
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    t = result["teacher"]
+    print(f"\n== {result['dataset']}: teacher {100 * t['accuracy']:.2f}% p50 {t['p50_ms']:.3f} ms p99 {t['p99_ms']:.3f} ms")
+    print("candidates (test accuracy, profiled batch-1 latency):")
+    for c in result["candidates"]:
+        print(f"  {c['kind']:>7} {c['name']:<28} {100 * c['accuracy']:6.2f}%  p50 {c['p50_ms']:.3f}  p99 {c['p99_ms']:.3f} ms")
+    print("budgets (test split, one request at a time):")
+    for row in result["budgets"]:
+        best = row["best_single"]
+        single = f"{best['name']} {100 * best['accuracy']:.2f}%" if best["name"] else "none fits"
+        cells = ", ".join(f"{a['name']} {100 * a['accuracy']:.2f}% ({a['mean_members']:.2f} m, miss {100 * a['miss_rate']:.2f}%)"
+                          for a in row["anytime"])
+        print(f"  {row['budget_ms']:.3f} ms: single {single} | {cells}")
+    print("entropy exit vs teacher (alternating requests, wall ms):")
+    for e in result["entropy_exit"]:
+        print(f"  {e['name']:<28} {100 * e['accuracy']:.2f}% mean {e['mean_ms']:.3f} ms vs teacher {e['teacher_mean_ms']:.3f} ms "
+              f"({e['mean_ms'] / e['teacher_mean_ms']:.0%}), {e['mean_members']:.2f} members, threshold {e['threshold']:.3g}")
+    print("B-DISTIL curve (test accuracy; profiled p50 ms):")
+    for c in result["bdistil_curve"]:
+        nr = f"{100 * c['no_resched']:.2f}%" if c["no_resched"] is not None else "-"
+        print(f"  t={c['t']}: bdistil {100 * c['bdistil']:.2f}% ({c['p50_ms']:.3f} ms)  resched {100 * c['resched']:.2f}%  no_resched {nr}")
+    print(f"build seconds {result['details']['build_seconds']}; total {result['details']['total_seconds']} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="cluttered-mnist")
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--sizing", choices=("auto", "latency", "macs"), default="auto", help="B-DISTIL member sizing")
+    parser.add_argument("--limit-train", type=int, help="training rows the students see (default per data set)")
+    parser.add_argument("--epochs", type=int, help="epochs per student / member attempt (default per data set)")
+    parser.add_argument("--lowrank-speedup", type=float, default=2.0)
+    parser.add_argument("--keep", type=float, default=0.5, help="channel-pruned student: share of channels kept")
+    parser.add_argument("--cascades", type=int, default=2, help="cascades built: the most accurate cheap students -> teacher")
+    parser.add_argument("--accuracy-drop", type=float, default=0.2, help="entropy calibration target (points)")
+    parser.add_argument("--requests", type=int, default=0, help="test rows run per budget (0 = the whole test split)")
+    parser.add_argument("--profile-seconds", type=float, default=2.0)
+    parser.add_argument("--runs", default="runs", help="teacher and logit caches")
+    parser.add_argument("--workdir", help="keep the bundles here (default: a temporary directory)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the bundles an earlier run left in --workdir instead of training (e.g. on an idle machine)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    print(f"device: {device_info()['cpu_model']}; load average at start {os.getloadavg()}")
+    result = run(args)
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
