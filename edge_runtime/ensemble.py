@@ -651,9 +651,10 @@ class AnytimeRuntime:
     def _profile_latencies(self, quantile: str) -> list[float] | None:
         if not self.manifest.profiles:
             return None
-        from edge_runtime.device import fingerprint  # reads /proc and ORT's version: only when profiles exist
+        from edge_runtime.device import find_profile_key  # reads /proc and ORT's version: only when profiles exist
 
-        return self.manifest.member_latency_ms(fingerprint(), quantile)
+        key = find_profile_key(self.manifest.profiles)
+        return None if key is None else self.manifest.member_latency_ms(key, quantile)
 
     def _warm_up(self, runs: int) -> None:
         """Run every member ``runs`` times on one zero sample; the first pass is bounded in time.

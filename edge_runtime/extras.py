@@ -27,6 +27,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "torch_pruning": "train",
     "starlette": "serve",
     "uvicorn": "serve",
+    "kserve": "kserve",
     "matplotlib": "plot",
     "adjustText": "plot",
     "httpx": "dev",

@@ -258,10 +258,10 @@ def _stored_latencies(loaded: Sequence[Bundle]) -> tuple[float, ...] | None:
     common = set.intersection(*(set(b.manifest.profiles) for b in loaded))
     if not common:
         return None
-    from edge_runtime.device import fingerprint  # reads /proc and ORT's version: only when profiles exist
+    from edge_runtime.device import find_profile_key  # reads /proc and ORT's version: only when profiles exist
 
-    here = fingerprint()
-    for key in ([here] if here in common else []) + sorted(common - {here}):
+    here = find_profile_key(dict.fromkeys(common))
+    for key in ([here] if here is not None else []) + sorted(common - {here}):
         values = [b.manifest.member_latency_ms(key, _LATENCY_QUANTILE) for b in loaded]
         if all(v is not None for v in values):
             return tuple(v[0] for v in values)  # type: ignore[index]  # all not None (checked above)

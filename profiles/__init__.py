@@ -7,6 +7,7 @@ torch, the exporters or the training package. ``matplotlib`` is used for the sel
 from __future__ import annotations
 
 from profiles.errors import MeasurementError, ProfileError, SelectionError
+from profiles.fleet import merge_profiles, read_profile_file, write_profile_file
 from profiles.measure import PROFILE_VERSION, QUANTILES, MeasureConfig, latency_stats, profile_bundle, profile_onnx, time_sessions
 from profiles.select import Candidate, Selection, choose, evaluate_candidates, pareto_front, plot_selection, select
 from profiles.store import find_profile, store_profile, validate_profile
@@ -24,12 +25,15 @@ __all__ = [
     "evaluate_candidates",
     "find_profile",
     "latency_stats",
+    "merge_profiles",
     "pareto_front",
     "plot_selection",
     "profile_bundle",
     "profile_onnx",
+    "read_profile_file",
     "select",
     "store_profile",
     "time_sessions",
     "validate_profile",
+    "write_profile_file",
 ]

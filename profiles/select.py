@@ -20,6 +20,9 @@ bundle is calibrated: all K members with the calibrated entropy exit.
   candidate, is its exit prefix's profiled latency. So every candidate, single or anytime, sits on one
   latency basis: the profiled single-stream time at batch 1 on this device (never wall time of a run).
   :func:`auto_budgets` picks budgets between consecutive prefixes' p99.
+* Another device (``device``): the latencies and memory come from that device's stored profile (merged
+  in with ``anytime-edge profile merge``); nothing is measured, and budget runs, which would run here,
+  are skipped. Accuracy does not depend on the device.
 * Memory: the estimated peak RSS of a process serving the candidate: a runtime process's RSS before
   loading (Python, numpy, ONNX Runtime), plus what each of its members added when its session was
   created, plus the growth seen while running the whole bundle (``profiles.store`` documents the fields;
@@ -159,6 +162,7 @@ def _bundle_candidates(
     store: bool,
     notes: list[str],
     budget_runs: Sequence[float] | str = (),
+    device: str | None = None,
 ) -> list[Candidate]:
     bundle = load_bundle(path)
     manifest = bundle.manifest
@@ -167,10 +171,12 @@ def _bundle_candidates(
             f"validation labels run {int(y.min())}..{int(y.max())} but '{manifest.name}' has "
             f"{manifest.task.num_classes} classes; use validation data of this task"
         )
-    profile = find_profile(manifest)
+    profile = find_profile(manifest, device)
     wanted = session_config.describe()
     stale = profile is not None and any(profile["settings"].get(k) != v for k, v in wanted.items())
-    if profile is None or stale:
+    if device is not None:
+        _check_device_profile(path, device, profile, wanted)
+    elif profile is None or stale:
         why = "its profile here used other session settings" if stale else "no profile for this device"
         profile = profile_bundle(bundle, replace(measure, session=session_config), data=x, data_label="validation x")
         if store:
@@ -178,6 +184,7 @@ def _bundle_candidates(
             notes.append(f"{path}: {why}; measured now and stored")
         else:
             notes.append(f"{path}: {why}; measured now (not stored)")
+    assert profile is not None  # _check_device_profile refuses a missing one; otherwise it was measured above
     try:
         # warmup=1: one pass bounded by session_config.load_timeout_s, so a member that never finishes is
         # refused in one line instead of hanging on the whole validation set.
@@ -222,6 +229,9 @@ def _bundle_candidates(
             size_bytes=int(sum(sizes)),
         ))
     budgets = auto_budgets(profile) if isinstance(budget_runs, str) else list(budget_runs)  # the one str: "auto" (checked)
+    if device is not None and budgets:
+        notes.append(f"{path}: budget runs skipped: they would run on this machine, not on device {device}")
+        budgets = []
     if count > 1 and budgets:
         # The runtime's budget policy predicts member latencies from this profile (stored or not).
         profiled = bundle.with_manifest(replace(manifest, profiles={**manifest.profiles, fingerprint(): profile}))
@@ -245,6 +255,21 @@ def _bundle_candidates(
     return out
 
 
+def _check_device_profile(path: Any, device: str, profile: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> None:
+    """Refuse a bundle without a usable profile of ``device``, or one measured with other session settings."""
+    if profile is None:
+        raise SelectionError(
+            f"{path} has no profile for device {device}; on that device run `anytime-edge profile BUNDLE --out "
+            f"device.json`, then `anytime-edge profile merge {path} device.json` here (`inspect` lists the devices)"
+        )
+    differ = {k: profile["settings"].get(k) for k, v in wanted.items() if profile["settings"].get(k) != v}
+    if differ:
+        raise SelectionError(
+            f"{path}: device {device} was profiled with other session settings {differ}; select with those "
+            "(e.g. --threads), or profile that device again with these"
+        )
+
+
 def evaluate_candidates(
     bundles: Sequence[str | os.PathLike[str]],
     x: np.ndarray,
@@ -254,6 +279,7 @@ def evaluate_candidates(
     store: bool = True,
     notes: list[str] | None = None,
     budget_runs: Sequence[float] | str = (),
+    device: str | None = None,
 ) -> list[Candidate]:
     """Every candidate of ``bundles`` with its validation accuracy, latency and memory on this device.
 
@@ -267,6 +293,8 @@ def evaluate_candidates(
         notes: if given, receives one line per bundle measured now.
         budget_runs: latency budgets (ms) to run each multi-member bundle under, one validation request at
             a time, or ``"auto"`` (:func:`auto_budgets` of its profile); each gives a "budget" candidate.
+        device: another device's fingerprint: its stored profiles give latency and memory; nothing is
+            measured and no budget run is made (None: this device).
 
     Raises:
         SelectionError: no bundles, bad labels, or data that does not fit a bundle's task.
@@ -284,7 +312,7 @@ def evaluate_candidates(
     notes = [] if notes is None else notes
     out: list[Candidate] = []
     for path in bundles:
-        out.extend(_bundle_candidates(path, np.asarray(x), y, config, measure, store, notes, budget_runs))
+        out.extend(_bundle_candidates(path, np.asarray(x), y, config, measure, store, notes, budget_runs, device))
     names = [c.name for c in out]
     if len(set(names)) != len(names):  # two bundles with the same manifest name: qualify by path
         out = [replace(c, name=f"{Path(c.bundle).name}:{c.name}") for c in out]
@@ -362,6 +390,7 @@ def select(
     measure: MeasureConfig | None = None,
     store: bool = True,
     budget_runs: Sequence[float] | str = (),
+    device: str | None = None,
 ) -> Selection:
     """Evaluate the candidates, mark the Pareto front and choose under the budget and cap.
 
@@ -375,15 +404,16 @@ def select(
         measure: how to measure a bundle without a profile for this device.
         store: store such new profiles in their bundles.
         budget_runs: budgets (ms) or ``"auto"``: see :func:`evaluate_candidates`.
+        device: choose for the device with this fingerprint (its merged profiles) instead of this one.
 
     Raises:
-        SelectionError: bad inputs, or nothing fits.
+        SelectionError: bad inputs, a bundle without that device's profile, or nothing fits.
     """
     _check_request(budget_ms, memory_mb, quantile)  # before minutes of measuring, not after
     notes: list[str] = []
-    candidates = pareto_front(evaluate_candidates(bundles, x, y, session_config, measure, store, notes, budget_runs))
+    candidates = pareto_front(evaluate_candidates(bundles, x, y, session_config, measure, store, notes, budget_runs, device))
     chosen = choose(candidates, budget_ms, memory_mb, quantile)
-    return Selection(tuple(candidates), chosen, budget_ms, quantile, memory_mb, fingerprint(), tuple(notes))
+    return Selection(tuple(candidates), chosen, budget_ms, quantile, memory_mb, device or fingerprint(), tuple(notes))
 
 
 def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | None:

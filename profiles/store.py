@@ -2,8 +2,11 @@
 
 A bundle carries one profile per device it was measured on, keyed by
 :func:`edge_runtime.device.fingerprint`. The runtime's latency-budget policy reads
-``manifest.member_latency_ms(fingerprint(), quantile)``; when the bundle has no profile for the device
-it runs on, it falls back to the latencies it observes.
+``manifest.member_latency_ms(find_profile_key(manifest.profiles), quantile)``; when the bundle has no
+profile for the device it runs on, it falls back to the latencies it observes. Profiles of other devices
+arrive as files (``anytime-edge profile BUNDLE --out device.json`` there) and are merged in by
+:mod:`profiles.fleet`. A profile stored under the fingerprint scheme before ``v2-`` keys is still found
+on the device that wrote it (see :mod:`edge_runtime.device`), and replaced when that device profiles again.
 
 The profile JSON (version 1). Times are milliseconds, memory MiB, sizes bytes. A *latency record* is
 ``{"min", "p50", "p90", "p95", "p99", "max", "mean", "std", "queries"}``::
@@ -52,11 +55,11 @@ from dataclasses import replace
 from typing import Any, Mapping
 
 from edge_runtime.bundle import Bundle, Manifest, load_bundle, update_manifest
-from edge_runtime.device import fingerprint as device_fingerprint
+from edge_runtime.device import find_profile_key, legacy_fingerprint
 from profiles.errors import ProfileError
 from profiles.measure import PROFILE_VERSION, QUANTILES
 
-__all__ = ["find_profile", "store_profile", "validate_profile"]
+__all__ = ["find_profile", "profile_key", "store_profile", "validate_profile", "with_profile"]
 
 
 def validate_profile(profile: Mapping[str, Any], manifest: Manifest) -> None:
@@ -86,7 +89,9 @@ def validate_profile(profile: Mapping[str, Any], manifest: Manifest) -> None:
 def store_profile(bundle: str | os.PathLike[str], profile: Mapping[str, Any]) -> Manifest:
     """Put ``profile`` into the bundle under its fingerprint and rewrite the manifest atomically.
 
-    Other devices' profiles are kept; this device's is replaced. The manifest is read, verified and
+    Other devices' profiles are kept; this device's is replaced, and so is its profile under the old
+    fingerprint scheme (the key :func:`~edge_runtime.device.legacy_fingerprint` gives for the profile's
+    ``device`` record). The manifest is read, verified and
     rewritten under the bundle's manifest lock (:func:`edge_runtime.bundle.update_manifest`), so a
     calibration or profile stored by another process meanwhile is kept.
 
@@ -101,24 +106,46 @@ def store_profile(bundle: str | os.PathLike[str], profile: Mapping[str, Any]) ->
         ProfileError: the profile does not describe this bundle's members.
         edge_runtime.errors.BundleError: the bundle is invalid.
     """
-    key = str(profile.get("fingerprint") or "")
-    if not key:
-        raise ProfileError("the profile has no device fingerprint; profile the bundle again")
+    profile_key(profile)  # refused before the lock is taken
 
     def add(loaded: Bundle) -> Manifest:  # runs under the manifest lock, on the manifest as it is now
         validate_profile(profile, loaded.manifest)
-        return replace(loaded.manifest, profiles={**loaded.manifest.profiles, key: dict(profile)})
+        return replace(loaded.manifest, profiles=with_profile(loaded.manifest.profiles, profile))
 
     return update_manifest(bundle, add)
+
+
+def profile_key(profile: Mapping[str, Any]) -> str:
+    """The fingerprint ``profile`` is stored under.
+
+    Raises:
+        ProfileError: the profile names no fingerprint.
+    """
+    key = profile.get("fingerprint")
+    if not isinstance(key, str) or not key:
+        raise ProfileError("the profile has no device fingerprint; profile the bundle again")
+    return key
+
+
+def with_profile(profiles: Mapping[str, Any], profile: Mapping[str, Any]) -> dict[str, Any]:
+    """``profiles`` with ``profile`` under its fingerprint, less the same device's profile under its old key."""
+    key = profile_key(profile)
+    device = profile.get("device")
+    old = legacy_fingerprint(device) if isinstance(device, Mapping) else None
+    kept = {k: v for k, v in profiles.items() if k != old or k == key}
+    return {**kept, key: dict(profile)}
 
 
 def find_profile(bundle: str | os.PathLike[str] | Bundle | Manifest, fingerprint: str | None = None) -> dict[str, Any] | None:
     """The stored profile for ``fingerprint`` (this device by default) if it is usable, else None.
 
-    A profile that does not match the bundle's members (e.g. the bundle was re-exported) counts as none.
+    This device's profile is the one under its current fingerprint, else under its old one (see
+    :func:`edge_runtime.device.find_profile_key`). A profile that does not match the bundle's members
+    (e.g. the bundle was re-exported) counts as none.
     """
     manifest = bundle if isinstance(bundle, Manifest) else load_bundle(bundle).manifest
-    profile = manifest.profiles.get(fingerprint or device_fingerprint())
+    key = fingerprint or find_profile_key(manifest.profiles)
+    profile = manifest.profiles.get(key) if key else None
     if not profile:
         return None
     try:

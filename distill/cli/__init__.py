@@ -15,7 +15,7 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS: Mapping[str, tuple[str, str]] = {
     **RUNTIME_COMMANDS,
-    "profile": ("profiles.cli.profile", "measure latency and memory of bundles/ONNX models on this device"),
+    "profile": ("profiles.cli.profile", "measure latency and memory of bundles/ONNX models on this device, or merge other devices' profiles"),
     "select": ("profiles.cli.select", "choose what to deploy from measured accuracy, latency and memory"),
     "train-teacher": ("distill.cli.train_teacher", "train (or resume) the teacher classifier on a data set"),
     "export": ("distill.cli.export", "export a checkpoint, or wrap an .onnx / .pt2 classifier, as a one-member bundle"),

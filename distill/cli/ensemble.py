@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="connections tried first: none, the previous member's features (default), or all earlier")
     parser.add_argument("--size-by", choices=("auto", "latency", "macs"), default="auto",
                         help="how member sizes are chosen: each ~1/K of the teacher's measured ORT latency (latency), "
-                        "multiply-accumulates (macs), or latency where the teacher takes >= 0.2 ms (auto, default)")
+                        "multiply-accumulates (macs), or latency where the teacher takes >= 0.1 ms (auto, default)")
     parser.add_argument("--refine-epochs", type=int, default=0,
                         help="least-squares refinement of each member to the residual (not in the paper; default 0)")
     parser.add_argument("--limit-train", type=int, help="train on only the first N training samples (quicker)")

@@ -78,7 +78,7 @@ class ProgressiveConfig:
     members: int = 4  # K: members to build (fewer if no candidate passes the check)
     candidates: tuple[Candidate, ...] = ()  # escalation ladder, cheapest first; () = chosen by ``sizing``
     # how an empty ladder is chosen: "macs" (default_candidates), "latency" (distill.progressive.sizing: each
-    # member ~1/K of the teacher's measured ORT latency), "auto" (latency where the teacher takes >= 0.2 ms)
+    # member ~1/K of the teacher's measured ORT latency), "auto" (latency where the teacher takes >= 0.1 ms)
     sizing: str = "macs"
     connect: str = "previous"  # first-try connections of member t: "none", "previous" (t-1) or "all"
     gamma: float = 0.05  # weak-learning margin: accept a member when its validation edge >= gamma

@@ -35,7 +35,7 @@ from distill.progressive.members import Candidate, count_macs, default_candidate
 
 __all__ = ["MIN_TEACHER_MS", "MemberSizing", "latency_candidates"]
 
-MIN_TEACHER_MS = 0.2  # below this teacher p50 the MACs ladder is used (the per-call floor dominates 1/K of it)
+MIN_TEACHER_MS = 0.1  # below this teacher p50 the MACs ladder is used (the per-call floor dominates 1/K of it)
 RUNGS = (1.0, 1.5, 2.0)  # ladder rungs as multiples of the per-member target latency
 SIZING_TIMING = LatencyConfig(rounds=8, calls_per_round=10, warmup=10)
 

@@ -36,11 +36,12 @@ def describe_bundle(path: str, check: bool = False, load_timeout_s: float | None
         BundleError: the bundle cannot be read or verified (or, with ``check``, loaded by ORT).
     """
     from edge_runtime.bundle import load_bundle
-    from edge_runtime.device import fingerprint
+    from edge_runtime.device import FINGERPRINT_PREFIX, find_profile_key, fingerprint
 
     bundle = load_bundle(path)
     m = bundle.manifest
     here = fingerprint()
+    here_key = find_profile_key(m.profiles)  # this device's profile: its fingerprint, else its old-scheme key
     members = []
     for spec, blob in zip(m.members, bundle.member_bytes):
         members.append(
@@ -57,9 +58,14 @@ def describe_bundle(path: str, check: bool = False, load_timeout_s: float | None
     profiles = {}
     for key, profile in m.profiles.items():
         rows = {row.get("name"): row.get("latency_ms", {}) for row in profile.get("members", ())}
+        stored = profile.get("device")
+        device: dict[str, Any] = stored if isinstance(stored, dict) else {}
         profiles[key] = {
-            "this_device": key == here,
-            "cpu_model": (profile.get("device") or {}).get("cpu_model"),
+            "this_device": key == here_key,
+            "old_fingerprint": not key.startswith(FINGERPRINT_PREFIX),  # stored before the v2- scheme
+            "cpu_model": device.get("cpu_model"),
+            "cpu": _cpu_summary(device),
+            "onnxruntime": device.get("onnxruntime"),
             "created_utc": profile.get("created_utc"),
             "members": {name: {q: rows.get(name, {}).get(q) for q in ("p50", "p90", "p99")} for name in (s.name for s in m.members)},
         }
@@ -129,14 +135,26 @@ def run(args: argparse.Namespace) -> int:
     if not d["profiles"]:
         lines.append(f"profiles none (this device {d['this_device']}: budgets use observed latencies)")
     for key, prof in d["profiles"].items():
-        mark = " (this device)" if prof["this_device"] else ""
-        lines.append(f"profile  {key}{mark}: {prof['cpu_model'] or 'unknown CPU'}, {prof['created_utc'] or ''}")
+        mark = (" (this device)" if prof["this_device"] else "") + (" (old fingerprint)" if prof["old_fingerprint"] else "")
+        lines.append(f"profile  {key}{mark}: {prof['cpu'] or 'unknown CPU'}, ORT {prof['onnxruntime'] or '?'}, "
+                     f"{prof['created_utc'] or ''}")
         for name, q in prof["members"].items():
             lines.append(f"  {name:<16} " + "  ".join(f"{k} {_ms(v)}" for k, v in q.items()))
     if "check" in d:
         lines.append(f"check    every member loads in ONNX Runtime ({d['check']['session_config']})")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _cpu_summary(device: dict[str, Any]) -> str:
+    """``"AMD EPYC (AuthenticAMD 26/2/1), 2 cores, avx2 avx512f ..."`` from a profile's device record."""
+    if not device.get("cpu_model"):
+        return ""
+    ids = "/".join(str(device[k]) for k in ("cpu_family", "cpu_model_number", "cpu_stepping") if device.get(k))
+    vendor = " ".join(x for x in (str(device.get("cpu_vendor") or ""), ids) if x)
+    isa = " ".join(device.get("isa") or ())
+    parts = [f"{device['cpu_model']}" + (f" ({vendor})" if vendor else ""), f"{device.get('logical_cores', '?')} logical cores"]
+    return ", ".join(parts + ([isa] if isa else []))
 
 
 def _ms(value: Any) -> str:

@@ -291,6 +291,22 @@ class _Server:
         else:
             decoded = decode_infer_request(body, spec, json_length, rows)
         del body, header
+        predictions, params = await self.run_decoded(decoded, arrival)
+        if len(predictions) > _ENCODE_INLINE_ROWS:  # a large answer is encoded on a thread, not on the event loop
+            return await run_in_threadpool(self._answer, decoded, predictions, params, arrival)
+        return self._answer(decoded, predictions, params, arrival)
+
+    async def run_decoded(self, decoded: InferRequest, arrival: float) -> tuple[list[PredictionLike], dict[str, Any]]:
+        """Run a decoded request through the scheduler; return its predictions and ``anytime_*`` parameters.
+
+        The part of an inference request after decoding, shared with the KServe adapter
+        (:mod:`edge_runtime.kserve`). ``arrival`` is the ``time.perf_counter()`` the budget counts from;
+        the parameters lack ``anytime_elapsed_ms``, which the caller sets when its answer is ready.
+
+        Raises:
+            OverloadedError: shed (503) because the queue is full or the budget cannot be met.
+            EdgeRuntimeError: the runtime failed (a member error, a wrong number of answers).
+        """
         budget, threshold = self.resolve(decoded.budget_ms, decoded.entropy_threshold)
         # Explicit values reach the runtime, so what the answer reports is what was applied.
         threshold_arg: float | str = "off" if threshold is None else threshold
@@ -317,23 +333,15 @@ class _Server:
             queue_ms += done.queue_ms
         if len(predictions) != x.shape[0]:
             raise EdgeRuntimeError(f"the runtime answered {len(predictions)} samples for a batch of {x.shape[0]}")
-        if len(predictions) > _ENCODE_INLINE_ROWS:  # a large answer is encoded on a thread, not on the event loop
-            return await run_in_threadpool(self._answer, decoded, predictions, budget, threshold, queue_ms, arrival)
-        return self._answer(decoded, predictions, budget, threshold, queue_ms, arrival)
-
-    def _answer(
-        self,
-        decoded: InferRequest,
-        predictions: Sequence[PredictionLike],
-        budget: float | None,
-        threshold: float | None,
-        queue_ms: float,
-        arrival: float,
-    ) -> Response:
         params: dict[str, Any] = summarize(predictions, self.manifest)
         params["anytime_queue_ms"] = queue_ms
         params["anytime_budget_ms"] = "off" if budget is None else budget
         params["anytime_entropy_threshold"] = "off" if threshold is None else threshold
+        return predictions, params
+
+    def _answer(
+        self, decoded: InferRequest, predictions: Sequence[PredictionLike], params: dict[str, Any], arrival: float
+    ) -> Response:
         params["anytime_elapsed_ms"] = (time.perf_counter() - arrival) * 1e3
         request_id = decoded.id if decoded.id is not None else uuid.uuid4().hex
         try:

@@ -61,9 +61,11 @@ __all__ = [
     "PredictionLike",
     "check_declared_rows",
     "declared_budget_ms",
+    "decode_infer_document",
     "decode_infer_request",
     "encode_infer_response",
     "model_metadata",
+    "response_outputs",
     "summarize",
     "top_classes",
 ]
@@ -239,6 +241,31 @@ def decode_infer_request(
         raise RequestError(f"the body is not valid JSON ({exc}); send a V2 inference request object") from None
     except RecursionError:
         raise RequestError("the body nests JSON too deeply; send data as a flat list with its shape") from None
+    return decode_infer_document(doc, spec, binary, json_length is not None, max_rows)
+
+
+def decode_infer_document(
+    doc: Any, spec: TensorSpec, binary: bytes = b"", binary_allowed: bool = False, max_rows: int | None = None
+) -> InferRequest:
+    """Check a parsed V2 inference request (the JSON object) against the model's input.
+
+    The part of :func:`decode_infer_request` after JSON parsing, for a transport that parsed the body
+    itself (the KServe adapter, :mod:`edge_runtime.kserve`).
+
+    Args:
+        doc: the request object: ``id``, ``parameters``, ``inputs`` (data as lists), ``outputs``.
+        spec: the model's input tensor (name, shape with -1 for the batch, dtype).
+        binary: the bytes after the JSON header, for an input whose parameters name a ``binary_data_size``.
+        binary_allowed: whether an input may name a ``binary_data_size`` (and read ``binary``).
+        max_rows: the most samples a request may hold; None = any.
+
+    Returns:
+        The request with its input as a finite float32 batch.
+
+    Raises:
+        RequestError: a name, shape, datatype, value or parameter is wrong.
+        BodyTooLargeError: the batch has more than ``max_rows`` samples.
+    """
     if not isinstance(doc, dict):
         raise RequestError("the body must be a JSON object with an 'inputs' list")
     request_id = doc.get("id")
@@ -252,7 +279,7 @@ def decode_infer_request(
         names = [i.get("name") if isinstance(i, dict) else i for i in inputs]
         raise RequestError(f"got {len(inputs)} inputs {names}; this model takes exactly one, '{spec.name}'")
     outputs, classification = _decode_outputs(doc.get("outputs"))
-    x = _decode_tensor(inputs[0], spec, binary, json_length is not None, max_rows)
+    x = _decode_tensor(inputs[0], spec, binary, binary_allowed, max_rows)
     return InferRequest(
         x=x, id=request_id, budget_ms=budget_ms, entropy_threshold=threshold, outputs=outputs, classification=classification
     )
@@ -460,6 +487,39 @@ def encode_infer_response(
     Raises:
         ValueError: a prediction holds NaN or infinity (a broken bundle); JSON cannot carry it.
     """
+    outputs = response_outputs(request, predictions, labels)
+    doc = {
+        "model_name": model_name,
+        "model_version": MODEL_VERSION,
+        "id": request_id,
+        "parameters": dict(parameters),
+        "outputs": outputs,
+    }
+    n = len(predictions)
+    if n * len(outputs) <= _ROWS_AT_ONCE:
+        return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    # A large answer is written output by output and slice by slice (the same bytes): one json.dumps of it
+    # all would hold the interpreter lock, and so the event loop, for its whole length.
+    head = {k: v for k, v in doc.items() if k != "outputs"}
+    parts = [_dumps(head)[:-1], ',"outputs":[']
+    for i, out in enumerate(outputs):
+        meta = {k: v for k, v in out.items() if k != "data"}
+        parts += ["," if i else "", _dumps(meta)[:-1], ',"data":[']
+        data = out["data"]
+        parts.append(",".join(_dumps(data[j : j + _ROWS_AT_ONCE])[1:-1] for j in range(0, len(data), _ROWS_AT_ONCE)))
+        parts.append("]}")
+    parts.append("]}")
+    return "".join(parts).encode("utf-8")
+
+
+def response_outputs(
+    request: InferRequest, predictions: Sequence[PredictionLike], labels: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The V2 output tensors ``request`` asked for, in its order: ``{"name", "datatype", "shape", "data"}``.
+
+    ``data`` is a flat row-major list; ``labels`` names the classes in the classification extension's
+    strings. Shared by the HTTP server's JSON answer and the KServe adapter's ``InferResponse``.
+    """
     n = len(predictions)
     columns: dict[str, Any] = {
         "probabilities": lambda: np.stack([p.probabilities for p in predictions]).astype(np.float32),
@@ -480,27 +540,7 @@ def encode_infer_response(
         else:
             shape = [n]
         outputs.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
-    doc = {
-        "model_name": model_name,
-        "model_version": MODEL_VERSION,
-        "id": request_id,
-        "parameters": dict(parameters),
-        "outputs": outputs,
-    }
-    if n * len(outputs) <= _ROWS_AT_ONCE:
-        return json.dumps(doc, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    # A large answer is written output by output and slice by slice (the same bytes): one json.dumps of it
-    # all would hold the interpreter lock, and so the event loop, for its whole length.
-    head = {k: v for k, v in doc.items() if k != "outputs"}
-    parts = [_dumps(head)[:-1], ',"outputs":[']
-    for i, out in enumerate(outputs):
-        meta = {k: v for k, v in out.items() if k != "data"}
-        parts += ["," if i else "", _dumps(meta)[:-1], ',"data":[']
-        data = out["data"]
-        parts.append(",".join(_dumps(data[j : j + _ROWS_AT_ONCE])[1:-1] for j in range(0, len(data), _ROWS_AT_ONCE)))
-        parts.append("]}")
-    parts.append("]}")
-    return "".join(parts).encode("utf-8")
+    return outputs
 
 
 def _dumps(value: Any) -> str:

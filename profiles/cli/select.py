@@ -34,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "'auto' (default): one budget between each pair of consecutive prefixes' p99",
     )
     parser.add_argument("--no-store", action="store_true", help="do not store profiles measured now in the bundles")
+    parser.add_argument("--device", metavar="FINGERPRINT",
+                        help="choose for this device (its profile merged into every bundle, see `inspect`) instead of "
+                        "this machine; nothing is measured and budget runs are skipped")
     parser.add_argument("--json", action="store_true", help="print the selection as JSON instead of a table")
 
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     selection = select(
         args.bundles, data["x"], data["y"], budget_ms=args.budget_ms, memory_mb=args.memory_mb,
         quantile=args.quantile, session_config=session, measure=measure, store=not args.no_store,
-        budget_runs=budget_runs,
+        budget_runs=budget_runs, device=args.device,
     )
     plot_note = plot_selection(selection, args.plot) if args.plot else None
     if args.json:
@@ -87,7 +90,7 @@ def _table(selection: Selection) -> str:
     budget = "none" if selection.budget_ms is None else f"{selection.budget_ms} ms at {q}"
     memory = "none" if selection.memory_mb is None else f"{selection.memory_mb} MiB"
     lines = [
-        f"device {selection.fingerprint}; latency from this device's profiles (batch 1, single stream; budget and "
+        f"device {selection.fingerprint}; latency from that device's profiles (batch 1, single stream; budget and "
         "threshold rows: each sample's exit prefix); "
         f"budget {budget}; memory cap {memory}",
         "",
