@@ -13,7 +13,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's copy of the case's block
 
-from byo_teachers import Block  # noqa: E402 - after the path insert
+from byo_teachers import Block  # after the path insert
 
 
 class UserResNet(nn.Module):

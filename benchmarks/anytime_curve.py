@@ -44,10 +44,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout first, whatever is installed
 
-import torch  # noqa: E402
+import torch
 
-from distill.data import Dataset, load_dataset  # noqa: E402
-from distill.progressive import (  # noqa: E402
+from distill.data import Dataset, load_dataset
+from distill.progressive import (
     BaselineConfig,
     Ensemble,
     ProgressiveConfig,
@@ -56,11 +56,11 @@ from distill.progressive import (  # noqa: E402
     progressive_ensemble,
     resched_ensemble,
 )
-from distill.teacher import ensure_teacher  # noqa: E402
-from edge_runtime.bundle import Manifest, load_bundle  # noqa: E402
-from edge_runtime.device import device_info  # noqa: E402
-from edge_runtime.session import SessionConfig, create_session  # noqa: E402
-from exporters import export_ensemble, export_model  # noqa: E402
+from distill.teacher import ensure_teacher
+from edge_runtime.bundle import Manifest, load_bundle
+from edge_runtime.device import device_info
+from edge_runtime.session import SessionConfig, create_session
+from exporters import export_ensemble, export_model
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,14 @@ def _time_interleaved(chains: dict[str, Callable[[np.ndarray], None]], rows: np.
 
 
 def _prefix_rows(accuracy: list[float], latency: list[dict[str, float]]) -> list[dict[str, Any]]:
-    return [{"members": t + 1, "accuracy": a, "latency_ms_p50": l["p50"]} for t, (a, l) in enumerate(zip(accuracy, latency))]
+    return [
+        {"members": t + 1, "accuracy": a, "latency_ms_p50": lat["p50"]} for t, (a, lat) in enumerate(zip(accuracy, latency))
+    ]
 
 
-def run_dataset(spec: str, members: int, requests: int, refine_epochs: int, seed: int, workdir: Path, log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_dataset(
+    spec: str, members: int, requests: int, refine_epochs: int, seed: int, workdir: Path, log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Build, export and time every method on one data set; returns (the JSON object, details)."""
     budget = BUDGETS.get(spec, BUDGETS["digits"])
     started = time.perf_counter()
@@ -228,8 +232,8 @@ def _print_table(result: dict[str, Any], details: dict[str, Any]) -> None:
         cells = []
         for m in methods:
             acc = details["accuracy"][m][t]
-            l = lat[f"{m}:{t + 1}"]
-            cells.append(f"{100 * acc:6.2f}% {l['p50']:.3f} ms ({l['p10']:.3f}-{l['p90']:.3f})")
+            cell = lat[f"{m}:{t + 1}"]
+            cells.append(f"{100 * acc:6.2f}% {cell['p50']:.3f} ms ({cell['p10']:.3f}-{cell['p90']:.3f})")
         print(f"{t + 1:>2} " + " ".join(f"{c:>34}" for c in cells))
     bd = result["methods"]["bdistil"]
     per_member = [lat[f"bdistil:{t + 1}"]["p50"] - (lat[f"bdistil:{t}"]["p50"] if t else 0.0) for t in range(len(bd))]

@@ -49,13 +49,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout first, whatever is installed
 
-import torch  # noqa: E402
+import torch
 
-import edge_runtime  # noqa: E402
-from distill.data import Dataset, load_dataset  # noqa: E402
-from distill.errors import TrainingError  # noqa: E402
-from distill.lowrank.student import LowRankConfig, lowrank_student  # noqa: E402
-from distill.progressive import (  # noqa: E402
+import edge_runtime
+from distill.data import Dataset, load_dataset
+from distill.errors import TrainingError
+from distill.lowrank.student import LowRankConfig, lowrank_student
+from distill.progressive import (
     BaselineConfig,
     ProgressiveConfig,
     limit_training,
@@ -63,15 +63,15 @@ from distill.progressive import (  # noqa: E402
     progressive_ensemble,
     resched_ensemble,
 )
-from distill.sparse.structured import channel_student  # noqa: E402
-from distill.teachers import load_teacher  # noqa: E402
-from distill.train import predict_logits  # noqa: E402
-from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibration  # noqa: E402
-from edge_runtime.device import device_info  # noqa: E402
-from exporters import export_ensemble, export_model  # noqa: E402
-from exporters.cascade import compose_cascade  # noqa: E402
-from profiles.measure import MeasureConfig, profile_bundle  # noqa: E402
-from profiles.store import store_profile  # noqa: E402
+from distill.sparse.structured import channel_student
+from distill.teachers import load_teacher
+from distill.train import predict_logits
+from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibration
+from edge_runtime.device import device_info
+from exporters import export_ensemble, export_model
+from exporters.cascade import compose_cascade
+from profiles.measure import MeasureConfig, profile_bundle
+from profiles.store import store_profile
 
 BUDGETS = 6
 

@@ -26,12 +26,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _byo_models import UserResNet, save_user_files  # noqa: E402 - beside this script
-from distill.data import load_dataset  # noqa: E402
-from distill.demo import DemoConfig, run_demo  # noqa: E402
+from _byo_models import UserResNet, save_user_files  # beside this script
+from distill.data import Dataset, load_dataset
+from distill.demo import DemoConfig, run_demo
 
 
-def train_user_model(data, width: int, epochs: int, seed: int) -> nn.Module:  # type: ignore[no-untyped-def]
+def train_user_model(data: Dataset, width: int, epochs: int, seed: int) -> nn.Module:
     """The user's ResNet on raw training inputs (cross-entropy, Adam 1e-2 as in the case), eval mode."""
     torch.manual_seed(seed)
     raw_max = float(np.abs(data.raw(data.x_train)).max()) or 1.0

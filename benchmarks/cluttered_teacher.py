@@ -28,16 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import torch  # noqa: E402
+import torch
 
-from _runtime_bench import device_line, table, write_json  # noqa: E402
-from distill.cluttered import cluttered_mnist  # noqa: E402
-from distill.data import load_dataset, shared_mnist_dir  # noqa: E402
-from distill.models import build_model, count_params  # noqa: E402
-from distill.progressive.members import count_macs  # noqa: E402
-from distill.teacher import default_teacher_config  # noqa: E402
-from exporters import export_onnx  # noqa: E402
-from profiles.measure import MeasureConfig, profile_onnx  # noqa: E402
+from _runtime_bench import device_line, table, write_json
+from distill.cluttered import cluttered_mnist
+from distill.data import load_dataset, shared_mnist_dir
+from distill.models import build_model, count_params
+from distill.progressive.members import count_macs
+from distill.teacher import default_teacher_config
+from exporters import export_onnx
+from profiles.measure import MeasureConfig, profile_onnx
 
 
 def bench_generation(source: Path, repeats: int) -> dict[str, Any]:

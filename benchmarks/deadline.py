@@ -53,9 +53,9 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from _runtime_bench import add_input_args, busy_process, device_line, percentiles, pinned, resolve_inputs, table, workdir, write_json  # noqa: E402
+from _runtime_bench import add_input_args, busy_process, device_line, percentiles, pinned, resolve_inputs, table, workdir, write_json
 
-import edge_runtime  # noqa: E402
+import edge_runtime
 
 CONDITIONS = ("none", "busy_same_core", "busy_other_core")
 PHASES = ("budgets", "spike", "late_member", "stop_latency")
@@ -270,7 +270,7 @@ def _stop_latency_phase(tmp: Path, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         deadline = time.perf_counter() + rng.uniform(0.2, 0.8) * run_p50 / 1e3
         try:
-            watchdog.run(big.run, None, feed, deadline)  # type: ignore[arg-type]
+            watchdog.run(big.run, None, feed, deadline)  # type: ignore[arg-type]  # None: ORT returns every output
             finished += 1
         except StoppedInFlight:
             pass
@@ -285,7 +285,7 @@ def _stop_latency_phase(tmp: Path, runs: int) -> dict[str, Any]:
         tiny.run(None, feed)
         plain_us.append((time.perf_counter() - t) * 1e6)
         t = time.perf_counter()
-        guard.run(tiny.run, None, feed, t + 10.0)  # type: ignore[arg-type]
+        guard.run(tiny.run, None, feed, t + 10.0)  # type: ignore[arg-type]  # None: ORT returns every output
         guarded_us.append((time.perf_counter() - t) * 1e6)
     guard.close()
     return {"graph": "808 nodes: 400 x (MatMul 128, Relu) + head", "run_ms_p50": run_p50, "runs": runs,
@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             late = result["late_member"] = _late_member_phase(tmp, args, core)
             print(f"\nlate_member: {late['bundle']}; quiet member 1 p50 {late['reference_quiet']['member1_ms_p50']:.3f} ms, "
                   f"full p50 {late['reference_quiet']['full_ms_p50']:.3f} ms; budget {late['budget_ms']:.3f} ms; predicting with {args.quantile}")
-            print(table(["contention", "stop", "miss %", "forced miss %", "mean members", "stopped %", "lat p50", "lat p99", "lat max", "stop lat p50", "stop lat max"],
+            print(table(["contention", "stop", "miss %", "forced miss %", "mean members", "stopped %", "lat p50", "lat p99", "lat max",
+                         "stop lat p50", "stop lat max"],
                         [[r["contention"], r["in_flight_stop"], 100 * r["miss_rate"], 100 * r["forced_miss_rate"], r["mean_members"],
                           100 * r["stopped_rate"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["latency_ms"]["max"],
                           (r["watchdog"]["stop_latency_ms"] or {}).get("p50", "-"), (r["watchdog"]["stop_latency_ms"] or {}).get("max", "-")]

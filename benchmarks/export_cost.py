@@ -34,17 +34,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from distill.models import ModelConfig, build_model, count_params  # noqa: E402
-from edge_runtime.bundle import TaskSpec, TensorSpec  # noqa: E402
-from edge_runtime.device import device_info  # noqa: E402
-from edge_runtime.session import SessionConfig, create_session  # noqa: E402
-from exporters import export_model, export_onnx  # noqa: E402
-from exporters.export import compressed_size  # noqa: E402
-from exporters.onnx import OPSET  # noqa: E402
-from profiles.report import format_table  # noqa: E402
+from distill.models import ModelConfig, build_model, count_params
+from edge_runtime.bundle import TaskSpec, TensorSpec
+from edge_runtime.device import device_info
+from edge_runtime.session import SessionConfig, create_session
+from exporters import export_model, export_onnx
+from exporters.export import compressed_size
+from exporters.onnx import OPSET
+from profiles.report import format_table
 
 FAMILIES: dict[str, tuple[int, ...]] = {"mlp": (784,), "cnn1d": (1, 40), "cnn2d": (1, 28, 28)}
 NUM_CLASSES = 10
@@ -205,7 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ])
     print(table(rows))
     if args.json:
-        payload = {"conditions": conditions, "device": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "results": results}
+        payload = {
+            "conditions": conditions,
+            "device": info,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "results": results,
+        }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from _runtime_bench import ROOT, add_input_args, device_line, resolve_inputs, table, workdir, write_json  # noqa: E402
+from _runtime_bench import ROOT, add_input_args, device_line, resolve_inputs, table, workdir, write_json
 
 BASE = ("numpy", "onnxruntime", "psutil")  # pyproject's runtime dependencies
 
@@ -151,8 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         starts = [_interpreter_start(python, cwd) for _ in range(args.repeats)]
         loads = [_probe(python, bundle.resolve(), cwd) for _ in range(max(3, args.repeats // 3))]
         bundle_mb = _du(bundle) / 2**20 if bundle.is_dir() else bundle.stat().st_size / 2**20
-    med = lambda key, rows: float(np.median([r[key] for r in rows]))  # noqa: E731
-    spread = lambda key, rows: [float(np.min([r[key] for r in rows])), float(np.max([r[key] for r in rows]))]  # noqa: E731
+
+    def med(key: str, rows: list[dict[str, Any]]) -> float:
+        return float(np.median([r[key] for r in rows]))
+
+    def spread(key: str, rows: list[dict[str, Any]]) -> list[float]:
+        return [float(np.min([r[key] for r in rows])), float(np.max([r[key] for r in rows]))]
+
     result: dict[str, Any] = {
         "benchmark": "footprint",
         "source": description,

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['latency_ms_p50_b1']:>9.4f} {r['latency_ms_p99_b1']:>8.4f} {r['speedup_p50_b1']:>6.2f}x "
               f"{r['latency_ms_p50_b32']:>10.4f} {r['latency_ms_p99_b32']:>8.4f} {r['speedup_p50_b32']:>6.2f}x")
     print("ranks per layer: " + "; ".join(
-        f"{r['name']}: " + ", ".join(f"{l['layer']} {l['rank']}/{l['full_rank']}" for l in r["layers"] if l["factored"])
+        f"{r['name']}: " + ", ".join(f"{lay['layer']} {lay['rank']}/{lay['full_rank']}" for lay in r["layers"] if lay["factored"])
         for r in rows[1:]))
     for item in skipped:
         print(f"skipped {item['name']}: {item['reason']}")

@@ -36,11 +36,11 @@ import numpy as np
 # The repository root first: the runtime from this checkout, whatever is installed.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from _runtime_bench import add_input_args, device_line, percentiles, resolve_inputs, synthetic_bundle, table, workdir, write_json  # noqa: E402
+from _runtime_bench import add_input_args, device_line, percentiles, resolve_inputs, synthetic_bundle, table, workdir, write_json
 
-import edge_runtime  # noqa: E402
-from edge_runtime.bundle import connection_inputs  # noqa: E402
-from edge_runtime.session import fast_run  # noqa: E402
+import edge_runtime
+from edge_runtime.bundle import connection_inputs
+from edge_runtime.session import fast_run
 
 _HEAD = ["logits", "probs", "entropy"]
 

@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _byo_models import UserResNet, save_user_files  # noqa: E402 - beside this script
-from distill.data import load_dataset  # noqa: E402
-from distill.teachers import load_teacher  # noqa: E402
-from distill.train import predict_logits  # noqa: E402
+from _byo_models import UserResNet, save_user_files  # beside this script
+from distill.data import load_dataset
+from distill.teachers import load_teacher
+from distill.train import predict_logits
 
 
 def main() -> int:

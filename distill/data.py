@@ -213,7 +213,7 @@ def _cluttered(source: str) -> tuple[np.ndarray, ...]:
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:  # type: ignore[operator]
+        with opener(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from exc

@@ -45,7 +45,7 @@ _LAYER_OPS = {
 
 def _arguments(node: fx.Node) -> dict[str, Any]:
     """The call's arguments by schema name, defaults filled in."""
-    schema = node.target._schema  # type: ignore[union-attr]
+    schema = node.target._schema  # type: ignore[union-attr]  # an op node's target is an OpOverload (fx types it as a union)
     bound: dict[str, Any] = {}
     for i, arg in enumerate(schema.arguments):
         if i < len(node.args):
@@ -66,7 +66,7 @@ def _is_parameter(gm: fx.GraphModule, target: str) -> bool:
 
 
 def _layer_for(node: fx.Node, weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Module | None:
-    kind = _LAYER_OPS[node.target]  # type: ignore[index]
+    kind = _LAYER_OPS[node.target]  # type: ignore[index]  # callers pass only nodes whose target is a key
     args = _arguments(node)
     if kind is nn.Linear:
         if weight.dim() != 2:
@@ -83,7 +83,7 @@ def _layer_for(node: fx.Node, weight: nn.Parameter, bias: nn.Parameter | None) -
             dilation=tuple(int(d) for d in args["dilation"]), groups=groups, bias=bias is not None, device="meta",
         )
     layer.weight = weight
-    layer.bias = bias  # type: ignore[assignment]
+    layer.bias = bias  # type: ignore[assignment]  # None is how torch spells a layer without bias
     return layer
 
 
@@ -245,5 +245,5 @@ def load_exported_module(path: str | os.PathLike[str]) -> nn.Module:
     except ExportError as exc:  # the distill boundary: one error family for the training commands
         raise CheckpointError(str(exc)) from None
     module, functional = modularise(program.module())
-    module.exported_functional = functional  # type: ignore[assignment]
+    module.exported_functional = functional  # type: ignore[assignment]  # a plain attribute on the module, read by the CLI
     return module.eval()

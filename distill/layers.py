@@ -65,7 +65,7 @@ def trace_layers(model: nn.Module, example: np.ndarray | torch.Tensor) -> LayerT
         logits = logits_of(model(x), who="the model")
     except TrainingError:
         raise
-    except Exception as exc:  # any user forward; the caller needs one line
+    except Exception as exc:  # noqa: BLE001 - any user forward; the caller needs one line
         first = error_line(exc)
         raise TrainingError(f"the model's forward fails on inputs of shape {tuple(x.shape)}: {first[:160]}") from None
     finally:

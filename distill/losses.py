@@ -94,7 +94,7 @@ class DistillationLoss(abc.ABC):
 
     def params(self) -> dict[str, object]:
         """The loss's parameters by name: ``make_loss(self.name, **self.params()) == self``."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]  # subclasses are dataclasses
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ class NoisyLogitRegression(DistillationLoss):
             ``(noisy (N, C), picked (N,) bool)``; rows where ``picked`` is False are ``teacher_logits``
             unchanged.
         """
-        rng: torch.Generator | None = self._rng  # type: ignore[attr-defined]
+        rng: torch.Generator | None = self._rng  # type: ignore[attr-defined]  # set in __post_init__, not a field
         # Draw on the generator's device (CPU unless the caller passed another) and move: a CPU
         # generator cannot sample a CUDA tensor directly.
         device = rng.device if rng is not None else teacher_logits.device
@@ -235,7 +235,7 @@ def make_loss(name: str, **params: object) -> DistillationLoss:
     if name not in LOSSES:
         raise TrainingError(f"loss '{name}' is unknown; choose one of {sorted(LOSSES)}")
     cls = LOSSES[name]
-    accepted = sorted(f.name for f in fields(cls))  # type: ignore[arg-type]
+    accepted = sorted(f.name for f in fields(cls))  # type: ignore[arg-type]  # every loss class is a dataclass
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         takes = f"it takes {accepted}" if accepted else "it takes no parameters"

@@ -15,7 +15,7 @@ its features are the pooled activation of the last stage, without a penultimate 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -85,15 +85,15 @@ class ModelConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> "ModelConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
         return cls(
-            input_shape=tuple(d["input_shape"]),  # type: ignore[arg-type]
-            num_classes=int(d["num_classes"]),  # type: ignore[arg-type]
+            input_shape=tuple(d["input_shape"]),
+            num_classes=int(d["num_classes"]),
             family=str(d.get("family", "auto")),
-            width=int(d.get("width", 32)),  # type: ignore[arg-type]
-            depth=int(d.get("depth", 2)),  # type: ignore[arg-type]
-            hidden=int(d.get("hidden", 0)),  # type: ignore[arg-type]
-            connection_dims=tuple(d.get("connection_dims", ())),  # type: ignore[arg-type]
+            width=int(d.get("width", 32)),
+            depth=int(d.get("depth", 2)),
+            hidden=int(d.get("hidden", 0)),
+            connection_dims=tuple(d.get("connection_dims", ())),
         )
 
 

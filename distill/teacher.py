@@ -86,10 +86,11 @@ def default_teacher_config(dataset: Dataset) -> TeacherConfig:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """Write ``obj`` as JSON (a ``.json`` path) or with ``torch.save``, atomically (:func:`edge_runtime.files.atomic_write`)."""
-    if path.suffix == ".json":
-        data: bytes | Callable[[Path], None] = (json.dumps(obj, indent=2) + "\n").encode()
-    else:
-        data = lambda tmp: torch.save(obj, tmp)  # noqa: E731
+
+    def save(tmp: Path) -> None:
+        torch.save(obj, tmp)
+
+    data: bytes | Callable[[Path], None] = (json.dumps(obj, indent=2) + "\n").encode() if path.suffix == ".json" else save
     try:
         atomic_write(path, data)
     except BundleError as exc:
@@ -99,7 +100,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def _load_tensors(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as exc:  # torch raises many types for a bad file
         raise CheckpointError(f"{path} is not a readable weights-only checkpoint ({type(exc).__name__}); retrain or restore it") from exc
 
 

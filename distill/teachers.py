@@ -107,7 +107,7 @@ class OnnxTeacher(nn.Module):
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for a bad file
+        except Exception as exc:  # ORT raises its own exception types for a bad file
             raise CheckpointError(f"{self.path} is not a loadable ONNX model ({error_line(exc)}); pass an ONNX classifier") from exc
         feeds = self.session.get_inputs()
         if len(feeds) != 1:
@@ -281,7 +281,7 @@ def _load_pt2(path: Path) -> nn.Module:
     except ImportError:  # before the layer-preserving loader exists, the program's own module
         try:
             program = torch.export.load(str(path))
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        except Exception as exc:  # torch raises many types for a bad file
             raise CheckpointError(f"{path} is not a torch.export program ({type(exc).__name__}); write it with torch.export.save") from exc
         return program.module()
     return load_exported_module(path)
@@ -304,7 +304,7 @@ def _check_classes(module: nn.Module, dataset: Dataset, source: str) -> bool:
             out = logits_of(module(torch.from_numpy(np.ascontiguousarray(dataset.x_val[:16]))), who=f"the teacher {source}")
         except TrainingError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a user's model (torch or ORT) may raise anything on wrong inputs
+        except Exception as exc:  # a user's model (torch or ORT) may raise anything on wrong inputs
             raise CheckpointError(
                 f"the teacher {source} fails on --data inputs of shape {dataset.input_shape} ({error_line(exc)}); "
                 "pass the data it was trained on, or --teacher-inputs model if it takes standardised inputs"

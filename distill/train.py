@@ -15,7 +15,7 @@ import functools
 import math
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def scaled_epochs(n_train: int, samples: int = 30_000, low: int = 3, high: int =
     return int(min(high, max(low, round(samples / max(n_train, 1)))))
 
 
-def _progress(total: int, cfg: FitConfig):  # type: ignore[no-untyped-def]
+def _progress(total: int, cfg: FitConfig) -> Any:  # a tqdm bar, or None without tqdm
     try:
         from tqdm import tqdm
     except ImportError:  # progress is a nicety; training does not depend on it

@@ -56,8 +56,8 @@ def check_member_graph(member: MemberSpec, blob: bytes, task: TaskSpec) -> None:
     want = task.model_input_shape  # the client shape after the preprocess layout
     fixed = [d if isinstance(d, int) and d > 0 else None for d in dims]
     if len(dims) != len(want) or any(f is not None and f != s for f, s in zip(fixed[1:], want[1:])):
-        shown = ["?" if not isinstance(d, int) or d <= 0 else d for d in dims]
+        dims_shown = ["?" if not isinstance(d, int) or d <= 0 else d for d in dims]
         raise ModelLoadError(
-            f"member '{member.name}' takes '{spec.name}' shaped {shown}, but the manifest says "
+            f"member '{member.name}' takes '{spec.name}' shaped {dims_shown}, but the manifest says "
             f"{list(want)}; fix task.input.shape or re-export the bundle"
         )

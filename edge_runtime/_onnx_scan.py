@@ -19,6 +19,7 @@ never copied. Malformed bytes raise :class:`OnnxScanError`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 __all__ = ["ModelFacts", "OnnxScanError", "scan_model"]
 
@@ -81,7 +82,7 @@ def scan_model(data: bytes) -> ModelFacts:
     return facts
 
 
-def _fields(buf: memoryview, pos: int, end: int):  # type: ignore[no-untyped-def]
+def _fields(buf: memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """Yield (field number, wire type, start, end, varint value) for each field in buf[pos:end]."""
     while pos < end:
         key, pos = _varint(buf, pos, end)

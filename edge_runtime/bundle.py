@@ -492,7 +492,8 @@ class Manifest:
             del d["quantization"]  # float bundles keep the manifest they always had
         else:
             d["quantization"] = self.quantization.to_dict()
-        return json.loads(json.dumps(d))  # tuples -> lists, a deep copy
+        plain: dict[str, Any] = json.loads(json.dumps(d))  # tuples -> lists, a deep copy
+        return plain
 
 
 @dataclass(frozen=True)

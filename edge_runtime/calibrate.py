@@ -195,6 +195,7 @@ def calibrate_prefixes(
         chosen = (int(failing[0]) - 1 if len(failing) else len(curve.threshold) - 1)
         chosen = max(chosen, 0)
     else:
+        assert target.max_mean_members is not None  # CalibrationTarget sets exactly one of the two
         ok = np.flatnonzero(curve.mean_members <= target.max_mean_members + 1e-12)
         best = ok[np.lexsort((curve.mean_members[ok], -curve.accuracy[ok]))[0]]
         chosen = int(best)

@@ -114,14 +114,14 @@ class Watchdog:
                 self._cond.notify()
         try:
             return run(names, feed, guard.options)
-        except Exception as exc:  # noqa: BLE001 - ORT has no error type for a stop; the guard decides
+        except Exception as exc:  # ORT has no error type for a stop; the guard decides
             with self._cond:
                 self._armed.pop(key, None)
-                stopped = guard.fired_at is not None  # set under this lock, so final once disarmed
-                if stopped:
+                fired_at = guard.fired_at  # set under this lock, so final once disarmed
+                if fired_at is not None:
                     self.stopped += 1
-            if stopped:
-                self._stop_ms.append((self._clock() - guard.fired_at) * 1e3)  # type: ignore[operator]
+            if fired_at is not None:
+                self._stop_ms.append((self._clock() - fired_at) * 1e3)
                 raise StoppedInFlight(f"stopped at the deadline ({type(exc).__name__})") from exc
             raise
         finally:

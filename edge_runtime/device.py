@@ -95,7 +95,7 @@ def device_info() -> dict[str, Any]:
     from edge_runtime.session import ort as onnxruntime
 
     try:
-        affinity = sorted(psutil.Process().cpu_affinity())  # type: ignore[attr-defined]
+        affinity = sorted(psutil.Process().cpu_affinity())  # not on macOS: AttributeError below
     except (AttributeError, OSError):
         affinity = []
     return {

@@ -3,9 +3,10 @@
 :class:`AnytimeRuntime` holds one ONNX Runtime session per member, created once at load. A request is
 validated and preprocessed once, then member k gets ``x``, the previous member's combined ``logits`` (as
 ``prev_logits``; not for a ``combine="replace"`` cascade, whose members stand alone) and any connection
-tensors, and returns the combined ``logits``/``probs``/``entropy`` after k members (the graphs do the combining, softmax and entropy; Python only compares one float per
-member and sample). After each member an :class:`~edge_runtime.policies.ExitPolicy` says whether the
-sample stops; the first member always runs.
+tensors, and returns the combined ``logits``/``probs``/``entropy`` after k members (the graphs do the
+combining, softmax and entropy; Python only compares one float per member and sample). After each
+member an :class:`~edge_runtime.policies.ExitPolicy` says whether the sample stops; the first member
+always runs.
 
 Batches: each sample exits on its own. Rows that stop are settled and sliced out, so later members run
 on a smaller batch (``x``, ``prev_logits`` and the carried connection tensors are sliced together). A
@@ -33,7 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -75,14 +76,14 @@ class PrefixEvaluation:
     @property
     def labels(self) -> np.ndarray:
         """(K, N) predicted class after each prefix."""
-        return self.probs.argmax(axis=-1)
+        return np.asarray(self.probs.argmax(axis=-1))
 
     def accuracy(self, y: np.ndarray) -> np.ndarray:
         """(K,) accuracy of each prefix against integer labels ``y`` of shape (N,)."""
         y = np.asarray(y).reshape(-1)
         if y.shape[0] != self.probs.shape[1]:
             raise InputError(f"{y.shape[0]} labels for {self.probs.shape[1]} samples; give one label per sample")
-        return (self.labels == y[None, :]).mean(axis=1)
+        return np.asarray((self.labels == y[None, :]).mean(axis=1))
 
 
 # One member's hot-path plan: bound run, output names to fetch, connection feeds, outputs to keep.
@@ -105,7 +106,8 @@ def _compile_preprocess(manifest: Manifest) -> tuple[Any, Any, tuple[int, ...] |
     if pre.is_affine_identity:
         return None, None, transpose, model_shape
     if pre.channels is None:
-        return np.float32(pre.scale), np.float32(pre.offset), transpose, model_shape
+        # no channels: scale and offset are scalars (Preprocess checks it)
+        return np.float32(cast(float, pre.scale)), np.float32(cast(float, pre.offset)), transpose, model_shape
     scale, offset = pre.arrays(model_shape)
     return scale, offset, transpose, model_shape
 
@@ -334,7 +336,7 @@ class AnytimeRuntime:
                 t = perf_counter()
                 try:
                     outs = run(names, feed, None)
-                except Exception as exc:  # noqa: BLE001 - any failure inside ORT is the member's
+                except Exception as exc:  # any failure inside ORT is the member's
                     self._errors[k] += 1
                     raise MemberError(f"member '{self.manifest.members[k].name}' failed: {error_line(exc)}") from exc
                 member_ms[k] += (perf_counter() - t) * 1e3
@@ -361,7 +363,7 @@ class AnytimeRuntime:
         chains = self._chains
         feed: dict[str, np.ndarray] = {self._x_name: x}
         carried: dict[tuple[int, str], np.ndarray] = {}
-        good = None
+        good: Any = None  # set by the first member, which always answers (it runs unguarded; its failure raises)
         reason = "complete"
         used = 0
         stopped = False
@@ -373,7 +375,7 @@ class AnytimeRuntime:
                     feed[name] = carried[key]
             try:
                 if k and estimates[k] >= stop_min:
-                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]
+                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]  # set: stop_min is inf without a budget
                 else:
                     outs = run(names, feed, None)
             except StoppedInFlight:
@@ -443,16 +445,16 @@ class AnytimeRuntime:
                 feed[name] = carried[key]
             try:
                 if k and next_ms >= stop_min:
-                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]
+                    outs = self._watchdog.run(run, names, feed, deadline)  # type: ignore[arg-type]  # set: stop_min is inf without a budget
                 else:
                     outs = run(names, feed, None)
             except StoppedInFlight:
                 self._settle(results, rows, good, range(len(rows)), k, "budget", t0, budget, stopped=True)
-                return results  # type: ignore[return-value]
+                return results  # type: ignore[return-value]  # every row is settled by now
             except Exception as exc:  # noqa: BLE001 - a member failing must not take the runtime down
                 self._member_failed(k, exc)
                 self._settle(results, rows, good, range(len(rows)), k, "error", t0, budget)
-                return results  # type: ignore[return-value]
+                return results  # type: ignore[return-value]  # every row is settled by now
             t = perf_counter()
             took_ms, t_prev = (t - t_prev) * 1e3, t
             for name, _ in conns:  # a connection input is this member's only: the next one rejects it
@@ -469,7 +471,7 @@ class AnytimeRuntime:
             reasons = [stop(e, elapsed, next_ms) for e in outs[2].tolist()]
             leaving = [i for i, r in enumerate(reasons) if r is not None]
             for i in leaving:
-                self._settle(results, rows, outs, (i,), k + 1, reasons[i], t0, budget)  # type: ignore[arg-type]
+                self._settle(results, rows, outs, (i,), k + 1, reasons[i], t0, budget)  # type: ignore[arg-type]  # leaving: not None
             if len(leaving) == len(rows):
                 break
             for key, i in keeps:
@@ -485,7 +487,7 @@ class AnytimeRuntime:
                 good = [o[keep] for o in outs]
             if self._chains:
                 feed[_PREV] = logits
-        return results  # type: ignore[return-value]
+        return results  # type: ignore[return-value]  # every row is settled by now
 
     def _settle(
         self,

@@ -39,11 +39,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # callers check for None
 try:  # Windows
     import msvcrt
 except ImportError:
-    msvcrt = None  # type: ignore[assignment]
+    msvcrt = None  # type: ignore[assignment]  # callers check for None
 
 
 def temp_name(target: Path) -> Path:

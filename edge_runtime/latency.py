@@ -46,14 +46,13 @@ from __future__ import annotations
 
 import math
 import threading
-from bisect import bisect_left
-from collections import deque
 from time import monotonic, perf_counter
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from edge_runtime._threads import BackgroundThread
+from edge_runtime._window import TimeWindow
 from edge_runtime.errors import PolicyError
 
 __all__ = ["LatencyEstimator"]
@@ -113,8 +112,8 @@ class LatencyEstimator:
         self.names = tuple(names) if names is not None else tuple(f"member_{k + 1}" for k in range(num_members))
         self._clock = clock
         # (time_s, ms) per single-sample run of each member, and per answer's finish; appended by the runtime.
-        self.observed: tuple[deque[tuple[float, float]], ...] = tuple(deque(maxlen=max_observations) for _ in range(num_members))
-        self.finish: deque[tuple[float, float]] = deque(maxlen=max_observations)
+        self.observed: tuple[TimeWindow, ...] = tuple(TimeWindow(max_observations) for _ in range(num_members))
+        self.finish = TimeWindow(max_observations)
         self._baseline = [math.inf] * (num_members + 1)  # lowest windowed quantile per member, then finish
         self._last_call = 0.0
         self._refreshed_at = clock()
@@ -160,7 +159,7 @@ class LatencyEstimator:
     def observations(self) -> list[np.ndarray]:
         """The observed single-sample latencies (ms) per member that count now (inside the window), oldest first."""
         since = self._clock() - self.window_s
-        return [np.array(_recent(d, since, self.window_s), dtype=np.float64) for d in self.observed]
+        return [np.array(d.values(since, self.window_s), dtype=np.float64) for d in self.observed]
 
     def source(self) -> str:
         """Where predictions come from: ``"profile"``, ``"observed"`` or ``"profile+observed"``."""
@@ -198,9 +197,11 @@ class LatencyEstimator:
         # until it is full: this is "observed min_observations times since load".
         return len(self.observed[k]) >= self.min_observations
 
-    def _stats(self, window: deque[tuple[float, float]], since: float, slot: int, counts: bool) -> tuple[float | None, int]:
-        """(quantile of the runs since ``since`` or None, how many); lowers the slot's baseline."""
-        values = _recent(window, since, self.window_s)
+    def _stats(self, window: TimeWindow, since: float, slot: int, counts: bool) -> tuple[float | None, int]:
+        """(quantile of the runs since ``since`` or None, how many); lowers the slot's baseline. A first run
+        after a gap longer than the window is left out: a re-tried member's first run is cold (caches, ONNX
+        Runtime after idle) and would hold it out for another window."""
+        values = window.values(since, gap_s=self.window_s)
         if not values or not counts:
             return None, len(values)
         q = float(np.quantile(values, self.quantile))
@@ -245,14 +246,3 @@ class LatencyEstimator:
         return {"quantile": self.quantile, "window_s": self.window_s, "finish_ms": finish,
                 "refreshed_age_s": now - self._refreshed_at, "now": now, "members": rows}
 
-
-def _recent(window: deque[tuple[float, float]], since: float, gap_s: float) -> list[float]:
-    """Values of the ``(time, value)`` pairs at or after ``since`` (appends are in time order), less a first
-    run that came more than ``gap_s`` after the one before it: a re-tried member's first run is cold (caches,
-    ONNX Runtime after idle) and would hold it out for another window. Only the first run in the window can
-    follow such a gap, since the window is ``gap_s`` long."""
-    pairs = list(window)  # copied in C under the GIL, so other threads' appends cannot interleave
-    start = bisect_left(pairs, (since, -math.inf))
-    if 0 < start < len(pairs) and pairs[start][0] - pairs[start - 1][0] > gap_s:
-        start += 1
-    return [v for _, v in pairs[start:]]

@@ -112,6 +112,7 @@ class LatencyBudget(ExitPolicy):
 
     name = "budget"
     uses_latency = True
+    budget_ms: float  # always set here
 
     def __init__(self, budget_ms: float) -> None:
         self.budget_ms = _checked_budget(budget_ms)
@@ -128,6 +129,7 @@ class EntropyAndBudget(ExitPolicy):
 
     name = "entropy+budget"
     uses_latency = True
+    budget_ms: float  # always set here
 
     def __init__(self, threshold: float, budget_ms: float) -> None:
         self.threshold = _checked_threshold(threshold)
@@ -172,7 +174,8 @@ def policy_for(entropy_threshold: float | None, budget_ms: float | None) -> Exit
     if entropy_threshold is None and budget_ms is None:
         return RunAll()
     if budget_ms is None:
-        return EntropyThreshold(entropy_threshold)  # type: ignore[arg-type]
+        assert entropy_threshold is not None  # both None returned above
+        return EntropyThreshold(entropy_threshold)
     if entropy_threshold is None:
         return LatencyBudget(budget_ms)
     return EntropyAndBudget(entropy_threshold, budget_ms)
@@ -204,7 +207,7 @@ def parse_budget(value: float | int | str | None) -> float | None:
 
 def _checked_threshold(value: object) -> float:
     try:
-        threshold = float(value)  # type: ignore[arg-type]
+        threshold = float(value)  # type: ignore[arg-type]  # any object: float() raising is the check
     except (TypeError, ValueError):
         raise PolicyError(
             f"entropy threshold {value!r} is not a number; give nats >= 0, '{CALIBRATED}' or '{OFF}'"
@@ -216,7 +219,7 @@ def _checked_threshold(value: object) -> float:
 
 def _checked_budget(value: object) -> float:
     try:
-        budget = float(value)  # type: ignore[arg-type]
+        budget = float(value)  # type: ignore[arg-type]  # any object: float() raising is the check
     except (TypeError, ValueError):
         raise PolicyError(f"latency budget {value!r} is not a number; give milliseconds > 0 or '{OFF}'") from None
     if not math.isfinite(budget) or budget <= 0:

@@ -21,12 +21,13 @@ import threading
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 from edge_runtime.errors import DependencyError, ModelLoadError, SessionConfigError, error_line
 
 __all__ = [
-    "ORT_FLOOR", "TELEMETRY_ENV", "RunTimeout", "SessionConfig", "create_session", "fast_run", "new_run_options", "run_bounded",
+    "ORT_FLOOR", "TELEMETRY_ENV", "RunTimeout", "SessionConfig", "create_session", "fast_run", "new_run_options", "ort",
+    "run_bounded",
 ]
 
 TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
@@ -73,10 +74,14 @@ def _import_onnxruntime() -> ModuleType:
             f"reinstall it: pip install --force-reinstall 'onnxruntime>={ORT_FLOOR}'"
         ) from exc
     sys.stderr.write(captured.getvalue())  # a healthy import's own warnings are not ours to hide
-    return onnxruntime
+    return cast(ModuleType, onnxruntime)  # onnxruntime ships no type hints: the checker sees Any
 
 
-ort = _import_onnxruntime()
+# The onnxruntime module, imported with the telemetry default set (import it from here, as device.py does).
+if TYPE_CHECKING:  # the checker reads the module's names (ORT's types are Any to it: no hints shipped)
+    import onnxruntime as ort
+else:
+    ort = _import_onnxruntime()
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -148,7 +153,7 @@ def create_session(model: bytes, config: SessionConfig | None = None, name: str 
     config = config or SessionConfig()
     try:
         return ort.InferenceSession(model, sess_options=config.to_session_options(), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad model
+    except Exception as exc:  # ORT raises several unrelated types for a bad model
         raise ModelLoadError(f"ONNX Runtime could not load '{name}': {error_line(exc)}; re-export the model") from exc
 
 
@@ -176,7 +181,8 @@ def fast_run(session: Any) -> Callable[[Sequence[str], Mapping[str, Any], Any], 
     """
     inner = getattr(session, "_sess", None)
     run = getattr(inner, "run", None)
-    return run if callable(run) else session.run
+    chosen: Callable[[Sequence[str], Mapping[str, Any], Any], list[Any]] = run if callable(run) else session.run
+    return chosen
 
 
 class RunTimeout(Exception):
@@ -205,7 +211,8 @@ def run_bounded(session: Any, output_names: Sequence[str], feed: Mapping[str, An
         Exception: whatever the run raised for any other reason.
     """
     if timeout_s is None:
-        return session.run(list(output_names), dict(feed))
+        outputs: list[Any] = session.run(list(output_names), dict(feed))
+        return outputs
     options = new_run_options()
     fired = threading.Event()
 
@@ -217,8 +224,9 @@ def run_bounded(session: Any, output_names: Sequence[str], feed: Mapping[str, An
     timer.daemon = True
     timer.start()
     try:
-        return session.run(list(output_names), dict(feed), options)
-    except Exception as exc:  # noqa: BLE001 - ORT's failure types vary; the timer decides what it was
+        outputs = session.run(list(output_names), dict(feed), options)
+        return outputs
+    except Exception as exc:  # ORT's failure types vary; the timer decides what it was
         if fired.is_set():
             raise RunTimeout(f"stopped after {timeout_s:g} s") from exc
         raise

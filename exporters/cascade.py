@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -264,5 +264,5 @@ def _stored_latencies(loaded: Sequence[Bundle]) -> tuple[float, ...] | None:
     for key in ([here] if here is not None else []) + sorted(common - {here}):
         values = [b.manifest.member_latency_ms(key, _LATENCY_QUANTILE) for b in loaded]
         if all(v is not None for v in values):
-            return tuple(v[0] for v in values)  # type: ignore[index]
+            return tuple(v[0] for v in values)  # type: ignore[index]  # all not None (checked above)
     return None

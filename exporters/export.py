@@ -35,8 +35,9 @@ from exporters.errors import ConversionError, ExportError, VerificationError
 from exporters.onnx import OPSET, MemberHead, export_member, output_names
 from exporters.verify import GateReport, Tolerance, accuracy, check_accuracy, check_graph, check_heldout, check_parity
 
-import torch  # noqa: E402 - after exporters.onnx, which turns a missing torch into an install hint
-from torch import nn  # noqa: E402
+# isort: split
+import torch  # after exporters.onnx, which turns a missing torch into an install hint
+from torch import nn
 
 __all__ = [
     "ExportResult",
@@ -151,7 +152,7 @@ def _torch_chain(heads: Sequence[MemberHead], connections: Sequence[tuple[int, .
                 values = head(x.to(device), *(e.to(device) for e in extra))
         except ExportError:
             raise
-        except Exception as exc:  # noqa: BLE001 - whatever the member's forward raises
+        except Exception as exc:  # whatever the member's forward raises
             first = error_line(exc)[:200]
             raise ConversionError(
                 f"member {k + 1} fails in torch on held-out inputs: {first}; check its input shape and connections"
@@ -301,7 +302,7 @@ def _export_and_gate(
                 feed[connection_input_name(j)] = chain[j]["features"]
             try:
                 values = session.run(None, feed)
-            except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            except Exception as exc:  # ORT raises its own exception types
                 raise VerificationError(
                     f"member '{names[k]}' fails in ONNX Runtime on a batch of {rows.stop - rows.start}: "
                     f"{error_line(exc)[:200]}"

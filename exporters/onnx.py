@@ -242,7 +242,7 @@ def export_member(
                 optimize=True,
                 verbose=False,
             )
-        except Exception as exc:  # noqa: BLE001 - torch.export/onnxscript raise many unrelated types
+        except Exception as exc:  # torch.export/onnxscript raise many unrelated types
             cause = _innermost(exc)
             if isinstance(cause, ConversionError):  # our own contract check, raised while tracing
                 raise cause from None
@@ -254,7 +254,8 @@ def export_member(
         raise ConversionError("torch.onnx.export returned nothing; upgrade torch to >= 2.5")
     proto = program.model_proto
     lower_ir_version(proto)
-    return proto.SerializeToString()
+    data: bytes = proto.SerializeToString()
+    return data
 
 
 def export_onnx(model: nn.Module, example_x: "torch.Tensor", *, input_name: str = "x", emit_features: bool = False) -> bytes:

@@ -83,7 +83,7 @@ def program_logits(program: "torch.export.ExportedProgram", x: np.ndarray, batch
         for start, stop in zip(cuts[:-1], cuts[1:]):
             try:
                 out = module(torch.from_numpy(x[start:stop]))
-            except Exception as exc:  # noqa: BLE001 - guards and kernels raise many types
+            except Exception as exc:  # guards and kernels raise many types
                 first = error_line(exc)
                 raise ConversionError(
                     f"the program fails on held-out inputs of shape {list(x[start:stop].shape)}: {first}; "
@@ -107,9 +107,12 @@ def program_to_onnx(program: "torch.export.ExportedProgram") -> bytes:
         try:
             onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=OPSET, external_data=False,
                                              optimize=True, verbose=False)
-        except Exception as exc:  # noqa: BLE001 - torch.export/onnxscript raise many unrelated types
+        except Exception as exc:  # torch.export/onnxscript raise many unrelated types
             raise ConversionError(f"torch.onnx.export failed for the program: {error_line(_innermost(exc))}") from exc
-    return onnx_program.model_proto.SerializeToString()
+    if onnx_program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise ConversionError("torch.onnx.export returned nothing; upgrade torch to >= 2.5")
+    data: bytes = onnx_program.model_proto.SerializeToString()
+    return data
 
 
 def wrap_pt2(

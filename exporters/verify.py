@@ -100,7 +100,7 @@ def check_graph(model: bytes, *, name: str, inputs: Sequence[str], outputs: Sequ
     try:
         proto = onnx.load_model_from_string(model)
         onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:  # noqa: BLE001 - protobuf and the checker raise several types
+    except Exception as exc:  # protobuf and the checker raise several types
         first = error_line(exc)
         raise VerificationError(f"onnx.checker rejected member '{name}': {first}; re-export it") from exc
     initializers = {init.name for init in proto.graph.initializer}

@@ -50,6 +50,7 @@ from exporters.verify import GateReport, Tolerance, accuracy, check_accuracy, ch
 
 if TYPE_CHECKING:
     import onnx
+    from onnx import ModelProto
 
 __all__ = [
     "MIN_OPSET",
@@ -82,7 +83,7 @@ def _onnx() -> Any:
     """The onnx module, or an ExportError naming the install."""
     try:
         import onnx
-        import onnx.compose  # noqa: F401 - merge_models / add_prefix
+        import onnx.compose  # merge_models / add_prefix
     except ImportError as exc:
         raise ExportError(f"wrapping an ONNX model needs the onnx package: {ONNX_INSTALL_HINT}") from exc
     return onnx
@@ -136,7 +137,7 @@ def load_onnx(source: "bytes | str | os.PathLike[str] | onnx.ModelProto") -> "on
     """
     onnx = _onnx()
     if isinstance(source, onnx.ModelProto):
-        proto = onnx.ModelProto()
+        proto: ModelProto = onnx.ModelProto()
         proto.CopyFrom(source)
         return proto
     if isinstance(source, (bytes, bytearray)):
@@ -147,8 +148,9 @@ def load_onnx(source: "bytes | str | os.PathLike[str] | onnx.ModelProto") -> "on
             raise ExportError(f"{path} does not exist or is not a file; pass an .onnx model file")
         data, where = path.read_bytes(), str(path)
     try:
-        return onnx.load_model_from_string(data)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
+        model: ModelProto = onnx.load_model_from_string(data)
+        return model
+    except Exception as exc:  # protobuf raises DecodeError and others
         raise ExportError(f"{where} is not an ONNX model ({type(exc).__name__}); pass a file saved with onnx.save") from exc
 
 
@@ -353,11 +355,12 @@ def add_head(proto: "onnx.ModelProto", source: SourceGraph, num_classes: int) ->
             user, head, io_map=[(output, _HEAD_INPUT)], outputs=list(REQUIRED_OUTPUTS),
             producer_name="anytime-edge wrap", name=user.graph.name or "wrapped",
         )
-    except Exception as exc:  # noqa: BLE001 - onnx.compose raises ValueError and checker errors
+    except Exception as exc:  # onnx.compose raises ValueError and checker errors
         first = error_line(exc)
         raise ConversionError(f"cannot add the probs/entropy head to the model: {first}") from exc
     lower_ir_version(wrapped)
-    return wrapped
+    merged: ModelProto = wrapped
+    return merged
 
 
 def _free_batch(graph: Any, input_name: str) -> None:
@@ -404,7 +407,7 @@ def _run_source(blob: bytes, input_name: str, output: str, x: np.ndarray, batch_
     for rows in _batches(x.shape[0], batch_size):
         try:
             (values,) = session.run([output], {input_name: x[rows]})
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own types
+        except Exception as exc:  # ORT raises its own types
             raise ConversionError(
                 f"the model fails in ONNX Runtime on a batch of {rows.stop - rows.start} held-out inputs: "
                 f"{error_line(exc)}; check --data and --preprocess"
@@ -507,7 +510,7 @@ def wrap_onnx(
     for rows in _batches(x.shape[0], batch_size):
         try:
             values = session.run(list(REQUIRED_OUTPUTS), {input_name: x[rows]})
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own types
+        except Exception as exc:  # ORT raises its own types
             raise VerificationError(
                 f"the wrapped model fails in ONNX Runtime on a batch of {rows.stop - rows.start}: {error_line(exc)}; "
                 f"re-export the model with a dynamic batch dimension ({_DYNAMIC_HINT})"

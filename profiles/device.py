@@ -28,7 +28,7 @@ def describe_device() -> dict[str, Any]:
 def describe_settings(config: SessionConfig) -> dict[str, Any]:
     """The session settings plus the process's CPU affinity and the thread environment variables."""
     try:
-        affinity = sorted(psutil.Process().cpu_affinity())  # type: ignore[attr-defined]
+        affinity = sorted(psutil.Process().cpu_affinity())  # not on macOS: AttributeError below
     except (AttributeError, OSError):
         affinity = []
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ}

@@ -208,7 +208,9 @@ class _Chain:
     are back to the moment member k's are, i.e. building its feed plus its run.
     """
 
-    def __init__(self, sessions: Sequence[Any], fetches: Sequence[list[str]], feeders: Sequence[Callable[..., dict]]):
+    def __init__(
+        self, sessions: Sequence[Any], fetches: Sequence[list[str]], feeders: Sequence[Callable[..., dict[str, np.ndarray]]]
+    ) -> None:
         self.sessions = list(sessions)
         self.runs = [fast_run(s) for s in sessions]
         self.fetches = list(fetches)
@@ -228,7 +230,7 @@ class _Chain:
             outputs.append(dict(zip(self.fetches[k], result)))
 
 
-def _bundle_feeder(manifest: Manifest, k: int, session: Any) -> Callable[..., dict]:
+def _bundle_feeder(manifest: Manifest, k: int, session: Any) -> Callable[..., dict[str, np.ndarray]]:
     """Feed of member k: the task input, the previous member's logits, its connections."""
     member = manifest.members[k]
     x_name = manifest.task.input.name
@@ -351,7 +353,7 @@ def _memory_run(subject: _Subject, config: MeasureConfig) -> dict[str, Any]:
                 chain.run(pool[i % len(pool)])
                 if i % _SAMPLE_EVERY == 0:
                     tracker.sample()
-    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a failing run
+    except Exception as exc:  # ORT raises several unrelated types for a failing run
         raise _failing_run(subject.name, exc) from exc
     memory["run"] = tracker.result()
     return memory
@@ -380,7 +382,8 @@ def _probe_memory(kind: str, source: Path, config: MeasureConfig) -> dict[str, A
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         reason = lines[-1] if lines else f"exit status {proc.returncode}"
         raise MeasurementError(f"the memory probe failed ({reason}); profile with --no-memory-probe")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    probed: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return probed
 
 
 def _measure(subject: _Subject, config: MeasureConfig, probe: tuple[str, Path] | None) -> dict[str, Any]:
@@ -403,7 +406,7 @@ def _measure(subject: _Subject, config: MeasureConfig, probe: tuple[str, Path] |
                 timings[b] = _timed_passes(chain, pools[b], config, run_tracker)
     except MeasurementError:
         raise
-    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a failing run
+    except Exception as exc:  # ORT raises several unrelated types for a failing run
         raise _failing_run(subject.name, exc) from exc
     memory["run"] = run_tracker.result()
     memory["method"] = "this process"

@@ -9,7 +9,8 @@ bundle is calibrated: all K members with the calibrated entropy exit.
   the one after the first member whose entropy is at or below the threshold (the rule the runtime
   applies), which needs no second run.
 * Latency: from the bundle's stored profile for this device (measured first, and stored, when there is
-  none or it was measured with other session settings, e.g. thread count). Prefix k's percentiles are those of the single-stream one-pass time of members 1..k. For the
+  none or it was measured with other session settings, e.g. thread count). Prefix k's percentiles are
+  those of the single-stream one-pass time of members 1..k. For the
   thresholded candidate each validation sample costs the prefix it exits at; its quantile q is the q
   quantile over samples of their exit prefix's q latency (an estimate: it assumes exit depth and
   per-member latency are independent).
@@ -134,7 +135,8 @@ def _memory_mb(profile: Mapping[str, Any], k: int) -> float:
     loaded = memory["process_baseline"] + sum(m["rss_load_delta_mb"] for m in profile["members"][:k])
     run_peak = memory["run"]["kernel_peak_mb"] or memory["run"]["rss_sampled_peak_mb"]
     growth = max(0.0, run_peak - memory["rss_after_load"])  # buffers allocated by running, whole bundle
-    return round(loaded + growth, 2)
+    total: float = round(loaded + growth, 2)
+    return total
 
 
 def _exit_latency(profile: Mapping[str, Any], exit_at: np.ndarray) -> dict[str, float]:
@@ -182,6 +184,7 @@ def _bundle_candidates(
             notes.append(f"{path}: {why}; measured now and stored")
         else:
             notes.append(f"{path}: {why}; measured now (not stored)")
+    assert profile is not None  # _check_device_profile refuses a missing one; otherwise it was measured above
     try:
         # warmup=1: one pass bounded by session_config.load_timeout_s, so a member that never finishes is
         # refused in one line instead of hanging on the whole validation set.
@@ -225,7 +228,7 @@ def _bundle_candidates(
             memory_mb=_memory_mb(profile, count),
             size_bytes=int(sum(sizes)),
         ))
-    budgets = auto_budgets(profile) if budget_runs == "auto" else list(budget_runs)  # type: ignore[arg-type]
+    budgets = auto_budgets(profile) if isinstance(budget_runs, str) else list(budget_runs)  # the one str: "auto" (checked)
     if device is not None and budgets:
         notes.append(f"{path}: budget runs skipped: they would run on this machine, not on device {device}")
         budgets = []

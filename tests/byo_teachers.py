@@ -8,6 +8,8 @@ forward never calls (its weight used functionally).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -86,7 +88,7 @@ def trained(model: nn.Module, data: Dataset, epochs: int = 6) -> nn.Module:
     return model.eval()
 
 
-def export_pt2(model: nn.Module, path, example: np.ndarray):  # type: ignore[no-untyped-def]
+def export_pt2(model: nn.Module, path: Path, example: np.ndarray) -> Path:
     """``model`` saved with ``torch.export.save`` (dynamic batch), as a user would."""
     x = torch.from_numpy(np.ascontiguousarray(example[:2]))
     program = torch.export.export(model.eval(), (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})

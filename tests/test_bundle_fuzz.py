@@ -81,7 +81,7 @@ def test_any_json_as_manifest_loads_or_is_a_bundle_error(base: dict[str, Any], v
     assert not _load_or_bundle_error(_write_manifest(base, json.dumps(value).encode()))
 
 
-def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     out = [prefix]
     if isinstance(value, dict):
         for k, v in value.items():

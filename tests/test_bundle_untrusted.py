@@ -17,6 +17,7 @@ import sysconfig
 import zipfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_members import looping_member_graph, make_bundle, member_graph, set_member_bytes
 
 import edge_runtime
-from edge_runtime.bundle import MANIFEST_NAME, Calibration, LoadLimits, load_bundle, save_manifest, sha256_bytes, update_manifest
+from edge_runtime.bundle import MANIFEST_NAME, Bundle, Calibration, LoadLimits, Manifest, load_bundle, save_manifest, sha256_bytes, update_manifest
 from edge_runtime.calibrate import save_calibration
 from edge_runtime.cli import main as runtime_main
 from edge_runtime.errors import BundleError, ChecksumError, ManifestError, ModelLoadError
@@ -198,7 +199,7 @@ def _damaged_archives(bundle: Path, out: Path) -> dict[str, Path]:
     paths["broken_central_directory"] = out / "broken_central_directory.zip"
     paths["broken_central_directory"].write_bytes(raw[: cd + 20] + raw[raw.rfind(b"PK\x05\x06"):])
 
-    def patch(local: int, central: int, value, path: Path) -> None:  # type: ignore[no-untyped-def]
+    def patch(local: int, central: int, value: int, path: Path) -> None:
         c = bytearray(raw)
         for sig, off, nlo, hdr in ((b"PK\x03\x04", local, 26, 30), (b"PK\x01\x02", central, 28, 46)):
             pos = 0
@@ -301,8 +302,8 @@ def _nested(data: dict) -> None:
     data["metadata"]["deep"] = json.loads("[" * 500 + "]" * 500)
 
 
-def _set(path: str, value: object):  # type: ignore[no-untyped-def]
-    def edit(data: dict) -> None:
+def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
         *head, last = path.split(".")
         target = data
         for key in head:
@@ -331,7 +332,7 @@ MANIFEST_ROWS = [
 
 @pytest.mark.parametrize("edit, message", [row[1:] for row in MANIFEST_ROWS], ids=[row[0] for row in MANIFEST_ROWS])
 def test_bad_manifest_values_give_one_line_naming_the_field(
-    tiny_bundle: Path, capsys: pytest.CaptureFixture[str], edit, message: str  # type: ignore[no-untyped-def]
+    tiny_bundle: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[dict[str, Any]], object], message: str
 ) -> None:
     data = _manifest(tiny_bundle)
     edit(data)
@@ -424,7 +425,7 @@ def test_stale_temp_files_of_a_dead_writer_are_removed_at_the_next_write(tiny_bu
 def test_update_manifest_reads_under_the_lock(tiny_bundle: Path) -> None:
     seen = []
 
-    def change(bundle):  # type: ignore[no-untyped-def]
+    def change(bundle: Bundle) -> Manifest:
         seen.append((tiny_bundle / ".manifest.json.lock").exists())
         return replace(bundle.manifest, name="renamed")
 
@@ -443,7 +444,10 @@ def test_bundle_files_follow_the_umask(tmp_path: Path, umask: int, dir_mode: int
         archive = archive_bundle(bundle, tmp_path / "bundle.zip")
     finally:
         os.umask(old)
-    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
     assert mode(bundle) == dir_mode
     assert mode(bundle / MANIFEST_NAME) == file_mode
     assert mode(bundle / "member_1.onnx") == file_mode

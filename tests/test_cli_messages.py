@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_export_model_names_the_shape_a_model_rejects(tmp_path: Path) -> None:
 
 # --- sparsify: no label noise unless asked, defaults in --help, one progress spelling ---------------------
 
-def _parser(module) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+def _parser(module: ModuleType) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     module.configure(parser)
     return parser
@@ -103,7 +104,7 @@ def test_sparsify_help_shows_the_defaults(method: str, expected: list[str], caps
     (lowrank_cli, ["--rank", "2", "--out", "x"]),
     (sparsify_cli, ["dsd2", "--out", "x"]),
 ])
-def test_every_training_command_spells_progress_the_same(module, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
+def test_every_training_command_spells_progress_the_same(module: ModuleType, argv: list[str]) -> None:
     parser = _parser(module)
     assert parser.parse_args(argv).progress is True
     assert parser.parse_args([*argv, "--no-progress"]).progress is False

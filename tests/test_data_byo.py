@@ -191,7 +191,7 @@ def test_few_samples_of_one_class_warn_even_in_a_large_split(tmp_path: Path, cap
     with caplog.at_level(logging.WARNING, logger="distill.data"):
         load_dataset(_npz(tmp_path / "r.npz", x, y, x[:9], y[:9]))
     (record,) = [r for r in caplog.records if r.name == "distill.data"]
-    assert f"class '1': 2" in record.getMessage() and f"{MIN_VAL_PER_CLASS} per class" in record.getMessage()
+    assert "class '1': 2" in record.getMessage() and f"{MIN_VAL_PER_CLASS} per class" in record.getMessage()
 
 
 def test_constant_feature_is_only_centred(tmp_path: Path) -> None:

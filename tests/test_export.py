@@ -287,7 +287,7 @@ def test_low_rank_linear_pair_stays_two_matrix_products(connected) -> None:
 def test_mean_combine_of_1d_cnns(cnn1d_mean) -> None:
     result, members = cnn1d_mean
     x, _ = make_data((2, 10), 5, seed=7)
-    want = torch_prefixes([lambda v, m=m: m(v) for m in members], ((), ()), x, "mean")  # type: ignore[misc]
+    want = torch_prefixes([lambda v, m=m: m(v) for m in members], ((), ()), x, "mean")  # type: ignore[misc]  # m=m: each member
     got = ort_prefixes(result.path, x.numpy())
     for k in range(2):
         for name in ("logits", "probs", "entropy"):

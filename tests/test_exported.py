@@ -11,6 +11,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 import pytest
@@ -24,6 +25,10 @@ from distill.exported import load_exported_module
 from exporters.errors import ExportError
 from exporters.pt2 import load_program, program_logits
 
+# What a rewrite's edit returns for one archive member: (name, bytes), several of them, or None (dropped).
+Edited = Union[tuple[str, bytes], list[tuple[str, bytes]], None]
+Loader = Callable[[Path], None]
+
 X = np.random.default_rng(0).uniform(0, 16, size=(6, 1, 8, 8)).astype(np.float32)
 
 
@@ -36,7 +41,7 @@ def _run_exporters(path: Path) -> None:
 
 
 @pytest.fixture
-def code_ran():  # type: ignore[no-untyped-def]
+def code_ran() -> Iterator[Callable[[str], bool]]:
     """``code_ran(name)``: whether a payload set ``builtins.ANYTIME_EDGE_<name>``; all removed afterwards."""
     import builtins
 
@@ -51,7 +56,7 @@ LOADERS = [pytest.param(_run_distill, CheckpointError, id="distill"),
 
 
 @pytest.mark.parametrize("make", [SmallResNet, GroupedNet])
-def test_loaded_program_has_real_layers_and_the_same_logits(make, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_loaded_program_has_real_layers_and_the_same_logits(make: Callable[[], nn.Module], tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = make().eval()
     loaded = load_exported_module(export_pt2(model, tmp_path / "m.pt2", X))
@@ -99,7 +104,7 @@ def test_loaded_program_trains_exactly_like_the_original(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("run", "error"), LOADERS)
-def test_files_that_are_not_programs_are_one_line_errors(run, error, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_files_that_are_not_programs_are_one_line_errors(run: Loader, error: type[Exception], tmp_path: Path) -> None:
     text = tmp_path / "model.pt2"
     text.write_text("not a program")
     with pytest.raises(error, match="not a torch.export program") as err:
@@ -114,7 +119,7 @@ def test_files_that_are_not_programs_are_one_line_errors(run, error, tmp_path: P
         run(archive)
 
 
-def _rewrite(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+def _rewrite(src: Path, dst: Path, edit: Callable[[str, bytes], Edited]) -> Path:
     """Copy the archive, passing each member's (name, bytes) through ``edit`` (a list: several, None: dropped)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for name in zin.namelist():
@@ -127,11 +132,11 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def
 class _RunsCode:
     """Unpickling it sets a builtins attribute: proof that a pickle from the file ran."""
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
         return exec, ("import builtins; builtins.ANYTIME_EDGE_PICKLE_RAN = 1",)
 
 
-def _pickled_weight(name: str, data: bytes):  # type: ignore[no-untyped-def]
+def _pickled_weight(name: str, data: bytes) -> Edited:
     if name.endswith("weights/model_weights_config.json"):
         config = json.loads(data)
         next(iter(config["config"].values()))["use_pickle"] = True
@@ -139,27 +144,27 @@ def _pickled_weight(name: str, data: bytes):  # type: ignore[no-untyped-def]
     return name, data
 
 
-def _foreign_target(name: str, data: bytes):  # type: ignore[no-untyped-def]
+def _foreign_target(name: str, data: bytes) -> Edited:
     if name.endswith("models/model.json"):
         data = data.replace(b'"torch.ops.aten.relu.default"', b'"torch.os.system"')
     return name, data
 
 
-def _evil_expression(name: str, data: bytes):  # type: ignore[no-untyped-def]
+def _evil_expression(name: str, data: bytes) -> Edited:
     if name.endswith("models/model.json"):
         data = data.replace(b"Symbol(", b"__import__('os').getcwd() or Symbol(", 1)
     return name, data
 
 
-def _binary(name: str, data: bytes):  # type: ignore[no-untyped-def]
+def _binary(name: str, data: bytes) -> Edited:
     return (name.replace("models/model.json", "data/aotinductor/model.so"), data) if name.endswith("model.json") else (name, data)
 
 
-def _two_programs(name: str, data: bytes):  # type: ignore[no-untyped-def]
+def _two_programs(name: str, data: bytes) -> Edited:
     return [(name, data), (name.replace("models/model.json", "models/other.json"), data)] if name.endswith("model.json") else (name, data)
 
 
-def _pickled_sample_inputs(name: str, data: bytes):  # type: ignore[no-untyped-def]
+def _pickled_sample_inputs(name: str, data: bytes) -> Edited:
     """Sample inputs torch.export.load unpickles with weights_only=False when the safe loader refuses them."""
     if name.endswith("data/sample_inputs/model.pt"):
         buffer = io.BytesIO()
@@ -174,7 +179,9 @@ UNSAFE = [(_pickled_weight, "pickled object"), (_foreign_target, "calls 'torch.o
 
 
 @pytest.mark.parametrize(("run", "error"), LOADERS)
-def test_archives_whose_loading_could_run_code_are_refused(run, error, code_ran, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_archives_whose_loading_could_run_code_are_refused(
+    run: Loader, error: type[Exception], code_ran: Callable[[str], bool], tmp_path: Path
+) -> None:
     good = export_pt2(SmallResNet().eval(), tmp_path / "good.pt2", X)
     assert any(n.endswith("data/sample_inputs/model.pt") for n in zipfile.ZipFile(good).namelist())
     for edit, message in UNSAFE:
@@ -224,12 +231,14 @@ def test_conv1d_programs_with_tuple_outputs_load_too(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("run", "error"), LOADERS)
-def test_guard_code_in_the_file_is_never_run(run, error, code_ran, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_guard_code_in_the_file_is_never_run(
+    run: Loader, error: type[Exception], code_ran: Callable[[str], bool], tmp_path: Path
+) -> None:
     """``ExportedProgram.module()`` compiles the file's guard code; a crafted guard could run anything."""
     good = export_pt2(SmallResNet().eval(), tmp_path / "good.pt2", X)
     payload = "__import__('builtins').setattr(__import__('builtins'), 'ANYTIME_EDGE_GUARD_RAN', 1) is None"
 
-    def guard(name: str, data: bytes):  # type: ignore[no-untyped-def]
+    def guard(name: str, data: bytes) -> Edited:
         if name.endswith("models/model.json"):
             program = json.loads(data)
             program["guards_code"] = [payload]

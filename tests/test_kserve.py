@@ -28,9 +28,9 @@ from onnx_members import make_bundle
 kserve = pytest.importorskip(
     "kserve", reason="the kserve extra is not installed (pip install -c constraints.txt '.[kserve]', or make install)"
 )
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig  # noqa: E402
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig  # noqa: E402 - after the importorskip
 
-from edge_runtime.server import ServerConfig, create_app  # noqa: E402  # the serve extra comes with kserve's
+from edge_runtime.server import ServerConfig, create_app  # noqa: E402 - the serve extra comes with kserve's
 
 with warnings.catch_warnings():  # starlette 1.x flags httpx (its TestClient's transport) as deprecated
     warnings.simplefilter("ignore")

@@ -270,7 +270,7 @@ def test_every_loss_trains_a_student_to_follow_the_teacher(name: str) -> None:
 
 def _parser(**kwargs: object) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anytime-edge test", exit_on_error=False)
-    add_loss_arguments(parser, **kwargs)  # type: ignore[arg-type]
+    add_loss_arguments(parser, **kwargs)  # type: ignore[arg-type]  # the tests pass its own keyword arguments
     return parser
 
 

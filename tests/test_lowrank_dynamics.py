@@ -92,7 +92,8 @@ def test_compressed_completion_with_a_larger_outer_rate_wins_and_recovers_unseen
     )
     # The error runs over all entries, so reaching 1e-3 means the unobserved ones were recovered too.
     assert compressed.errors[-1] <= 1e-3 and original.errors[-1] <= 1e-3
-    assert compressed.steps_to(1e-3) < original.steps_to(1e-3)  # type: ignore[operator]
+    steps_compressed, steps_original = compressed.steps_to(1e-3), original.steps_to(1e-3)
+    assert steps_compressed is not None and steps_original is not None and steps_compressed < steps_original
     n = min(len(original.errors), len(compressed.errors))
     assert np.all(compressed.errors[1:n] < original.errors[1:n])
 

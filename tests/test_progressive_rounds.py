@@ -126,6 +126,9 @@ def test_line_search_never_steps_uphill(residual: np.ndarray) -> None:
     f = np.tanh(residual / tau)
     assert line_search_step(residual, -f, tau) == 0.0
     step = line_search_step(residual, f, tau)
-    potential = lambda eta: np.cosh((residual - eta * f) / tau).sum()  # noqa: E731
+
+    def potential(eta: float) -> float:
+        return float(np.cosh((residual - eta * f) / tau).sum())
+
     assert step > 0 and potential(step) < potential(0.0)
     assert potential(step) <= min(potential(step * 0.9), potential(step * 1.1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,9 +22,9 @@ from exporters import export_ensemble, export_model
 torch.set_num_threads(1)
 
 
-def _resnet(shape: tuple[int, ...] = (1, 16, 16), width: int = 4, depth: int = 3, **extra: object):  # type: ignore[no-untyped-def]
+def _resnet(shape: tuple[int, ...] = (1, 16, 16), width: int = 4, depth: int = 3, **extra: Any) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(ModelConfig(shape, num_classes=5, family="resnet", width=width, depth=depth, **extra))  # type: ignore[arg-type]
+    return build_model(ModelConfig(shape, num_classes=5, family="resnet", width=width, depth=depth, **extra))
 
 
 def _train_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 5) -> None:

@@ -151,7 +151,10 @@ def test_bad_input_is_rejected_with_a_fix(tiny_bundle: Path, bad: np.ndarray, me
         runtime.evaluate_prefixes(bad)
 
 
-@pytest.mark.parametrize("kwargs", [{"budget_ms": 0}, {"budget_ms": -1}, {"budget_ms": "soon"}, {"entropy_threshold": -0.1}, {"entropy_threshold": float("nan")}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"budget_ms": 0}, {"budget_ms": -1}, {"budget_ms": "soon"}, {"entropy_threshold": -0.1}, {"entropy_threshold": float("nan")}],
+)
 def test_impossible_policy_values_are_rejected(tiny_bundle: Path, kwargs: dict) -> None:
     runtime = edge_runtime.load(tiny_bundle)
     with pytest.raises(PolicyError):
@@ -277,7 +280,7 @@ def test_public_api_is_explicit_and_sorted() -> None:
     for name in edge_runtime.__all__:
         assert getattr(edge_runtime, name) is not None
     with pytest.raises(AttributeError):
-        edge_runtime.no_such_name  # noqa: B018
+        edge_runtime.no_such_name  # noqa: B018 - the attribute access is what must raise
 
 
 @pytest.mark.parametrize("fast", [True, False])

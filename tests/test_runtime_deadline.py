@@ -180,7 +180,7 @@ def test_a_cold_confident_answer_past_the_budget_says_late(tiny_bundle: Path, cl
 def test_deadline_config_is_checked() -> None:
     for bad in ({"latency_window_s": 0}, {"latency_refresh_s": 0}, {"stop_min_ms": -1}, {"stop_lead_ms": float("inf")}):
         with pytest.raises(PolicyError):
-            DeadlineConfig(**bad)  # type: ignore[arg-type]
+            DeadlineConfig(**bad)  # type: ignore[arg-type]  # wrong values on purpose
 
 
 def test_onnx_runtime_stops_a_real_member_in_flight(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ def _runtime(
         for k in range(len(latencies))
     ]
     kwargs.setdefault("warmup", 0)
-    return AnytimeRuntime(bundle, sessions=sessions, **kwargs), sessions  # type: ignore[arg-type]
+    return AnytimeRuntime(bundle, sessions=sessions, **kwargs), sessions  # type: ignore[arg-type]  # the caller's keywords
 
 
 def test_per_sample_exit_shrinks_the_batch_and_keeps_rows_aligned(connected_bundle: Path, clock: FakeClock) -> None:

@@ -172,7 +172,7 @@ def test_fast_run_answers_like_session_run_and_falls_back_for_other_sessions(tin
         np.testing.assert_array_equal(a, b)
 
     class Fake:
-        def run(self, names, feed, options=None):  # type: ignore[no-untyped-def]
+        def run(self, names: list[str], feed: dict[str, np.ndarray], options: object = None) -> list[str]:
             return ["scripted"]
 
     fake = Fake()

@@ -265,6 +265,7 @@ def test_binary_tensor_extension_input(client: TestClient, runtime: FakeRuntime)
         (lambda: json.dumps({"inputs": [tensor([1, 2, 3, 4], datatype="BOOL")]}), 400, "cannot be BOOL"),
         (lambda: json.dumps({"inputs": [tensor(["a"] * 4, datatype="BYTES")]}), 400, "cannot be BYTES"),
         (lambda: json.dumps({"inputs": [tensor([1, 2, 3, 4], datatype="FLOAT")]}), 400, "unknown datatype"),
+        (lambda: json.dumps({"inputs": [tensor([1, 2, 3, 4], datatype=["FP32"])]}), 400, "unknown datatype"),
         (lambda: json.dumps({"inputs": [tensor([1, 2, 3, 4.5], datatype="INT32")]}), 400, "non-integer"),
         (lambda: json.dumps({"inputs": [tensor([1, 2, 3, 300], datatype="UINT8")]}), 400, "range"),
         (lambda: json.dumps({"inputs": [tensor([1, 2, 3, -1], datatype="UINT8")]}), 400, "range"),

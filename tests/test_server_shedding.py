@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edge_runtime.server import OverloadedError, ServerConfig, create_app
+from edge_runtime.server import ServerConfig, create_app
 from edge_runtime.server._scheduler import LatencyTracker, Scheduler
 from test_server import INFER, FakeRuntime, infer_body
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -63,7 +65,7 @@ def _kill_odd_channels(model: nn.Module, head: nn.Module, x: torch.Tensor) -> No
 
 
 @pytest.mark.parametrize("make", MODELS, ids=IDS)
-def test_keep_all_is_the_same_function(make) -> None:  # type: ignore[no-untyped-def]
+def test_keep_all_is_the_same_function(make: Callable[[], nn.Module]) -> None:
     torch.manual_seed(0)
     model = make().eval()
     x = _input(model)
@@ -71,7 +73,7 @@ def test_keep_all_is_the_same_function(make) -> None:  # type: ignore[no-untyped
 
 
 @pytest.mark.parametrize("make", MODELS, ids=IDS)
-def test_dropping_dead_channels_is_exact_and_shrinks_the_layers(make) -> None:  # type: ignore[no-untyped-def]
+def test_dropping_dead_channels_is_exact_and_shrinks_the_layers(make: Callable[[], nn.Module]) -> None:
     torch.manual_seed(0)
     model = make().eval()
     x = _input(model)

@@ -13,15 +13,15 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402 - after the importorskip that guards a runtime-only install
 
 from byo_teachers import SmallResNet  # noqa: E402 - the user's ResNet of shared/cases/byo
-from distill.data import load_dataset  # noqa: E402
-from distill.diagnostics import ensemble_warnings, student_warnings  # noqa: E402
-from distill.errors import CheckpointError, TrainingError  # noqa: E402
-from distill.logit_cache import LogitCache, attach, cache_for  # noqa: E402
-from distill.logits import logits_of  # noqa: E402
-from distill.progressive import ProgressiveConfig, limit_training, progressive_ensemble  # noqa: E402
-from distill.teacher import TeacherConfig, save_model  # noqa: E402
-from distill.teachers import RawInputTeacher, load_teacher  # noqa: E402
-from distill.train import FitConfig, predict_logits, scaled_epochs  # noqa: E402
+from distill.data import load_dataset  # noqa: E402 - after the importorskip above
+from distill.diagnostics import ensemble_warnings, student_warnings  # noqa: E402 - after the importorskip above
+from distill.errors import CheckpointError, TrainingError  # noqa: E402 - after the importorskip above
+from distill.logit_cache import LogitCache, attach, cache_for  # noqa: E402 - after the importorskip above
+from distill.logits import logits_of  # noqa: E402 - after the importorskip above
+from distill.progressive import ProgressiveConfig, limit_training, progressive_ensemble  # noqa: E402 - after the importorskip above
+from distill.teacher import TeacherConfig, save_model  # noqa: E402 - after the importorskip above
+from distill.teachers import RawInputTeacher, load_teacher  # noqa: E402 - after the importorskip above
+from distill.train import FitConfig, predict_logits, scaled_epochs  # noqa: E402 - after the importorskip above
 
 
 @pytest.fixture(scope="module")
@@ -334,5 +334,8 @@ def test_a_teacher_ending_in_softmax_is_distilled_from_log_probabilities(user_re
     logits = predict_logits(loaded.module, digits.x_test[:50])
     reference = predict_logits(RawInputTeacher(user_resnet, digits), digits.x_test[:50])
     # log(softmax(z)) = z - logsumexp(z): the same logits up to a per-row constant
-    centred = lambda z: z - z.mean(axis=1, keepdims=True)  # noqa: E731
+
+    def centred(z: np.ndarray) -> np.ndarray:
+        return z - z.mean(axis=1, keepdims=True)
+
     np.testing.assert_allclose(centred(logits), centred(reference), rtol=1e-3, atol=1e-3)

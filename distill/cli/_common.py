@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch-heavy: imported where used
+    from distill.data import Dataset
+    from distill.teachers import LoadedTeacher
 
 __all__ = [
     "DefaultsHelpFormatter",
@@ -45,7 +50,7 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, default: str | None =
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="cache of trained teachers and teacher logits")
 
 
-def resolve_teacher(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def resolve_teacher(args: argparse.Namespace) -> tuple[LoadedTeacher, Dataset]:
     """(LoadedTeacher, dataset) for --teacher/--data (see :func:`distill.teachers.load_teacher`)."""
     from distill.data import load_dataset
     from distill.teachers import load_teacher
@@ -69,7 +74,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def check_input_shape(config: dict, dataset, checkpoint: object, data: str) -> None:  # type: ignore[no-untyped-def, type-arg]
+def check_input_shape(config: dict[str, Any], dataset: Dataset, checkpoint: object, data: str) -> None:
     """Refuse data whose inputs differ from the ones a checkpoint's model takes, before the model sees them.
 
     Raises:

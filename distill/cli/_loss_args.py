@@ -42,7 +42,7 @@ def _settable(name: str) -> dict[str, tuple[type, bool, object]]:
     cls = LOSSES[name]
     hints = typing.get_type_hints(cls)
     out: dict[str, tuple[type, bool, object]] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
+    for f in fields(cls):  # type: ignore[arg-type]  # every loss class is a dataclass
         hint = hints[f.name]
         members = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
         scalars = [m for m in members if m in (bool, int, float, str)]

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("layer                 kind     shape          rank/full  energy  MACs")
     for row in report.layers:
-        shape = "x".join(str(d) for d in row["shape"])  # type: ignore[union-attr]
+        shape = "x".join(str(d) for d in row["shape"])  # type: ignore[attr-defined]  # rows are JSON-like: shape is a list
         print(f"{row['layer']:<21} {row['kind']:<8} {shape:<14} {row['rank']:>4}/{row['full_rank']:<5} "
               f"{row['energy_kept']:.3f}   {row['macs_ratio']:.2f}x" + (f"  dense: {row['note']}" if row["note"] else ""))
     print(f"accuracy: teacher {report.teacher_accuracy:.4f}, student at spectral init {report.init_accuracy:.4f}, "

@@ -64,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _configure_channels(methods)
 
 
-def _configure_channels(methods) -> None:  # type: ignore[no-untyped-def]
+def _configure_channels(methods: Any) -> None:  # argparse's subparsers action (a private type)
     channels = methods.add_parser("channels", help="structured: remove whole channels (smaller layers, real CPU speed)",
                                   formatter_class=DefaultsHelpFormatter)
     add_data_argument(channels, default="mnist")
@@ -99,7 +99,7 @@ def _run_channels(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_deploy(dense_model, result, dataset, note: bool = True) -> dict:  # type: ignore[no-untyped-def]
+def _print_deploy(dense_model: Any, result: Any, dataset: Any, note: bool = True) -> dict[str, Any]:
     """Dense vs the exported sparse member: sizes and interleaved ORT latency, printed plainly."""
     from distill.sparse.deploy import compare_onnx, onnx_bytes
 
@@ -166,7 +166,7 @@ def _run_dsd2(args: argparse.Namespace) -> int:
 
     train_label = "train(noisy)" if cfg.noise else "train"
 
-    def show(kind: str, r) -> None:  # type: ignore[no-untyped-def]
+    def show(kind: str, r: Any) -> None:
         print(f"{kind:9s} round {r.round:2d}: sparsity {r.sparsity:6.2%}  {train_label} {r.train_accuracy:6.2%}  "
               f"val {r.val_accuracy:6.2%}  test {r.test_accuracy:6.2%}  entropy {r.entropy:.3f}  ({r.seconds:.1f} s)", flush=True)
 

@@ -55,7 +55,14 @@ class BaselineConfig:
         return make_loss(self.loss, **dict(self.loss_params))
 
     def fit_config(self, k: int, desc: str, n_train: int = 0) -> FitConfig:
-        return FitConfig(epochs=self.epochs or scaled_epochs(n_train), lr=self.lr, batch_size=self.batch_size, seed=self.seed + k, progress=self.progress, desc=desc)
+        return FitConfig(
+            epochs=self.epochs or scaled_epochs(n_train),
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=self.seed + k,
+            progress=self.progress,
+            desc=desc,
+        )
 
 
 def _train_student(candidate: Candidate, dataset: Dataset, teacher_logits: np.ndarray, cfg: BaselineConfig, k: int, desc: str) -> tuple[Classifier, float]:

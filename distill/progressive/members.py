@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
@@ -191,9 +191,9 @@ def count_macs(model: nn.Module, input_shape: Sequence[int], connection_dims: Se
         if isinstance(module, nn.Linear):
             total += module.in_features * module.out_features
         else:
-            conv = module  # Conv1d / Conv2d: every output element costs (in/groups) * kernel MACs
-            kernel = int(np.prod(conv.kernel_size))  # type: ignore[arg-type]
-            total += int(output[0].numel()) * (conv.in_channels // conv.groups) * kernel  # type: ignore[operator]
+            conv = cast("nn.Conv1d | nn.Conv2d", module)  # every output element costs (in/groups) * kernel MACs
+            kernel = int(np.prod(conv.kernel_size))
+            total += int(output[0].numel()) * (conv.in_channels // conv.groups) * kernel
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     try:

@@ -13,6 +13,7 @@ them, so a neuron's estimate rests on thousands of inputs instead of one batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ def relu_entropy(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: 
         raise TrainingError("the entropy monitor needs at least one input and batch_size >= 1")
     positive: dict[str, torch.Tensor] = {}
 
-    def hook(name: str):  # type: ignore[no-untyped-def]
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def count(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
             on = (inputs[0] > 0).sum(dim=0, dtype=torch.int64)
             positive[name] = positive[name] + on if name in positive else on

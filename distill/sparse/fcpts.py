@@ -164,12 +164,12 @@ class _LayerSparsity(torch.autograd.Function):
     """Exact fraction of |w| <= t forward; density-based gradient p(t) + p(-t) backward."""
 
     @staticmethod
-    def forward(ctx: Any, threshold: torch.Tensor, weight: torch.Tensor, density: _LayerDensity) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, threshold: torch.Tensor, weight: torch.Tensor, density: _LayerDensity) -> torch.Tensor:
         ctx.density, ctx.t = density, float(threshold)
         return (weight.abs() <= threshold).float().mean()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         slope = ctx.density(ctx.t) + ctx.density(-ctx.t)
         return grad * slope, None, None
 
@@ -178,12 +178,12 @@ class _HardMaskSTE(torch.autograd.Function):
     """m = 1[x > 0] forward; the authors' BinActive gradient ½·1[|x| < 1] backward (x = |w| - t)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         return (x > 0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return grad * 0.5 * (x.abs() < 1).to(grad.dtype)
 

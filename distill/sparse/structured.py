@@ -101,7 +101,7 @@ def prune_channels(
         try:
             with torch.no_grad():
                 logits = logits_of(student(x), who="the pruned model")
-        except Exception as exc:  # a user forward with a hard-coded width fails here
+        except Exception as exc:  # noqa: BLE001 - a user forward with a hard-coded width fails here
             first = error_line(exc)
             cause = (f"layers {list(trace.unused)} are never called as modules (weights used functionally?), "
                      "which Torch-Pruning cannot follow" if trace.unused else "it may hard-code a channel count")

@@ -62,7 +62,7 @@ def dispatch(
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - only package errors are turned into one line
+    except Exception as exc:  # only package errors are turned into one line
         line = str(exc) if isinstance(exc, AnytimeEdgeError) else None
         if line is None and isinstance(exc, ImportError):
             line = _import_failure_line(exc)

@@ -22,7 +22,7 @@ def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
     """Load one array from a ``.npy`` file (``allow_pickle=False``)."""
     source = Path(path)
     try:
-        arr = np.load(source, allow_pickle=False)
+        arr: np.ndarray | np.lib.npyio.NpzFile = np.load(source, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"input file {source} does not exist; check the path") from None
     except IsADirectoryError:

@@ -58,7 +58,8 @@ def describe_bundle(path: str, check: bool = False, load_timeout_s: float | None
     profiles = {}
     for key, profile in m.profiles.items():
         rows = {row.get("name"): row.get("latency_ms", {}) for row in profile.get("members", ())}
-        device = profile.get("device") if isinstance(profile.get("device"), dict) else {}
+        stored = profile.get("device")
+        device: dict[str, Any] = stored if isinstance(stored, dict) else {}
         profiles[key] = {
             "this_device": key == here_key,
             "old_fingerprint": not key.startswith(FINGERPRINT_PREFIX),  # stored before the v2- scheme

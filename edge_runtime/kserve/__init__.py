@@ -35,7 +35,7 @@ def __getattr__(name: str) -> Any:
     from edge_runtime.extras import install_hint
 
     try:
-        import kserve  # noqa: F401
+        import kserve  # noqa: F401 - imported only to name the missing extra here
     except ImportError as exc:  # name the extra, as the HTTP server does for its own
         raise ImportError(
             f"the KServe adapter needs '{exc.name}', which is not installed; {install_hint('kserve')}", name=exc.name

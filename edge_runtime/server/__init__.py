@@ -21,8 +21,8 @@ from __future__ import annotations
 from edge_runtime.extras import install_hint
 
 try:
-    import starlette  # noqa: F401
-    import uvicorn  # noqa: F401
+    import starlette  # noqa: F401 - imported only to name the missing extra here, not deep in a later import
+    import uvicorn  # noqa: F401 - the same
 except ImportError as exc:  # name the extra, as httpx does for its optional dependencies
     raise ImportError(
         f"the anytime-edge server needs '{exc.name}', which is not installed; "

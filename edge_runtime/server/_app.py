@@ -51,7 +51,7 @@ import time
 import traceback
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Protocol, Sequence, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence, Union
 
 import numpy as np
 from starlette.applications import Starlette
@@ -99,7 +99,8 @@ _ESTIMATE_ROWS = 16  # only requests this small feed the scheduler's first-membe
 class RuntimeLike(Protocol):
     """What the server needs from :class:`edge_runtime.AnytimeRuntime` (a fake in tests)."""
 
-    manifest: Manifest
+    @property
+    def manifest(self) -> Manifest: ...  # read only: AnytimeRuntime's is a property
 
     def predict(
         self, x: np.ndarray, budget_ms: float | str | None = None, entropy_threshold: float | str | None = None
@@ -173,7 +174,9 @@ class _Server:
             threshold = self.default_threshold
         elif threshold == "calibrated":
             threshold = self._calibrated()
-        return (None if budget == "off" else budget), (None if threshold == "off" else threshold)  # type: ignore[return-value]
+        # The only word left is "off": decoding refused any other, and "calibrated" was resolved above.
+        budget_ms, entropy = (None if budget == "off" else budget), (None if threshold == "off" else threshold)
+        return budget_ms, entropy  # type: ignore[return-value]  # no str left (see above)
 
     def refusal(self, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, arrival: float) -> OverloadedError | None:
         """Why an inference request must be refused now, before it is decoded, or None (see :class:`_Shedder`).
@@ -280,7 +283,7 @@ class _Server:
         self.check_model(request)
         return JSONResponse({"name": self.name, "ready": self.ready}, status_code=200 if self.ready else 503)
 
-    async def _guard(self, handler: Any, request: Request, *args: Any) -> Response:
+    async def _guard(self, handler: Callable[..., Awaitable[Response]], request: Request, *args: Any) -> Response:
         """Run a handler and answer whatever it raises; nothing a request does reaches uvicorn."""
         try:
             return await handler(request, *args)
@@ -494,9 +497,11 @@ def create_app(runtime: RuntimeLike | PathLike, config: ServerConfig | None = No
     if isinstance(runtime, (str, os.PathLike)):
         from edge_runtime import load
 
-        runtime = load(runtime)
-    server = _Server(runtime, config)
-    routes = []
+        served: RuntimeLike = load(runtime)
+    else:
+        served = runtime
+    server = _Server(served, config)
+    routes: list[Route] = []
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         # infer first: Starlette tries routes in order, and inference is the hot path
         routes.insert(0, Route(f"{prefix}/infer", server.infer, methods=["POST"]))

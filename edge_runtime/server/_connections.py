@@ -173,12 +173,12 @@ class _GuardedProtocol(HttpToolsProtocol):
     shed: ClassVar[Callable[[Any, bytes | None, float], bytes | None] | None] = None
     gate: ClassVar[ReadGate | None] = None  # backpressure; None = always read
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._head_timer: Any = None
         self._body_timer: Any = None
-        self._idle_since = time.monotonic()
-        self._head_raw = 0  # bytes received since the current request head began (None: not reading a head)
+        self._idle_since: float | None = time.monotonic()
+        self._head_raw: int | None = 0  # bytes received since the current request head began (None: not reading a head)
         self._discarding = False  # answered and closing: what still arrives is read and dropped
         self._deferred: bytearray | None = None  # body held while deciding whether to refuse (overload)
         self._answered = False  # the current request was answered here, without the application
@@ -211,7 +211,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self.gate is not None:
             self.gate.started(self)
         super().on_message_begin()
-        self.scope["extensions"] = {ARRIVAL: time.perf_counter()}  # type: ignore[typeddict-unknown-key]
+        self._arrival = time.perf_counter()
+        self.scope["extensions"] = {ARRIVAL: self._arrival}  # type: ignore[dict-item]  # our extension holds a float
         self._head_size = 0
 
     def on_url(self, url: bytes) -> None:
@@ -237,10 +238,11 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_timed_out)
         self._deferred = None
         self._answered = False
-        if self.shed is not None and (self.cycle is None or self.cycle.response_complete) and not self.pipeline \
+        shed = type(self).shed  # a staticmethod (protocol_class): read from the class, no self is bound
+        if shed is not None and (self.cycle is None or self.cycle.response_complete) and not self.pipeline \
                 and self.parser.get_method() == b"POST" and self.url.split(b"?", 1)[0].endswith(b"/infer"):
             # Under overload, refuse here: no ASGI task, no request object (see _app._Shedder for the rules).
-            response = self.shed(self.headers, None, self.scope["extensions"][ARRIVAL])
+            response = shed(self.headers, None, self._arrival)
             if response:
                 self._answer(response)
                 return
@@ -264,7 +266,9 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
         if self._deferred is not None:
-            response = self.shed(self.headers, bytes(self._deferred), self.scope["extensions"][ARRIVAL])
+            shed = type(self).shed
+            assert shed is not None  # a body is only deferred when shed is set
+            response = shed(self.headers, bytes(self._deferred), self._arrival)
             if response:
                 self._deferred = None
                 self._answer(response)
@@ -395,7 +399,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         idle = [c for c in self.connections if c is not self and isinstance(c, _GuardedProtocol) and c._is_idle()]
         if not idle:
             return False
-        oldest = min(idle, key=lambda c: c._idle_since)
+        oldest = min(idle, key=lambda c: c._idle_since or 0.0)  # set: _is_idle
         logger.debug("closed an idle connection from %s: %d connections open", oldest.client, len(self.connections))
         oldest._cancel_timers()
         oldest.transport.close()

@@ -105,15 +105,22 @@ OUTPUT_NAMES: tuple[str, ...] = tuple(_OUTPUTS)
 
 
 class PredictionLike(Protocol):
-    """What the server reads from one of the runtime's per-sample predictions."""
+    """What the server reads from one of the runtime's per-sample predictions (read only: Prediction is frozen)."""
 
-    label: int
-    label_name: str
-    probabilities: np.ndarray
-    members_used: int
-    exit_reason: str
-    entropy: float
-    elapsed_ms: float
+    @property
+    def label(self) -> int: ...
+    @property
+    def label_name(self) -> str: ...
+    @property
+    def probabilities(self) -> np.ndarray: ...
+    @property
+    def members_used(self) -> int: ...
+    @property
+    def exit_reason(self) -> str: ...
+    @property
+    def entropy(self) -> float: ...
+    @property
+    def elapsed_ms(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -358,7 +365,7 @@ def _decode_tensor(
     datatype = tensor.get("datatype")
     if datatype in _NON_NUMERIC:
         raise RequestError(f"input '{spec.name}' cannot be {datatype}; send numbers as FP32 (or FP16/FP64/INT*/UINT*)")
-    if datatype not in _NUMERIC:
+    if not isinstance(datatype, str) or datatype not in _NUMERIC:  # a list here is unhashable: not a 500
         raise RequestError(f"input '{spec.name}' has unknown datatype {datatype!r}; use a V2 datatype such as FP32")
     count = math.prod(shape)
     params = tensor.get("parameters") or {}

@@ -28,17 +28,15 @@ urgent job the moment they finish one), under one lock held for microseconds.
 from __future__ import annotations
 
 import asyncio
-import collections
 import heapq
 import itertools
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Generic, List, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Generic, List, Sequence, Tuple, TypeVar
 
-import numpy as np
-
+from edge_runtime._window import TimeWindow
 from edge_runtime.server._errors import OverloadedError
 
 __all__ = ["LatencyTracker", "Scheduled", "Scheduler", "most_members"]
@@ -50,20 +48,6 @@ _HORIZON_S = 5.0  # ... and none older than this, so an estimate from a busy spe
 _MIN_SAMPLES = 5  # fewer single-member samples than this and the estimate uses the time per member
 _REFRESH_S = 0.25  # recompute the quantiles at most this often (a percentile per request costs the loop)
 _MIN_BUDGET_MS = 0.01  # what a request with its budget spent is handed: enough for the first member only
-
-
-class _Window:
-    """Recent (time, value) samples; quantiles over those within the horizon."""
-
-    def __init__(self) -> None:
-        self._samples: Deque[tuple[float, float]] = collections.deque(maxlen=_WINDOW)
-
-    def add(self, now: float, value: float) -> None:
-        self._samples.append((now, value))
-
-    def quantile(self, now: float, q: float, min_samples: int = 1) -> float | None:
-        values = [v for t, v in self._samples if now - t <= _HORIZON_S]
-        return float(np.percentile(values, q)) if len(values) >= min_samples else None
 
 
 class LatencyTracker:
@@ -83,16 +67,16 @@ class LatencyTracker:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._first = _Window()
-        self._per_member = _Window()
-        self._return = _Window()
+        self._first = TimeWindow(_WINDOW)
+        self._per_member = TimeWindow(_WINDOW)
+        self._return = TimeWindow(_WINDOW)
         self._computed_at = -math.inf
         self._first_ms = 0.0
         self._return_ms = 0.0
 
     def record_return(self, ms: float) -> None:
         """Note how long a finished call took to get back to the event loop (a thread wake-up)."""
-        self._return.add(self._clock(), ms)
+        self._return.append((self._clock(), ms))
 
     def record(self, service_ms: float, members_used: int) -> None:
         """Note one request's wall time in ``predict`` and the most members any of its samples used."""
@@ -100,19 +84,20 @@ class LatencyTracker:
             return
         now = self._clock()
         if members_used == 1:
-            self._first.add(now, service_ms)
-        self._per_member.add(now, service_ms / members_used)
+            self._first.append((now, service_ms))
+        self._per_member.append((now, service_ms / members_used))
 
     def _refresh(self) -> None:
         now = self._clock()
         if now - self._computed_at < _REFRESH_S:
             return
         self._computed_at = now
-        first = self._first.quantile(now, 90, _MIN_SAMPLES)
+        since = now - _HORIZON_S
+        first = self._first.quantile(0.9, since, _MIN_SAMPLES)
         if first is None:
-            first = self._per_member.quantile(now, 90)
+            first = self._per_member.quantile(0.9, since)
         self._first_ms = first or 0.0
-        self._return_ms = self._return.quantile(now, 90) or 0.0
+        self._return_ms = self._return.quantile(0.9, since) or 0.0
 
     def first_member_ms(self) -> float:
         """Estimate (ms) of one evaluation of the first member here and now; 0 while nothing is known."""
