@@ -34,6 +34,7 @@ def save_user_files(model: nn.Module, example: torch.Tensor, onnx_path: str, pt2
     """The model as the user would hand it over: ONNX (dynamo, opset 18, one file) and a torch.export program."""
     batch = {"x": {0: torch.export.Dim("batch")}}
     model.eval()
-    torch.onnx.export(model, (example,), onnx_path, dynamo=True, external_data=False, dynamic_shapes=batch,
-                      input_names=["x"], verbose=False)
+    torch.onnx.export(
+        model, (example,), onnx_path, dynamo=True, external_data=False, dynamic_shapes=batch, input_names=["x"], verbose=False
+    )
     torch.export.save(torch.export.export(model, (example,), dynamic_shapes=batch), pt2_path)

@@ -29,8 +29,17 @@ PAST_BUDGET_SLACK_MS = 1.0
 IDLE_REOPEN_S = 1.0  # an idle connection the server closed is reopened after this long
 
 
-async def _client(host: str, port: int, path: str, bodies: Sequence[bytes], offset: int, stop_at: float,
-                   budget: list[int], records: list[tuple[int, float]], polite: bool = False) -> None:
+async def _client(
+    host: str,
+    port: int,
+    path: str,
+    bodies: Sequence[bytes],
+    offset: int,
+    stop_at: float,
+    budget: list[int],
+    records: list[tuple[int, float]],
+    polite: bool = False,
+) -> None:
     prefix = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: ".encode()
     reader = writer = None
     i = offset
@@ -84,8 +93,18 @@ async def _idle(host: str, port: int, half_head: bool, stop_at: float, reopened:
         await asyncio.sleep(min(IDLE_REOPEN_S, max(0.0, stop_at - time.perf_counter())))
 
 
-def run_phase(host: str, port: int, path: str, bodies: Sequence[bytes], clients: int, seconds: float,
-              max_requests: int, idle: int = 0, server: Any = None, polite: bool = False) -> dict[str, Any]:
+def run_phase(
+    host: str,
+    port: int,
+    path: str,
+    bodies: Sequence[bytes],
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    idle: int = 0,
+    server: Any = None,
+    polite: bool = False,
+) -> dict[str, Any]:
     """``clients`` closed-loop clients (and ``idle`` idle connections) for ``seconds``; returns the records.
 
     ``server`` (a psutil.Process) adds the server's CPU use; the load generator's own is always recorded:
@@ -101,8 +120,9 @@ def run_phase(host: str, port: int, path: str, bodies: Sequence[bytes], clients:
         if idle:
             await asyncio.sleep(1.0)  # let them connect before the real clients start
         t0 = time.perf_counter()
-        await asyncio.gather(*(_client(host, port, path, bodies, k * 7919, stop_at, budget, records, polite)
-                               for k in range(clients)))
+        await asyncio.gather(
+            *(_client(host, port, path, bodies, k * 7919, stop_at, budget, records, polite) for k in range(clients))
+        )
         wall = time.perf_counter() - t0
         await asyncio.gather(*idlers)
         return wall
@@ -114,8 +134,13 @@ def run_phase(host: str, port: int, path: str, bodies: Sequence[bytes], clients:
     if server is not None:
         server1 = server.cpu_times()
         server_cpu = 100.0 * (server1.user + server1.system - server0.user - server0.system) / wall
-    return {"records": records, "wall_s": wall, "idle_reopened": reopened[0], "client_cpu_percent": client_cpu,
-            "server_cpu_percent": server_cpu}
+    return {
+        "records": records,
+        "wall_s": wall,
+        "idle_reopened": reopened[0],
+        "client_cpu_percent": client_cpu,
+        "server_cpu_percent": server_cpu,
+    }
 
 
 def summarize(phase: dict[str, Any], budget_ms: float) -> dict[str, Any]:

@@ -32,15 +32,23 @@ def add_input_args(parser: argparse.ArgumentParser, data: bool = True) -> None:
     """--bundle, --data, --synthetic and --json."""
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle directory or .zip (default: the demo's)")
     if data:
-        parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=".npz with x (raw inputs) and y (default: the demo's)")
+        parser.add_argument(
+            "--data", type=Path, default=DEFAULT_DATA, help=".npz with x (raw inputs) and y (default: the demo's)"
+        )
     parser.add_argument(
-        "--synthetic", type=int, nargs="+", default=None, metavar="H",
+        "--synthetic",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="H",
         help="use generated 4-member MNIST-size bundles of hidden width H instead (development; needs onnx)",
     )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
 
 
-def resolve_inputs(args: argparse.Namespace, tmp: Path, data: bool = True) -> tuple[Path, np.ndarray | None, np.ndarray | None, str]:
+def resolve_inputs(
+    args: argparse.Namespace, tmp: Path, data: bool = True
+) -> tuple[Path, np.ndarray | None, np.ndarray | None, str]:
     """(bundle path, x, y, description); exits 2 with one line when the demo's files are missing."""
     if args.synthetic is not None:
         return synthetic_bundle(tmp, args.synthetic[0])
@@ -63,13 +71,16 @@ def resolve_inputs(args: argparse.Namespace, tmp: Path, data: bool = True) -> tu
 def synthetic_bundle(tmp: Path, hidden: int, num_members: int = 4, n: int = 512) -> tuple[Path, np.ndarray, np.ndarray, str]:
     """A generated bundle in ``tmp`` plus inputs and labels (the full ensemble's answers)."""
     sys.path.insert(0, str(ROOT / "tests"))
+    import edge_runtime
     from onnx_members import make_bundle  # the test helper: onnx.helper graphs, no torch
 
-    import edge_runtime
-
     path = make_bundle(
-        tmp / f"synthetic_h{hidden}", num_members=num_members, input_shape=(784,), num_classes=10,
-        hidden=hidden, scales=[1.0 + 1.5 * k for k in range(num_members)],
+        tmp / f"synthetic_h{hidden}",
+        num_members=num_members,
+        input_shape=(784,),
+        num_classes=10,
+        hidden=hidden,
+        scales=[1.0 + 1.5 * k for k in range(num_members)],
     )
     x = np.random.default_rng(0).normal(size=(n, 784)).astype(np.float32)
     y = edge_runtime.load(path, warmup=0).evaluate_prefixes(x).labels[-1]

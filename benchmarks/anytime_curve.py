@@ -105,7 +105,9 @@ def _chain(bundle: Path) -> tuple[Manifest, list[Callable[[np.ndarray], None]]]:
     return manifest, [run_prefix(t) for t in range(1, manifest.num_members + 1)]
 
 
-def _time_interleaved(chains: dict[str, Callable[[np.ndarray], None]], rows: np.ndarray, requests: int, warmup: int, seed: int) -> dict[str, dict[str, float]]:
+def _time_interleaved(
+    chains: dict[str, Callable[[np.ndarray], None]], rows: np.ndarray, requests: int, warmup: int, seed: int
+) -> dict[str, dict[str, float]]:
     """Per chain: p10/p50/p90 latency (ms) of ``requests`` batch-1 calls, interleaved in shuffled order."""
     names = list(chains)
     order = random.Random(seed)
@@ -124,9 +126,7 @@ def _time_interleaved(chains: dict[str, Callable[[np.ndarray], None]], rows: np.
 
 
 def _prefix_rows(accuracy: list[float], latency: list[dict[str, float]]) -> list[dict[str, Any]]:
-    return [
-        {"members": t + 1, "accuracy": a, "latency_ms_p50": lat["p50"]} for t, (a, lat) in enumerate(zip(accuracy, latency))
-    ]
+    return [{"members": t + 1, "accuracy": a, "latency_ms_p50": lat["p50"]} for t, (a, lat) in enumerate(zip(accuracy, latency))]
 
 
 def run_dataset(
@@ -159,13 +159,19 @@ def run_dataset(
     nr_students, nr_report = timed("no_resched", lambda: no_resched_students(teacher, data, budgets, candidates[0], baseline_cfg))
     refined: Ensemble | None = None
     if refine_epochs:
-        refined = timed("bdistil_refined", lambda: progressive_ensemble(
-            teacher, data, ProgressiveConfig(members=members, refine_epochs=refine_epochs, **common)))
+        refined = timed(
+            "bdistil_refined",
+            lambda: progressive_ensemble(
+                teacher, data, ProgressiveConfig(members=members, refine_epochs=refine_epochs, **common)
+            ),
+        )
 
     # Export (every prefix gated: ORT chained == torch, accuracy on the test split).
     bundles: dict[str, Path] = {}
     accuracy: dict[str, list[float]] = {}
-    result = export_ensemble(bd.members, task, workdir / f"{spec}-bdistil", heldout=heldout, connections=bd.connections, combine="sum")
+    result = export_ensemble(
+        bd.members, task, workdir / f"{spec}-bdistil", heldout=heldout, connections=bd.connections, combine="sum"
+    )
     bundles["bdistil"], accuracy["bdistil"] = result.path, [g.onnx_accuracy for g in result.reports]
     result = export_ensemble(rs.members, task, workdir / f"{spec}-resched", heldout=heldout, combine="mean")
     bundles["resched"], accuracy["resched"] = result.path, [g.onnx_accuracy for g in result.reports]
@@ -178,7 +184,9 @@ def run_dataset(
     bundles["teacher"] = teacher_export.path
     accuracy["teacher"] = [teacher_export.reports[0].onnx_accuracy]
     if refined is not None:
-        result = export_ensemble(refined.members, task, workdir / f"{spec}-refined", heldout=heldout, connections=refined.connections)
+        result = export_ensemble(
+            refined.members, task, workdir / f"{spec}-refined", heldout=heldout, connections=refined.connections
+        )
         bundles["bdistil_refined"], accuracy["bdistil_refined"] = result.path, [g.onnx_accuracy for g in result.reports]
 
     chains: dict[str, Callable[[np.ndarray], None]] = {}
@@ -215,8 +223,12 @@ def run_dataset(
         "total_seconds": round(time.perf_counter() - started, 1),
         "process_cpu_seconds_so_far": round(sum(psutil.Process().cpu_times()[:2]), 1),
         "load_average_before_after_timing": [load_before, load_after],
-        "reports": {"bdistil": bd.report.to_dict(), "resched": rs.report.to_dict(), "no_resched": nr_report.to_dict(),
-                    **({"bdistil_refined": refined.report.to_dict()} if refined is not None else {})},
+        "reports": {
+            "bdistil": bd.report.to_dict(),
+            "resched": rs.report.to_dict(),
+            "no_resched": nr_report.to_dict(),
+            **({"bdistil_refined": refined.report.to_dict()} if refined is not None else {}),
+        },
     }
     return out, details
 
@@ -224,8 +236,10 @@ def run_dataset(
 def _print_table(result: dict[str, Any], details: dict[str, Any]) -> None:
     lat = details["latency_ms"]
     teacher = result["teacher"]
-    print(f"\n== {result['dataset']}: teacher accuracy {100 * teacher['accuracy']:.2f}%, latency p50 "
-          f"{teacher['latency_ms_p50']:.3f} ms (p10-p90 {lat['teacher:1']['p10']:.3f}-{lat['teacher:1']['p90']:.3f})")
+    print(
+        f"\n== {result['dataset']}: teacher accuracy {100 * teacher['accuracy']:.2f}%, latency p50 "
+        f"{teacher['latency_ms_p50']:.3f} ms (p10-p90 {lat['teacher:1']['p10']:.3f}-{lat['teacher:1']['p90']:.3f})"
+    )
     methods = ["bdistil", "resched", "no_resched"] + (["bdistil_refined"] if "bdistil_refined" in details["accuracy"] else [])
     print(f"{'t':>2} " + " ".join(f"{m:>34}" for m in methods))
     for t in range(len(result["methods"]["bdistil"])):
@@ -237,10 +251,15 @@ def _print_table(result: dict[str, Any], details: dict[str, Any]) -> None:
         print(f"{t + 1:>2} " + " ".join(f"{c:>34}" for c in cells))
     bd = result["methods"]["bdistil"]
     per_member = [lat[f"bdistil:{t + 1}"]["p50"] - (lat[f"bdistil:{t}"]["p50"] if t else 0.0) for t in range(len(bd))]
-    print("bdistil member latency increments p50 (ms): " + ", ".join(f"{v:.3f}" for v in per_member)
-          + f"; teacher/4 = {teacher['latency_ms_p50'] / 4:.3f}")
-    print(f"build seconds {details['build_seconds']}, data set total {details['total_seconds']} s, "
-          f"load average before/after timing {details['load_average_before_after_timing']}")
+    print(
+        "bdistil member latency increments p50 (ms): "
+        + ", ".join(f"{v:.3f}" for v in per_member)
+        + f"; teacher/4 = {teacher['latency_ms_p50'] / 4:.3f}"
+    )
+    print(
+        f"build seconds {details['build_seconds']}, data set total {details['total_seconds']} s, "
+        f"load average before/after timing {details['load_average_before_after_timing']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,21 +274,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a shared 2-core machine: one thread for training, one for ORT
     info = device_info()
-    print(f"device: {info['cpu_model']}, {info['logical_cores']} logical cores, onnxruntime {info['onnxruntime']}, "
-          f"torch {torch.__version__}; ORT intra-op threads 1, sequential, no spinning; batch 1; "
-          f"load average at start {os.getloadavg()}, cpu {psutil.cpu_percent(interval=0.5)}%")
+    print(
+        f"device: {info['cpu_model']}, {info['logical_cores']} logical cores, onnxruntime {info['onnxruntime']}, "
+        f"torch {torch.__version__}; ORT intra-op threads 1, sequential, no spinning; batch 1; "
+        f"load average at start {os.getloadavg()}, cpu {psutil.cpu_percent(interval=0.5)}%"
+    )
     results, details = [], []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="anytime_curve_") as tmp:
         for spec in args.data:
-            result, detail = run_dataset(spec, args.members, args.requests, args.refine_epochs, args.seed, Path(tmp),
-                                         lambda line: print(line, file=sys.stderr, flush=True))
+            result, detail = run_dataset(
+                spec,
+                args.members,
+                args.requests,
+                args.refine_epochs,
+                args.seed,
+                Path(tmp),
+                lambda line: print(line, file=sys.stderr, flush=True),
+            )
             _print_table(result, detail)
             results.append(result)
             details.append(detail)
     cpu = psutil.Process().cpu_times()
-    print(f"\ntotal {time.perf_counter() - started:.0f} s wall, {cpu.user + cpu.system:.0f} s CPU of this process "
-          f"(the gap is time the shared machine gave to other processes); load average now {os.getloadavg()}")
+    print(
+        f"\ntotal {time.perf_counter() - started:.0f} s wall, {cpu.user + cpu.system:.0f} s CPU of this process "
+        f"(the gap is time the shared machine gave to other processes); load average now {os.getloadavg()}"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -105,8 +105,9 @@ def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
-def build(full: Dataset, loaded: Any, sched: Schedule, members: int, args: argparse.Namespace, work: Path,
-          timings: dict[str, float]) -> tuple[dict[str, Path], dict[str, list[float]], dict[str, Any]]:
+def build(
+    full: Dataset, loaded: Any, sched: Schedule, members: int, args: argparse.Namespace, work: Path, timings: dict[str, float]
+) -> tuple[dict[str, Path], dict[str, list[float]], dict[str, Any]]:
     """Train and export every candidate; returns (bundle paths, test accuracy per prefix, build reports)."""
     teacher = loaded.module
     data = limit_training(full, sched.limit_train)
@@ -121,14 +122,28 @@ def build(full: Dataset, loaded: Any, sched: Schedule, members: int, args: argpa
         paths[name] = result.path
         acc[name] = [g.onnx_accuracy for g in result.reports]
 
-    keep("teacher", _timed(timings, "export teacher", lambda: export_model(teacher, task, work / "teacher", heldout=heldout, name="teacher")))
-    _timed(timings, "teacher logits (cached on disk)", lambda: (predict_logits(teacher, data.x_train), predict_logits(teacher, data.x_val)))
+    keep(
+        "teacher",
+        _timed(timings, "export teacher", lambda: export_model(teacher, task, work / "teacher", heldout=heldout, name="teacher")),
+    )
+    _timed(
+        timings,
+        "teacher logits (cached on disk)",
+        lambda: (predict_logits(teacher, data.x_train), predict_logits(teacher, data.x_val)),
+    )
 
-    bd = _timed(timings, "bdistil", lambda: progressive_ensemble(
-        teacher, data, ProgressiveConfig(members=members, sizing=args.sizing, **common)))
+    bd = _timed(
+        timings,
+        "bdistil",
+        lambda: progressive_ensemble(teacher, data, ProgressiveConfig(members=members, sizing=args.sizing, **common)),
+    )
     reports["bdistil"] = bd.report.to_dict()
-    keep("bdistil", export_ensemble(bd.members, task, work / "bdistil", heldout=heldout, connections=bd.connections,
-                                    combine="sum", name="bdistil"))
+    keep(
+        "bdistil",
+        export_ensemble(
+            bd.members, task, work / "bdistil", heldout=heldout, connections=bd.connections, combine="sum", name="bdistil"
+        ),
+    )
     sizes = [m.candidate for m in bd.report.members]
     base = BaselineConfig(**common)
     rs = _timed(timings, "resched", lambda: resched_ensemble(teacher, data, sizes, base))
@@ -138,13 +153,16 @@ def build(full: Dataset, loaded: Any, sched: Schedule, members: int, args: argpa
     nr, nr_report = _timed(timings, "no_resched", lambda: no_resched_students(teacher, data, cumulative, sizes[0], base))
     reports["no_resched"] = nr_report.to_dict()
     for t, student in enumerate(nr):
-        keep(f"no_resched_t{t + 1}", export_model(student, task, work / f"no_resched_t{t + 1}", heldout=heldout,
-                                                  name=f"no_resched_t{t + 1}"))
+        keep(
+            f"no_resched_t{t + 1}",
+            export_model(student, task, work / f"no_resched_t{t + 1}", heldout=heldout, name=f"no_resched_t{t + 1}"),
+        )
 
     def lowrank() -> Any:
         try:
-            return lowrank_student(teacher, data, LowRankConfig(speedup=args.lowrank_speedup, epochs=sched.epochs, lr=1e-3,
-                                                                seed=args.seed))
+            return lowrank_student(
+                teacher, data, LowRankConfig(speedup=args.lowrank_speedup, epochs=sched.epochs, lr=1e-3, seed=args.seed)
+            )
         except TrainingError as exc:  # a busy machine may time no rank fast enough
             _log(f"low-rank speed-up search failed ({exc}); rank 16")
             return lowrank_student(teacher, data, LowRankConfig(rank=16, epochs=sched.epochs, lr=1e-3, seed=args.seed))
@@ -152,8 +170,11 @@ def build(full: Dataset, loaded: Any, sched: Schedule, members: int, args: argpa
     student, report = _timed(timings, "lowrank", lowrank)
     reports["lowrank"] = report.to_dict()
     keep("lowrank", export_model(student, task, work / "lowrank", heldout=heldout, name="lowrank"))
-    student, report = _timed(timings, "channels", lambda: channel_student(
-        teacher, data, args.keep, epochs=sched.epochs, limit=len(data.x_train), seed=args.seed))
+    student, report = _timed(
+        timings,
+        "channels",
+        lambda: channel_student(teacher, data, args.keep, epochs=sched.epochs, limit=len(data.x_train), seed=args.seed),
+    )
     reports["channels"] = report.to_dict() if hasattr(report, "to_dict") else repr(report)
     keep("channels", export_model(student, task, work / "channels", heldout=heldout, name="channels"))
     (work / "reports.json").write_text(json.dumps(reports, indent=1, default=str) + "\n")
@@ -167,8 +188,10 @@ def reuse(full: Dataset, work: Path) -> tuple[dict[str, Path], dict[str, list[fl
     if missing:
         raise SystemExit(f"--reuse: {work} lacks the bundles {sorted(missing)}; run once without --reuse")
     x_test = full.raw(full.x_test)
-    acc = {k: [float(a) for a in edge_runtime.load(p, warmup=0).evaluate_prefixes(x_test).accuracy(full.y_test)]
-           for k, p in paths.items()}
+    acc = {
+        k: [float(a) for a in edge_runtime.load(p, warmup=0).evaluate_prefixes(x_test).accuracy(full.y_test)]
+        for k, p in paths.items()
+    }
     reports_file = work / "reports.json"
     return paths, acc, json.loads(reports_file.read_text()) if reports_file.is_file() else {}
 
@@ -200,8 +223,12 @@ def budget_runs(runtime: Any, x: np.ndarray, y: np.ndarray, budget: float) -> di
         late = wall > budget
         forced += int(late and answer.members_used == 1)  # member 1 alone over budget: not the policy's choice
         missed += int(late and answer.members_used > 1)
-    return {"accuracy": correct / len(x), "mean_members": float(members.mean()), "miss_rate": missed / len(x),
-            "forced_miss_rate": forced / len(x)}
+    return {
+        "accuracy": correct / len(x),
+        "mean_members": float(members.mean()),
+        "miss_rate": missed / len(x),
+        "forced_miss_rate": forced / len(x),
+    }
 
 
 def entropy_vs_teacher(runtime: Any, teacher: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -219,21 +246,33 @@ def entropy_vs_teacher(runtime: Any, teacher: Any, x: np.ndarray, y: np.ndarray)
                 members.append(answer.members_used)
             else:
                 teacher_correct += int(answer.label == y[i])
-    return {"threshold": float(runtime.manifest.calibration.entropy_threshold), "accuracy": correct / len(x),
-            "mean_ms": float(np.mean(ours)), "teacher_mean_ms": float(np.mean(theirs)),
-            "teacher_accuracy": teacher_correct / len(x), "mean_members": float(np.mean(members)),
-            "p50_ms": float(np.median(ours)), "teacher_p50_ms": float(np.median(theirs))}
+    return {
+        "threshold": float(runtime.manifest.calibration.entropy_threshold),
+        "accuracy": correct / len(x),
+        "mean_ms": float(np.mean(ours)),
+        "teacher_mean_ms": float(np.mean(theirs)),
+        "teacher_accuracy": teacher_correct / len(x),
+        "mean_members": float(np.mean(members)),
+        "p50_ms": float(np.median(ours)),
+        "teacher_p50_ms": float(np.median(theirs)),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     full = load_dataset(args.data, seed=args.seed)
-    loaded = _timed(timings, "teacher (cached or trained)", lambda: load_teacher("auto", full, runs_dir=args.runs, progress=False))
+    loaded = _timed(
+        timings, "teacher (cached or trained)", lambda: load_teacher("auto", full, runs_dir=args.runs, progress=False)
+    )
     sched = SCHEDULES.get(full.name, SCHEDULES["mnist"])
     if args.limit_train is not None or args.epochs is not None:
-        sched = Schedule(limit_train=args.limit_train or sched.limit_train, epochs=args.epochs or sched.epochs,
-                         lr=sched.lr, batch_size=sched.batch_size)
+        sched = Schedule(
+            limit_train=args.limit_train or sched.limit_train,
+            epochs=args.epochs or sched.epochs,
+            lr=sched.lr,
+            batch_size=sched.batch_size,
+        )
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="anytime_value_"))
     if args.reuse:
         paths, acc, reports = _timed(timings, "reuse bundles", lambda: reuse(full, work))
@@ -245,7 +284,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     x_run, y_run = x_test[:n], y_test[:n]
 
     singles = [k for k in paths if k != "teacher" and k not in ("bdistil", "resched")]
-    profiles = _timed(timings, "profile singles", lambda: profile_all({k: paths[k] for k in ["teacher", *singles]}, x_val, args.profile_seconds))
+    profiles = _timed(
+        timings, "profile singles", lambda: profile_all({k: paths[k] for k in ["teacher", *singles]}, x_val, args.profile_seconds)
+    )
     cheap = [k for k in singles if _p(profiles[k], 0, "p50") < 0.8 * _p(profiles["teacher"], 0, "p50")]
     val_acc = {k: float(edge_runtime.load(paths[k], warmup=0).evaluate_prefixes(x_val).accuracy(y_val)[0]) for k in cheap}
     cheap = sorted(cheap, key=lambda k: -val_acc[k])[: args.cascades]  # chosen on validation, not test
@@ -253,23 +294,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         paths[f"cascade_{k}"] = compose_cascade([paths[k], paths["teacher"]], work / f"cascade_{k}", name=f"cascade_{k}").path
         acc[f"cascade_{k}"] = [acc[k][0], acc["teacher"][0]]
     anytime = ["bdistil", "resched", *[f"cascade_{k}" for k in cheap]]
-    profiles.update(_timed(timings, "profile anytime", lambda: profile_all({k: paths[k] for k in anytime}, x_val, args.profile_seconds)))
+    profiles.update(
+        _timed(timings, "profile anytime", lambda: profile_all({k: paths[k] for k in anytime}, x_val, args.profile_seconds))
+    )
 
     def calibrate_all() -> dict[str, Any]:
         out = {}
         for k in anytime:
-            cal = calibrate(edge_runtime.load(paths[k], warmup=0), x_val, y_val, CalibrationTarget(accuracy_drop=args.accuracy_drop))
+            cal = calibrate(
+                edge_runtime.load(paths[k], warmup=0), x_val, y_val, CalibrationTarget(accuracy_drop=args.accuracy_drop)
+            )
             save_calibration(paths[k], cal)
             out[k] = {"threshold": cal.entropy_threshold, "validation_accuracy": cal.accuracy, "mean_members": cal.mean_members}
         return out
 
     calibration = _timed(timings, "calibrate", calibrate_all)
     teacher = profiles["teacher"]
-    candidates = [{"name": k, "kind": "single", "accuracy": acc[k][0], "p50_ms": _p(profiles[k], 0, "p50"),
-                   "p99_ms": _p(profiles[k], 0, "p99")} for k in ["teacher", *singles]]
-    candidates += [{"name": k, "kind": "anytime", "accuracy": acc[k][-1], "p50_ms": _p(profiles[k], -1, "p50"),
-                    "p99_ms": _p(profiles[k], -1, "p99"), "members": len(acc[k]), "prefix_accuracy": acc[k],
-                    "prefix_p50_ms": [p["latency_ms"]["p50"] for p in profiles[k]["prefixes"]]} for k in anytime]
+    candidates = [
+        {
+            "name": k,
+            "kind": "single",
+            "accuracy": acc[k][0],
+            "p50_ms": _p(profiles[k], 0, "p50"),
+            "p99_ms": _p(profiles[k], 0, "p99"),
+        }
+        for k in ["teacher", *singles]
+    ]
+    candidates += [
+        {
+            "name": k,
+            "kind": "anytime",
+            "accuracy": acc[k][-1],
+            "p50_ms": _p(profiles[k], -1, "p50"),
+            "p99_ms": _p(profiles[k], -1, "p99"),
+            "members": len(acc[k]),
+            "prefix_accuracy": acc[k],
+            "prefix_p50_ms": [p["latency_ms"]["p50"] for p in profiles[k]["prefixes"]],
+        }
+        for k in anytime
+    ]
     low = min(_p(profiles[k], 0, "p99") for k in anytime)
     high = _p(teacher, 0, "p99")
     budgets_ms = [float(b) for b in np.linspace(low, high, BUDGETS)]
@@ -280,9 +343,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for budget in budgets_ms:
             fits = [c for c in candidates if c["kind"] == "single" and c["p99_ms"] <= budget]
             best = max(fits, key=lambda c: (c["accuracy"], -c["p50_ms"])) if fits else None
-            row = {"budget_ms": round(budget, 4),
-                   "best_single": {"name": best["name"], "accuracy": best["accuracy"]} if best else {"name": None, "accuracy": None},
-                   "anytime": []}
+            row = {
+                "budget_ms": round(budget, 4),
+                "best_single": {"name": best["name"], "accuracy": best["accuracy"]} if best else {"name": None, "accuracy": None},
+                "anytime": [],
+            }
             for k in anytime:
                 row["anytime"].append({"name": k, **budget_runs(runtimes[k], x_run, y_run, budget)})
             top = max(row["anytime"], key=lambda r: r["accuracy"])
@@ -299,12 +364,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _log(f"entropy exit {k}: {entropy[-1]}")
 
     _timed(timings, "entropy exit runs", all_entropy)
-    curve = [{"t": t + 1, "bdistil": acc["bdistil"][t], "resched": acc["resched"][t],
-              "no_resched": acc[f"no_resched_t{t + 1}"][0] if f"no_resched_t{t + 1}" in acc else None,
-              "p50_ms": _p(profiles["bdistil"], t, "p50"),
-              "resched_p50_ms": _p(profiles["resched"], t, "p50"),
-              "no_resched_p50_ms": _p(profiles[f"no_resched_t{t + 1}"], 0, "p50") if f"no_resched_t{t + 1}" in profiles else None}
-             for t in range(len(acc["bdistil"]))]
+    curve = [
+        {
+            "t": t + 1,
+            "bdistil": acc["bdistil"][t],
+            "resched": acc["resched"][t],
+            "no_resched": acc[f"no_resched_t{t + 1}"][0] if f"no_resched_t{t + 1}" in acc else None,
+            "p50_ms": _p(profiles["bdistil"], t, "p50"),
+            "resched_p50_ms": _p(profiles["resched"], t, "p50"),
+            "no_resched_p50_ms": _p(profiles[f"no_resched_t{t + 1}"], 0, "p50") if f"no_resched_t{t + 1}" in profiles else None,
+        }
+        for t in range(len(acc["bdistil"]))
+    ]
     return {
         "dataset": full.name,
         "device": {**device_info(), "load_average_end": os.getloadavg()},
@@ -314,11 +385,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "entropy_exit": entropy,
         "bdistil_curve": curve,
         "details": {
-            "schedule": sched.__dict__, "train_rows": min(len(full.x_train), sched.limit_train or len(full.x_train)),
-            "test_rows_run": n, "reused_bundles": args.reuse, "members": args.members, "sizing": args.sizing, "calibration": calibration,
-            "accuracy_drop": args.accuracy_drop, "teacher_metrics": loaded.metrics, "build_seconds": timings,
+            "schedule": sched.__dict__,
+            "train_rows": min(len(full.x_train), sched.limit_train or len(full.x_train)),
+            "test_rows_run": n,
+            "reused_bundles": args.reuse,
+            "members": args.members,
+            "sizing": args.sizing,
+            "calibration": calibration,
+            "accuracy_drop": args.accuracy_drop,
+            "teacher_metrics": loaded.metrics,
+            "build_seconds": timings,
             "total_seconds": round(time.perf_counter() - started, 1),
-            "cpu_seconds": round(sum(psutil.Process().cpu_times()[:2]), 1), "reports": reports,
+            "cpu_seconds": round(sum(psutil.Process().cpu_times()[:2]), 1),
+            "reports": reports,
             "bundles": {k: str(v) for k, v in paths.items()},
         },
     }
@@ -334,17 +413,23 @@ def print_table(result: dict[str, Any]) -> None:
     for row in result["budgets"]:
         best = row["best_single"]
         single = f"{best['name']} {100 * best['accuracy']:.2f}%" if best["name"] else "none fits"
-        cells = ", ".join(f"{a['name']} {100 * a['accuracy']:.2f}% ({a['mean_members']:.2f} m, miss {100 * a['miss_rate']:.2f}%)"
-                          for a in row["anytime"])
+        cells = ", ".join(
+            f"{a['name']} {100 * a['accuracy']:.2f}% ({a['mean_members']:.2f} m, miss {100 * a['miss_rate']:.2f}%)"
+            for a in row["anytime"]
+        )
         print(f"  {row['budget_ms']:.3f} ms: single {single} | {cells}")
     print("entropy exit vs teacher (alternating requests, wall ms):")
     for e in result["entropy_exit"]:
-        print(f"  {e['name']:<28} {100 * e['accuracy']:.2f}% mean {e['mean_ms']:.3f} ms vs teacher {e['teacher_mean_ms']:.3f} ms "
-              f"({e['mean_ms'] / e['teacher_mean_ms']:.0%}), {e['mean_members']:.2f} members, threshold {e['threshold']:.3g}")
+        print(
+            f"  {e['name']:<28} {100 * e['accuracy']:.2f}% mean {e['mean_ms']:.3f} ms vs teacher {e['teacher_mean_ms']:.3f} ms "
+            f"({e['mean_ms'] / e['teacher_mean_ms']:.0%}), {e['mean_members']:.2f} members, threshold {e['threshold']:.3g}"
+        )
     print("B-DISTIL curve (test accuracy; profiled p50 ms):")
     for c in result["bdistil_curve"]:
         nr = f"{100 * c['no_resched']:.2f}%" if c["no_resched"] is not None else "-"
-        print(f"  t={c['t']}: bdistil {100 * c['bdistil']:.2f}% ({c['p50_ms']:.3f} ms)  resched {100 * c['resched']:.2f}%  no_resched {nr}")
+        print(
+            f"  t={c['t']}: bdistil {100 * c['bdistil']:.2f}% ({c['p50_ms']:.3f} ms)  resched {100 * c['resched']:.2f}%  no_resched {nr}"
+        )
     print(f"build seconds {result['details']['build_seconds']}; total {result['details']['total_seconds']} s")
 
 
@@ -363,11 +448,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-seconds", type=float, default=2.0)
     parser.add_argument("--runs", default="runs", help="teacher and logit caches")
     parser.add_argument("--workdir", help="keep the bundles here (default: a temporary directory)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="measure the bundles an earlier run left in --workdir instead of training (e.g. on an idle machine)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for training (default 1: on this shared 2-core machine a ResNet-16 trained at "
-                        "287 images/s with 1 thread and 52 with 2, the two threads waiting on each other under load)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="measure the bundles an earlier run left in --workdir instead of training (e.g. on an idle machine)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for training (default 1: on this shared 2-core machine a ResNet-16 trained at "
+        "287 images/s with 1 thread and 52 with 2, the two threads waiting on each other under load)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

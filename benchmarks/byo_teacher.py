@@ -55,9 +55,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "byo")
     parser.add_argument("--width", type=int, default=32, help="the user's ResNet width (default 32, as in the case)")
     parser.add_argument("--epochs", type=int, default=15, help="the user's training epochs (default 15, as in the case)")
-    parser.add_argument("--lowrank-rank", type=int, default=16,
-                        help="one fixed rank for every teacher's low-rank student (0: the demo's timed 2x search, which "
-                        "picks different ranks on a loaded machine; default 16)")
+    parser.add_argument(
+        "--lowrank-rank",
+        type=int,
+        default=16,
+        help="one fixed rank for every teacher's low-rank student (0: the demo's timed 2x search, which "
+        "picks different ranks on a loaded machine; default 16)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     data = load_dataset(args.data)
@@ -72,36 +76,56 @@ def main() -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         files["onnx"], files["pt2"] = str(args.out / "user_resnet.onnx"), str(args.out / "user_resnet.pt2")
         save_user_files(model, torch.from_numpy(data.raw(data.x_val[:2])), files["onnx"], files["pt2"])
-        print(f"user's ResNet (width {args.width}, {args.epochs} epochs on the training split): test {100 * user_test_accuracy:.2f}%")
+        print(
+            f"user's ResNet (width {args.width}, {args.epochs} epochs on the training split): test {100 * user_test_accuracy:.2f}%"
+        )
     rows = []
     for kind in args.teachers:
         started = time.perf_counter()
-        report = run_demo(DemoConfig(data=args.data, teacher=files[kind], out=args.out / f"demo-{data.name}-{kind}",
-                                     runs_dir=args.out / "runs", lowrank_rank=args.lowrank_rank, progress=False),
-                          say=lambda line: None)
+        report = run_demo(
+            DemoConfig(
+                data=args.data,
+                teacher=files[kind],
+                out=args.out / f"demo-{data.name}-{kind}",
+                runs_dir=args.out / "runs",
+                lowrank_rank=args.lowrank_rank,
+                progress=False,
+            ),
+            say=lambda line: None,
+        )
         by_name = {c["name"]: c for c in report["candidates"]}
-        rows.append({
-            "teacher": kind,
-            "teacher_accuracy": by_name["teacher"]["accuracy"],
-            "bdistil_prefixes": [p["accuracy"] for p in report["anytime_curve"]],
-            "lowrank": by_name["lowrank"]["accuracy"],
-            "lowrank_rank": args.lowrank_rank or "searched",
-            "fcpts": by_name["sparse"]["accuracy"],
-            "latency_ms_p50": {name: c["latency_ms_p50"] for name, c in by_name.items()},
-            "warnings": report["warnings"],
-            "seconds": round(time.perf_counter() - started, 1),
-            "step_seconds": report["seconds"],
-        })
+        rows.append(
+            {
+                "teacher": kind,
+                "teacher_accuracy": by_name["teacher"]["accuracy"],
+                "bdistil_prefixes": [p["accuracy"] for p in report["anytime_curve"]],
+                "lowrank": by_name["lowrank"]["accuracy"],
+                "lowrank_rank": args.lowrank_rank or "searched",
+                "fcpts": by_name["sparse"]["accuracy"],
+                "latency_ms_p50": {name: c["latency_ms_p50"] for name, c in by_name.items()},
+                "warnings": report["warnings"],
+                "seconds": round(time.perf_counter() - started, 1),
+                "step_seconds": report["seconds"],
+            }
+        )
         row = rows[-1]
-        print(f"{kind:5s} teacher {100 * row['teacher_accuracy']:.2f}%  B-DISTIL "
-              + " / ".join(f"{100 * a:.2f}" for a in row["bdistil_prefixes"])
-              + f"%  low-rank {100 * row['lowrank']:.2f}%  FCPTS {100 * row['fcpts']:.2f}%  ({row['seconds']:.0f} s)", flush=True)
+        print(
+            f"{kind:5s} teacher {100 * row['teacher_accuracy']:.2f}%  B-DISTIL "
+            + " / ".join(f"{100 * a:.2f}" for a in row["bdistil_prefixes"])
+            + f"%  low-rank {100 * row['lowrank']:.2f}%  FCPTS {100 * row['fcpts']:.2f}%  ({row['seconds']:.0f} s)",
+            flush=True,
+        )
         for line in row["warnings"]:
             print(f"      warning: {line}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "data": data.name,
-                                         "user_model_test_accuracy": user_test_accuracy, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"command": " ".join(sys.argv), "data": data.name, "user_model_test_accuracy": user_test_accuracy, "rows": rows},
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

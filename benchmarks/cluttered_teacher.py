@@ -89,8 +89,13 @@ def bench_training(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: 
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     # On a loaded machine wall time says how busy the others were; images per CPU-second times the
     # threads is what the same threads would do alone (an upper bound: it assumes perfect scaling).
-    return {"images": seen, "seconds": seconds, "cpu_seconds": cpu_seconds, "images_per_s": seen / seconds,
-            "images_per_cpu_s": seen / cpu_seconds}
+    return {
+        "images": seen,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "images_per_s": seen / seconds,
+        "images_per_cpu_s": seen / cpu_seconds,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,20 +136,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["training"]["projected_teacher_minutes_unloaded"] = epoch_images / unloaded / 60
 
     gen, t, lat = result["generation"], result["teacher"], result["teacher"]["ort_batch1_1thread_ms"]
-    print(f"device: {result['device']['cpu_model']}, load average {result['device']['load_average_1m']:.1f} at start (shared: noisy)")
-    print(table(["what", "value"], [
-        ["generate 70k images, s (median)", float(np.median(gen["generate_s"]))],
-        ["cache " + ("hit" if gen["first_cached_call_was_hit"] else "write") + " + hit, s",
-         f"{gen['first_cached_call_s']:.2f} / {gen['cache_hit_s']:.2f} ({gen['cache_mb']:.0f} MB)"],
-        ["load_dataset('cluttered-mnist'), s", result["load_dataset_s"]],
-        ["teacher", f"{cfg.family} w{cfg.width} x {cfg.depth} stages, {cfg.epochs} epochs"],
-        ["teacher params / MACs", f"{t['params']:,} / {t['macs'] / 1e6:.1f} M"],
-        ["ORT batch 1, 1 thread, ms p50 / p99", f"{lat['p50']:.3f} / {lat['p99']:.3f} ({lat['queries']} queries)"],
-        [f"training, images/s ({args.threads} threads, batch {args.batch})", result["training"]["images_per_s"]],
-        [f"  per CPU-second x {args.threads} threads (unloaded bound)", unloaded],
-        [f"projected teacher training ({epoch_images} images), min", result["training"]["projected_teacher_minutes"]],
-        ["  at the unloaded bound, min", result["training"]["projected_teacher_minutes_unloaded"]],
-    ]))
+    print(
+        f"device: {result['device']['cpu_model']}, load average {result['device']['load_average_1m']:.1f} at start (shared: noisy)"
+    )
+    print(
+        table(
+            ["what", "value"],
+            [
+                ["generate 70k images, s (median)", float(np.median(gen["generate_s"]))],
+                [
+                    "cache " + ("hit" if gen["first_cached_call_was_hit"] else "write") + " + hit, s",
+                    f"{gen['first_cached_call_s']:.2f} / {gen['cache_hit_s']:.2f} ({gen['cache_mb']:.0f} MB)",
+                ],
+                ["load_dataset('cluttered-mnist'), s", result["load_dataset_s"]],
+                ["teacher", f"{cfg.family} w{cfg.width} x {cfg.depth} stages, {cfg.epochs} epochs"],
+                ["teacher params / MACs", f"{t['params']:,} / {t['macs'] / 1e6:.1f} M"],
+                ["ORT batch 1, 1 thread, ms p50 / p99", f"{lat['p50']:.3f} / {lat['p99']:.3f} ({lat['queries']} queries)"],
+                [f"training, images/s ({args.threads} threads, batch {args.batch})", result["training"]["images_per_s"]],
+                [f"  per CPU-second x {args.threads} threads (unloaded bound)", unloaded],
+                [f"projected teacher training ({epoch_images} images), min", result["training"]["projected_teacher_minutes"]],
+                ["  at the unloaded bound, min", result["training"]["projected_teacher_minutes_unloaded"]],
+            ],
+        )
+    )
     write_json(args.json, result)
     return 0
 

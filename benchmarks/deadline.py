@@ -53,9 +53,18 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from _runtime_bench import add_input_args, busy_process, device_line, percentiles, pinned, resolve_inputs, table, workdir, write_json
-
 import edge_runtime
+from _runtime_bench import (
+    add_input_args,
+    busy_process,
+    device_line,
+    percentiles,
+    pinned,
+    resolve_inputs,
+    table,
+    workdir,
+    write_json,
+)
 
 CONDITIONS = ("none", "busy_same_core", "busy_other_core")
 PHASES = ("budgets", "spike", "late_member", "stop_latency")
@@ -73,12 +82,16 @@ def _reference(runtime: Any, samples: list[np.ndarray], n: int) -> dict[str, flo
         runtime.predict(x)
         full.append((time.perf_counter() - t) * 1e3)
     return {
-        "member1_ms_p50": float(np.median(first)), "member1_ms_p99": float(np.percentile(first, 99)),
-        "full_ms_p50": float(np.median(full)), "full_ms_p99": float(np.percentile(full, 99)),
+        "member1_ms_p50": float(np.median(first)),
+        "member1_ms_p99": float(np.percentile(first, 99)),
+        "full_ms_p50": float(np.median(full)),
+        "full_ms_p99": float(np.percentile(full, 99)),
     }
 
 
-def _condition(runtime: Any, samples: list[np.ndarray], y: np.ndarray, budgets: list[float], requests: int, settle: int) -> list[dict[str, Any]]:
+def _condition(
+    runtime: Any, samples: list[np.ndarray], y: np.ndarray, budgets: list[float], requests: int, settle: int
+) -> list[dict[str, Any]]:
     n_b = len(budgets)
     latency = np.empty((n_b, requests))
     used = np.empty((n_b, requests), dtype=np.int64)
@@ -126,7 +139,9 @@ def _miss(latency: np.ndarray, used: np.ndarray, budget: float, stopped: np.ndar
     return float((over & ~forced).mean()) if len(latency) else 0.0, float(forced.mean()) if len(latency) else 0.0
 
 
-def _spike_phase(runtime: Any, samples: list[np.ndarray], budget: float, quiet_s: float, busy_s: float, after_s: float) -> dict[str, Any]:
+def _spike_phase(
+    runtime: Any, samples: list[np.ndarray], budget: float, quiet_s: float, busy_s: float, after_s: float
+) -> dict[str, Any]:
     """Quiet / busy on every core / quiet, back-to-back requests; per-second figures and the recovery time."""
     cores = sorted(os.sched_getaffinity(0))
     t_req, used, latency = [], [], []
@@ -160,9 +175,21 @@ def _spike_phase(runtime: Any, samples: list[np.ndarray], budget: float, quiet_s
         if not m.any():
             continue
         miss, forced = _miss(lat_a[m], used_a[m], budget)
-        phase = "busy" if busy_start - start <= s0 + 0.5 < busy_end - start else ("before" if s0 + 0.5 < busy_start - start else "after")
-        seconds.append({"second": s0, "phase": phase, "requests": int(m.sum()), "mean_members": float(used_a[m].mean()),
-                        "miss_rate": miss, "forced_miss_rate": forced})
+        phase = (
+            "busy"
+            if busy_start - start <= s0 + 0.5 < busy_end - start
+            else ("before" if s0 + 0.5 < busy_start - start else "after")
+        )
+        seconds.append(
+            {
+                "second": s0,
+                "phase": phase,
+                "requests": int(m.sum()),
+                "mean_members": float(used_a[m].mean()),
+                "miss_rate": miss,
+                "forced_miss_rate": forced,
+            }
+        )
     before = (t >= 1.0) & (t < busy_start - start)  # the first second warms the estimator up
     level = float(used_a[before].mean()) if before.any() else float("nan")
     rel_end = busy_end - start
@@ -187,11 +214,22 @@ def _spike_phase(runtime: Any, samples: list[np.ndarray], budget: float, quiet_s
     phases = {}
     for name, m in (("before", before), ("busy", (t >= busy_start - start) & (t < rel_end)), ("after", t >= rel_end)):
         miss, forced = _miss(lat_a[m], used_a[m], budget)
-        phases[name] = {"requests": int(m.sum()), "mean_members": float(used_a[m].mean()) if m.any() else None,
-                        "miss_rate": miss, "forced_miss_rate": forced}
-    return {"budget_ms": budget, "busy_processes": len(cores), "pre_spike_mean_members": level, "recovery_s": recovery,
-            "recovery_tolerance_members": tolerance,
-            "phases": phases, "per_second": seconds, "estimator_after": runtime.latency_estimator.describe()}
+        phases[name] = {
+            "requests": int(m.sum()),
+            "mean_members": float(used_a[m].mean()) if m.any() else None,
+            "miss_rate": miss,
+            "forced_miss_rate": forced,
+        }
+    return {
+        "budget_ms": budget,
+        "busy_processes": len(cores),
+        "pre_spike_mean_members": level,
+        "recovery_s": recovery,
+        "recovery_tolerance_members": tolerance,
+        "phases": phases,
+        "per_second": seconds,
+        "estimator_after": runtime.latency_estimator.describe(),
+    }
 
 
 def _late_member_bundle(tmp: Path, members: int, depth: int, hidden: int) -> Path:
@@ -210,8 +248,9 @@ def _late_member_phase(tmp: Path, args: argparse.Namespace, core: int) -> dict[s
     path = _late_member_bundle(tmp, 4, args.late_depth, args.late_hidden)
     runtimes = {
         "stop": edge_runtime.load(path, entropy_threshold="off", latency_quantile=args.quantile),
-        "no_stop": edge_runtime.load(path, entropy_threshold="off", latency_quantile=args.quantile,
-                                     deadline=DeadlineConfig(in_flight_stop=False)),
+        "no_stop": edge_runtime.load(
+            path, entropy_threshold="off", latency_quantile=args.quantile, deadline=DeadlineConfig(in_flight_stop=False)
+        ),
     }
     samples = [np.random.default_rng(i).normal(size=(1, 784)).astype(np.float32) for i in range(64)]
     ref = _reference(runtimes["stop"], samples, 50)
@@ -226,7 +265,7 @@ def _late_member_phase(tmp: Path, args: argparse.Namespace, core: int) -> dict[s
             used = {k: [] for k in runtimes}
             stopped: dict[str, list[bool]] = {k: [] for k in runtimes}
             for r in range(-args.settle // 4, args.late_requests):
-                for name in (("stop", "no_stop") if r % 2 else ("no_stop", "stop")):
+                for name in ("stop", "no_stop") if r % 2 else ("no_stop", "stop"):
                     t = time.perf_counter()
                     (answer,) = runtimes[name].predict(samples[r % len(samples)], budget_ms=budget)
                     if r >= 0:
@@ -236,23 +275,36 @@ def _late_member_phase(tmp: Path, args: argparse.Namespace, core: int) -> dict[s
         for name, runtime in runtimes.items():
             la, ua, sa = np.array(lat[name]), np.array(used[name]), np.array(stopped[name], dtype=bool)
             miss, forced = _miss(la, ua, budget, sa)
-            rows.append({"contention": condition, "in_flight_stop": name == "stop", "budget_ms": budget, "requests": len(la),
-                         "miss_rate": miss, "forced_miss_rate": forced, "mean_members": float(ua.mean()),
-                         "stopped_rate": float(sa.mean()) if len(sa) else 0.0,
-                         "latency_ms": percentiles(la, (50, 99)) | {"max": float(la.max())},
-                         "watchdog": runtime.watchdog.describe()})
+            rows.append(
+                {
+                    "contention": condition,
+                    "in_flight_stop": name == "stop",
+                    "budget_ms": budget,
+                    "requests": len(la),
+                    "miss_rate": miss,
+                    "forced_miss_rate": forced,
+                    "mean_members": float(ua.mean()),
+                    "stopped_rate": float(sa.mean()) if len(sa) else 0.0,
+                    "latency_ms": percentiles(la, (50, 99)) | {"max": float(la.max())},
+                    "watchdog": runtime.watchdog.describe(),
+                }
+            )
     for runtime in runtimes.values():
         runtime.close()
-    return {"bundle": f"4 members, 784 -> {args.late_depth} x (MatMul {args.late_hidden}, Relu) -> 10", "reference_quiet": ref,
-            "budget_ms": budget, "latency_quantile": args.quantile, "results": rows}
+    return {
+        "bundle": f"4 members, 784 -> {args.late_depth} x (MatMul {args.late_hidden}, Relu) -> 10",
+        "reference_quiet": ref,
+        "budget_ms": budget,
+        "latency_quantile": args.quantile,
+        "results": rows,
+    }
 
 
 def _stop_latency_phase(tmp: Path, runs: int) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from onnx_members import deep_member_graph
-
     from edge_runtime.deadline import StoppedInFlight, Watchdog
     from edge_runtime.session import SessionConfig, create_session
+    from onnx_members import deep_member_graph
 
     feed = {"x": np.zeros((1, 784), np.float32), "prev_logits": np.zeros((1, 10), np.float32)}
     big = create_session(deep_member_graph(1, (784,), 10, hidden=128, depth=400), SessionConfig())
@@ -288,10 +340,15 @@ def _stop_latency_phase(tmp: Path, runs: int) -> dict[str, Any]:
         guard.run(tiny.run, None, feed, t + 10.0)  # type: ignore[arg-type]  # None: ORT returns every output
         guarded_us.append((time.perf_counter() - t) * 1e6)
     guard.close()
-    return {"graph": "808 nodes: 400 x (MatMul 128, Relu) + head", "run_ms_p50": run_p50, "runs": runs,
-            "finished_before_stop": finished, "watchdog": state,
-            "guard_cost_us_p50": float(np.median(guarded_us) - np.median(plain_us)),
-            "tiny_run_us_p50": float(np.median(plain_us))}
+    return {
+        "graph": "808 nodes: 400 x (MatMul 128, Relu) + head",
+        "run_ms_p50": run_p50,
+        "runs": runs,
+        "finished_before_stop": finished,
+        "watchdog": state,
+        "guard_cost_us_p50": float(np.median(guarded_us) - np.median(plain_us)),
+        "tiny_run_us_p50": float(np.median(plain_us)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,19 +357,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=["budgets"], help="what to run (default: budgets)")
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per budget and condition (default 2000)")
     parser.add_argument("--settle", type=int, default=200, help="untimed requests per budget when a condition starts")
-    parser.add_argument("--budgets", type=float, nargs="+", default=None, help="budgets in ms (default: derived from measured latencies)")
+    parser.add_argument(
+        "--budgets", type=float, nargs="+", default=None, help="budgets in ms (default: derived from measured latencies)"
+    )
     parser.add_argument("--num-budgets", type=int, default=6, help="how many budgets to derive (default 6)")
     parser.add_argument("--contention", nargs="+", choices=CONDITIONS, default=["none", "busy_same_core"])
-    parser.add_argument("--quantile", default="p99", choices=["p50", "p90", "p95", "p99"], help="latency quantile the runtime predicts with (default p99)")
-    parser.add_argument("--observed-quantile", type=float, default=None, help="override the quantile of observed latencies (experiments)")
+    parser.add_argument(
+        "--quantile",
+        default="p99",
+        choices=["p50", "p90", "p95", "p99"],
+        help="latency quantile the runtime predicts with (default p99)",
+    )
+    parser.add_argument(
+        "--observed-quantile", type=float, default=None, help="override the quantile of observed latencies (experiments)"
+    )
     parser.add_argument("--core", type=int, default=None, help="core for pinning (default: the last one this process may use)")
-    parser.add_argument("--spike-budget", type=float, default=None, help="spike: budget in ms (default 5x quiet full-ensemble p50)")
+    parser.add_argument(
+        "--spike-budget", type=float, default=None, help="spike: budget in ms (default 5x quiet full-ensemble p50)"
+    )
     parser.add_argument("--spike-quiet-s", type=float, default=3.0, help="spike: quiet seconds before the load (default 3)")
-    parser.add_argument("--spike-busy-s", type=float, default=3.0, help="spike: seconds with a busy process on every core (default 3)")
+    parser.add_argument(
+        "--spike-busy-s", type=float, default=3.0, help="spike: seconds with a busy process on every core (default 3)"
+    )
     parser.add_argument("--spike-after-s", type=float, default=5.0, help="spike: quiet seconds after the load (default 5)")
     parser.add_argument("--late-depth", type=int, default=300, help="late_member: layers per member (default 300)")
     parser.add_argument("--late-hidden", type=int, default=128, help="late_member: layer width (default 128)")
-    parser.add_argument("--late-budget", type=float, default=None, help="late_member: budget in ms (default 60%% of the full ensemble)")
+    parser.add_argument(
+        "--late-budget", type=float, default=None, help="late_member: budget in ms (default 60%% of the full ensemble)"
+    )
     parser.add_argument("--late-requests", type=int, default=1000, help="late_member: timed requests per runtime and condition")
     parser.add_argument("--stop-runs", type=int, default=500, help="stop_latency: stopped runs to time (default 500)")
     args = parser.parse_args(argv)
@@ -321,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     other = next((c for c in cores if c != core), None)
     dev = device_line()
     result: dict[str, Any] = {"benchmark": "deadline", "device": dev, "phases": args.phases}
-    print(f"deadline: device {dev['cpu_model']} ({dev['logical_cores']} logical cores, ORT {dev['onnxruntime']}), "
-          f"load average {dev['load_average_1m']:.2f}")
+    print(
+        f"deadline: device {dev['cpu_model']} ({dev['logical_cores']} logical cores, ORT {dev['onnxruntime']}), "
+        f"load average {dev['load_average_1m']:.2f}"
+    )
     with workdir() as tmp:
         if "budgets" in args.phases or "spike" in args.phases:
             path, x, y, description = resolve_inputs(args, tmp)
@@ -336,43 +410,103 @@ def main(argv: list[str] | None = None) -> int:
             if "spike" in args.phases:
                 spike_rt = edge_runtime.load(path, entropy_threshold="off", latency_quantile=args.quantile)
                 budget = args.spike_budget or 5 * reference["full_ms_p50"]
-                spike = result["spike"] = _spike_phase(spike_rt, samples, budget, args.spike_quiet_s, args.spike_busy_s, args.spike_after_s)
+                spike = result["spike"] = _spike_phase(
+                    spike_rt, samples, budget, args.spike_quiet_s, args.spike_busy_s, args.spike_after_s
+                )
                 spike_rt.close()
-                print(f"\nspike: budget {budget:.3f} ms, {spike['busy_processes']} busy processes for {args.spike_busy_s:g} s; "
-                      f"pre-spike mean members {spike['pre_spike_mean_members']:.2f} (noise band {spike['recovery_tolerance_members']:.2f}); "
-                      f"recovery {spike['recovery_s']:.1f} s (goal <= 2 s)")
-                print(table(["second", "phase", "requests", "mean members", "miss %", "forced miss %"],
-                            [[r["second"], r["phase"], r["requests"], r["mean_members"], 100 * r["miss_rate"], 100 * r["forced_miss_rate"]]
-                             for r in spike["per_second"]]))
+                print(
+                    f"\nspike: budget {budget:.3f} ms, {spike['busy_processes']} busy processes for {args.spike_busy_s:g} s; "
+                    f"pre-spike mean members {spike['pre_spike_mean_members']:.2f} (noise band {spike['recovery_tolerance_members']:.2f}); "
+                    f"recovery {spike['recovery_s']:.1f} s (goal <= 2 s)"
+                )
+                print(
+                    table(
+                        ["second", "phase", "requests", "mean members", "miss %", "forced miss %"],
+                        [
+                            [
+                                r["second"],
+                                r["phase"],
+                                r["requests"],
+                                r["mean_members"],
+                                100 * r["miss_rate"],
+                                100 * r["forced_miss_rate"],
+                            ]
+                            for r in spike["per_second"]
+                        ],
+                    )
+                )
             runtime.close()
         if "late_member" in args.phases:
             late = result["late_member"] = _late_member_phase(tmp, args, core)
-            print(f"\nlate_member: {late['bundle']}; quiet member 1 p50 {late['reference_quiet']['member1_ms_p50']:.3f} ms, "
-                  f"full p50 {late['reference_quiet']['full_ms_p50']:.3f} ms; budget {late['budget_ms']:.3f} ms; predicting with {args.quantile}")
-            print(table(["contention", "stop", "miss %", "forced miss %", "mean members", "stopped %", "lat p50", "lat p99", "lat max",
-                         "stop lat p50", "stop lat max"],
-                        [[r["contention"], r["in_flight_stop"], 100 * r["miss_rate"], 100 * r["forced_miss_rate"], r["mean_members"],
-                          100 * r["stopped_rate"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["latency_ms"]["max"],
-                          (r["watchdog"]["stop_latency_ms"] or {}).get("p50", "-"), (r["watchdog"]["stop_latency_ms"] or {}).get("max", "-")]
-                         for r in late["results"]]))
+            print(
+                f"\nlate_member: {late['bundle']}; quiet member 1 p50 {late['reference_quiet']['member1_ms_p50']:.3f} ms, "
+                f"full p50 {late['reference_quiet']['full_ms_p50']:.3f} ms; budget {late['budget_ms']:.3f} ms; predicting with {args.quantile}"
+            )
+            print(
+                table(
+                    [
+                        "contention",
+                        "stop",
+                        "miss %",
+                        "forced miss %",
+                        "mean members",
+                        "stopped %",
+                        "lat p50",
+                        "lat p99",
+                        "lat max",
+                        "stop lat p50",
+                        "stop lat max",
+                    ],
+                    [
+                        [
+                            r["contention"],
+                            r["in_flight_stop"],
+                            100 * r["miss_rate"],
+                            100 * r["forced_miss_rate"],
+                            r["mean_members"],
+                            100 * r["stopped_rate"],
+                            r["latency_ms"]["p50"],
+                            r["latency_ms"]["p99"],
+                            r["latency_ms"]["max"],
+                            (r["watchdog"]["stop_latency_ms"] or {}).get("p50", "-"),
+                            (r["watchdog"]["stop_latency_ms"] or {}).get("max", "-"),
+                        ]
+                        for r in late["results"]
+                    ],
+                )
+            )
             for r in late["results"]:
                 if r["in_flight_stop"]:
-                    print(f"  {r['contention']}: miss rate with in-flight stop {100 * r['miss_rate']:.2f}% "
-                          f"(goal <= 0.1%: {'met' if r['miss_rate'] <= 0.001 else 'missed'})")
+                    print(
+                        f"  {r['contention']}: miss rate with in-flight stop {100 * r['miss_rate']:.2f}% "
+                        f"(goal <= 0.1%: {'met' if r['miss_rate'] <= 0.001 else 'missed'})"
+                    )
         if "stop_latency" in args.phases:
             st = result["stop_latency"] = _stop_latency_phase(tmp, args.stop_runs)
             w = st["watchdog"]
-            print(f"\nstop_latency: {st['graph']}, run p50 {st['run_ms_p50']:.3f} ms; {w['stopped']} of {st['runs']} runs stopped")
+            print(
+                f"\nstop_latency: {st['graph']}, run p50 {st['run_ms_p50']:.3f} ms; {w['stopped']} of {st['runs']} runs stopped"
+            )
             for key in ("stop_latency_ms", "wake_late_ms"):
                 v = w[key] or {}
-                print(f"  {key}: p50 {v.get('p50', float('nan')):.3f}  p99 {v.get('p99', float('nan')):.3f}  max {v.get('max', float('nan')):.3f}")
+                print(
+                    f"  {key}: p50 {v.get('p50', float('nan')):.3f}  p99 {v.get('p99', float('nan')):.3f}  max {v.get('max', float('nan')):.3f}"
+                )
             print(f"  guarding a run costs {st['guard_cost_us_p50']:.1f} us (tiny member run {st['tiny_run_us_p50']:.1f} us)")
     write_json(args.json, result)
     return 0
 
 
-def _budgets_phase(runtime: Any, args: argparse.Namespace, samples: list[np.ndarray], y: np.ndarray, x: np.ndarray,
-                   reference: dict[str, float], core: int, other: int | None) -> dict[str, Any]:
+def _budgets_phase(
+    runtime: Any,
+    args: argparse.Namespace,
+    samples: list[np.ndarray],
+    y: np.ndarray,
+    x: np.ndarray,
+    reference: dict[str, float],
+    core: int,
+    other: int | None,
+) -> dict[str, Any]:
     if args.observed_quantile is not None:
         runtime.latency_estimator.quantile = args.observed_quantile
     prefix_accuracy = runtime.evaluate_prefixes(x).accuracy(y).tolist()
@@ -411,11 +545,31 @@ def _budgets_phase(runtime: Any, args: argparse.Namespace, samples: list[np.ndar
         f"quiet member 1 p50 {reference['member1_ms_p50']:.3f} ms, full ensemble p50 {reference['full_ms_p50']:.3f} ms "
         f"/ p99 {reference['full_ms_p99']:.3f} ms; prefix accuracy {', '.join(f'{a:.3f}' for a in prefix_accuracy)}"
     )
-    header = ["contention", "budget ms", "miss %", "forced miss %", "accuracy", "mean members", "lat p50", "lat p99", "lat max", "exits"]
+    header = [
+        "contention",
+        "budget ms",
+        "miss %",
+        "forced miss %",
+        "accuracy",
+        "mean members",
+        "lat p50",
+        "lat p99",
+        "lat max",
+        "exits",
+    ]
     rows_out = [
-        [r["contention"], r["budget_ms"], 100 * r["miss_rate"], 100 * r["forced_miss_rate"], r["accuracy"], r["mean_members"],
-         r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["latency_ms"]["max"],
-         " ".join(f"{k}:{v}" for k, v in sorted(r["exit_reasons"].items()))]
+        [
+            r["contention"],
+            r["budget_ms"],
+            100 * r["miss_rate"],
+            100 * r["forced_miss_rate"],
+            r["accuracy"],
+            r["mean_members"],
+            r["latency_ms"]["p50"],
+            r["latency_ms"]["p99"],
+            r["latency_ms"]["max"],
+            " ".join(f"{k}:{v}" for k, v in sorted(r["exit_reasons"].items())),
+        ]
         for r in results
     ]
     print(table(header, rows_out))
@@ -424,8 +578,10 @@ def _budgets_phase(runtime: Any, args: argparse.Namespace, samples: list[np.ndar
         worst = max(r["miss_rate"] for r in rows)
         accs = [r["accuracy"] for r in rows]
         rising = all(b >= a - 0.005 for a, b in zip(accs, accs[1:]))
-        print(f"  {condition}: worst miss rate {100 * worst:.2f}% (goal <= 1%: {'met' if worst <= 0.01 else 'missed'}); "
-              f"accuracy rising with budget: {'yes' if rising else 'no'} (tolerance 0.5 point)")
+        print(
+            f"  {condition}: worst miss rate {100 * worst:.2f}% (goal <= 1%: {'met' if worst <= 0.01 else 'missed'}); "
+            f"accuracy rising with budget: {'yes' if rising else 'no'} (tolerance 0.5 point)"
+        )
     return out
 
 

@@ -81,9 +81,16 @@ def export_logits_only(model: nn.Module, example: torch.Tensor) -> bytes:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            LogitsOnly(model).eval(), (example,), dynamo=True, opset_version=OPSET, input_names=["x"],
-            output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,
-            optimize=True, verbose=False,
+            LogitsOnly(model).eval(),
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
+            optimize=True,
+            verbose=False,
         )
     return program.model_proto.SerializeToString()
 
@@ -186,23 +193,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(conditions)
     print(f"\nexport (export_onnx, {args.repeats} runs after a warm-up; seconds, p50 [p10-p90])")
-    rows = [["family", "params", "bytes", "deflated", "first wall", "wall p50 [p10-p90]", "cpu p50", "gated total", "gates+write"]]
+    rows = [
+        ["family", "params", "bytes", "deflated", "first wall", "wall p50 [p10-p90]", "cpu p50", "gated total", "gates+write"]
+    ]
     for r in results:
         w = r["export_wall_s"]
-        rows.append([
-            r["family"], str(r["params"]), str(r["bytes"]), str(r["bytes_zip"]), f"{r['first_export_s']['wall']:.2f}",
-            f"{w['p50']:.2f} [{w['p10']:.2f}-{w['p90']:.2f}]", f"{r['export_cpu_s']['p50']:.2f}",
-            f"{r['gated_total_s']:.2f}", f"{r['gated_gates_and_write_s']:.2f}",
-        ])
+        rows.append(
+            [
+                r["family"],
+                str(r["params"]),
+                str(r["bytes"]),
+                str(r["bytes_zip"]),
+                f"{r['first_export_s']['wall']:.2f}",
+                f"{w['p50']:.2f} [{w['p10']:.2f}-{w['p90']:.2f}]",
+                f"{r['export_cpu_s']['p50']:.2f}",
+                f"{r['gated_total_s']:.2f}",
+                f"{r['gated_gates_and_write_s']:.2f}",
+            ]
+        )
     print(table(rows))
     print(f"\none ORT call at batch 1, {args.iters} interleaved runs (microseconds, p50 [p10-p90])")
     rows = [["family", "in-graph head", "logits + numpy head", "ratio p50 [p10-p90]"]]
     for r in results:
         h, b, q = r["head_in_graph_us"], r["logits_plus_numpy_us"], r["ratio_numpy_over_graph"]
-        rows.append([
-            r["family"], f"{h['p50']:.1f} [{h['p10']:.1f}-{h['p90']:.1f}]", f"{b['p50']:.1f} [{b['p10']:.1f}-{b['p90']:.1f}]",
-            f"{q['p50']:.2f} [{q['p10']:.2f}-{q['p90']:.2f}]",
-        ])
+        rows.append(
+            [
+                r["family"],
+                f"{h['p50']:.1f} [{h['p10']:.1f}-{h['p90']:.1f}]",
+                f"{b['p50']:.1f} [{b['p10']:.1f}-{b['p90']:.1f}]",
+                f"{q['p50']:.2f} [{q['p10']:.2f}-{q['p90']:.2f}]",
+            ]
+        )
     print(table(rows))
     if args.json:
         payload = {

@@ -193,14 +193,26 @@ def main(argv: list[str] | None = None) -> int:
         ["venv size", f"{venv_mb:.1f} MB", ", ".join(f"{k} {v:.1f}" for k, v in packages.items())],
         ["bundle size", f"{bundle_mb:.2f} MB", ""],
         ["interpreter start", f"{result['interpreter_start_s']:.3f} s", "python -c pass"],
-        ["import edge_runtime", f"{result['import_s']:.3f} s", "[{:.3f}..{:.3f}] lazy: errors only".format(*result["import_s_range"])],
-        ["import serving stack", f"{result['import_full_s']:.3f} s",
-         "[{:.3f}..{:.3f}] edge_runtime.ensemble (numpy, onnxruntime); goal <= 0.3 s: {}".format(
-             *result["import_full_s_range"], "met" if result["goals"]["import_full_s <= 0.3"] else "missed")],
+        [
+            "import edge_runtime",
+            f"{result['import_s']:.3f} s",
+            "[{:.3f}..{:.3f}] lazy: errors only".format(*result["import_s_range"]),
+        ],
+        [
+            "import serving stack",
+            f"{result['import_full_s']:.3f} s",
+            "[{:.3f}..{:.3f}] edge_runtime.ensemble (numpy, onnxruntime); goal <= 0.3 s: {}".format(
+                *result["import_full_s_range"], "met" if result["goals"]["import_full_s <= 0.3"] else "missed"
+            ),
+        ],
         ["load bundle", f"{result['load_s']:.3f} s", "verify, sessions, warm-up"],
         ["RSS after import", f"{result['rss_mb']['rss_after_import_mb']:.1f} MB", ""],
         ["RSS after load", f"{result['rss_mb']['rss_after_load_mb']:.1f} MB", ""],
-        ["RSS after 200 requests", f"{rss:.1f} MB", f"goal <= 120 MB: {'met' if result['goals']['rss_after_requests_mb <= 120'] else 'missed'}"],
+        [
+            "RSS after 200 requests",
+            f"{rss:.1f} MB",
+            f"goal <= 120 MB: {'met' if result['goals']['rss_after_requests_mb <= 120'] else 'missed'}",
+        ],
         ["USS after requests", f"{result['rss_mb']['uss_after_requests_mb']:.1f} MB", "private memory"],
         ["peak (VmHWM)", f"{result['rss_mb']['vmhwm_mb']:.1f} MB", ""],
         ["torch imported", str(result["torch_loaded"]), ""],

@@ -50,8 +50,7 @@ class Case:
 
 
 PAPER_CASES = (
-    Case("factorisation", d=100, rank=10, observed=1.0, step_size=1.0, outer_scale=1.0, max_steps=300_000,
-         log_every=500),
+    Case("factorisation", d=100, rank=10, observed=1.0, step_size=1.0, outer_scale=1.0, max_steps=300_000, log_every=500),
     Case("completion", d=100, rank=5, observed=0.3, step_size=10.0, outer_scale=5.0, max_steps=60_000, log_every=100),
 )
 QUICK_CASES = (
@@ -111,8 +110,13 @@ def run_case(case: Case, repeats: int, tol: float) -> dict[str, Any]:
             }
     below_everywhere = all(r["compressed_below_at_every_logged_step"] for r in runs)
     summary: dict[str, Any] = {"all_repeats_below_at_every_logged_step": below_everywhere}
-    for key in ("original_steps_to_tol", "compressed_steps_to_tol", "original_seconds_to_tol",
-                "compressed_seconds_to_tol", "wall_speedup"):
+    for key in (
+        "original_steps_to_tol",
+        "compressed_steps_to_tol",
+        "original_seconds_to_tol",
+        "compressed_seconds_to_tol",
+        "wall_speedup",
+    ):
         values = [float(r[key]) for r in runs if r.get(key) is not None]
         if len(values) == len(runs):
             summary[key] = _summary(values)
@@ -153,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             results.append(run_case(case, args.repeats, args.tol))
 
-    print(f"device: {device.get('cpu_model', '?')} ({device.get('logical_cores', '?')} logical cores), "
-          f"numpy float64, 1 BLAS thread, load average at start {device['load_average_at_start'][0]:.2f}")
-    print(f"tolerance {args.tol:g}; medians (min..max) over {args.repeats} repeats; "
-          "GD seconds exclude error evaluation")
+    print(
+        f"device: {device.get('cpu_model', '?')} ({device.get('logical_cores', '?')} logical cores), "
+        f"numpy float64, 1 BLAS thread, load average at start {device['load_average_at_start'][0]:.2f}"
+    )
+    print(f"tolerance {args.tol:g}; medians (min..max) over {args.repeats} repeats; GD seconds exclude error evaluation")
     header = f"{'case':<14} {'net':<11} {'steps to tol':<26} {'seconds to tol':<26} {'us/step':>8}"
     print(header)
     print("-" * len(header))
@@ -164,10 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         s = res["summary"]
         for net in ("original", "compressed"):
             us = statistics.median(r[f"{net}_us_per_step"] for r in res["runs"])
-            print(f"{res['case']['name']:<14} {net:<11} {_fmt(s.get(f'{net}_steps_to_tol')):<26} "
-                  f"{_fmt(s.get(f'{net}_seconds_to_tol'), ' s'):<26} {us:>8.1f}")
-        print(f"{'':<14} wall-time speed-up {_fmt(s.get('wall_speedup'), 'x')}; compressed error below original at "
-              f"every logged step in all repeats: {s['all_repeats_below_at_every_logged_step']}")
+            print(
+                f"{res['case']['name']:<14} {net:<11} {_fmt(s.get(f'{net}_steps_to_tol')):<26} "
+                f"{_fmt(s.get(f'{net}_seconds_to_tol'), ' s'):<26} {us:>8.1f}"
+            )
+        print(
+            f"{'':<14} wall-time speed-up {_fmt(s.get('wall_speedup'), 'x')}; compressed error below original at "
+            f"every logged step in all repeats: {s['all_repeats_below_at_every_logged_step']}"
+        )
     print()
     for res in results:
         curves = res["curves"]
@@ -175,13 +184,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'step':>8} {'original':>12} {'orig s':>8} {'compressed':>12} {'comp s':>8}")
         picks = np.unique(np.linspace(0, len(curves["steps"]) - 1, 12).astype(int))
         for i in picks:
-            print(f"{curves['steps'][i]:>8} {curves['original_error'][i]:>12.3e} {curves['original_seconds'][i]:>8.2f} "
-                  f"{curves['compressed_error'][i]:>12.3e} {curves['compressed_seconds'][i]:>8.2f}")
+            print(
+                f"{curves['steps'][i]:>8} {curves['original_error'][i]:>12.3e} {curves['original_seconds'][i]:>8.2f} "
+                f"{curves['compressed_error'][i]:>12.3e} {curves['compressed_seconds'][i]:>8.2f}"
+            )
         print()
 
     if args.json:
-        payload = {"benchmark": "lowrank_dynamics", "device": device, "tol": args.tol, "repeats": args.repeats,
-                   "depth": DEPTH, "eps": EPS, "quick": args.quick, "cases": results}
+        payload = {
+            "benchmark": "lowrank_dynamics",
+            "device": device,
+            "tol": args.tol,
+            "repeats": args.repeats,
+            "depth": DEPTH,
+            "eps": EPS,
+            "quick": args.quick,
+            "cases": results,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
     goals = all(r["summary"]["all_repeats_below_at_every_logged_step"] for r in results)

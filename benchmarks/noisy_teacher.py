@@ -93,7 +93,11 @@ def _wait_for_teacher(runs_dir: Path, data: str, max_wait_s: float) -> None:
     """Another process may be training this teacher right now: wait for it instead of training twice."""
     deadline = time.monotonic() + max_wait_s
     while True:
-        busy = [d for d in (runs_dir / "teachers").glob(f"{data}-*") if (d / "progress.json").exists() and not (d / "metrics.json").exists()]
+        busy = [
+            d
+            for d in (runs_dir / "teachers").glob(f"{data}-*")
+            if (d / "progress.json").exists() and not (d / "metrics.json").exists()
+        ]
         if not busy:
             return
         if time.monotonic() > deadline:
@@ -145,7 +149,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "test": float(teacher_metrics["test_accuracy"]),
         "logit_abs_mean": float(np.abs(teacher_logits).mean()),
     }
-    student_cfg = ModelConfig(input_shape=data.input_shape, num_classes=data.num_classes, family="mlp", width=args.hidden, depth=1)
+    student_cfg = ModelConfig(
+        input_shape=data.input_shape, num_classes=data.num_classes, family="mlp", width=args.hidden, depth=1
+    )
     fit_cfg = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, progress=False)
     rows = []
     for method in methods(args.sigmas, args.alphas):
@@ -154,7 +160,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.manual_seed(seed)  # the student's initialisation
             student = build_model(student_cfg)
             t0 = time.perf_counter()
-            fit(student, x, y, method.build(seed), FitConfig(seed=seed, desc=method.label, **fit_cfg), teacher_logits=teacher_logits)
+            fit(
+                student,
+                x,
+                y,
+                method.build(seed),
+                FitConfig(seed=seed, desc=method.label, **fit_cfg),
+                teacher_logits=teacher_logits,
+            )
             seconds = time.perf_counter() - t0
             val = float((predict_logits(student, data.x_val).argmax(1) == data.y_val).mean())
             test = float((predict_logits(student, data.x_test).argmax(1) == data.y_test).mean())
@@ -211,7 +224,11 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "noisy_settings_beating_logit_l2_on_test": f"{beats}/{len(noisy)}",
         "note": "the noisy setting is chosen by mean validation accuracy and reported on test; the best-on-test "
         f"entry is optimistic (a maximum over the grid taken on the reported data); {len(base['per_seed'])} seeds give a coarse spread",
-        "best_on_test_optimistic": {"label": oracle["label"], "test": oracle["test"], "gain_points": 100 * (oracle["test"]["mean"] - base["test"]["mean"])},
+        "best_on_test_optimistic": {
+            "label": oracle["label"],
+            "test": oracle["test"],
+            "gain_points": 100 * (oracle["test"]["mean"] - base["test"]["mean"]),
+        },
     }
 
 

@@ -66,11 +66,17 @@ def _dev_bundle(tmp: Path, hidden: int) -> tuple[Path, np.ndarray]:
 
 def _spread(values: np.ndarray) -> dict[str, float]:
     v = np.asarray(values, dtype=float).ravel()
-    return {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90)),
-            "max_abs": float(np.max(np.abs(v)))}
+    return {
+        "median": float(np.median(v)),
+        "p10": float(np.percentile(v, 10)),
+        "p90": float(np.percentile(v, 90)),
+        "max_abs": float(np.max(np.abs(v))),
+    }
 
 
-def _serve(runtime: Any, x: np.ndarray, queries: int, seconds: float, budget_ms: float | None = None) -> tuple[np.ndarray, list[Any]]:
+def _serve(
+    runtime: Any, x: np.ndarray, queries: int, seconds: float, budget_ms: float | None = None
+) -> tuple[np.ndarray, list[Any]]:
     """Single-sample requests for at least ``queries`` and ``seconds``.
 
     Returns the runtime's own per-member observations, one row per request (ms; the value
@@ -119,9 +125,13 @@ def _errors(predicted: list[np.ndarray], observed: list[np.ndarray]) -> dict[str
     """pred/obs - 1 per (round, member), its spread, and the per-member median over rounds."""
     err = np.array(predicted) / np.array(observed) - 1
     per_member = np.median(err, axis=0)
-    return {"per_round_member": err.round(4).tolist(), **_spread(err), "per_member_median": per_member.round(4).tolist(),
-            "share_pairs_within_10pct": float(np.mean(np.abs(err) <= 0.10)),
-            "share_members_within_10pct": float(np.mean(np.abs(per_member) <= 0.10))}
+    return {
+        "per_round_member": err.round(4).tolist(),
+        **_spread(err),
+        "per_member_median": per_member.round(4).tolist(),
+        "share_pairs_within_10pct": float(np.mean(np.abs(err) <= 0.10)),
+        "share_members_within_10pct": float(np.mean(np.abs(per_member) <= 0.10)),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,7 +148,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             data_label = "random normal (dev bundle)"
         else:
             if not args.bundle.exists() or not args.data.exists():
-                raise FileNotFoundError(f"{args.bundle} or {args.data} is missing: run `make demo` first, or pass --bundle/--data, or --dev")
+                raise FileNotFoundError(
+                    f"{args.bundle} or {args.data} is missing: run `make demo` first, or pass --bundle/--data, or --dev"
+                )
             source, x = args.bundle, load_npz(args.data)["x"]
             data_label = str(args.data)
         bundle = tmp / "bundle"
@@ -206,15 +218,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": {**device_info(), "fingerprint": fingerprint()},
         "bundle": f"dev (generated, 16x16 inputs, hidden {args.dev_hidden})" if args.dev else str(args.bundle),
         "members": names,
-        "settings": {"rounds": args.rounds, "min_queries": q, "min_seconds": secs, "budget_ms": budget,
-                     "budget_rule": "given" if args.budget_ms else
-                     f"p50 of members 1..{half - 1} + p99 of member {half} (first profile): the first half fits",
-                     "busy_core": core, "runtime_latency_quantile": "p99", "session": first["settings"]},
+        "settings": {
+            "rounds": args.rounds,
+            "min_queries": q,
+            "min_seconds": secs,
+            "budget_ms": budget,
+            "budget_rule": "given"
+            if args.budget_ms
+            else f"p50 of members 1..{half - 1} + p99 of member {half} (first profile): the first half fits",
+            "busy_core": core,
+            "runtime_latency_quantile": "p99",
+            "session": first["settings"],
+        },
         "conditions": {"quiet": quiet_conditions, "contention": busy_conditions, "load_average_1min_per_round": loads},
         "profile_p50_ms": _member_latency(first, "p50").tolist(),
-        "repeatability": {"per_round_member": repeat.round(4).tolist(), **_spread(repeat),
-                          "per_member_median": np.median(repeat, axis=0).round(4).tolist(),
-                          "share_pairs_within_5pct": float(np.mean(np.abs(repeat) <= 0.05))},
+        "repeatability": {
+            "per_round_member": repeat.round(4).tolist(),
+            **_spread(repeat),
+            "per_member_median": np.median(repeat, axis=0).round(4).tolist(),
+            "share_pairs_within_5pct": float(np.mean(np.abs(repeat) <= 0.05)),
+        },
         "prediction_error_p50": prediction,
         "prediction_error_p99": _errors(a99, o99),
         "contention_error_p50": _errors(a50, c50),
@@ -230,36 +253,74 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _print(result: dict[str, Any]) -> None:
     d = result["device"]
     st = result["settings"]
-    print(f"device: {d['cpu_model']}, {d['logical_cores']} logical cores, {d['os']}, onnxruntime {d['onnxruntime']} "
-          f"(fingerprint {d['fingerprint']}); bundle {result['bundle']} ({len(result['members'])} members)")
+    print(
+        f"device: {d['cpu_model']}, {d['logical_cores']} logical cores, {d['os']}, onnxruntime {d['onnxruntime']} "
+        f"(fingerprint {d['fingerprint']}); bundle {result['bundle']} ({len(result['members'])} members)"
+    )
     q, c = result["conditions"]["quiet"], result["conditions"]["contention"]
-    print(f"conditions: quiet phase machine CPU {q['cpu_percent_system']}%, load average {q['load_average']}; "
-          f"contention phase: a busy loop and this process share core {st['busy_core']} (machine CPU {c['cpu_percent_system']}%)")
-    print(f"profile p50 per member (ms): {[round(v, 5) for v in result['profile_p50_ms']]}; {st['rounds']} rounds, "
-          f"each profile/serving phase >= {st['min_queries']} queries and {st['min_seconds']} s; intra-op threads "
-          f"{st['session']['intra_op_threads']}, spinning {st['session']['allow_spinning']}")
+    print(
+        f"conditions: quiet phase machine CPU {q['cpu_percent_system']}%, load average {q['load_average']}; "
+        f"contention phase: a busy loop and this process share core {st['busy_core']} (machine CPU {c['cpu_percent_system']}%)"
+    )
+    print(
+        f"profile p50 per member (ms): {[round(v, 5) for v in result['profile_p50_ms']]}; {st['rounds']} rounds, "
+        f"each profile/serving phase >= {st['min_queries']} queries and {st['min_seconds']} s; intra-op threads "
+        f"{st['session']['intra_op_threads']}, spinning {st['session']['allow_spinning']}"
+    )
     rows = []
     r = result["repeatability"]
-    rows.append(["repeatability p50 (B/A-1)", f"{r['median']:+.1%}", f"{r['p10']:+.1%}", f"{r['p90']:+.1%}", f"{r['max_abs']:.1%}",
-                 f"{r['share_pairs_within_5pct']:.0%}", " ".join(f"{v:+.1%}" for v in r["per_member_median"]), "|.|<=5%"])
-    for key, label, goal in (("prediction_error_p50", "prediction p50, quiet", "|.|<=10%, 90%"),
-                             ("prediction_error_p99", "prediction p99, quiet", "-"),
-                             ("contention_error_p50", "prediction p50, busy core", "-"),
-                             ("contention_error_p99", "prediction p99, busy core", "-")):
+    rows.append(
+        [
+            "repeatability p50 (B/A-1)",
+            f"{r['median']:+.1%}",
+            f"{r['p10']:+.1%}",
+            f"{r['p90']:+.1%}",
+            f"{r['max_abs']:.1%}",
+            f"{r['share_pairs_within_5pct']:.0%}",
+            " ".join(f"{v:+.1%}" for v in r["per_member_median"]),
+            "|.|<=5%",
+        ]
+    )
+    for key, label, goal in (
+        ("prediction_error_p50", "prediction p50, quiet", "|.|<=10%, 90%"),
+        ("prediction_error_p99", "prediction p99, quiet", "-"),
+        ("contention_error_p50", "prediction p50, busy core", "-"),
+        ("contention_error_p99", "prediction p99, busy core", "-"),
+    ):
         r = result[key]
-        rows.append([f"{label} (pred/obs-1)", f"{r['median']:+.1%}", f"{r['p10']:+.1%}", f"{r['p90']:+.1%}", f"{r['max_abs']:.1%}",
-                     f"{r['share_pairs_within_10pct']:.0%}", " ".join(f"{v:+.1%}" for v in r["per_member_median"]), goal])
-    print(format_table(["measure (rounds x members)", "median", "p10", "p90", "max |.|", "within", "per member (median)", "goal"], rows))
-    print(f"\ndeadline: budget {st['budget_ms']:.5g} ms per request ({st['budget_rule']}); the runtime predicts each next member at p99")
+        rows.append(
+            [
+                f"{label} (pred/obs-1)",
+                f"{r['median']:+.1%}",
+                f"{r['p10']:+.1%}",
+                f"{r['p90']:+.1%}",
+                f"{r['max_abs']:.1%}",
+                f"{r['share_pairs_within_10pct']:.0%}",
+                " ".join(f"{v:+.1%}" for v in r["per_member_median"]),
+                goal,
+            ]
+        )
+    print(
+        format_table(
+            ["measure (rounds x members)", "median", "p10", "p90", "max |.|", "within", "per member (median)", "goal"], rows
+        )
+    )
+    print(
+        f"\ndeadline: budget {st['budget_ms']:.5g} ms per request ({st['budget_rule']}); the runtime predicts each next member at p99"
+    )
     rows = []
     for phase in ("quiet", "contention"):
         for mode, r in result["deadline"][phase].items():
-            rows.append([phase, mode, r["requests"], f"{r['miss_rate']:.2%}", r["mean_members"], r["elapsed_p50_ms"], r["elapsed_p99_ms"]])
+            rows.append(
+                [phase, mode, r["requests"], f"{r['miss_rate']:.2%}", r["mean_members"], r["elapsed_p50_ms"], r["elapsed_p99_ms"]]
+            )
     print(format_table(["phase", "estimator", "requests", "miss rate", "members", "elapsed p50 ms", "elapsed p99 ms"], rows))
     g = result["goals"]
-    print(f"\ngoals: repeatability (per-member median |B/A-1| <= 5%) {'met' if g['repeatability_p50_within_5pct'] else 'MISSED'}; "
-          f"prediction (per-member median |error| <= 10% for >= 90% of members) "
-          f"{'met' if g['prediction_within_10pct_for_90pct_of_members'] else 'MISSED'}")
+    print(
+        f"\ngoals: repeatability (per-member median |B/A-1| <= 5%) {'met' if g['repeatability_p50_within_5pct'] else 'MISSED'}; "
+        f"prediction (per-member median |error| <= 10% for >= 90% of members) "
+        f"{'met' if g['prediction_within_10pct_for_90pct_of_members'] else 'MISSED'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-queries", type=int, default=1024, help="queries per profile and per serving phase")
     parser.add_argument("--min-seconds", type=float, default=0.5, help="seconds per profile and per serving phase")
     parser.add_argument("--budget-ms", type=float, help="default: the first half of the members just fits (see above)")
-    parser.add_argument("--contention-seconds", type=float, help="the busy process stops by itself after this (default: phase length + 30 s)")
+    parser.add_argument(
+        "--contention-seconds", type=float, help="the busy process stops by itself after this (default: phase length + 30 s)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     try:

@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     parser.add_argument("--json", type=Path, help="write rows, goals and conditions here")
     build = parser.add_argument_group("building the students (needs the train extra)")
-    build.add_argument("--build-students", type=Path, metavar="CKPT", help="teacher checkpoint: build lowrank/ and channels/ in --from, exit")
+    build.add_argument(
+        "--build-students", type=Path, metavar="CKPT", help="teacher checkpoint: build lowrank/ and channels/ in --from, exit"
+    )
     build.add_argument("--rank", type=int, default=16, help="low-rank student's rank")
     build.add_argument("--keep", type=float, default=0.5, help="channel-pruned student's share of channels")
     build.add_argument("--epochs", type=int, default=1, help="distillation epochs of each student")
@@ -111,8 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no bundles under {root}; run `make demo` or pass --from/--bundle (see --help)")
     data = load_dataset(args.data, seed=args.seed)
     x_val, x_test, y_test = data.raw(data.x_val), data.raw(data.x_test), data.y_test
-    config = QuantizeConfig(per_channel=args.per_channel, calibration=args.calibration, activation_type=args.activations,
-                            calibration_samples=args.calibration_samples, max_loss=100.0)  # measure, never refuse here
+    config = QuantizeConfig(
+        per_channel=args.per_channel,
+        calibration=args.calibration,
+        activation_type=args.activations,
+        calibration_samples=args.calibration_samples,
+        max_loss=100.0,
+    )  # measure, never refuse here
     print(f"{data!r}; bundles: {', '.join(f'{k}={v}' for k, v in bundles.items())}", flush=True)
 
     sessions: dict[str, Any] = {}
@@ -133,21 +140,33 @@ def main(argv: list[str] | None = None) -> int:
                     for batch in BATCHES:
                         pools[batch][f"{label}:{kind}"] = _pool(feeds[k], batch, 16 if batch == 1 else 4)
                 gate = result.prefixes[k]
-                rows.append({
-                    "model": name, "member": member.name, "label": label, "prefix": k + 1,
-                    "accuracy_float": gate.float_accuracy, "accuracy_int8": gate.int8_accuracy,
-                    "loss_points": round(gate.loss_points, 4), "agreement": gate.agreement,
-                    "max_prob_diff": gate.max_prob_diff,
-                    "bytes_float": len(float_b.member_bytes[k]), "bytes_int8": len(int8_b.member_bytes[k]),
-                    "params": member.params, "quantize_seconds": result.seconds,
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "member": member.name,
+                        "label": label,
+                        "prefix": k + 1,
+                        "accuracy_float": gate.float_accuracy,
+                        "accuracy_int8": gate.int8_accuracy,
+                        "loss_points": round(gate.loss_points, 4),
+                        "agreement": gate.agreement,
+                        "max_prob_diff": gate.max_prob_diff,
+                        "bytes_float": len(float_b.member_bytes[k]),
+                        "bytes_int8": len(int8_b.member_bytes[k]),
+                        "params": member.params,
+                        "quantize_seconds": result.seconds,
+                    }
+                )
         times: dict[int, dict[str, np.ndarray]] = {}
         for batch in BATCHES:
             rounds, calls = (args.rounds, args.calls) if batch == 1 else (max(1, args.rounds // 2), 3)
             t = time.perf_counter()
             times[batch] = time_sessions(sessions, pools[batch], rounds=rounds, calls_per_round=calls, warmup=5)
-            print(f"timed batch {batch}: {rounds} rounds x {calls} calls x {len(sessions)} sessions in "
-                  f"{time.perf_counter() - t:.1f} s", flush=True)
+            print(
+                f"timed batch {batch}: {rounds} rounds x {calls} calls x {len(sessions)} sessions in "
+                f"{time.perf_counter() - t:.1f} s",
+                flush=True,
+            )
     for row in rows:
         for batch in BATCHES:
             for kind in ("float", "int8"):
@@ -161,32 +180,68 @@ def main(argv: list[str] | None = None) -> int:
         "data": {"name": data.name, "input_shape": list(data.input_shape), "validation": len(x_val), "test": len(x_test)},
         "bundles": {k: str(v) for k, v in bundles.items()},
         "missing": [n for n in ("teacher", "lowrank", "channels", "bdistil") if n not in bundles],
-        "quantization": {"method": config.method, "format": "QDQ", "activations": config.activation_type,
-                         "weights": config.weight_type, "per_channel": config.per_channel,
-                         "calibration": config.calibration, "calibration_samples": min(config.calibration_samples, len(x_val)),
-                         "float_head": config.float_head},
-        "timing": {"batches": list(BATCHES), "rounds_b1": args.rounds, "calls_b1": args.calls,
-                   "rounds_b32": max(1, args.rounds // 2), "calls_b32": 3, "interleaved": True,
-                   "session": SessionConfig().describe()},
+        "quantization": {
+            "method": config.method,
+            "format": "QDQ",
+            "activations": config.activation_type,
+            "weights": config.weight_type,
+            "per_channel": config.per_channel,
+            "calibration": config.calibration,
+            "calibration_samples": min(config.calibration_samples, len(x_val)),
+            "float_head": config.float_head,
+        },
+        "timing": {
+            "batches": list(BATCHES),
+            "rounds_b1": args.rounds,
+            "calls_b1": args.calls,
+            "rounds_b32": max(1, args.rounds // 2),
+            "calls_b32": 3,
+            "interleaved": True,
+            "session": SessionConfig().describe(),
+        },
         "rows": rows,
         "goals": goals,
         "device": device_info(),
         "load_average": {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in load_end]},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    print(format_table(
-        ["member", "acc float", "acc int8", "agree", "b1 p50 f/i8 ms", "b1 x", "b1 p99 f/i8 ms", "b32 p50 f/i8 ms",
-         "b32 x", "KiB f/i8"],
-        [[r["label"], f"{100 * r['accuracy_float']:.2f}%", f"{100 * r['accuracy_int8']:.2f}%", f"{100 * r['agreement']:.1f}%",
-          f"{r['b1_float_ms']['p50']:.3f}/{r['b1_int8_ms']['p50']:.3f}", f"{r['b1_speedup_p50']:.2f}",
-          f"{r['b1_float_ms']['p99']:.3f}/{r['b1_int8_ms']['p99']:.3f}",
-          f"{r['b32_float_ms']['p50']:.3f}/{r['b32_int8_ms']['p50']:.3f}", f"{r['b32_speedup_p50']:.2f}",
-          f"{r['bytes_float'] / 1024:.0f}/{r['bytes_int8'] / 1024:.0f}"] for r in rows],
-    ))
+    print(
+        format_table(
+            [
+                "member",
+                "acc float",
+                "acc int8",
+                "agree",
+                "b1 p50 f/i8 ms",
+                "b1 x",
+                "b1 p99 f/i8 ms",
+                "b32 p50 f/i8 ms",
+                "b32 x",
+                "KiB f/i8",
+            ],
+            [
+                [
+                    r["label"],
+                    f"{100 * r['accuracy_float']:.2f}%",
+                    f"{100 * r['accuracy_int8']:.2f}%",
+                    f"{100 * r['agreement']:.1f}%",
+                    f"{r['b1_float_ms']['p50']:.3f}/{r['b1_int8_ms']['p50']:.3f}",
+                    f"{r['b1_speedup_p50']:.2f}",
+                    f"{r['b1_float_ms']['p99']:.3f}/{r['b1_int8_ms']['p99']:.3f}",
+                    f"{r['b32_float_ms']['p50']:.3f}/{r['b32_int8_ms']['p50']:.3f}",
+                    f"{r['b32_speedup_p50']:.2f}",
+                    f"{r['bytes_float'] / 1024:.0f}/{r['bytes_int8'] / 1024:.0f}",
+                ]
+                for r in rows
+            ],
+        )
+    )
     for line in goals["lines"]:
         print(line)
-    print(f"load average {report['load_average']['start']} -> {report['load_average']['end']}; "
-          f"{report['device']['cpu_model']}, onnxruntime {report['device']['onnxruntime']}; {report['seconds']} s")
+    print(
+        f"load average {report['load_average']['start']} -> {report['load_average']['end']}; "
+        f"{report['device']['cpu_model']}, onnxruntime {report['device']['onnxruntime']}; {report['seconds']} s"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -216,12 +271,26 @@ def _build_students(args: argparse.Namespace, root: Path) -> int:
     heldout = (data.x_test, data.y_test)
     meta = {"data": data.name, "teacher": str(args.build_students), "train_rows": len(logits), "epochs": args.epochs}
     student, report = lowrank_student(teacher, train, LowRankConfig(rank=args.rank, epochs=args.epochs), teacher_logits=logits)
-    result = export_model(student, data.task_spec(), root / "lowrank", heldout=heldout, name="lowrank",
-                          metadata={**meta, "method": "lowrank"}, info={"method": "lowrank", "rank": args.rank})
+    result = export_model(
+        student,
+        data.task_spec(),
+        root / "lowrank",
+        heldout=heldout,
+        name="lowrank",
+        metadata={**meta, "method": "lowrank"},
+        info={"method": "lowrank", "rank": args.rank},
+    )
     print(*result.describe(), f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)
     student, _ = channel_student(teacher, train, args.keep, epochs=args.epochs, limit=args.train_rows, teacher_logits=logits)
-    result = export_model(student, data.task_spec(), root / "channels", heldout=heldout, name="channels",
-                          metadata={**meta, "method": "channels"}, info={"method": "channels", "keep": args.keep})
+    result = export_model(
+        student,
+        data.task_spec(),
+        root / "channels",
+        heldout=heldout,
+        name="channels",
+        metadata={**meta, "method": "channels"},
+        info={"method": "channels", "keep": args.keep},
+    )
     print(*result.describe(), f"({time.perf_counter() - started:.0f} s)", sep="\n", flush=True)
     return 0
 
@@ -233,19 +302,31 @@ def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     teacher = by.get("teacher")
     if teacher:
         ok = teacher["b1_speedup_p50"] >= 1.5 and teacher["loss_points"] <= 0.5
-        out["int8_teacher"] = {"speedup_b1_p50": teacher["b1_speedup_p50"], "loss_points": teacher["loss_points"],
-                               "goal": ">= 1.5x at <= 0.5 point", "met": ok}
-        out["lines"].append(f"INT8 teacher: {teacher['b1_speedup_p50']:.2f}x at batch 1 (p50), {teacher['loss_points']:+.2f} "
-                            f"points lost: goal >= 1.5x at <= 0.5 point {'met' if ok else 'NOT met'}")
+        out["int8_teacher"] = {
+            "speedup_b1_p50": teacher["b1_speedup_p50"],
+            "loss_points": teacher["loss_points"],
+            "goal": ">= 1.5x at <= 0.5 point",
+            "met": ok,
+        }
+        out["lines"].append(
+            f"INT8 teacher: {teacher['b1_speedup_p50']:.2f}x at batch 1 (p50), {teacher['loss_points']:+.2f} "
+            f"points lost: goal >= 1.5x at <= 0.5 point {'met' if ok else 'NOT met'}"
+        )
     lowrank = by.get("lowrank")
     if teacher and lowrank:
         speedup = teacher["b1_float_ms"]["p50"] / lowrank["b1_int8_ms"]["p50"]
         loss = 100 * (teacher["accuracy_float"] - lowrank["accuracy_int8"])
         ok = speedup >= 3.0 and loss <= 1.0
-        out["lowrank_int8_vs_float_teacher"] = {"speedup_b1_p50": round(speedup, 3), "loss_points": round(loss, 4),
-                                                "goal": ">= 3x at <= 1 point", "met": ok}
-        out["lines"].append(f"low-rank + INT8 vs the float teacher: {speedup:.2f}x at batch 1 (p50), {loss:+.2f} points "
-                            f"lost: goal >= 3x at <= 1 point {'met' if ok else 'NOT met'}")
+        out["lowrank_int8_vs_float_teacher"] = {
+            "speedup_b1_p50": round(speedup, 3),
+            "loss_points": round(loss, 4),
+            "goal": ">= 3x at <= 1 point",
+            "met": ok,
+        }
+        out["lines"].append(
+            f"low-rank + INT8 vs the float teacher: {speedup:.2f}x at batch 1 (p50), {loss:+.2f} points "
+            f"lost: goal >= 3x at <= 1 point {'met' if ok else 'NOT met'}"
+        )
     slower = [f"{r['label']} (b{b} {r[f'b{b}_speedup_p50']:.2f}x)" for r in rows for b in BATCHES if r[f"b{b}_speedup_p50"] < 1.0]
     out["int8_not_faster"] = slower
     if slower:

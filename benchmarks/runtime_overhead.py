@@ -36,9 +36,8 @@ import numpy as np
 # The repository root first: the runtime from this checkout, whatever is installed.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from _runtime_bench import add_input_args, device_line, percentiles, resolve_inputs, synthetic_bundle, table, workdir, write_json
-
 import edge_runtime
+from _runtime_bench import add_input_args, device_line, percentiles, resolve_inputs, synthetic_bundle, table, workdir, write_json
 from edge_runtime.bundle import connection_inputs
 from edge_runtime.session import fast_run
 
@@ -180,18 +179,50 @@ def main(argv: list[str] | None = None) -> int:
         f"device {dev['cpu_model']} ({dev['logical_cores']} logical cores, ORT {dev['onnxruntime']}, 1 intra-op thread), "
         f"load average {dev['load_average_1m']:.2f} -> {dev['load_average_1m_after']:.2f} (shared machine: medians are what count)"
     )
-    header = ["bundle", "K", "member us", "direct p50", "direct p99", "raw p50", "naive p50", "runtime p50", "runtime p99",
-              "ovh us/req", "ovh us/member", "ovh %", "ovh % p10s", "naive us/member", "goal (small)", "goal (>= 0.5 ms)"]
+    header = [
+        "bundle",
+        "K",
+        "member us",
+        "direct p50",
+        "direct p99",
+        "raw p50",
+        "naive p50",
+        "runtime p50",
+        "runtime p99",
+        "ovh us/req",
+        "ovh us/member",
+        "ovh %",
+        "ovh % p10s",
+        "naive us/member",
+        "goal (small)",
+        "goal (>= 0.5 ms)",
+    ]
     rows = [
-        [b["source"].split(":")[0] if b["source"].startswith("synthetic") else b["source"].split(",")[0],
-         b["members"], b["member_us_p50"], b["direct_us_p50"], b["direct_us_p99"], b["raw_us_p50"], b["naive_us_p50"],
-         b["runtime_us_p50"], b["runtime_us_p99"], b["overhead_us_per_request_p50"], b["overhead_us_per_member_p50"],
-         b["overhead_pct_p50"], b["overhead_pct_of_p10s"], b["naive_overhead_us_per_member_p50"], b["goal_small_members"], b["goal_large_members"]]
+        [
+            b["source"].split(":")[0] if b["source"].startswith("synthetic") else b["source"].split(",")[0],
+            b["members"],
+            b["member_us_p50"],
+            b["direct_us_p50"],
+            b["direct_us_p99"],
+            b["raw_us_p50"],
+            b["naive_us_p50"],
+            b["runtime_us_p50"],
+            b["runtime_us_p99"],
+            b["overhead_us_per_request_p50"],
+            b["overhead_us_per_member_p50"],
+            b["overhead_pct_p50"],
+            b["overhead_pct_of_p10s"],
+            b["naive_overhead_us_per_member_p50"],
+            b["goal_small_members"],
+            b["goal_large_members"],
+        ]
         for b in result["bundles"]
     ]
     print(table(header, rows))
     for b in result["bundles"]:
-        print(f"  {b['source']}: overhead p10..p90 {b['overhead_us_spread_p10_p90'][0]:.1f}..{b['overhead_us_spread_p10_p90'][1]:.1f} us/request")
+        print(
+            f"  {b['source']}: overhead p10..p90 {b['overhead_us_spread_p10_p90'][0]:.1f}..{b['overhead_us_spread_p10_p90'][1]:.1f} us/request"
+        )
     write_json(args.json, result)
     return 0
 

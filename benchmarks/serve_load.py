@@ -85,8 +85,14 @@ def _binary_bodies(x: np.ndarray, name: str, params: dict[str, Any]) -> list[tup
     out = []
     for row in x:
         raw = np.ascontiguousarray(row, dtype="<f4").tobytes()
-        header = json.dumps({"inputs": [{"name": name, "shape": [1, *row.shape], "datatype": "FP32",
-                                         "parameters": {"binary_data_size": len(raw)}}], "parameters": params}).encode()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {"name": name, "shape": [1, *row.shape], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}
+                ],
+                "parameters": params,
+            }
+        ).encode()
         out.append((header + raw, len(header)))
     return out
 
@@ -95,8 +101,10 @@ def _bodies(x: np.ndarray, name: str, params: dict[str, Any]) -> list[bytes]:
     """One pre-encoded V2 request per sample, so the clients spend no time encoding."""
     return [
         json.dumps(
-            {"inputs": [{"name": name, "shape": [1, *row.shape], "datatype": "FP32", "data": row.ravel().tolist()}],
-             "parameters": params}
+            {
+                "inputs": [{"name": name, "shape": [1, *row.shape], "datatype": "FP32", "data": row.ravel().tolist()}],
+                "parameters": params,
+            }
         ).encode()
         for row in x
     ]
@@ -112,9 +120,27 @@ class ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime", "serve", str(bundle), "--host", HOST, "--port", "0",
-             "--workers", str(workers), "--max-queue", str(max_queue), *extra],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "edge_runtime",
+                "serve",
+                str(bundle),
+                "--host",
+                HOST,
+                "--port",
+                "0",
+                "--workers",
+                str(workers),
+                "--max-queue",
+                str(max_queue),
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             banner = self._first_line()
@@ -204,8 +230,9 @@ class Client:
 
     def __init__(self, host: str, port: int, path: str) -> None:
         self.host, self.port = host, port
-        self.prefix = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                       "Content-Length: ").encode()
+        self.prefix = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: "
+        ).encode()
         self.sock: socket.socket | None = None
 
     def _connect(self) -> socket.socket:
@@ -291,8 +318,15 @@ class Workload:
             i += 1
 
 
-def run_load(server: ServerProcess, workload: Workload, clients: int, seconds: float, max_requests: int,
-             backoff: bool = False, on_tick: Any = None) -> tuple[list[Record], float, float]:
+def run_load(
+    server: ServerProcess,
+    workload: Workload,
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    backoff: bool = False,
+    on_tick: Any = None,
+) -> tuple[list[Record], float, float]:
     """``clients`` closed-loop clients for ``seconds`` or ``max_requests`` in all.
 
     With ``backoff`` a client that gets a 503 waits the Retry-After the server sent (as a well-behaved
@@ -381,8 +415,11 @@ def _conditions(meter_start: tuple[float, float]) -> dict[str, Any]:
         load = [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
         load = []
-    return {"load_average": load, "cpu_busy_percent_since_start": round(100.0 - cpu.idle, 1),
-            "wall_s": round(time.monotonic() - meter_start[0], 1)}
+    return {
+        "load_average": load,
+        "cpu_busy_percent_since_start": round(100.0 - cpu.idle, 1),
+        "wall_s": round(time.monotonic() - meter_start[0], 1),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- phases
@@ -442,8 +479,12 @@ def measure_overhead(server: ServerProcess, runtime: Any, x: np.ndarray, request
                 "server_cpu_ms_per_request": (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / requests * 1e3 - cpu_live,
                 "server_cpu_ms_per_live_get": cpu_live,
                 "in_process_cpu_ms_per_predict": local_cpu / requests * 1e3,
-                "overhead_ms": {"p50_of_paired": float(np.median(diff)), "p10": _pct(diff, 10), "p90": _pct(diff, 90),
-                                "p50_difference": float(np.percentile(remote, 50)) - float(np.percentile(local, 50))},
+                "overhead_ms": {
+                    "p50_of_paired": float(np.median(diff)),
+                    "p10": _pct(diff, 10),
+                    "p90": _pct(diff, 90),
+                    "p50_difference": float(np.percentile(remote, 50)) - float(np.percentile(local, 50)),
+                },
             }
     finally:
         client.close()
@@ -478,19 +519,41 @@ def _level_rows(levels: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for lv in levels:
         s = lv["stats"]
-        rows.append([
-            f"{lv['mode']} x{lv['clients']}" + (f" w{lv['workers']}" if "workers" in lv else ""),
-            s["requests"], s["throughput_rps"], s["latency_ms"]["p50"], s["latency_ms"]["p99"], s["server_ms_p50"],
-            s["mean_members"], f"{100 * s['shed_share']:.1f}%",
-            "-" if s["past_budget_share"] is None else f"{100 * s['past_budget_share']:.2f}%",
-            "-" if s["server_past_budget_share"] is None else f"{100 * s['server_past_budget_share']:.2f}%",
-            s["other_5xx"] + s["other_errors"], f"{s['server_cpu_percent']:.0f}%", lv.get("load_average", "-"),
-        ])
+        rows.append(
+            [
+                f"{lv['mode']} x{lv['clients']}" + (f" w{lv['workers']}" if "workers" in lv else ""),
+                s["requests"],
+                s["throughput_rps"],
+                s["latency_ms"]["p50"],
+                s["latency_ms"]["p99"],
+                s["server_ms_p50"],
+                s["mean_members"],
+                f"{100 * s['shed_share']:.1f}%",
+                "-" if s["past_budget_share"] is None else f"{100 * s['past_budget_share']:.2f}%",
+                "-" if s["server_past_budget_share"] is None else f"{100 * s['server_past_budget_share']:.2f}%",
+                s["other_5xx"] + s["other_errors"],
+                f"{s['server_cpu_percent']:.0f}%",
+                lv.get("load_average", "-"),
+            ]
+        )
     return rows
 
 
-_LEVEL_HEADERS = ["load", "requests", "ok/s", "p50 ms", "p99 ms", "server p50", "members", "503", "late", "late (srv)",
-                  "errors", "srv cpu", "loadavg"]
+_LEVEL_HEADERS = [
+    "load",
+    "requests",
+    "ok/s",
+    "p50 ms",
+    "p99 ms",
+    "server p50",
+    "members",
+    "503",
+    "late",
+    "late (srv)",
+    "errors",
+    "srv cpu",
+    "loadavg",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -499,8 +562,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "runs/demo/test.npz", help=".npz with inputs 'x'")
     parser.add_argument("--dev", action="store_true", help="use a generated 4-member bundle instead (needs onnx)")
     parser.add_argument("--quick", action="store_true", help="short phases, for development (~1 min)")
-    parser.add_argument("--budget-ms", type=float, default=5.0,
-                        help="latency budget of budget requests, counted from arrival at the server (default: 5)")
+    parser.add_argument(
+        "--budget-ms",
+        type=float,
+        default=5.0,
+        help="latency budget of budget requests, counted from arrival at the server (default: 5)",
+    )
     parser.add_argument("--workers", type=int, default=default_workers(), help="server inference threads")
     parser.add_argument("--max-queue", type=int, default=32, help="server queue bound")
     parser.add_argument("--level-s", type=float, default=None, help="seconds per load level (default 10; quick 2)")
@@ -512,12 +579,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per overload phase (default 60)")
     parser.add_argument("--storm-budget-ms", type=float, default=1.0, help="budget of the overload phases (default 1)")
     parser.add_argument("--repeat", type=int, default=1, help="overload runs, each on a fresh server (default 1)")
-    parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
-                        help="extra `anytime-edge serve` flag for the overload servers (repeatable), e.g. --no-backpressure")
-    parser.add_argument("--phases", default="single,storm16,storm200,polite16,idle300",
-                        help="overload phases to run, comma-separated (default: all; goals of phases left out read '-')")
-    parser.add_argument("--switch-interval-ms", type=float, default=None,
-                        help="passed to the server in the overload phases (default: the server's own)")
+    parser.add_argument(
+        "--server-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra `anytime-edge serve` flag for the overload servers (repeatable), e.g. --no-backpressure",
+    )
+    parser.add_argument(
+        "--phases",
+        default="single,storm16,storm200,polite16,idle300",
+        help="overload phases to run, comma-separated (default: all; goals of phases left out read '-')",
+    )
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=None,
+        help="passed to the server in the overload phases (default: the server's own)",
+    )
     args = parser.parse_args(argv)
     level_s = args.level_s if args.level_s is not None else (2.0 if args.quick else 10.0)
     sustain_s = args.sustain_s if args.sustain_s is not None else (5.0 if args.quick else 60.0)
@@ -531,8 +610,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = "generated dev bundle (4 members, 1x28x28 -> 10 classes, hidden 1024)"
         else:
             if not (args.bundle / "manifest.json").is_file() or not args.data.is_file():
-                print(f"serve_load: {args.bundle} or {args.data} is missing; run `make demo` first, pass --bundle "
-                      "and --data, or use --dev", file=sys.stderr)
+                print(
+                    f"serve_load: {args.bundle} or {args.data} is missing; run `make demo` first, pass --bundle "
+                    "and --data, or use --dev",
+                    file=sys.stderr,
+                )
                 return 2
             with np.load(args.data, allow_pickle=False) as data:
                 x = np.asarray(data["x"], dtype=np.float32)[:512]
@@ -544,47 +626,104 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp.cleanup()
 
 
-def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, level_s: float, sustain_s: float,
-         overhead_n: int, sweep: list[int]) -> int:
+def _run(
+    args: argparse.Namespace,
+    bundle: Path,
+    source: str,
+    x: np.ndarray,
+    level_s: float,
+    sustain_s: float,
+    overhead_n: int,
+    sweep: list[int],
+) -> int:
     started = (time.monotonic(), 0.0)
     psutil.cpu_times_percent(interval=None)
     runtime = edge_runtime.load(bundle, warmup=16)
     name = runtime.manifest.task.input.name
     budget_ms = args.budget_ms
     info = device_info()
-    header = (f"serve_load: {source}, {runtime.manifest.num_members} members; budget {budget_ms:g} ms; "
-              f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "
-              f"{info['logical_cores']} logical cores, {info['os']}, onnxruntime {info['onnxruntime']}; "
-              f"load average at start {[round(v, 2) for v in os.getloadavg()]}")
+    header = (
+        f"serve_load: {source}, {runtime.manifest.num_members} members; budget {budget_ms:g} ms; "
+        f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "
+        f"{info['logical_cores']} logical cores, {info['os']}, onnxruntime {info['onnxruntime']}; "
+        f"load average at start {[round(v, 2) for v in os.getloadavg()]}"
+    )
     print(header, flush=True)
     results: dict[str, Any] = {
-        "benchmark": "serve_load", "bundle": source, "members": runtime.manifest.num_members, "budget_ms": budget_ms,
-        "past_budget_slack_ms": PAST_BUDGET_SLACK_MS, "workers": args.workers, "max_queue": args.max_queue,
-        "device": info, "client": "closed loop, keep-alive raw-socket HTTP/1.1, one thread per client, no back-off on 503",
-        "level_s": level_s, "sustain_s": sustain_s,
+        "benchmark": "serve_load",
+        "bundle": source,
+        "members": runtime.manifest.num_members,
+        "budget_ms": budget_ms,
+        "past_budget_slack_ms": PAST_BUDGET_SLACK_MS,
+        "workers": args.workers,
+        "max_queue": args.max_queue,
+        "device": info,
+        "client": "closed loop, keep-alive raw-socket HTTP/1.1, one thread per client, no back-off on 503",
+        "level_s": level_s,
+        "sustain_s": sustain_s,
     }
     with ServerProcess(bundle, args.workers, args.max_queue) as server:
         results["overhead"] = measure_overhead(server, runtime, x, overhead_n, budget_ms)
-        rows = [[mode, o["in_process_ms"]["p50"], o["http_ms"]["p50"], o["http_ms"]["p99"], o["server_elapsed_ms_p50"],
-                 o["server_predict_ms_p50"], o["overhead_ms"]["p50_of_paired"], o["overhead_ms"]["p10"], o["overhead_ms"]["p90"],
-                 o["http_floor_ms"]["p50"], o["server_cpu_ms_per_request"], o["in_process_cpu_ms_per_predict"],
-                 o["server_cpu_ms_per_live_get"]]
-                for mode, o in results["overhead"].items()]
+        rows = [
+            [
+                mode,
+                o["in_process_ms"]["p50"],
+                o["http_ms"]["p50"],
+                o["http_ms"]["p99"],
+                o["server_elapsed_ms_p50"],
+                o["server_predict_ms_p50"],
+                o["overhead_ms"]["p50_of_paired"],
+                o["overhead_ms"]["p10"],
+                o["overhead_ms"]["p90"],
+                o["http_floor_ms"]["p50"],
+                o["server_cpu_ms_per_request"],
+                o["in_process_cpu_ms_per_predict"],
+                o["server_cpu_ms_per_live_get"],
+            ]
+            for mode, o in results["overhead"].items()
+        ]
         print("\n1. HTTP overhead, one client, interleaved with in-process predict and GET /v2/health/live (ms)")
-        print(format_table(["mode", "in-proc p50", "http p50", "http p99", "server p50", "predict p50", "overhead p50", "p10", "p90",
-                            "GET live p50", "srv cpu/req", "in-proc cpu", "cpu/GET"], rows))
+        print(
+            format_table(
+                [
+                    "mode",
+                    "in-proc p50",
+                    "http p50",
+                    "http p99",
+                    "server p50",
+                    "predict p50",
+                    "overhead p50",
+                    "p10",
+                    "p90",
+                    "GET live p50",
+                    "srv cpu/req",
+                    "in-proc cpu",
+                    "cpu/GET",
+                ],
+                rows,
+            )
+        )
 
         levels = []
         for mode, backoff in (("run-all", False), ("budget", False), ("budget", True)):
             workload = _workload(x, name, mode, budget_ms)
             for clients in LEVELS:
                 stats = summarize(*run_load(server, workload, clients, level_s, args.max_requests, backoff=backoff))
-                levels.append({"mode": mode + (" retry-after" if backoff else ""), "backoff": backoff,
-                               "clients": clients, "stats": stats, "load_average": os.getloadavg()[0]})
+                levels.append(
+                    {
+                        "mode": mode + (" retry-after" if backoff else ""),
+                        "backoff": backoff,
+                        "clients": clients,
+                        "stats": stats,
+                        "load_average": os.getloadavg()[0],
+                    }
+                )
         results["levels"] = levels
-        print(f"\n2. Load: closed-loop clients, {level_s:g} s per level; late = answers past budget + "
-              f"{PAST_BUDGET_SLACK_MS:g} ms (client clock), late (srv) = past budget by the server's clock; "
-              "'retry-after' clients wait the Retry-After of a 503, the others retry at once")
+        print(
+            f"\n2. Load: closed-loop clients, {level_s:g} s per level; late = answers past budget + "
+            f"{PAST_BUDGET_SLACK_MS:g} ms (client clock), late (srv) = past budget by the server's clock; "
+            "'retry-after' clients wait the Retry-After of a 503, the others retry at once"
+        )
         print(format_table(_LEVEL_HEADERS, _level_rows(levels)))
 
         rss: list[tuple[float, float]] = []
@@ -598,16 +737,21 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
         rss_end = server.rss_mb()
         rss_values = [v for _, v in rss] + [rss_end]
         sustained = {
-            "clients": 16, "stats": summarize(*outcome), "rss_mb": {"start": rss_start, "end": rss_end,
-            "max": max(rss_values)}, "rss_growth": rss_end / rss_start - 1.0, "rss_samples": rss,
+            "clients": 16,
+            "stats": summarize(*outcome),
+            "rss_mb": {"start": rss_start, "end": rss_end, "max": max(rss_values)},
+            "rss_growth": rss_end / rss_start - 1.0,
+            "rss_samples": rss,
         }
         results["sustained"] = sustained
         server_exit = server.stop()
         results["server_exit_status"] = server_exit
     print(f"\n3. Sustained: 16 clients for {sustain_s:g} s, alternating run-all and budget requests")
     print(format_table(_LEVEL_HEADERS, _level_rows([{"mode": "mixed", "clients": 16, "stats": sustained["stats"]}])))
-    print(f"server RSS {rss_start:.1f} -> {rss_end:.1f} MiB (max {max(rss_values):.1f}): "
-          f"growth {100 * sustained['rss_growth']:+.1f}%; server exit status after SIGTERM: {server_exit}")
+    print(
+        f"server RSS {rss_start:.1f} -> {rss_end:.1f} MiB (max {max(rss_values):.1f}): "
+        f"growth {100 * sustained['rss_growth']:+.1f}%; server exit status after SIGTERM: {server_exit}"
+    )
 
     sweep_levels = []
     for workers in sweep:
@@ -616,9 +760,16 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
             run_load(server, workload, 4, min(1.0, level_s), 2000)  # warm up the fresh server
             for backoff in (False, True):
                 stats = summarize(*run_load(server, workload, 16, level_s, args.max_requests, backoff=backoff))
-                sweep_levels.append({"mode": "budget" + (" retry-after" if backoff else ""), "backoff": backoff,
-                                     "clients": 16, "workers": workers, "stats": stats,
-                                     "load_average": os.getloadavg()[0]})
+                sweep_levels.append(
+                    {
+                        "mode": "budget" + (" retry-after" if backoff else ""),
+                        "backoff": backoff,
+                        "clients": 16,
+                        "workers": workers,
+                        "stats": stats,
+                        "load_average": os.getloadavg()[0],
+                    }
+                )
     results["workers_sweep"] = sweep_levels
     if sweep_levels:
         print(f"\n4. Worker threads, budget requests at 16 clients ({level_s:g} s each)")
@@ -634,16 +785,25 @@ def _run(args: argparse.Namespace, bundle: Path, source: str, x: np.ndarray, lev
         share = late / answered if answered else None
         key = "past_budget_share" + ("_retry_after_clients" if backoff else "_no_backoff_clients")
         goals[key] = {"value": share, "goal": "<= 0.01", "met": share is not None and share <= 0.01}
-    goals.update({
-        "sustained_other_5xx": {"value": sus["other_5xx"] + sus["other_errors"], "goal": "0",
-                                "met": sus["other_5xx"] + sus["other_errors"] == 0},
-        "sustained_rss_growth": {"value": sustained["rss_growth"], "goal": "<= 0.10", "met": sustained["rss_growth"] <= 0.10},
-    })
+    goals.update(
+        {
+            "sustained_other_5xx": {
+                "value": sus["other_5xx"] + sus["other_errors"],
+                "goal": "0",
+                "met": sus["other_5xx"] + sus["other_errors"] == 0,
+            },
+            "sustained_rss_growth": {"value": sustained["rss_growth"], "goal": "<= 0.10", "met": sustained["rss_growth"] <= 0.10},
+        }
+    )
     results["goals"] = goals
     results["conditions"] = _conditions(started)
     print("\nGoals")
-    print(format_table(["goal", "value", "target", "met"],
-                       [[k, g["value"], g["goal"], "yes" if g["met"] else "NO"] for k, g in goals.items()]))
+    print(
+        format_table(
+            ["goal", "value", "target", "met"],
+            [[k, g["value"], g["goal"], "yes" if g["met"] else "NO"] for k, g in goals.items()],
+        )
+    )
     print(f"conditions: {results['conditions']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -687,9 +847,12 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
     budget = args.storm_budget_ms
     name = edge_runtime.load(bundle, warmup=1).manifest.task.input.name
     bodies = _bodies(x, name, {"anytime_budget_ms": budget, "anytime_entropy_threshold": "off"})
-    print(f"serve_load --overload: {source}; budget {budget:g} ms; {args.duration:g} s per phase, {args.repeat} run(s); "
-          f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "
-          f"{info['logical_cores']} logical cores; load average {[round(v, 2) for v in os.getloadavg()]}", flush=True)
+    print(
+        f"serve_load --overload: {source}; budget {budget:g} ms; {args.duration:g} s per phase, {args.repeat} run(s); "
+        f"server workers {args.workers}, max queue {args.max_queue}; device {info['cpu_model']}, "
+        f"{info['logical_cores']} logical cores; load average {[round(v, 2) for v in os.getloadavg()]}",
+        flush=True,
+    )
     phases = {"single": (1, 0), "storm16": (16, 0), "storm200": (200, 0), "polite16": (16, 0), "idle300": (16, 300)}
     chosen = [p.strip() for p in args.phases.split(",") if p.strip()]
     if not chosen or set(chosen) - set(phases):
@@ -706,16 +869,33 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
             rss_start = server.rss_mb()
             stats = {}
             for phase, (clients, idle) in phases.items():
-                raw = _overload.run_phase(server.host, server.port, path, bodies, clients, args.duration,
-                                          args.max_requests * 10, idle=idle, server=server.ps,
-                                          polite=phase == "polite16")
+                raw = _overload.run_phase(
+                    server.host,
+                    server.port,
+                    path,
+                    bodies,
+                    clients,
+                    args.duration,
+                    args.max_requests * 10,
+                    idle=idle,
+                    server=server.ps,
+                    polite=phase == "polite16",
+                )
                 stats[phase] = _overload.summarize(raw, budget)
                 stats[phase]["load_average"] = os.getloadavg()[0]
                 stats[phase]["rss_mb_after"] = server.rss_mb()  # where growth happens (a leak keeps rising)
             rss_growth = server.rss_mb() / rss_start - 1.0
             server_counts = _scrape_shed(server)
-            runs.append({"stats": stats, "rss_mb_start": rss_start, "rss_growth": rss_growth, "server_counts": server_counts,
-                         "goals": _overload.overload_goals(stats, rss_growth), "server_exit_status": server.stop()})
+            runs.append(
+                {
+                    "stats": stats,
+                    "rss_mb_start": rss_start,
+                    "rss_growth": rss_growth,
+                    "server_counts": server_counts,
+                    "goals": _overload.overload_goals(stats, rss_growth),
+                    "server_exit_status": server.stop(),
+                }
+            )
     rows = []
     for phase in phases:
         per_run = [r["stats"][phase] for r in runs]
@@ -727,31 +907,72 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
             text = fmt.format(float(np.median(vals)))
             return text if len(vals) == 1 else f"{text} [{fmt.format(min(vals))}-{fmt.format(max(vals))}]"
 
-        rows.append([phase, spread([s["requests"] for s in per_run], "{:.0f}"), spread([s["goodput_rps"] for s in per_run]),
-                     spread([100 * s["shed_503"] / max(1, s["requests"]) for s in per_run]),
-                     spread([s["latency_ms_200"]["p50"] for s in per_run], "{:.2f}"),
-                     spread([s["latency_ms_200"]["p99"] for s in per_run], "{:.2f}"),
-                     spread([None if s["late_share"] is None else 100 * s["late_share"] for s in per_run], "{:.2f}"),
-                     sum(s["other_5xx"] for s in per_run), sum(s["other"] for s in per_run),
-                     spread([s["server_cpu_percent"] for s in per_run], "{:.0f}"),
-                     spread([s["client_cpu_percent"] for s in per_run], "{:.0f}"),
-                     spread([s["load_average"] for s in per_run])])
-    print(f"\n5. Overload: closed-loop clients retrying at once on 503, budget {budget:g} ms; median [min-max] of "
-          f"{len(runs)} run(s); late = 200s past budget + {_overload.PAST_BUDGET_SLACK_MS:g} ms (client clock)")
-    print(format_table(["phase", "requests", "ok/s", "503 %", "p50 ms", "p99 ms", "late %", "5xx", "other", "srv cpu %",
-                        "client cpu %", "loadavg"], rows))
+        rows.append(
+            [
+                phase,
+                spread([s["requests"] for s in per_run], "{:.0f}"),
+                spread([s["goodput_rps"] for s in per_run]),
+                spread([100 * s["shed_503"] / max(1, s["requests"]) for s in per_run]),
+                spread([s["latency_ms_200"]["p50"] for s in per_run], "{:.2f}"),
+                spread([s["latency_ms_200"]["p99"] for s in per_run], "{:.2f}"),
+                spread([None if s["late_share"] is None else 100 * s["late_share"] for s in per_run], "{:.2f}"),
+                sum(s["other_5xx"] for s in per_run),
+                sum(s["other"] for s in per_run),
+                spread([s["server_cpu_percent"] for s in per_run], "{:.0f}"),
+                spread([s["client_cpu_percent"] for s in per_run], "{:.0f}"),
+                spread([s["load_average"] for s in per_run]),
+            ]
+        )
+    print(
+        f"\n5. Overload: closed-loop clients retrying at once on 503, budget {budget:g} ms; median [min-max] of "
+        f"{len(runs)} run(s); late = 200s past budget + {_overload.PAST_BUDGET_SLACK_MS:g} ms (client clock)"
+    )
+    print(
+        format_table(
+            [
+                "phase",
+                "requests",
+                "ok/s",
+                "503 %",
+                "p50 ms",
+                "p99 ms",
+                "late %",
+                "5xx",
+                "other",
+                "srv cpu %",
+                "client cpu %",
+                "loadavg",
+            ],
+            rows,
+        )
+    )
     goal_rows = []
     for key in runs[0]["goals"]:
         values = [r["goals"][key]["value"] for r in runs]
         met = sum(1 for r in runs if r["goals"][key]["met"])
-        goal_rows.append([key, ", ".join("-" if v is None else f"{v:.3g}" for v in values), runs[0]["goals"][key]["goal"],
-                          f"{met}/{len(runs)}"])
+        goal_rows.append(
+            [
+                key,
+                ", ".join("-" if v is None else f"{v:.3g}" for v in values),
+                runs[0]["goals"][key]["goal"],
+                f"{met}/{len(runs)}",
+            ]
+        )
     print("\nGoals (value per run)")
     print(format_table(["goal", "values", "target", "met"], goal_rows))
-    results = {"benchmark": "serve_load --overload", "bundle": source, "budget_ms": budget, "duration_s": args.duration,
-               "workers": args.workers, "max_queue": args.max_queue, "server_flags": args.server_flag, "device": info, "runs": runs,
-               "client": "asyncio closed loop, keep-alive raw HTTP/1.1, no back-off on 503",
-               "conditions": _conditions(started)}
+    results = {
+        "benchmark": "serve_load --overload",
+        "bundle": source,
+        "budget_ms": budget,
+        "duration_s": args.duration,
+        "workers": args.workers,
+        "max_queue": args.max_queue,
+        "server_flags": args.server_flag,
+        "device": info,
+        "runs": runs,
+        "client": "asyncio closed loop, keep-alive raw HTTP/1.1, no back-off on 503",
+        "conditions": _conditions(started),
+    }
     for r in runs:
         print(f"server counts (GET /metrics, all phases): {r['server_counts']}")
     print(f"conditions: {results['conditions']}")

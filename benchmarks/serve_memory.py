@@ -37,8 +37,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _overload  # noqa: E402
-from serve_load import HOST, _bodies  # noqa: E402
+import _overload
+from serve_load import HOST, _bodies
 
 # The server, with a SIGUSR1 handler that writes its memory figures and a tracemalloc snapshot.
 _SERVER = r"""
@@ -75,8 +75,14 @@ sys.exit(main(["serve", *sys.argv[3:]]))
 def _server(bundle: Path, out: str, frames: int, extra: Sequence[str]) -> tuple[subprocess.Popen[str], str, int, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(frames), out, str(bundle), "--host", HOST, "--port", "0",
-                             *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(frames), out, str(bundle), "--host", HOST, "--port", "0", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     banner = proc.stdout.readline() if proc.stdout else ""
     match = re.search(r"serving '([^']+)'.* on http://([\d.]+):(\d+)/v2$", banner.strip())
     if not match:
@@ -142,19 +148,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     mb = 2**20
-    print(f"serve_memory: {args.bundle}; phase {args.phase}, {args.duration:g} s x {args.rounds} rounds; "
-          f"load average {[round(v, 2) for v in os.getloadavg()]}")
-    print(f"{'round':>5} {'requests':>9} {'200s':>7} {'RSS MB':>8} {'traced MB':>10} {'arena MB':>9} {'in use MB':>10} "
-          f"{'free kept MB':>12} {'mmap MB':>8}")
+    print(
+        f"serve_memory: {args.bundle}; phase {args.phase}, {args.duration:g} s x {args.rounds} rounds; "
+        f"load average {[round(v, 2) for v in os.getloadavg()]}"
+    )
+    print(
+        f"{'round':>5} {'requests':>9} {'200s':>7} {'RSS MB':>8} {'traced MB':>10} {'arena MB':>9} {'in use MB':>10} "
+        f"{'free kept MB':>12} {'mmap MB':>8}"
+    )
     for r in rows:
-        print(f"{r['round']:>5} {r['requests']:>9} {r['ok']:>7} {r['rss_bytes'] / mb:>8.1f} {r['traced_bytes'] / mb:>10.2f} "
-              f"{r.get('arena', 0) / mb:>9.1f} {r.get('uordblks', 0) / mb:>10.1f} {r.get('fordblks', 0) / mb:>12.1f} "
-              f"{r.get('hblkhd', 0) / mb:>8.1f}")
+        print(
+            f"{r['round']:>5} {r['requests']:>9} {r['ok']:>7} {r['rss_bytes'] / mb:>8.1f} {r['traced_bytes'] / mb:>10.2f} "
+            f"{r.get('arena', 0) / mb:>9.1f} {r.get('uordblks', 0) / mb:>10.1f} {r.get('fordblks', 0) / mb:>12.1f} "
+            f"{r.get('hblkhd', 0) / mb:>8.1f}"
+        )
     print("\ntracemalloc: largest differences, last round vs first round")
     print("\n".join(top))
     if args.json:
-        args.json.write_text(json.dumps({"phase": args.phase, "duration_s": args.duration, "rounds": rows, "top": top,
-                                         "load_average": os.getloadavg()}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"phase": args.phase, "duration_s": args.duration, "rounds": rows, "top": top, "load_average": os.getloadavg()},
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -46,7 +46,11 @@ from exporters.export import compressed_size
 
 BASELINES = ("uniform", "global", "erk")
 # FCPTS methods: name -> (route, initial allocation)
-FCPTS_METHODS = {"fcpts-ste": ("ste", "erk"), "fcpts-sparsity-only": ("sparsity-only", "erk"), "fcpts-ste-global": ("ste", "global")}
+FCPTS_METHODS = {
+    "fcpts-ste": ("ste", "erk"),
+    "fcpts-sparsity-only": ("sparsity-only", "erk"),
+    "fcpts-ste-global": ("ste", "global"),
+}
 
 
 def _teacher(data: str, runs_dir: Path, wait_minutes: float) -> tuple[Any, Any, dict[str, Any]]:
@@ -54,7 +58,9 @@ def _teacher(data: str, runs_dir: Path, wait_minutes: float) -> tuple[Any, Any, 
     from distill.teacher import ensure_teacher
 
     deadline = time.time() + 60 * wait_minutes
-    while any((d / "progress.json").exists() and not (d / "metrics.json").exists() for d in (runs_dir / "teachers").glob(f"{data}-*")):
+    while any(
+        (d / "progress.json").exists() and not (d / "metrics.json").exists() for d in (runs_dir / "teachers").glob(f"{data}-*")
+    ):
         if time.time() > deadline:
             raise SystemExit(f"the {data} teacher under {runs_dir}/teachers is still training; try again later")
         print(f"waiting for the {data} teacher another process is training ...", file=sys.stderr, flush=True)
@@ -66,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="mnist", help="data set of the cached default teacher (mnist = the figure)")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9])
-    parser.add_argument("--methods", nargs="+", default=list(BASELINES) + list(FCPTS_METHODS),
-                        choices=list(BASELINES) + list(FCPTS_METHODS), help="methods to run (baselines are instant)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(BASELINES) + list(FCPTS_METHODS),
+        choices=list(BASELINES) + list(FCPTS_METHODS),
+        help="methods to run (baselines are instant)",
+    )
     parser.add_argument("--iterations", type=int, default=1600)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the cores are shared)")
@@ -78,12 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     teacher, dataset, metrics = _teacher(args.data, args.runs_dir, args.wait_minutes)
     device = device_info()
-    print(f"device: {device.get('cpu_model')}, {os.cpu_count()} logical cores shared with other jobs; torch threads "
-          f"{args.threads}; load average at start {os.getloadavg()}")
+    print(
+        f"device: {device.get('cpu_model')}, {os.cpu_count()} logical cores shared with other jobs; torch threads "
+        f"{args.threads}; load average at start {os.getloadavg()}"
+    )
     dense_blob = onnx_bytes(teacher, dataset.x_test)
     dense_acc = accuracy(teacher, dataset.x_test, dataset.y_test)
-    rows: list[dict[str, Any]] = [{"method": "dense", "target": 0.0, "achieved": 0.0, "learned": None, "accuracy": dense_acc,
-                                   "seconds": 0.0, "bytes": len(dense_blob), "bytes_zip": compressed_size(dense_blob)}]
+    rows: list[dict[str, Any]] = [
+        {
+            "method": "dense",
+            "target": 0.0,
+            "achieved": 0.0,
+            "learned": None,
+            "accuracy": dense_acc,
+            "seconds": 0.0,
+            "bytes": len(dense_blob),
+            "bytes_zip": compressed_size(dense_blob),
+        }
+    ]
     print(f"teacher: {sum(p.numel() for p in teacher.parameters())} parameters, test accuracy {dense_acc:.2%}")
     calibration = dataset.x_train[torch.randperm(len(dataset.x_train), generator=torch.Generator().manual_seed(0))[:1024].numpy()]
     students: dict[tuple[str, float], Any] = {}
@@ -95,25 +118,43 @@ def main(argv: list[str] | None = None) -> int:
                 sparsities = allocate(method, teacher, target)
             else:
                 route, init = FCPTS_METHODS[method]
-                report = fcpts_allocate(teacher, calibration, FCPTSConfig(target=target, route=route, init=init, iterations=args.iterations))
+                report = fcpts_allocate(
+                    teacher, calibration, FCPTSConfig(target=target, route=route, init=init, iterations=args.iterations)
+                )
                 sparsities, learned = report.final_sparsities, report.learned_global
             seconds = time.perf_counter() - started
             student = masked_copy(teacher, sparsities)
             students[(method, target)] = student
             blob = onnx_bytes(student, dataset.x_test)
-            row = {"method": method, "target": target, "achieved": global_sparsity(student), "learned": learned,
-                   "accuracy": accuracy(student, dataset.x_test, dataset.y_test), "seconds": seconds,
-                   "bytes": len(blob), "bytes_zip": compressed_size(blob), "layers": sparsities}
+            row = {
+                "method": method,
+                "target": target,
+                "achieved": global_sparsity(student),
+                "learned": learned,
+                "accuracy": accuracy(student, dataset.x_test, dataset.y_test),
+                "seconds": seconds,
+                "bytes": len(blob),
+                "bytes_zip": compressed_size(blob),
+                "layers": sparsities,
+            }
             rows.append(row)
-            print(f"  {method:20s} target {target:.0%}: achieved {row['achieved']:.4f}"
-                  f"{'' if learned is None else f' (learned {learned:.4f})'}, accuracy {row['accuracy']:.2%}, "
-                  f"{seconds:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"  {method:20s} target {target:.0%}: achieved {row['achieved']:.4f}"
+                f"{'' if learned is None else f' (learned {learned:.4f})'}, accuracy {row['accuracy']:.2%}, "
+                f"{seconds:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    print(f"\n{'method':20s} {'target':>6} {'achieved':>9} {'learned':>8} {'accuracy':>9} {'seconds':>8} {'bytes':>8} {'bytes_zip':>9}")
+    print(
+        f"\n{'method':20s} {'target':>6} {'achieved':>9} {'learned':>8} {'accuracy':>9} {'seconds':>8} {'bytes':>8} {'bytes_zip':>9}"
+    )
     for r in rows:
         learned = "" if r["learned"] is None else f"{100 * r['learned']:7.2f}%"
-        print(f"{r['method']:20s} {100 * r['target']:5.0f}% {100 * r['achieved']:8.2f}% {learned:>8} {100 * r['accuracy']:8.2f}% "
-              f"{r['seconds']:8.1f} {r['bytes']:8d} {r['bytes_zip']:9d}")
+        print(
+            f"{r['method']:20s} {100 * r['target']:5.0f}% {100 * r['achieved']:8.2f}% {learned:>8} {100 * r['accuracy']:8.2f}% "
+            f"{r['seconds']:8.1f} {r['bytes']:8d} {r['bytes_zip']:9d}"
+        )
 
     goals: dict[str, Any] = {}
     sparse_rows = [r for r in rows if r["method"] != "dense"]
@@ -144,20 +185,33 @@ def main(argv: list[str] | None = None) -> int:
 
         student, channels = channel_student(teacher, dataset, args.channels_keep)
         latency["channels"] = compare_onnx(dense_blob, onnx_bytes(student, dataset.x_test), dataset.x_test)
-        print(f"\nstructured option, {args.channels_keep:.0%} of the channels kept: {channels.params_dense} -> "
-              f"{channels.params_shrunk} parameters, accuracy {channels.accuracy_dense:.2%} dense, "
-              f"{channels.accuracy_shrunk:.2%} shrunk, {channels.accuracy_finetuned:.2%} after {channels.finetune_epochs} "
-              f"KD epochs ({channels.seconds:.0f} s); ORT dense vs channel-pruned, side by side:")
+        print(
+            f"\nstructured option, {args.channels_keep:.0%} of the channels kept: {channels.params_dense} -> "
+            f"{channels.params_shrunk} parameters, accuracy {channels.accuracy_dense:.2%} dense, "
+            f"{channels.accuracy_shrunk:.2%} shrunk, {channels.accuracy_finetuned:.2%} after {channels.finetune_epochs} "
+            f"KD epochs ({channels.seconds:.0f} s); ORT dense vs channel-pruned, side by side:"
+        )
         for line in latency["channels"].describe()[:-1]:
             print("  " + line)
     print(f"load average at end {os.getloadavg()}")
     if args.json:
-        args.json.write_text(json.dumps({"device": device, "threads": args.threads, "teacher": metrics,
-                                         "iterations": args.iterations, "rows": rows, "goals": goals,
-                                         "latency": {k: v.to_dict() for k, v in latency.items()},
-                                         "channels": None if channels is None else channels.to_dict(),
-                                         "load_average_end": os.getloadavg()},
-                                        indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": device,
+                    "threads": args.threads,
+                    "teacher": metrics,
+                    "iterations": args.iterations,
+                    "rows": rows,
+                    "goals": goals,
+                    "latency": {k: v.to_dict() for k, v in latency.items()},
+                    "channels": None if channels is None else channels.to_dict(),
+                    "load_average_end": os.getloadavg(),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

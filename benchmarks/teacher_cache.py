@@ -66,18 +66,33 @@ def main() -> int:
     for kind in files:
         miss = [row["miss_s"] for row in rows if row["teacher"] == kind]
         hit = [row["hit_s"] for row in rows if row["teacher"] == kind]
-        summary[kind] = {"miss_s_median": statistics.median(miss), "miss_s_range": [min(miss), max(miss)],
-                         "hit_s_median": statistics.median(hit), "hit_s_range": [min(hit), max(hit)],
-                         "saving_x": statistics.median(miss) / statistics.median(hit)}
-        print(f"{kind}: median {summary[kind]['miss_s_median']:.2f} s computed vs {1000 * summary[kind]['hit_s_median']:.1f} ms "
-              f"cached ({summary[kind]['saving_x']:.0f}x) for {len(data.x_train)} training samples")
+        summary[kind] = {
+            "miss_s_median": statistics.median(miss),
+            "miss_s_range": [min(miss), max(miss)],
+            "hit_s_median": statistics.median(hit),
+            "hit_s_range": [min(hit), max(hit)],
+            "saving_x": statistics.median(miss) / statistics.median(hit),
+        }
+        print(
+            f"{kind}: median {summary[kind]['miss_s_median']:.2f} s computed vs {1000 * summary[kind]['hit_s_median']:.1f} ms "
+            f"cached ({summary[kind]['saving_x']:.0f}x) for {len(data.x_train)} training samples"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": " ".join(sys.argv), "data": data.name, "train_samples": len(data.x_train),
-            "device": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
-            "rows": rows, "summary": summary,
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": " ".join(sys.argv),
+                    "data": data.name,
+                    "train_samples": len(data.x_train),
+                    "device": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
+                    "rows": rows,
+                    "summary": summary,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -1,6 +1,6 @@
 """``python -m distill COMMAND ...``: the ``anytime-edge`` command line, the form ``torchrun -m distill`` starts.
 
-    torchrun --standalone --nproc_per_node=2 -m distill train-teacher --data mnist --out runs/teacher
+torchrun --standalone --nproc_per_node=2 -m distill train-teacher --data mnist --out runs/teacher
 """
 
 from __future__ import annotations

@@ -121,7 +121,11 @@ def render(digits: np.ndarray, config: ClutterConfig, split: int = 0) -> np.ndar
         image = np.arange(m)[:, None, None]
         canvas = np.zeros((m, size, size), dtype=np.uint16)  # sums of up to 1 + pieces uint8 values
         for j in range(k):  # within one piece, an image's target pixels are distinct: += is exact
-            crop = digits[source[rows, j, None, None], (crop_y[rows, j, None] + span_p)[:, :, None], (crop_x[rows, j, None] + span_p)[:, None, :]]
+            crop = digits[
+                source[rows, j, None, None],
+                (crop_y[rows, j, None] + span_p)[:, :, None],
+                (crop_x[rows, j, None] + span_p)[:, None, :],
+            ]
             canvas[image, (at_y[rows, j, None] + span_p)[:, :, None], (at_x[rows, j, None] + span_p)[:, None, :]] += crop
         np.minimum(canvas, 255, out=canvas)
         canvas[image, (digit_y[rows, None] + span_h)[:, :, None], (digit_x[rows, None] + span_w)[:, None, :]] += digits[rows]
@@ -160,8 +164,10 @@ def _read_cache(path: Path, config: ClutterConfig) -> dict[str, np.ndarray] | No
         logger.warning("%s is unreadable (%s); generating it again", path, exc)
         return None
     side = (config.canvas, config.canvas)
-    if any(arrays[x].dtype != np.uint8 or arrays[x].shape[1:] != side or len(arrays[x]) != len(arrays[y])
-           for x, y in (("x_train", "y_train"), ("x_test", "y_test"))):
+    if any(
+        arrays[x].dtype != np.uint8 or arrays[x].shape[1:] != side or len(arrays[x]) != len(arrays[y])
+        for x, y in (("x_train", "y_train"), ("x_test", "y_test"))
+    ):
         logger.warning("%s does not hold %dx%d uint8 images with one label each; generating it again", path, *side)
         return None
     return arrays
@@ -176,8 +182,9 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, obje
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, write)
     except (OSError, BundleError) as exc:
-        raise DataError(f"cannot write the cluttered-mnist cache {path} ({exc}); "
-                        f"set {CACHE_ENV} to a writable directory") from None
+        raise DataError(
+            f"cannot write the cluttered-mnist cache {path} ({exc}); set {CACHE_ENV} to a writable directory"
+        ) from None
 
 
 def cluttered_mnist(
@@ -230,8 +237,10 @@ def _load_or_generate(root: Path, files: list[Path], config: ClutterConfig, path
     for split in ("train", "test"):
         x, y = images[f"x_{split}"], images[f"y_{split}"]
         if x.ndim != 3 or x.dtype != np.uint8 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{root}: the {split} IDX files must hold uint8 images (N, h, w) and N labels, "
-                            f"not {x.dtype} {x.shape} and {y.shape}")
+            raise DataError(
+                f"{root}: the {split} IDX files must hold uint8 images (N, h, w) and N labels, "
+                f"not {x.dtype} {x.shape} and {y.shape}"
+            )
     arrays = {
         "x_train": render(images["x_train"], config, split=0),
         "y_train": images["y_train"].astype(np.int64),

@@ -59,7 +59,14 @@ MIN_VAL_SAMPLES = 100  # below this, a validation split gives noisy thresholds a
 MIN_VAL_PER_CLASS = 5  # likewise for the rarest class
 _CHANNELS_LAST = (1, 3, 4)  # last-axis sizes that mark a rank-4 array as (N, H, W, C) when H, W are larger
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,7 +113,9 @@ class Dataset:
 
     def task_spec(self, input_name: str = "x") -> TaskSpec:
         """The bundle's task for models trained on this data: labels, the client's input shape, preprocessing."""
-        return TaskSpec(labels=self.labels, input=TensorSpec(name=input_name, shape=(-1, *self.raw_input_shape)), preprocess=self.preprocess)
+        return TaskSpec(
+            labels=self.labels, input=TensorSpec(name=input_name, shape=(-1, *self.raw_input_shape)), preprocess=self.preprocess
+        )
 
     def fingerprint(self) -> str:
         """A short id of the data, for caching trained teachers."""
@@ -127,7 +136,9 @@ def shared_mnist_dir() -> Path | None:
     return None
 
 
-def load_dataset(spec: str | os.PathLike[str], *, seed: int = 0, val_fraction: float = 0.1, limit_train: int | None = None) -> Dataset:
+def load_dataset(
+    spec: str | os.PathLike[str], *, seed: int = 0, val_fraction: float = 0.1, limit_train: int | None = None
+) -> Dataset:
     """Load, validate, standardise and split a data set.
 
     Args:
@@ -166,7 +177,9 @@ def load_dataset(spec: str | os.PathLike[str], *, seed: int = 0, val_fraction: f
         name = Path(text).stem
         x_tr, y_tr, x_te, y_te, labels, layout = _npz(Path(text))
     else:
-        raise DataError(f"--data '{text}' is not digits, mnist1d, mnist, cluttered-mnist[:DIR], an IDX directory or an existing .npz file")
+        raise DataError(
+            f"--data '{text}' is not digits, mnist1d, mnist, cluttered-mnist[:DIR], an IDX directory or an existing .npz file"
+        )
     return _finish(name, x_tr, y_tr, x_te, y_te, labels, seed, val_fraction, limit_train, layout)
 
 
@@ -204,8 +217,10 @@ def _cluttered(source: str) -> tuple[np.ndarray, ...]:
 
     found = Path(source) if source else shared_mnist_dir()
     if found is None:
-        raise DataError("cluttered-mnist is built from the real MNIST, not found beside the project; "
-                        "pass --data cluttered-mnist:DIR with the MNIST IDX files (or set ANYTIME_EDGE_MNIST)")
+        raise DataError(
+            "cluttered-mnist is built from the real MNIST, not found beside the project; "
+            "pass --data cluttered-mnist:DIR with the MNIST IDX files (or set ANYTIME_EDGE_MNIST)"
+        )
     data = cluttered_mnist(found)
     return data.x_train[:, None], data.y_train, data.x_test[:, None], data.y_test
 
@@ -296,7 +311,11 @@ def _named_labels(
         raise DataError(f"{path}: the 'labels' array repeats names; give each class once")
     index = {name: i for i, name in enumerate(labels)}
     lookup = np.vectorize(index.__getitem__, otypes=[np.int64])
-    return lookup(names_tr) if names_tr.size else names_tr.astype(np.int64), lookup(names_te) if names_te.size else names_te.astype(np.int64), labels
+    return (
+        lookup(names_tr) if names_tr.size else names_tr.astype(np.int64),
+        lookup(names_te) if names_te.size else names_te.astype(np.int64),
+        labels,
+    )
 
 
 def is_channels_last(shape: tuple[int, ...]) -> bool:
@@ -304,7 +323,9 @@ def is_channels_last(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4 and shape[3] in _CHANNELS_LAST and shape[1] > shape[3] and shape[2] > shape[3]
 
 
-def _channels_first(path: Path, x_tr: np.ndarray, x_te: np.ndarray, layout: str | None) -> tuple[np.ndarray, np.ndarray, str | None]:
+def _channels_first(
+    path: Path, x_tr: np.ndarray, x_te: np.ndarray, layout: str | None
+) -> tuple[np.ndarray, np.ndarray, str | None]:
     """Inputs in the models' layout, and the client layout the bundle must transpose from."""
     rank = x_tr.ndim
     allowed = {3: ("signal", "image"), 4: ("nchw", "nhwc")}.get(rank, ())
@@ -365,7 +386,9 @@ def _stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np
     return train, val
 
 
-def _data_warnings(name: str, y_val: np.ndarray, y_fit: np.ndarray, y_test: np.ndarray, labels: tuple[str, ...]) -> tuple[str, ...]:
+def _data_warnings(
+    name: str, y_val: np.ndarray, y_fit: np.ndarray, y_test: np.ndarray, labels: tuple[str, ...]
+) -> tuple[str, ...]:
     """One-line findings, each logged as a warning on ``distill.data``: a validation split too small to
     choose thresholds or stop training on, and test classes that training never shows."""
     found = []
@@ -421,8 +444,11 @@ def _finish(
         if found[0] < 0 or len(found) != found[-1] + 1:  # e.g. classes 1..3 or {-1, 1}: ids are their sorted order
             y_tr, y_te = np.searchsorted(found, y_tr), np.searchsorted(found, y_te)
             labels = tuple(str(int(v)) for v in found)
-            logger.info("class labels %s are not 0..C-1; mapped to ids 0..%d in sorted order (names kept)",
-                        [int(v) for v in found], len(found) - 1)
+            logger.info(
+                "class labels %s are not 0..C-1; mapped to ids 0..%d in sorted order (names kept)",
+                [int(v) for v in found],
+                len(found) - 1,
+            )
     num_classes = len(labels) if labels else int(max(y_tr.max(), y_te.max())) + 1
     for split, y in (("train", y_tr), ("test", y_te)):
         if y.min() < 0 or y.max() >= num_classes:

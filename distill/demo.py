@@ -28,8 +28,8 @@ from typing import Any, Callable
 import numpy as np
 
 from distill.data import Dataset, load_dataset
-from distill.distributed import is_main_process, main_continues_alone
 from distill.diagnostics import ensemble_warnings, student_warnings
+from distill.distributed import is_main_process, main_continues_alone
 from distill.errors import TrainingError
 from distill.teacher import default_teacher_config
 from distill.teachers import LoadedTeacher, load_teacher
@@ -124,16 +124,23 @@ def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log
 
     def ensemble() -> Any:
         built = progressive_ensemble(
-            teacher, data,
-            ProgressiveConfig(members=cfg.members, epochs=cfg.ensemble_epochs,
-                              seed=cfg.seed, progress=cfg.progress),
+            teacher,
+            data,
+            ProgressiveConfig(members=cfg.members, epochs=cfg.ensemble_epochs, seed=cfg.seed, progress=cfg.progress),
         )
         if not is_main_process():  # under torchrun: every rank trained, rank 0 exports
             return None
         info = [{"method": "bdistil", **m.to_dict()} for m in built.report.members]
         return export_ensemble(
-            built.members, task, cfg.out / "bundle", heldout=heldout, connections=built.connections, combine="sum",
-            name="bdistil", metadata={**meta, "method": "bdistil", "report": built.report.to_dict()}, member_info=info,
+            built.members,
+            task,
+            cfg.out / "bundle",
+            heldout=heldout,
+            connections=built.connections,
+            combine="sum",
+            name="bdistil",
+            metadata={**meta, "method": "bdistil", "report": built.report.to_dict()},
+            member_info=info,
         )
 
     results["bdistil"] = log.step(f"B-DISTIL: {cfg.members}-member anytime ensemble, exported", ensemble)
@@ -141,7 +148,9 @@ def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log
     def lowrank() -> Any:
         def build(**choice: Any) -> tuple[Any, Any]:
             return lowrank_student(
-                with_layers("low-rank factorisation"), data, LowRankConfig(**choice, epochs=cfg.student_epochs, seed=cfg.seed, progress=cfg.progress)
+                with_layers("low-rank factorisation"),
+                data,
+                LowRankConfig(**choice, epochs=cfg.student_epochs, seed=cfg.seed, progress=cfg.progress),
             )
 
         choice: dict[str, Any] = {"rank": cfg.lowrank_rank} if cfg.lowrank_rank else {"speedup": cfg.lowrank_speedup}
@@ -154,23 +163,39 @@ def _build_candidates(cfg: DemoConfig, loaded: LoadedTeacher, data: Dataset, log
             student, report = build(**choice)
         if not is_main_process():
             return None
-        return export_model(student, task, bundles / "lowrank", heldout=heldout, name="lowrank",
-                            metadata={**meta, "method": "lowrank", "report": report.to_dict()},
-                            info={"method": "lowrank", **choice})
+        return export_model(
+            student,
+            task,
+            bundles / "lowrank",
+            heldout=heldout,
+            name="lowrank",
+            metadata={**meta, "method": "lowrank", "report": report.to_dict()},
+            info={"method": "lowrank", **choice},
+        )
 
     results["lowrank"] = log.step(
-        f"low-rank student (ranks searched for {cfg.lowrank_speedup:g}x the teacher's ORT speed, spectral init, distilled)", lowrank
+        f"low-rank student (ranks searched for {cfg.lowrank_speedup:g}x the teacher's ORT speed, spectral init, distilled)",
+        lowrank,
     )
 
     def sparse() -> Any:
         student, report = fcpts_student(
-            with_layers("FCPTS"), data, target=cfg.sparsity, cfg=FCPTSConfig(target=cfg.sparsity, iterations=cfg.fcpts_iterations, seed=cfg.seed)
+            with_layers("FCPTS"),
+            data,
+            target=cfg.sparsity,
+            cfg=FCPTSConfig(target=cfg.sparsity, iterations=cfg.fcpts_iterations, seed=cfg.seed),
         )
         if not is_main_process():
             return None
-        return export_model(student, task, bundles / "sparse", heldout=heldout, name="sparse",
-                            metadata={**meta, "method": "fcpts", "achieved_sparsity": report.final_global},
-                            info={"method": "fcpts", "target": cfg.sparsity, "achieved": report.final_global})
+        return export_model(
+            student,
+            task,
+            bundles / "sparse",
+            heldout=heldout,
+            name="sparse",
+            metadata={**meta, "method": "fcpts", "achieved_sparsity": report.final_global},
+            info={"method": "fcpts", "target": cfg.sparsity, "achieved": report.final_global},
+        )
 
     results["sparse"] = log.step(f"FCPTS sparse student at {cfg.sparsity:.0%} global sparsity", sparse)
     return results
@@ -184,8 +209,9 @@ def _export_teacher(loaded: LoadedTeacher, data: Dataset, out: Path, meta: dict[
     metadata = {**meta, "method": "teacher", "teacher_kind": loaded.kind, "teacher": loaded.source}
     if loaded.onnx_path is not None:
         return _wrap_onnx_teacher(loaded, data, out, metadata)
-    return export_model(loaded.module, data.task_spec(), out, heldout=heldout, name="teacher", metadata=metadata,
-                        info={"method": "teacher"})
+    return export_model(
+        loaded.module, data.task_spec(), out, heldout=heldout, name="teacher", metadata=metadata, info={"method": "teacher"}
+    )
 
 
 def _wrap_onnx_teacher(loaded: LoadedTeacher, data: Dataset, out: Path, metadata: dict[str, Any]) -> Any:
@@ -201,16 +227,30 @@ def _wrap_onnx_teacher(loaded: LoadedTeacher, data: Dataset, out: Path, metadata
     task = replaced(data.task_spec(), preprocess=Preprocess()) if raw else data.task_spec()
     x = data.raw(data.x_test) if raw else data.x_test
     started = time.perf_counter()
-    wrapped = wrap_onnx(loaded.onnx_path, task, out, heldout=(x, data.y_test), name="teacher", metadata=metadata,
-                        info={"method": "teacher", "source_format": "onnx"})
-    member = MemberExport(name="teacher", bytes=wrapped.bytes, bytes_zip=wrapped.bytes_zip, params=wrapped.params,
-                          nonzero_params=wrapped.params, export_seconds=round(time.perf_counter() - started, 2),
-                          gates=wrapped.gates)
+    wrapped = wrap_onnx(
+        loaded.onnx_path,
+        task,
+        out,
+        heldout=(x, data.y_test),
+        name="teacher",
+        metadata=metadata,
+        info={"method": "teacher", "source_format": "onnx"},
+    )
+    member = MemberExport(
+        name="teacher",
+        bytes=wrapped.bytes,
+        bytes_zip=wrapped.bytes_zip,
+        params=wrapped.params,
+        nonzero_params=wrapped.params,
+        export_seconds=round(time.perf_counter() - started, 2),
+        gates=wrapped.gates,
+    )
     return ExportResult(path=wrapped.path, manifest=wrapped.manifest, members=(member,))
 
 
-def _int8_candidates(cfg: DemoConfig, exports: dict[str, Any], data: Dataset, x_val: np.ndarray, x_test: np.ndarray,
-                     log: _Log) -> dict[str, dict[str, Any]]:
+def _int8_candidates(
+    cfg: DemoConfig, exports: dict[str, Any], data: Dataset, x_val: np.ndarray, x_test: np.ndarray, log: _Log
+) -> dict[str, dict[str, Any]]:
     """INT8 copies of the teacher, the low-rank student and the most accurate student (if another one):
     quantized with the defaults of ``anytime-edge quantize`` (static QDQ, MinMax, uint8 activations), then
     per-channel weights if that first try loses more than 0.5 point. A refusal is reported, not fatal.
@@ -232,8 +272,12 @@ def _int8_candidates(cfg: DemoConfig, exports: dict[str, Any], data: Dataset, x_
             for config in (QuantizeConfig(), QuantizeConfig(per_channel=True)):
                 try:
                     entry["result"] = quantize_bundle(
-                        exports[name].path, cfg.out / "candidates" / f"{name}_int8", calibration=x_val,
-                        heldout=(x_test, data.y_test), config=config, name=f"{name}_int8",
+                        exports[name].path,
+                        cfg.out / "candidates" / f"{name}_int8",
+                        calibration=x_val,
+                        heldout=(x_test, data.y_test),
+                        config=config,
+                        name=f"{name}_int8",
                         metadata={"method": f"{exports[name].manifest.metadata.get('method', name)}+int8"},
                     )
                     entry["refused"] = None
@@ -277,15 +321,17 @@ def _budget_runs(runtime: Any, x: np.ndarray, y: np.ndarray, budgets: list[float
             # Member 1 always runs: a miss with one member is forced by the budget, not chosen by the policy.
             forced += int(late and answer.members_used == 1)
             missed += int(late and answer.members_used > 1)
-        rows.append({
-            "budget_ms": round(budget, 4),
-            "accuracy": correct / len(x),
-            "mean_members": float(np.mean(members)),
-            "miss_rate": missed / len(x),  # over budget after the policy chose to run member 2 or later
-            "forced_miss_rate": forced / len(x),  # member 1 alone already over budget
-            "latency_ms_p50": float(np.percentile(elapsed, 50)),
-            "latency_ms_p99": float(np.percentile(elapsed, 99)),
-        })
+        rows.append(
+            {
+                "budget_ms": round(budget, 4),
+                "accuracy": correct / len(x),
+                "mean_members": float(np.mean(members)),
+                "miss_rate": missed / len(x),  # over budget after the policy chose to run member 2 or later
+                "forced_miss_rate": forced / len(x),  # member 1 alone already over budget
+                "latency_ms_p50": float(np.percentile(elapsed, 50)),
+                "latency_ms_p99": float(np.percentile(elapsed, 99)),
+            }
+        )
     return rows
 
 
@@ -310,8 +356,15 @@ def _entropy_run(runtime: Any, x: np.ndarray, y: np.ndarray, profile: dict[str, 
     }
 
 
-def _cascade(cfg: DemoConfig, exports: dict[str, Any], profiles: dict[str, dict[str, Any]], data: Dataset,
-             x_val: np.ndarray, x_test: np.ndarray, log: _Log) -> dict[str, Any]:
+def _cascade(
+    cfg: DemoConfig,
+    exports: dict[str, Any],
+    profiles: dict[str, dict[str, Any]],
+    data: Dataset,
+    x_val: np.ndarray,
+    x_test: np.ndarray,
+    log: _Log,
+) -> dict[str, Any]:
     """The cheapest single student (profiled p50) then the teacher, as a ``combine="replace"`` cascade:
     composed from their bundles (no re-export), profiled, calibrated like the ensemble, and run on the
     test split with the calibrated entropy exit."""
@@ -326,39 +379,68 @@ def _cascade(cfg: DemoConfig, exports: dict[str, Any], profiles: dict[str, dict[
     def build() -> dict[str, Any]:
         path = compose_cascade([r.path for r in parts], cfg.out / "cascade", name="cascade").path
         profile = _profile_all(cfg, {"cascade": path}, x_val)["cascade"]
-        calibration = calibrate(edge_runtime.load(path, warmup=0), x_val, data.y_val,
-                                CalibrationTarget(accuracy_drop=cfg.accuracy_drop))
+        calibration = calibrate(
+            edge_runtime.load(path, warmup=0), x_val, data.y_val, CalibrationTarget(accuracy_drop=cfg.accuracy_drop)
+        )
         save_calibration(path, calibration)
         runtime = edge_runtime.load(path)
         accuracy = runtime.evaluate_prefixes(x_test).accuracy(data.y_test)
-        curve = [{"members": k + 1, "member": m.name, "accuracy": float(accuracy[k]),
-                  "latency_ms_p50": profile["prefixes"][k]["latency_ms"]["p50"],
-                  "latency_ms_p99": profile["prefixes"][k]["latency_ms"]["p99"]}
-                 for k, m in enumerate(runtime.manifest.members)]
-        return {"path": path, "curve": curve, "calibration": calibration,
-                "entropy_exit": _entropy_run(runtime, x_test, data.y_test, profile)}
+        curve = [
+            {
+                "members": k + 1,
+                "member": m.name,
+                "accuracy": float(accuracy[k]),
+                "latency_ms_p50": profile["prefixes"][k]["latency_ms"]["p50"],
+                "latency_ms_p99": profile["prefixes"][k]["latency_ms"]["p99"],
+            }
+            for k, m in enumerate(runtime.manifest.members)
+        ]
+        return {
+            "path": path,
+            "curve": curve,
+            "calibration": calibration,
+            "entropy_exit": _entropy_run(runtime, x_test, data.y_test, profile),
+        }
 
     built = log.step(f"cascade {student} -> teacher (cheapest student by profiled p50), profiled and calibrated", build)
     calibration, curve = built["calibration"], built["curve"]
     return {
         "candidate": {
-            "name": "cascade", "members": 2, "accuracy": curve[-1]["accuracy"],
-            "latency_ms_p50": curve[-1]["latency_ms_p50"], "latency_ms_p99": curve[-1]["latency_ms_p99"],
-            **{key: sum(getattr(m, attr) for r in parts for m in r.members)
-               for key, attr in (("size_bytes", "bytes"), ("size_bytes_zip", "bytes_zip"), ("params", "params"),
-                                 ("nonzero_params", "nonzero_params"))},
+            "name": "cascade",
+            "members": 2,
+            "accuracy": curve[-1]["accuracy"],
+            "latency_ms_p50": curve[-1]["latency_ms_p50"],
+            "latency_ms_p99": curve[-1]["latency_ms_p99"],
+            **{
+                key: sum(getattr(m, attr) for r in parts for m in r.members)
+                for key, attr in (
+                    ("size_bytes", "bytes"),
+                    ("size_bytes_zip", "bytes_zip"),
+                    ("params", "params"),
+                    ("nonzero_params", "nonzero_params"),
+                )
+            },
             "bundle": str(built["path"]),
         },
         "members": [student, "teacher"],
         "curve": curve,
-        "calibration": {"entropy_threshold": calibration.entropy_threshold, "target": calibration.target,
-                        "validation_accuracy": calibration.accuracy, "validation_mean_members": calibration.mean_members},
+        "calibration": {
+            "entropy_threshold": calibration.entropy_threshold,
+            "target": calibration.target,
+            "validation_accuracy": calibration.accuracy,
+            "validation_mean_members": calibration.mean_members,
+        },
         "entropy_exit": built["entropy_exit"],
     }
 
 
-def _plot(path: Path, candidates: list[dict[str, Any]], curve: list[dict[str, Any]], entropy: dict[str, Any],
-          cascade: dict[str, Any] | None = None) -> str | None:
+def _plot(
+    path: Path,
+    candidates: list[dict[str, Any]],
+    curve: list[dict[str, Any]],
+    entropy: dict[str, Any],
+    cascade: dict[str, Any] | None = None,
+) -> str | None:
     """The accuracy-vs-latency PNG; None when written, else a one-line reason (:mod:`profiles.plots`)."""
     from profiles.plots import load_pyplot, save_figure
 
@@ -368,10 +450,20 @@ def _plot(path: Path, candidates: list[dict[str, Any]], curve: list[dict[str, An
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot([p["latency_ms_p50"] for p in curve], [100 * p["accuracy"] for p in curve], "o-", label="B-DISTIL prefix F_t")
     for p in curve:
-        ax.annotate(f"t={p['members']}", (p["latency_ms_p50"], 100 * p["accuracy"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        ax.annotate(
+            f"t={p['members']}",
+            (p["latency_ms_p50"], 100 * p["accuracy"]),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=8,
+        )
     if cascade is not None:
-        ax.plot([p["latency_ms_p50"] for p in cascade["curve"]], [100 * p["accuracy"] for p in cascade["curve"]], "^--",
-                label="cascade " + " -> ".join(cascade["members"]))
+        ax.plot(
+            [p["latency_ms_p50"] for p in cascade["curve"]],
+            [100 * p["accuracy"] for p in cascade["curve"]],
+            "^--",
+            label="cascade " + " -> ".join(cascade["members"]),
+        )
     for c in candidates:
         if c["name"] not in ("bdistil", "cascade"):
             ax.plot(c["latency_ms_p50"], 100 * c["accuracy"], "s", label=c["name"])
@@ -410,8 +502,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         teacher_cfg = replace(teacher_cfg, epochs=cfg.teacher_epochs)
     loaded = log.step(
         "train (or reuse) the teacher" if cfg.teacher == "auto" else f"load the teacher {cfg.teacher}",
-        lambda: load_teacher(cfg.teacher, data, runs_dir=cfg.runs_dir, inputs=cfg.teacher_inputs, progress=cfg.progress,
-                             config=teacher_cfg),
+        lambda: load_teacher(
+            cfg.teacher, data, runs_dir=cfg.runs_dir, inputs=cfg.teacher_inputs, progress=cfg.progress, config=teacher_cfg
+        ),
     )
     teacher_metrics = {"kind": loaded.kind, "source": loaded.source, **loaded.metrics}
     exports = _build_candidates(cfg, loaded, data, log)
@@ -432,7 +525,9 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
         save_calibration(paths["bdistil"], calibration)
         return calibration
 
-    calibration = log.step(f"calibrate the entropy exit (accuracy within {cfg.accuracy_drop} point of the full ensemble)", calibrate_threshold)
+    calibration = log.step(
+        f"calibrate the entropy exit (accuracy within {cfg.accuracy_drop} point of the full ensemble)", calibrate_threshold
+    )
     runtime = edge_runtime.load(paths["bdistil"])
 
     # The anytime curve: accuracy of each prefix on the test split, latency from this device's profile.
@@ -440,33 +535,43 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     prefix_acc = evaluation.accuracy(data.y_test)
     ens_profile = profiles["bdistil"]
     curve = [
-        {"members": k + 1, "accuracy": float(prefix_acc[k]),
-         "latency_ms_p50": ens_profile["prefixes"][k]["latency_ms"]["p50"],
-         "latency_ms_p99": ens_profile["prefixes"][k]["latency_ms"]["p99"]}
+        {
+            "members": k + 1,
+            "accuracy": float(prefix_acc[k]),
+            "latency_ms_p50": ens_profile["prefixes"][k]["latency_ms"]["p50"],
+            "latency_ms_p99": ens_profile["prefixes"][k]["latency_ms"]["p99"],
+        }
         for k in range(runtime.num_members)
     ]
-    entropy = log.step("entropy exit on the test split (batch 1, real early exit)", lambda: _entropy_run(runtime, x_test_raw, data.y_test, ens_profile))
+    entropy = log.step(
+        "entropy exit on the test split (batch 1, real early exit)",
+        lambda: _entropy_run(runtime, x_test_raw, data.y_test, ens_profile),
+    )
     first, full = curve[0]["latency_ms_p99"], curve[-1]["latency_ms_p99"]
     budgets = sorted({round(first * 1.5, 4), round((first + full) / 2, 4), round(full * 1.5, 4)})
-    budget_rows = log.step("latency-budgeted runs on the test split", lambda: _budget_runs(runtime, x_test_raw, data.y_test, budgets))
+    budget_rows = log.step(
+        "latency-budgeted runs on the test split", lambda: _budget_runs(runtime, x_test_raw, data.y_test, budgets)
+    )
 
     cascade = _cascade(cfg, exports, profiles, data, x_val_raw, x_test_raw, log)
     candidates = []
     for name, result in exports.items():
         profile = profiles[name]
         k = len(result.members)
-        candidates.append({
-            "name": name,
-            "members": k,
-            "accuracy": result.reports[-1].onnx_accuracy,
-            "latency_ms_p50": profile["prefixes"][-1]["latency_ms"]["p50"],
-            "latency_ms_p99": profile["prefixes"][-1]["latency_ms"]["p99"],
-            "size_bytes": sum(m.bytes for m in result.members),
-            "size_bytes_zip": sum(m.bytes_zip for m in result.members),
-            "params": sum(m.params for m in result.members),
-            "nonzero_params": sum(m.nonzero_params for m in result.members),
-            "bundle": str(result.path),
-        })
+        candidates.append(
+            {
+                "name": name,
+                "members": k,
+                "accuracy": result.reports[-1].onnx_accuracy,
+                "latency_ms_p50": profile["prefixes"][-1]["latency_ms"]["p50"],
+                "latency_ms_p99": profile["prefixes"][-1]["latency_ms"]["p99"],
+                "size_bytes": sum(m.bytes for m in result.members),
+                "size_bytes_zip": sum(m.bytes_zip for m in result.members),
+                "params": sum(m.params for m in result.members),
+                "nonzero_params": sum(m.nonzero_params for m in result.members),
+                "bundle": str(result.path),
+            }
+        )
 
     int8_rows = []
     teacher_row = next(c for c in candidates if c["name"] == "teacher")
@@ -478,44 +583,71 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
             continue
         p50 = profiles[name]["prefixes"][-1]["latency_ms"]
         q = result.manifest.quantization
-        candidates.append({
-            "name": name,
-            "members": 1,
-            "accuracy": result.prefixes[-1].int8_accuracy,
-            "latency_ms_p50": p50["p50"],
-            "latency_ms_p99": p50["p99"],
-            "size_bytes": sum(result.int8_bytes),
-            "size_bytes_zip": sum(m.info["bytes_zip"] for m in result.manifest.members),
-            "params": float_row["params"],
-            "nonzero_params": float_row["nonzero_params"],
-            "bundle": str(result.path),
-        })
-        int8_rows.append({
-            "name": name, "source": entry["source"], "refused": None, "settings": q.describe() if q else "",
-            "accuracy_float": result.prefixes[-1].float_accuracy, "accuracy_int8": result.prefixes[-1].int8_accuracy,
-            "agreement": result.prefixes[-1].agreement, "max_prob_diff": result.prefixes[-1].max_prob_diff,
-            "p50_ms_float": float_row["latency_ms_p50"], "p50_ms_int8": p50["p50"],
-            "speedup_p50": float_row["latency_ms_p50"] / p50["p50"],
-            "speedup_p50_vs_teacher": teacher_row["latency_ms_p50"] / p50["p50"],
-            "size_bytes_float": float_row["size_bytes"], "size_bytes_int8": sum(result.int8_bytes),
-            "seconds": result.seconds,
-        })
+        candidates.append(
+            {
+                "name": name,
+                "members": 1,
+                "accuracy": result.prefixes[-1].int8_accuracy,
+                "latency_ms_p50": p50["p50"],
+                "latency_ms_p99": p50["p99"],
+                "size_bytes": sum(result.int8_bytes),
+                "size_bytes_zip": sum(m.info["bytes_zip"] for m in result.manifest.members),
+                "params": float_row["params"],
+                "nonzero_params": float_row["nonzero_params"],
+                "bundle": str(result.path),
+            }
+        )
+        int8_rows.append(
+            {
+                "name": name,
+                "source": entry["source"],
+                "refused": None,
+                "settings": q.describe() if q else "",
+                "accuracy_float": result.prefixes[-1].float_accuracy,
+                "accuracy_int8": result.prefixes[-1].int8_accuracy,
+                "agreement": result.prefixes[-1].agreement,
+                "max_prob_diff": result.prefixes[-1].max_prob_diff,
+                "p50_ms_float": float_row["latency_ms_p50"],
+                "p50_ms_int8": p50["p50"],
+                "speedup_p50": float_row["latency_ms_p50"] / p50["p50"],
+                "speedup_p50_vs_teacher": teacher_row["latency_ms_p50"] / p50["p50"],
+                "size_bytes_float": float_row["size_bytes"],
+                "size_bytes_int8": sum(result.int8_bytes),
+                "seconds": result.seconds,
+            }
+        )
     candidates.append(cascade["candidate"])
     warnings = ensemble_warnings("B-DISTIL", [p["accuracy"] for p in curve], data.num_classes, len(data.y_test))
     for c in candidates:
         if c["name"] not in ("bdistil", "cascade"):
-            warnings += student_warnings(f"the {c['name']} candidate", c["accuracy"], data.num_classes, len(data.y_test),
-                                         fix="train it longer or give it more capacity" if c["name"] != "teacher"
-                                         else "train the teacher longer or check the data")
+            warnings += student_warnings(
+                f"the {c['name']} candidate",
+                c["accuracy"],
+                data.num_classes,
+                len(data.y_test),
+                fix="train it longer or give it more capacity"
+                if c["name"] != "teacher"
+                else "train the teacher longer or check the data",
+            )
     report: dict[str, Any] = {
-        "data": {"name": data.name, "input_shape": list(data.input_shape), "classes": data.num_classes,
-                 "train": len(data.x_train), "validation": len(data.x_val), "test": len(data.x_test)},
+        "data": {
+            "name": data.name,
+            "input_shape": list(data.input_shape),
+            "classes": data.num_classes,
+            "train": len(data.x_train),
+            "validation": len(data.x_val),
+            "test": len(data.x_test),
+        },
         "device": {"fingerprint": fingerprint(), **device_info()},
         "teacher": {**teacher_metrics, "test_accuracy": exports["teacher"].reports[0].onnx_accuracy},
         "candidates": candidates,
         "anytime_curve": curve,
-        "calibration": {"entropy_threshold": calibration.entropy_threshold, "target": calibration.target,
-                        "validation_accuracy": calibration.accuracy, "validation_mean_members": calibration.mean_members},
+        "calibration": {
+            "entropy_threshold": calibration.entropy_threshold,
+            "target": calibration.target,
+            "validation_accuracy": calibration.accuracy,
+            "validation_mean_members": calibration.mean_members,
+        },
         "entropy_exit": entropy,
         "budgets": budget_rows,
         "cascade": {k: v for k, v in cascade.items() if k != "candidate"},
@@ -532,48 +664,111 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     atomic_write(cfg.out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
 
     say("")
-    say(f"Device: {report['device']['cpu_model']} ({report['device']['logical_cores']} logical cores), "
-        f"ONNX Runtime {report['device']['onnxruntime']}, 1 intra-op thread")
-    say(format_table(
-        ["candidate", "members", "test acc", "p50 ms", "p99 ms", "size KiB", "zipped KiB", "params (nonzero)"],
-        [[c["name"], c["members"], _pct(c["accuracy"]), f"{c['latency_ms_p50']:.3f}", f"{c['latency_ms_p99']:.3f}",
-          f"{c['size_bytes'] / 1024:.1f}", f"{c['size_bytes_zip'] / 1024:.1f}", f"{c['params']:,} ({c['nonzero_params']:,})"]
-         for c in candidates],
-    ))
+    say(
+        f"Device: {report['device']['cpu_model']} ({report['device']['logical_cores']} logical cores), "
+        f"ONNX Runtime {report['device']['onnxruntime']}, 1 intra-op thread"
+    )
+    say(
+        format_table(
+            ["candidate", "members", "test acc", "p50 ms", "p99 ms", "size KiB", "zipped KiB", "params (nonzero)"],
+            [
+                [
+                    c["name"],
+                    c["members"],
+                    _pct(c["accuracy"]),
+                    f"{c['latency_ms_p50']:.3f}",
+                    f"{c['latency_ms_p99']:.3f}",
+                    f"{c['size_bytes'] / 1024:.1f}",
+                    f"{c['size_bytes_zip'] / 1024:.1f}",
+                    f"{c['params']:,} ({c['nonzero_params']:,})",
+                ]
+                for c in candidates
+            ],
+        )
+    )
     if int8_rows:
         say("\nINT8 (static QDQ, calibrated on the validation split; test split; batch-1 p50 on this machine):")
-        say(format_table(
-            ["int8 candidate", "from", "acc float", "acc int8", "agreement", "p50 float ms", "p50 int8 ms", "speed-up",
-             "vs teacher", "KiB float -> int8"],
-            [[r["name"], r["source"], _pct(r["accuracy_float"]), _pct(r["accuracy_int8"]), _pct(r["agreement"]),
-              f"{r['p50_ms_float']:.3f}", f"{r['p50_ms_int8']:.3f}", f"{r['speedup_p50']:.2f}x",
-              f"{r['speedup_p50_vs_teacher']:.2f}x", f"{r['size_bytes_float'] / 1024:.0f} -> {r['size_bytes_int8'] / 1024:.0f}"]
-             if r["refused"] is None else [r["name"], r["source"], "refused", "", "", "", "", "", "", ""]
-             for r in int8_rows],
-        ))
+        say(
+            format_table(
+                [
+                    "int8 candidate",
+                    "from",
+                    "acc float",
+                    "acc int8",
+                    "agreement",
+                    "p50 float ms",
+                    "p50 int8 ms",
+                    "speed-up",
+                    "vs teacher",
+                    "KiB float -> int8",
+                ],
+                [
+                    [
+                        r["name"],
+                        r["source"],
+                        _pct(r["accuracy_float"]),
+                        _pct(r["accuracy_int8"]),
+                        _pct(r["agreement"]),
+                        f"{r['p50_ms_float']:.3f}",
+                        f"{r['p50_ms_int8']:.3f}",
+                        f"{r['speedup_p50']:.2f}x",
+                        f"{r['speedup_p50_vs_teacher']:.2f}x",
+                        f"{r['size_bytes_float'] / 1024:.0f} -> {r['size_bytes_int8'] / 1024:.0f}",
+                    ]
+                    if r["refused"] is None
+                    else [r["name"], r["source"], "refused", "", "", "", "", "", "", ""]
+                    for r in int8_rows
+                ],
+            )
+        )
     say("\nAnytime curve of the B-DISTIL ensemble (test split; latency of members 1..t on this machine):")
-    say(format_table(["members", "test acc", "p50 ms", "p99 ms"],
-               [[p["members"], _pct(p["accuracy"]), f"{p['latency_ms_p50']:.3f}", f"{p['latency_ms_p99']:.3f}"] for p in curve]))
-    say(f"\nEntropy exit: threshold {entropy['threshold']:.4f} nats ({calibration.target}): test accuracy "
+    say(
+        format_table(
+            ["members", "test acc", "p50 ms", "p99 ms"],
+            [[p["members"], _pct(p["accuracy"]), f"{p['latency_ms_p50']:.3f}", f"{p['latency_ms_p99']:.3f}"] for p in curve],
+        )
+    )
+    say(
+        f"\nEntropy exit: threshold {entropy['threshold']:.4f} nats ({calibration.target}): test accuracy "
         f"{_pct(entropy['accuracy'])}, mean members {entropy['mean_members']:.2f}, "
-        f"p50 {entropy['latency_ms_p50']:.3f} ms wall per request, {entropy['profiled_ms_p50']:.3f} ms profiled at the exit prefix")
+        f"p50 {entropy['latency_ms_p50']:.3f} ms wall per request, {entropy['profiled_ms_p50']:.3f} ms profiled at the exit prefix"
+    )
     c_exit = cascade["entropy_exit"]
-    say(f"\nCascade {' -> '.join(cascade['members'])} (combine=replace; test split): "
+    say(
+        f"\nCascade {' -> '.join(cascade['members'])} (combine=replace; test split): "
         + ", ".join(f"{p['member']} {_pct(p['accuracy'])} at p50 {p['latency_ms_p50']:.3f} ms" for p in cascade["curve"])
         + f"; entropy exit at {c_exit['threshold']:.4f} nats: {_pct(c_exit['accuracy'])}, mean members "
         f"{c_exit['mean_members']:.2f}, p50 {c_exit['latency_ms_p50']:.3f} ms wall per request, "
-        f"{c_exit['profiled_ms_p50']:.3f} ms profiled at the exit prefix")
+        f"{c_exit['profiled_ms_p50']:.3f} ms profiled at the exit prefix"
+    )
     say("\nLatency budgets (one request per test sample, batch 1, wall time measured around predict):")
-    say(format_table(["budget ms", "test acc", "mean members", "over budget", "member 1 alone over", "p50 ms", "p99 ms"],
-               [[f"{r['budget_ms']:.3f}", _pct(r["accuracy"]), f"{r['mean_members']:.2f}", _pct(r["miss_rate"]),
-                 _pct(r["forced_miss_rate"]),
-                 f"{r['latency_ms_p50']:.3f}", f"{r['latency_ms_p99']:.3f}"] for r in budget_rows]))
-    say("\nNote: the sparse student's zeros shrink its zipped size, not its latency: ONNX Runtime's CPU kernels "
-        "gain no speed from zero weights. Low-rank factors and smaller members are what cut latency.")
+    say(
+        format_table(
+            ["budget ms", "test acc", "mean members", "over budget", "member 1 alone over", "p50 ms", "p99 ms"],
+            [
+                [
+                    f"{r['budget_ms']:.3f}",
+                    _pct(r["accuracy"]),
+                    f"{r['mean_members']:.2f}",
+                    _pct(r["miss_rate"]),
+                    _pct(r["forced_miss_rate"]),
+                    f"{r['latency_ms_p50']:.3f}",
+                    f"{r['latency_ms_p99']:.3f}",
+                ]
+                for r in budget_rows
+            ],
+        )
+    )
+    say(
+        "\nNote: the sparse student's zeros shrink its zipped size, not its latency: ONNX Runtime's CPU kernels "
+        "gain no speed from zero weights. Low-rank factors and smaller members are what cut latency."
+    )
     for line in warnings:
         say(f"warning: {line}")
-    say(f"\nWrote {cfg.out / 'bundle'} (the anytime bundle), {cfg.out / 'candidates'}/, {cfg.out / 'report.json'}, "
+    say(
+        f"\nWrote {cfg.out / 'bundle'} (the anytime bundle), {cfg.out / 'candidates'}/, {cfg.out / 'report.json'}, "
         f"{cfg.out / 'cascade'}, {cfg.out / 'validation.npz'}, {cfg.out / 'test.npz'}"
-        + (f" ({plot_note})" if plot_note else f", {plot_path}"))
+        + (f" ({plot_note})" if plot_note else f", {plot_path}")
+    )
     say(f"Total {report['total_seconds']:.0f} s")
     return report

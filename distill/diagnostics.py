@@ -27,7 +27,9 @@ def _sigma(p: float, n: int) -> float:
     return math.sqrt(smoothed * (1.0 - smoothed) / n)
 
 
-def student_warnings(name: str, accuracy: float, classes: int, n: int, fix: str = "train longer (more epochs) or use a larger student") -> list[str]:
+def student_warnings(
+    name: str, accuracy: float, classes: int, n: int, fix: str = "train longer (more epochs) or use a larger student"
+) -> list[str]:
     """A one-line warning when ``accuracy`` (a fraction, on ``n`` samples) is near chance for ``classes``."""
     chance = 1.0 / classes
     if accuracy <= chance + 3.0 * _sigma(chance, n) + 0.05:
@@ -39,8 +41,13 @@ def ensemble_warnings(name: str, prefix_accuracies: Sequence[float], classes: in
     """Warnings for an anytime ensemble's prefixes (accuracy of members 1..t, fractions on ``n`` samples)."""
     found: list[str] = []
     for t, acc in enumerate(prefix_accuracies, start=1):
-        found += student_warnings(f"{name} prefix F_{t}", acc, classes, n,
-                                  fix="train each member longer (--epochs) or start the ladder at a larger member")
+        found += student_warnings(
+            f"{name} prefix F_{t}",
+            acc,
+            classes,
+            n,
+            fix="train each member longer (--epochs) or start the ladder at a larger member",
+        )
     best, best_t = -1.0, 0
     for t, acc in enumerate(prefix_accuracies, start=1):
         if best >= 0 and acc < best - 2.0 * _sigma(best, n):

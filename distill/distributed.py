@@ -86,7 +86,9 @@ def init_from_env() -> bool:
         dist.init_process_group(backend=backend, init_method="env://")
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrainingError(f"cannot join torchrun's process group ({first}); start every rank with the same torchrun command") from None
+        raise TrainingError(
+            f"cannot join torchrun's process group ({first}); start every rank with the same torchrun command"
+        ) from None
     return True
 
 
@@ -246,4 +248,3 @@ def quiet_unless_main() -> Iterator[None]:
         return
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         yield
-

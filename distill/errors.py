@@ -1,10 +1,10 @@
 """Exceptions raised by the offline training package.
 
-    AnytimeEdgeError       (edge_runtime.errors) the root of every package's errors
-    └── DistillError
-        ├── DataError          a data set cannot be read or fails validation (lengths, labels, NaN)
-        ├── CheckpointError    a checkpoint is missing, damaged or does not match its config
-        └── TrainingError      a training method was configured badly or cannot proceed
+AnytimeEdgeError       (edge_runtime.errors) the root of every package's errors
+└── DistillError
+    ├── DataError          a data set cannot be read or fails validation (lengths, labels, NaN)
+    ├── CheckpointError    a checkpoint is missing, damaged or does not match its config
+    └── TrainingError      a training method was configured badly or cannot proceed
 """
 
 from __future__ import annotations

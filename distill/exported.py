@@ -78,9 +78,15 @@ def _layer_for(node: fx.Node, weight: nn.Parameter, bias: nn.Parameter | None) -
         groups = int(args["groups"])
         padding = args["padding"] if isinstance(args["padding"], str) else tuple(int(p) for p in args["padding"])
         layer = kind(
-            weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]),
-            stride=tuple(int(s) for s in args["stride"]), padding=padding,
-            dilation=tuple(int(d) for d in args["dilation"]), groups=groups, bias=bias is not None, device="meta",
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=tuple(int(s) for s in args["stride"]),
+            padding=padding,
+            dilation=tuple(int(d) for d in args["dilation"]),
+            groups=groups,
+            bias=bias is not None,
+            device="meta",
         )
     layer.weight = weight
     layer.bias = bias  # type: ignore[assignment]  # None is how torch spells a layer without bias

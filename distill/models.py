@@ -58,7 +58,9 @@ class ModelConfig:
         if self.width < 1 or self.depth < 1 or self.num_classes < 2 or self.hidden < 0:
             raise TrainingError("width and depth must be >= 1, hidden >= 0, num_classes >= 2")
         if self.family == "resnet" and self.hidden:
-            raise TrainingError("the resnet family has no penultimate Linear (its features are pooled): pass hidden=0 (--hidden 0)")
+            raise TrainingError(
+                "the resnet family has no penultimate Linear (its features are pooled): pass hidden=0 (--hidden 0)"
+            )
 
     @classmethod
     def for_data(cls, data: Any, **architecture: Any) -> "ModelConfig":

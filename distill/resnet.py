@@ -49,7 +49,9 @@ def resnet_body(input_shape: tuple[int, ...], width: int, stages: int) -> tuple[
     channels, *spatial = input_shape
     stem_stride = 2 if min(spatial) >= 32 else 1
     layers: list[nn.Module] = [
-        nn.Conv2d(channels, width, 3, stride=stem_stride, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(channels, width, 3, stride=stem_stride, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
     ]
     side = -(-min(spatial) // stem_stride)
     c_in = width

@@ -72,8 +72,15 @@ def default_teacher_config(dataset: Dataset) -> TeacherConfig:
         # several ms" scale of a camera crop. About 150k training images (3 epochs of cluttered MNIST's 54k;
         # more epochs with a smaller limit_train): the whole split rather than a 20k subset for the same
         # steps, as more distinct digit positions and clutter layouts over-fit less at the same cost.
-        return TeacherConfig(family="resnet", width=48, depth=4, hidden=0, lr=2e-3, batch_size=128,
-                             epochs=scaled_epochs(len(dataset.x_train), samples=150_000, low=2, high=30))
+        return TeacherConfig(
+            family="resnet",
+            width=48,
+            depth=4,
+            hidden=0,
+            lr=2e-3,
+            batch_size=128,
+            epochs=scaled_epochs(len(dataset.x_train), samples=150_000, low=2, high=30),
+        )
     if dataset.name == "mnist" or (len(dataset.input_shape) == 3 and min(dataset.input_shape[1:]) >= 24):
         # Conv 32 -> 64 -> FC 128: >= 99% on MNIST in 4 epochs, ~0.3 ms per image in ORT.
         return TeacherConfig(width=32, depth=2, hidden=128, epochs=4, lr=2e-3, batch_size=128)
@@ -101,7 +108,9 @@ def _load_tensors(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"{path} is not a readable weights-only checkpoint ({type(exc).__name__}); retrain or restore it") from exc
+        raise CheckpointError(
+            f"{path} is not a readable weights-only checkpoint ({type(exc).__name__}); retrain or restore it"
+        ) from exc
 
 
 def save_model(model: Classifier, out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
@@ -163,7 +172,9 @@ def finished_run(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     return {key: config.get(key) for key in ("teacher", "data", "data_fingerprint")}, metrics
 
 
-def train_teacher(dataset: Dataset, cfg: TeacherConfig, out_dir: str | os.PathLike[str], progress: bool = True) -> tuple[Classifier, dict[str, Any]]:
+def train_teacher(
+    dataset: Dataset, cfg: TeacherConfig, out_dir: str | os.PathLike[str], progress: bool = True
+) -> tuple[Classifier, dict[str, Any]]:
     """Train a teacher on ``dataset`` into ``out_dir``, resuming from ``progress.pt`` if present.
 
     Under torchrun every rank trains (DDP) and reads the same ``progress.pt``; rank 0 alone writes.
@@ -194,11 +205,24 @@ def train_teacher(dataset: Dataset, cfg: TeacherConfig, out_dir: str | os.PathLi
 
     started = time.perf_counter()
     fit_cfg = FitConfig(
-        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-        seed=cfg.seed, progress=progress, desc=f"teacher ({dataset.name})",
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        progress=progress,
+        desc=f"teacher ({dataset.name})",
     )
-    fit(model, dataset.x_train, dataset.y_train, CrossEntropy(), fit_cfg,
-        start_epoch=start_epoch, optimizer_state=optimizer_state, on_epoch_end=checkpoint)
+    fit(
+        model,
+        dataset.x_train,
+        dataset.y_train,
+        CrossEntropy(),
+        fit_cfg,
+        start_epoch=start_epoch,
+        optimizer_state=optimizer_state,
+        on_epoch_end=checkpoint,
+    )
     metrics = {
         "val_accuracy": accuracy(model, dataset.x_val, dataset.y_val),
         "test_accuracy": accuracy(model, dataset.x_test, dataset.y_test),

@@ -40,7 +40,16 @@ from distill.logit_cache import LogitCache, attach
 from distill.logits import logits_of
 from edge_runtime.errors import error_line
 
-__all__ = ["INPUT_MODES", "LoadedTeacher", "LogProbabilities", "OnnxTeacher", "RawInputTeacher", "dense_proxy", "load_teacher", "rewritable_layers"]
+__all__ = [
+    "INPUT_MODES",
+    "LoadedTeacher",
+    "LogProbabilities",
+    "OnnxTeacher",
+    "RawInputTeacher",
+    "dense_proxy",
+    "load_teacher",
+    "rewritable_layers",
+]
 
 INPUT_MODES = ("raw", "model")  # what a user's teacher takes: raw client values, or model-ready inputs
 
@@ -108,7 +117,9 @@ class OnnxTeacher(nn.Module):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for a bad file
-            raise CheckpointError(f"{self.path} is not a loadable ONNX model ({error_line(exc)}); pass an ONNX classifier") from exc
+            raise CheckpointError(
+                f"{self.path} is not a loadable ONNX model ({error_line(exc)}); pass an ONNX classifier"
+            ) from exc
         feeds = self.session.get_inputs()
         if len(feeds) != 1:
             raise CheckpointError(f"{self.path} takes {len(feeds)} inputs; a teacher takes exactly one (the batch)")
@@ -118,7 +129,11 @@ class OnnxTeacher(nn.Module):
         self.input_dtype = np.dtype(_ONNX_TYPES.get(feeds[0].type, "float32"))
         outputs = self.session.get_outputs()
         names = [o.name for o in outputs]
-        floats = [o.name for o in outputs if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)") and len(o.shape or ()) == 2]
+        floats = [
+            o.name
+            for o in outputs
+            if o.type in ("tensor(float)", "tensor(double)", "tensor(float16)") and len(o.shape or ()) == 2
+        ]
         if "logits" in names:
             self.output_name = "logits"
         elif floats:
@@ -141,7 +156,9 @@ class OnnxTeacher(nn.Module):
             feed = np.rint(feed)  # integer inputs (uint8 pixels): undo float rounding of the inverse map
         feed = np.ascontiguousarray(feed, dtype=self.input_dtype)
         step = self.fixed_batch or len(feed)
-        parts = [self.session.run([self.output_name], {self.input_name: feed[i : i + step]})[0] for i in range(0, len(feed), step)]
+        parts = [
+            self.session.run([self.output_name], {self.input_name: feed[i : i + step]})[0] for i in range(0, len(feed), step)
+        ]
         out = np.concatenate(parts).astype(np.float32)
         if out.ndim == 2 and _are_probabilities(out):
             out = np.log(np.maximum(out, 1e-12)).astype(np.float32)  # probabilities -> log-probabilities
@@ -149,8 +166,13 @@ class OnnxTeacher(nn.Module):
 
 
 _ONNX_TYPES = {
-    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
-    "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int16)": "int16", "tensor(int32)": "int32",
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
     "tensor(int64)": "int64",
 }
 
@@ -177,8 +199,16 @@ class LoadedTeacher:
         """True when methods that rewrite Linear/Conv layers can act on this teacher."""
         return bool(rewritable_layers(self.module))
 
-    def layered(self, method: str, dataset: Dataset, *, runs_dir: str | os.PathLike[str] = "runs", progress: bool = True,
-                say: Any = None, proxy_config: Any = None) -> nn.Module:
+    def layered(
+        self,
+        method: str,
+        dataset: Dataset,
+        *,
+        runs_dir: str | os.PathLike[str] = "runs",
+        progress: bool = True,
+        say: Any = None,
+        proxy_config: Any = None,
+    ) -> nn.Module:
         """A module with layers for ``method``: the teacher itself, or for an ONNX teacher its :func:`dense_proxy`.
 
         ``say`` (a print-like callable) is told when the proxy stands in for the teacher; ``proxy_config`` is
@@ -190,8 +220,10 @@ class LoadedTeacher:
         if say is not None:
             from distill.train import accuracy
 
-            say(f"note: {method} acts on a dense proxy distilled from the ONNX teacher {self.source} (it has no layers to "
-                f"rewrite); proxy test accuracy {100 * accuracy(proxy, dataset.x_test, dataset.y_test):.2f}%")
+            say(
+                f"note: {method} acts on a dense proxy distilled from the ONNX teacher {self.source} (it has no layers to "
+                f"rewrite); proxy test accuracy {100 * accuracy(proxy, dataset.x_test, dataset.y_test):.2f}%"
+            )
         return proxy
 
     def require_layers(self, method: str) -> nn.Module:
@@ -210,8 +242,14 @@ class LoadedTeacher:
         return self.module
 
 
-def dense_proxy(teacher: LoadedTeacher, dataset: Dataset, *, runs_dir: str | os.PathLike[str] = "runs", progress: bool = True,
-                config: Any = None) -> nn.Module:
+def dense_proxy(
+    teacher: LoadedTeacher,
+    dataset: Dataset,
+    *,
+    runs_dir: str | os.PathLike[str] = "runs",
+    progress: bool = True,
+    config: Any = None,
+) -> nn.Module:
     """A toolkit model (the data's default teacher architecture) distilled from a logits-only teacher.
 
     Methods that rewrite layers (low-rank, FCPTS, DSD², channels) cannot act on an ONNX teacher; they act on
@@ -230,7 +268,9 @@ def dense_proxy(teacher: LoadedTeacher, dataset: Dataset, *, runs_dir: str | os.
     from distill.train import FitConfig, fit, predict_logits
 
     cfg = config or default_teacher_config(dataset)
-    key = hashlib.sha256(json.dumps([teacher.identity, asdict(cfg), dataset.fingerprint()], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([teacher.identity, asdict(cfg), dataset.fingerprint()], sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
     out = Path(runs_dir) / "proxies" / key
     if teacher.identity and (out / "model.pt").is_file():
         try:
@@ -241,10 +281,21 @@ def dense_proxy(teacher: LoadedTeacher, dataset: Dataset, *, runs_dir: str | os.
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_config(dataset))
     logits = predict_logits(teacher.module, dataset.x_train)
-    fit(model, dataset.x_train, dataset.y_train, make_loss("kd"),
-        FitConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress,
-                  desc="dense proxy of the teacher"),
-        teacher_logits=logits)
+    fit(
+        model,
+        dataset.x_train,
+        dataset.y_train,
+        make_loss("kd"),
+        FitConfig(
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            progress=progress,
+            desc="dense proxy of the teacher",
+        ),
+        teacher_logits=logits,
+    )
     model.eval()
     if teacher.identity:
         from distill import distributed
@@ -282,7 +333,9 @@ def _load_pt2(path: Path) -> nn.Module:
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # torch raises many types for a bad file
-            raise CheckpointError(f"{path} is not a torch.export program ({type(exc).__name__}); write it with torch.export.save") from exc
+            raise CheckpointError(
+                f"{path} is not a torch.export program ({type(exc).__name__}); write it with torch.export.save"
+            ) from exc
         return program.module()
     return load_exported_module(path)
 
@@ -419,4 +472,3 @@ def load_teacher(
     if "test_accuracy" not in teacher.metrics:
         teacher.metrics["test_accuracy"] = _test_accuracy(module, dataset)
     return teacher
-

@@ -129,7 +129,7 @@ def fit(
         raise TrainingError(f"{len(x)} inputs but {len(y)} labels")
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
     # np.require copies read-only (memory-mapped, cached) teacher logits: torch wants writable arrays
-    tt = torch.from_numpy(np.require(teacher_logits, requirements=['C', 'W'])) if teacher_logits is not None else yt
+    tt = torch.from_numpy(np.require(teacher_logits, requirements=["C", "W"])) if teacher_logits is not None else yt
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)

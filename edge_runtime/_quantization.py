@@ -44,12 +44,20 @@ class Quantization:
             raise ManifestError(f"quantization.weight_type '{self.weight_type}' is unknown; use one of {list(INT8_TYPES)}")
         if self.method == "static":
             if self.activation_type not in INT8_TYPES:
-                raise ManifestError(f"static quantization needs activation_type in {list(INT8_TYPES)}, not {self.activation_type!r}")
+                raise ManifestError(
+                    f"static quantization needs activation_type in {list(INT8_TYPES)}, not {self.activation_type!r}"
+                )
             if self.calibration not in CALIBRATION_METHODS:
-                raise ManifestError(f"static quantization needs calibration in {list(CALIBRATION_METHODS)}, not {self.calibration!r}")
+                raise ManifestError(
+                    f"static quantization needs calibration in {list(CALIBRATION_METHODS)}, not {self.calibration!r}"
+                )
         elif self.activation_type is not None or self.calibration is not None:
             raise ManifestError("dynamic quantization has no activation_type or calibration; set both to null")
-        if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int) or self.calibration_samples < 0:
+        if (
+            isinstance(self.calibration_samples, bool)
+            or not isinstance(self.calibration_samples, int)
+            or self.calibration_samples < 0
+        ):
             raise ManifestError("quantization.calibration_samples must be an integer >= 0")
 
     @property
@@ -62,8 +70,10 @@ class Quantization:
         weights = f"weights {self.weight_type}{' per-channel' if self.per_channel else ''}"
         if self.method == "dynamic":
             return f"dynamic {self.format}, {weights}, activations quantized per call"
-        return (f"static {self.format}, {weights}, activations {self.activation_type} "
-                f"({self.calibration} on {self.calibration_samples} samples)")
+        return (
+            f"static {self.format}, {weights}, activations {self.activation_type} "
+            f"({self.calibration} on {self.calibration_samples} samples)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -311,7 +311,6 @@ def _unreadable(bundle: Path, path: Path, exc: OSError) -> BundleError:
     reason = exc.strerror or type(exc).__name__
     if isinstance(exc, PermissionError):
         return BundleError(
-            f"cannot read {path} ({reason}); give this user read access (chmod -R a+rX {bundle}) "
-            "or run as the bundle's owner"
+            f"cannot read {path} ({reason}); give this user read access (chmod -R a+rX {bundle}) or run as the bundle's owner"
         )
     return BundleError(f"cannot read {path} ({reason}); check the path and copy the bundle again")

@@ -260,6 +260,7 @@ class Preprocess:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: numbers or lists for scale/offset, and ``layout`` (null when None)."""
+
         def jsonable(v: Vector) -> float | list[float]:
             return list(v) if isinstance(v, tuple) else v
 

@@ -57,9 +57,7 @@ class CalibrationTarget:
             raise PolicyError("give exactly one calibration target: an accuracy drop or a maximum of mean members")
         if self.accuracy_drop is not None and not (math.isfinite(self.accuracy_drop) and self.accuracy_drop >= 0):
             raise PolicyError(f"accuracy drop {self.accuracy_drop} must be a finite number of points >= 0")
-        if self.max_mean_members is not None and not (
-            math.isfinite(self.max_mean_members) and self.max_mean_members >= 1
-        ):
+        if self.max_mean_members is not None and not (math.isfinite(self.max_mean_members) and self.max_mean_members >= 1):
             raise PolicyError(f"max mean members {self.max_mean_members} must be >= 1 (the first member always runs)")
 
     @classmethod
@@ -71,8 +69,7 @@ class CalibrationTarget:
         """A one-line description stored in the manifest."""
         if self.accuracy_drop is not None:
             return (
-                f"accuracy within {self.accuracy_drop:g} point(s) of the full ensemble "
-                f"({100 * full_accuracy:.2f}% on validation)"
+                f"accuracy within {self.accuracy_drop:g} point(s) of the full ensemble ({100 * full_accuracy:.2f}% on validation)"
             )
         return f"mean members <= {self.max_mean_members:g}"
 
@@ -192,7 +189,7 @@ def calibrate_prefixes(
         failing = np.flatnonzero(curve.accuracy < floor)
         # The largest threshold below the first failing one (point 0 is the full ensemble or a threshold
         # that exits only zero-entropy samples; it meets any drop >= 0 in practice).
-        chosen = (int(failing[0]) - 1 if len(failing) else len(curve.threshold) - 1)
+        chosen = int(failing[0]) - 1 if len(failing) else len(curve.threshold) - 1
         chosen = max(chosen, 0)
     else:
         assert target.max_mean_members is not None  # CalibrationTarget sets exactly one of the two

@@ -35,13 +35,42 @@ FINGERPRINT_PREFIX = "v2-"
 # NEON dot-product, i8mm, SVE). A fixed list: the kernel's other flags (mitigations, "hypervisor", new
 # names a newer kernel learns) would change the fingerprint without changing latency.
 ISA_FLAGS = (
-    "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-    "asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve", "sve2",
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "asimdhp",
+    "i8mm",
+    "bf16",
+    "sve",
+    "sve2",
 )
 _FINGERPRINT_FIELDS = (
-    "cpu_vendor", "cpu_model", "cpu_family", "cpu_model_number", "cpu_stepping", "isa",
-    "logical_cores", "physical_cores", "machine", "system", "onnxruntime",
+    "cpu_vendor",
+    "cpu_model",
+    "cpu_family",
+    "cpu_model_number",
+    "cpu_stepping",
+    "isa",
+    "logical_cores",
+    "physical_cores",
+    "machine",
+    "system",
+    "onnxruntime",
 )
 _LEGACY_FIELDS = ("cpu_model", "logical_cores", "physical_cores", "machine", "os", "onnxruntime")
 

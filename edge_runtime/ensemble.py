@@ -528,9 +528,7 @@ class AnytimeRuntime:
         if entropy_threshold is None and budget_ms is None:
             return self._default_policy
         threshold = (
-            self._default_threshold
-            if entropy_threshold is None
-            else parse_entropy_threshold(entropy_threshold, self._calibrated)
+            self._default_threshold if entropy_threshold is None else parse_entropy_threshold(entropy_threshold, self._calibrated)
         )
         budget = self._default_budget if budget_ms is None else parse_budget(budget_ms)
         key = (threshold, budget)

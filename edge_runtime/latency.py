@@ -232,17 +232,24 @@ class LatencyEstimator:
                 member_ms, source = baseline * 0.5 ** (stale_windows / _BASELINE_HALVING), "baseline"
             else:
                 member_ms, source = 0.0, "none"  # never measured: nothing to predict with, so it runs
-            rows.append({
-                "member": self.names[k],
-                "estimate_ms": member_ms + finish,
-                "member_ms": member_ms,
-                "source": source,
-                "profile_ms": profile,
-                "observed_ms": observed,
-                "baseline_ms": None if math.isinf(baseline) else baseline,
-                "samples": samples,
-                "age_s": None if last is None else now - last,
-            })
-        return {"quantile": self.quantile, "window_s": self.window_s, "finish_ms": finish,
-                "refreshed_age_s": now - self._refreshed_at, "now": now, "members": rows}
-
+            rows.append(
+                {
+                    "member": self.names[k],
+                    "estimate_ms": member_ms + finish,
+                    "member_ms": member_ms,
+                    "source": source,
+                    "profile_ms": profile,
+                    "observed_ms": observed,
+                    "baseline_ms": None if math.isinf(baseline) else baseline,
+                    "samples": samples,
+                    "age_s": None if last is None else now - last,
+                }
+            )
+        return {
+            "quantile": self.quantile,
+            "window_s": self.window_s,
+            "finish_ms": finish,
+            "refreshed_age_s": now - self._refreshed_at,
+            "now": now,
+            "members": rows,
+        }

@@ -209,9 +209,7 @@ def _checked_threshold(value: object) -> float:
     try:
         threshold = float(value)  # type: ignore[arg-type]  # any object: float() raising is the check
     except (TypeError, ValueError):
-        raise PolicyError(
-            f"entropy threshold {value!r} is not a number; give nats >= 0, '{CALIBRATED}' or '{OFF}'"
-        ) from None
+        raise PolicyError(f"entropy threshold {value!r} is not a number; give nats >= 0, '{CALIBRATED}' or '{OFF}'") from None
     if not math.isfinite(threshold) or threshold < 0:
         raise PolicyError(f"entropy threshold {value!r} must be a finite number >= 0 (nats), or '{OFF}'")
     return threshold

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 from edge_runtime.errors import DependencyError, ModelLoadError, SessionConfigError, error_line
 
 __all__ = [
-    "ORT_FLOOR", "TELEMETRY_ENV", "RunTimeout", "SessionConfig", "create_session", "fast_run", "new_run_options", "ort",
+    "ORT_FLOOR",
+    "TELEMETRY_ENV",
+    "RunTimeout",
+    "SessionConfig",
+    "create_session",
+    "fast_run",
+    "new_run_options",
+    "ort",
     "run_bounded",
 ]
 

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from exporters.errors import ConversionError, ExportError, VerificationError
     from exporters.export import ExportResult, MemberExport, compressed_size, export_ensemble, export_model
     from exporters.onnx import OPSET, MemberHead, export_onnx
+    from exporters.pt2 import wrap_pt2
     from exporters.quantize import QuantizeConfig, QuantizeResult, quantize_bundle
     from exporters.verify import GateReport, Tolerance
     from exporters.wrap import WrapResult, wrap_onnx
-    from exporters.pt2 import wrap_pt2
 
 __all__ = [
     "CascadeResult",

@@ -22,7 +22,9 @@ from exporters.errors import ExportError
 __all__ = ["archive_bundle", "write_bundle"]
 
 
-def write_bundle(out_dir: str | os.PathLike[str], manifest: Manifest, member_bytes: Sequence[bytes], *, overwrite: bool = True) -> Path:
+def write_bundle(
+    out_dir: str | os.PathLike[str], manifest: Manifest, member_bytes: Sequence[bytes], *, overwrite: bool = True
+) -> Path:
     """Write ``manifest`` and its members to ``out_dir`` (a directory), atomically.
 
     Each member's ``file`` and ``sha256`` are (re)set from ``member_bytes``: ``file`` defaults to
@@ -80,7 +82,7 @@ def _remove_stale_dirs(target: Path) -> None:
     for kind in ("staging", "old"):
         prefix = f".{target.name}.{kind}."
         for path in target.parent.iterdir():
-            pid = path.name[len(prefix):].split(".", 1)[0]
+            pid = path.name[len(prefix) :].split(".", 1)[0]
             if path.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)

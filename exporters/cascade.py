@@ -113,8 +113,12 @@ def compose_cascade(
         metadata={
             "method": "cascade",
             "cascade_of": [
-                {"bundle": b.manifest.name, "source": label, "member": b.manifest.members[0].name,
-                 "metadata": dict(b.manifest.metadata)}
+                {
+                    "bundle": b.manifest.name,
+                    "source": label,
+                    "member": b.manifest.members[0].name,
+                    "metadata": dict(b.manifest.metadata),
+                }
                 for b, label in zip(loaded, labels)
             ],
         },
@@ -167,8 +171,10 @@ def _adapted_member(bundle: Bundle, label: str, ref: TaskSpec) -> tuple[bytes, s
         return blob, ""
     what = [f"input '{task.input.name}' fed as '{ref.input.name}'"] if renamed else []
     if affine:
-        what.append(f"its preprocess ({_describe(task.preprocess.to_dict())}) folded in after the cascade's "
-                    f"({_describe(ref.preprocess.to_dict())})")
+        what.append(
+            f"its preprocess ({_describe(task.preprocess.to_dict())}) folded in after the cascade's "
+            f"({_describe(ref.preprocess.to_dict())})"
+        )
     try:
         import onnx
         from onnx import helper, numpy_helper
@@ -192,10 +198,16 @@ def _adapted_member(bundle: Bundle, label: str, ref: TaskSpec) -> tuple[bytes, s
         s_ref, o_ref = (v.astype(np.float64) for v in ref.preprocess.arrays(model_shape))
         s_own, o_own = (v.astype(np.float64) for v in task.preprocess.arrays(model_shape))
         a, b = s_own / s_ref, o_own - o_ref * s_own / s_ref
-        graph.initializer.extend([numpy_helper.from_array(np.asarray(a, np.float32), prefix + "scale"),
-                                  numpy_helper.from_array(np.asarray(b, np.float32), prefix + "offset")])
-        nodes = [helper.make_node("Mul", [new, prefix + "scale"], [prefix + "scaled"], name=prefix + "mul"),
-                 helper.make_node("Add", [prefix + "scaled", prefix + "offset"], [old], name=prefix + "add")]
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.asarray(a, np.float32), prefix + "scale"),
+                numpy_helper.from_array(np.asarray(b, np.float32), prefix + "offset"),
+            ]
+        )
+        nodes = [
+            helper.make_node("Mul", [new, prefix + "scale"], [prefix + "scaled"], name=prefix + "mul"),
+            helper.make_node("Add", [prefix + "scaled", prefix + "offset"], [old], name=prefix + "add"),
+        ]
     else:
         nodes = [helper.make_node("Identity", [new], [old], name=prefix + "rename")]
     for node in reversed(nodes):

@@ -1,9 +1,9 @@
 """Exceptions raised by the exporters.
 
-    AnytimeEdgeError       (edge_runtime.errors) the root of every package's errors
-    └── ExportError
-        ├── ConversionError    torch -> ONNX conversion failed
-        └── VerificationError  an exported model failed a gate: onnx.checker, torch-vs-ORT parity, accuracy
+AnytimeEdgeError       (edge_runtime.errors) the root of every package's errors
+└── ExportError
+    ├── ConversionError    torch -> ONNX conversion failed
+    └── VerificationError  an exported model failed a gate: onnx.checker, torch-vs-ORT parity, accuracy
 """
 
 from __future__ import annotations

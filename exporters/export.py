@@ -141,7 +141,9 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _torch_chain(heads: Sequence[MemberHead], connections: Sequence[tuple[int, ...]], x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+def _torch_chain(
+    heads: Sequence[MemberHead], connections: Sequence[tuple[int, ...]], x: torch.Tensor
+) -> list[dict[str, torch.Tensor]]:
     """Run the torch heads one after another on ``x``: member k's outputs are the torch prefix 1..k."""
     outs: list[dict[str, torch.Tensor]] = []
     for k, head in enumerate(heads):
@@ -233,17 +235,36 @@ def export_ensemble(
 
     consumed = {j for s in sources for j in s}
     heads = [
-        MemberHead(m, position=k + 1, combine=combine, num_connections=len(sources[k]),
-                   emit_features=k in consumed, num_classes=task.num_classes)
+        MemberHead(
+            m,
+            position=k + 1,
+            combine=combine,
+            num_connections=len(sources[k]),
+            emit_features=k in consumed,
+            num_classes=task.num_classes,
+        )
         for k, m in enumerate(members)
     ]
     training = [[(mod, mod.training) for mod in m.modules()] for m in members]
     for m in members:
         m.eval()
     try:
-        return _export_and_gate(heads, names, infos, sources, task, x, y, out_dir,
-                                combine=combine, name=name, metadata=metadata, tolerance=tolerance,
-                                batch_size=batch_size, overwrite=overwrite)
+        return _export_and_gate(
+            heads,
+            names,
+            infos,
+            sources,
+            task,
+            x,
+            y,
+            out_dir,
+            combine=combine,
+            name=name,
+            metadata=metadata,
+            tolerance=tolerance,
+            batch_size=batch_size,
+            overwrite=overwrite,
+        )
     finally:
         for flags in training:
             for mod, flag in flags:
@@ -304,8 +325,7 @@ def _export_and_gate(
                 values = session.run(None, feed)
             except Exception as exc:  # ORT raises its own exception types
                 raise VerificationError(
-                    f"member '{names[k]}' fails in ONNX Runtime on a batch of {rows.stop - rows.start}: "
-                    f"{error_line(exc)[:200]}"
+                    f"member '{names[k]}' fails in ONNX Runtime on a batch of {rows.stop - rows.start}: {error_line(exc)[:200]}"
                 ) from exc
             chain.append(dict(zip(output_names(head), values)))
             for o in wanted:
@@ -345,9 +365,7 @@ def _export_and_gate(
             file=f"{names[k]}.onnx",
             sha256="",  # write_bundle sets it from the bytes it writes
             outputs=tuple(output_names(head)),
-            connections=tuple(
-                Connection(input=connection_input_name(j), member=j, output="features") for j in sources[k]
-            ),
+            connections=tuple(Connection(input=connection_input_name(j), member=j, output="features") for j in sources[k]),
             params=exported[k].params,
             info={
                 **infos[k],

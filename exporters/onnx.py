@@ -32,9 +32,7 @@ try:
     import torch
     from torch import nn
 except ImportError as exc:  # pragma: no cover - exercised only on a runtime-only install
-    raise ImportError(
-        f"exporting needs torch, onnx and onnxscript; {install_hint('train')}", name=exc.name
-    ) from exc
+    raise ImportError(f"exporting needs torch, onnx and onnxscript; {install_hint('train')}", name=exc.name) from exc
 
 __all__ = ["COMBINE_RULES", "OPSET", "MemberHead", "export_member", "export_onnx", "output_names", "split_member_output"]
 

@@ -105,8 +105,9 @@ def program_to_onnx(program: "torch.export.ExportedProgram") -> bytes:
 
     with _quiet_exporter():
         try:
-            onnx_program = torch.onnx.export(program, (), dynamo=True, opset_version=OPSET, external_data=False,
-                                             optimize=True, verbose=False)
+            onnx_program = torch.onnx.export(
+                program, (), dynamo=True, opset_version=OPSET, external_data=False, optimize=True, verbose=False
+            )
         except Exception as exc:  # torch.export/onnxscript raise many unrelated types
             raise ConversionError(f"torch.onnx.export failed for the program: {error_line(_innermost(exc))}") from exc
     if onnx_program is None:  # pragma: no cover - dynamo=True always returns a program
@@ -154,8 +155,18 @@ def wrap_pt2(
     if index >= len(proto.graph.output):
         raise ConversionError(f"the ONNX graph has {len(proto.graph.output)} outputs, the program's logits are output {index}")
     return wrap_onnx(
-        proto, task, out_dir, heldout=(x, heldout[1]), output=proto.graph.output[index].name,
-        reference_logits=logits, reference=f"torch program ({Path(path).name})", name=name,
-        member_name=member_name, metadata=metadata, info=info, tolerance=tolerance, batch_size=batch_size,
+        proto,
+        task,
+        out_dir,
+        heldout=(x, heldout[1]),
+        output=proto.graph.output[index].name,
+        reference_logits=logits,
+        reference=f"torch program ({Path(path).name})",
+        name=name,
+        member_name=member_name,
+        metadata=metadata,
+        info=info,
+        tolerance=tolerance,
+        batch_size=batch_size,
         overwrite=overwrite,
     )

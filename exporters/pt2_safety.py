@@ -51,8 +51,7 @@ _ALLOWED_MEMBERS = re.compile(
     r"^(archive_format|archive_version|byteorder|\.data/[A-Za-z0-9_.]+|models/[A-Za-z0-9_]+\.json|"
     r"data/weights/[A-Za-z0-9_.]+|data/constants/[A-Za-z0-9_.]+|data/sample_inputs/[A-Za-z0-9_]+\.pt|extra/.+)$"
 )
-_CONFIGS = (("data/weights/model_weights_config.json", "weights"),
-            ("data/constants/model_constants_config.json", "constants"))
+_CONFIGS = (("data/weights/model_weights_config.json", "weights"), ("data/constants/model_constants_config.json", "constants"))
 _TARGET = re.compile(
     r"^(torch\.ops\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,2}|torch\.sym_[a-z_]+|torch\._sym_sqrt|"
     r"_operator\.(getitem|add|sub|mul|truediv|floordiv|mod|pow|neg|pos|abs|eq|ne|lt|le|gt|ge|and_|or_|not_)|"
@@ -60,12 +59,51 @@ _TARGET = re.compile(
 )
 _EXPR_TOKEN = re.compile(r"\s+|\d+(\.\d+)?(e-?\d+)?|[A-Za-z_][A-Za-z0-9_]*|'[a-z]+\d+'|\*\*|[-+*/%(),=<>!]")
 _EXPR_NAMES = {
-    "Symbol", "Integer", "Float", "Rational", "positive", "integer", "real", "nonnegative", "True", "False",
-    "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "oo",
-    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
-    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
-    "ToFloat", "Identity",
+    "Symbol",
+    "Integer",
+    "Float",
+    "Rational",
+    "positive",
+    "integer",
+    "real",
+    "nonnegative",
+    "True",
+    "False",
+    "Max",
+    "Min",
+    "Abs",
+    "Eq",
+    "Ne",
+    "Lt",
+    "Le",
+    "Gt",
+    "Ge",
+    "And",
+    "Or",
+    "Not",
+    "oo",
+    "FloorDiv",
+    "ModularIndexing",
+    "Where",
+    "PythonMod",
+    "Mod",
+    "CleanDiv",
+    "CeilToInt",
+    "FloorToInt",
+    "CeilDiv",
+    "LShift",
+    "RShift",
+    "PowByNatural",
+    "FloatPow",
+    "FloatTrueDiv",
+    "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator",
+    "TruncToFloat",
+    "TruncToInt",
+    "RoundToInt",
+    "RoundDecimal",
+    "ToFloat",
+    "Identity",
 }
 _SHAPE_SYMBOL = re.compile(r"^[a-z]+\d+$")
 _FQN = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
@@ -128,7 +166,7 @@ def check_archive(path: str | os.PathLike[str]) -> None:
         if len(roots) != 1 or any("/" not in n for n in names):
             raise _refuse(path, "not a torch.export program (one root folder expected)")
         root = roots.pop() + "/"
-        members = [n[len(root):] for n in names]
+        members = [n[len(root) :] for n in names]
         if "archive_format" not in members or archive.read(root + "archive_format").strip() != b"pt2":
             raise _refuse(path, "not a torch.export program of the current archive format")
         for member in members:
@@ -144,8 +182,11 @@ def check_archive(path: str | os.PathLike[str]) -> None:
                 raise _refuse(path, f"lacks {member} (an older archive format that stores {what} as pickles)")
             config = _json(archive, path, root + member).get("config", {})
             for fqn, meta in config.items():
-                if (not isinstance(meta, dict) or meta.get("use_pickle")
-                        or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_"))):
+                if (
+                    not isinstance(meta, dict)
+                    or meta.get("use_pickle")
+                    or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_"))
+                ):
                     raise _refuse(path, f"stores {what} '{fqn}' as a pickled object, which this loader refuses to unpickle")
                 if not _FQN.match(fqn):
                     raise _refuse(path, f"names a tensor {fqn!r}, not a dotted identifier")
@@ -195,8 +236,10 @@ def load_program_safely(path: str | os.PathLike[str]) -> "torch.export.ExportedP
             program = torch.export.load(source)
     except Exception as exc:  # noqa: BLE001 - the deserialiser raises many types; the user needs one line
         first = error_line(exc)
-        raise ExportError(f"{source} is not a loadable torch.export program ({first[:200]}); "
-                          "re-save it with torch.export.save from this torch version") from None
+        raise ExportError(
+            f"{source} is not a loadable torch.export program ({first[:200]}); "
+            "re-save it with torch.export.save from this torch version"
+        ) from None
     signature = program.graph_signature
     for fqn in [*program.state_dict, *program.constants, *signature.parameters, *signature.buffers]:
         if not _FQN.match(fqn):

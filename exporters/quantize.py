@@ -125,8 +125,13 @@ class PrefixGate:
         return 100 * (self.float_accuracy - self.int8_accuracy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"member": self.member, "float_accuracy": self.float_accuracy, "int8_accuracy": self.int8_accuracy,
-                "agreement": self.agreement, "max_prob_diff": self.max_prob_diff}
+        return {
+            "member": self.member,
+            "float_accuracy": self.float_accuracy,
+            "int8_accuracy": self.int8_accuracy,
+            "agreement": self.agreement,
+            "max_prob_diff": self.max_prob_diff,
+        }
 
 
 @dataclass(frozen=True)
@@ -214,7 +219,7 @@ def _name_nodes(model: Any) -> None:
 def _reader(q: Any, feeds: Sequence[Mapping[str, np.ndarray]]) -> Any:
     """An onnxruntime CalibrationDataReader over precomputed feeds (one dict per batch)."""
 
-    class Reader(q.CalibrationDataReader):  # type: ignore[misc, name-defined]
+    class Reader(q.CalibrationDataReader):  # type: ignore[misc]  # onnxruntime.quantization is untyped: a base class of type Any
         def __init__(self) -> None:
             self._it: Iterator[Mapping[str, np.ndarray]] = iter(list(feeds))
 
@@ -253,7 +258,7 @@ def member_feeds(bundle: Bundle, x: np.ndarray, batch_size: int) -> list[list[di
                 feed[conn.input] = outputs[conn.member][conn.output]
             try:
                 values = session.run(list(member.outputs), feed)
-            except Exception as exc:  # noqa: BLE001 - ORT raises its own types
+            except Exception as exc:
                 raise ExportError(f"the float member '{member.name}' fails on the calibration data: {error_line(exc)}") from exc
             outputs.append(dict(zip(member.outputs, values)))
             feeds[k].append(feed)
@@ -272,8 +277,9 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def _quantize_member(onnx: Any, q: Any, blob: bytes, feeds: Sequence[Mapping[str, np.ndarray]], cfg: QuantizeConfig,
-                     name: str, workdir: Path) -> tuple[bytes, list[str]]:
+def _quantize_member(
+    onnx: Any, q: Any, blob: bytes, feeds: Sequence[Mapping[str, np.ndarray]], cfg: QuantizeConfig, name: str, workdir: Path
+) -> tuple[bytes, list[str]]:
     """One member's INT8 bytes and the nodes kept float."""
     model = onnx.load_model_from_string(blob)
     _name_nodes(model)
@@ -284,17 +290,27 @@ def _quantize_member(onnx: Any, q: Any, blob: bytes, feeds: Sequence[Mapping[str
     try:
         with _quiet():
             if cfg.method == "static":
-                methods = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
-                           "entropy": q.CalibrationMethod.Entropy}
+                methods = {
+                    "minmax": q.CalibrationMethod.MinMax,
+                    "percentile": q.CalibrationMethod.Percentile,
+                    "entropy": q.CalibrationMethod.Entropy,
+                }
                 q.quantize_static(
-                    str(src), str(dst), _reader(q, feeds), quant_format=q.QuantFormat.QDQ,
-                    activation_type=types[cfg.activation_type], weight_type=types[cfg.weight_type],
-                    per_channel=cfg.per_channel, nodes_to_exclude=excluded, calibrate_method=methods[cfg.calibration],
+                    str(src),
+                    str(dst),
+                    _reader(q, feeds),
+                    quant_format=q.QuantFormat.QDQ,
+                    activation_type=types[cfg.activation_type],
+                    weight_type=types[cfg.weight_type],
+                    per_channel=cfg.per_channel,
+                    nodes_to_exclude=excluded,
+                    calibrate_method=methods[cfg.calibration],
                 )
             else:
-                q.quantize_dynamic(str(src), str(dst), weight_type=types[cfg.weight_type], per_channel=cfg.per_channel,
-                                   nodes_to_exclude=excluded)
-    except Exception as exc:  # noqa: BLE001 - the quantizer raises many types
+                q.quantize_dynamic(
+                    str(src), str(dst), weight_type=types[cfg.weight_type], per_channel=cfg.per_channel, nodes_to_exclude=excluded
+                )
+    except Exception as exc:
         raise ConversionError(f"onnxruntime.quantization failed on member '{name}': {error_line(exc)}") from exc
     return dst.read_bytes(), excluded
 
@@ -376,7 +392,9 @@ def quantize_bundle(
     source = load_bundle(bundle)
     manifest = source.manifest
     if manifest.quantization is not None:
-        raise ExportError(f"bundle '{manifest.name}' is already quantized ({manifest.quantization.method}); quantize its float bundle")
+        raise ExportError(
+            f"bundle '{manifest.name}' is already quantized ({manifest.quantization.method}); quantize its float bundle"
+        )
     task = manifest.task
     sample = tuple(task.input.shape[1:])
     x_cal = _check_rows(calibration, sample, "calibration")[: config.calibration_samples]
@@ -412,13 +430,15 @@ def quantize_bundle(
     gates = []
     for k, member in enumerate(manifest.members):
         top_f, top_q = p_float[k].argmax(axis=1), p_int8[k].argmax(axis=1)
-        gates.append(PrefixGate(
-            member=member.name,
-            float_accuracy=float(np.mean(top_f == y)),
-            int8_accuracy=float(np.mean(top_q == y)),
-            agreement=float(np.mean(top_f == top_q)),
-            max_prob_diff=float(np.max(np.abs(p_int8[k].astype(np.float64) - p_float[k]))),
-        ))
+        gates.append(
+            PrefixGate(
+                member=member.name,
+                float_accuracy=float(np.mean(top_f == y)),
+                int8_accuracy=float(np.mean(top_q == y)),
+                agreement=float(np.mean(top_f == top_q)),
+                max_prob_diff=float(np.max(np.abs(p_int8[k].astype(np.float64) - p_float[k]))),
+            )
+        )
         if not np.all(np.isfinite(p_int8[k])):
             raise VerificationError(f"INT8 member '{member.name}' gives NaN/inf probabilities on held-out data; nothing written")
     # Gate 3: accuracy, every prefix. A tiny slack absorbs rounding of the means, never a misprediction.
@@ -443,18 +463,23 @@ def quantize_bundle(
         float_head=config.float_head,
         tool=f"onnxruntime.quantization {onnxruntime.__version__}",
         source={"name": manifest.name, "members": {m.name: m.sha256 for m in manifest.members}},
-        gates={"num_heldout": int(y.shape[0]), "max_loss_points": config.max_loss,
-               "prefixes": [g.to_dict() for g in gates]},
+        gates={"num_heldout": int(y.shape[0]), "max_loss_points": config.max_loss, "prefixes": [g.to_dict() for g in gates]},
     )
     members = []
     for member, blob, gate, kept in zip(manifest.members, blobs, gates, excluded):
         info = {k: v for k, v in member.info.items() if k not in ("gates", "bytes", "bytes_zip")}
-        info.update({
-            "bytes": len(blob),
-            "bytes_zip": len(zlib.compress(blob, 6)),
-            "int8": {"float_bytes": member.info.get("bytes"), "float_nodes": kept, **gate.to_dict(),
-                     "num_heldout": int(y.shape[0])},
-        })
+        info.update(
+            {
+                "bytes": len(blob),
+                "bytes_zip": len(zlib.compress(blob, 6)),
+                "int8": {
+                    "float_bytes": member.info.get("bytes"),
+                    "float_nodes": kept,
+                    **gate.to_dict(),
+                    "num_heldout": int(y.shape[0]),
+                },
+            }
+        )
         members.append(replace(member, sha256="", info=info))
     out_manifest = Manifest(
         name=name or f"{manifest.name}-int8",

@@ -234,7 +234,9 @@ def inspect_source(
     elem = x.type.tensor_type.elem_type if x.type.HasField("tensor_type") else 0
     if elem != onnx.TensorProto.FLOAT:
         kind = onnx.TensorProto.DataType.Name(elem) if elem else x.type.WhichOneof("value")
-        raise ExportError(f"the model's input '{x.name}' is {kind}; bundles take float32 inputs: re-export it with a float32 input")
+        raise ExportError(
+            f"the model's input '{x.name}' is {kind}; bundles take float32 inputs: re-export it with a float32 input"
+        )
     dims = _dims(x)
     if dims is not None:
         if len(dims) != len(input_shape) + 1:
@@ -277,10 +279,18 @@ def inspect_source(
             )
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < MIN_OPSET:
-        raise ExportError(f"the model uses opset {opset}; wrapping needs opset >= {MIN_OPSET}: convert it with onnx.version_converter")
+        raise ExportError(
+            f"the model uses opset {opset}; wrapping needs opset >= {MIN_OPSET}: convert it with onnx.version_converter"
+        )
     params = sum(int(np.prod(t.dims)) for t in graph.initializer)
-    return SourceGraph(input_name=x.name, input_shape=dims or (), output_name=output, opset=opset, params=params,
-                       fixed_batch=dims is not None and dims[0] == 1)
+    return SourceGraph(
+        input_name=x.name,
+        input_shape=dims or (),
+        output_name=output,
+        opset=opset,
+        params=params,
+        fixed_batch=dims is not None and dims[0] == 1,
+    )
 
 
 def _head_model(onnx: Any, *, batch: int | str | None, num_classes: int, opset: int, ir_version: int) -> Any:
@@ -352,8 +362,12 @@ def add_head(proto: "onnx.ModelProto", source: SourceGraph, num_classes: int) ->
     head = _head_model(onnx, batch=batch, num_classes=num_classes, opset=source.opset, ir_version=user.ir_version)
     try:
         wrapped = onnx.compose.merge_models(
-            user, head, io_map=[(output, _HEAD_INPUT)], outputs=list(REQUIRED_OUTPUTS),
-            producer_name="anytime-edge wrap", name=user.graph.name or "wrapped",
+            user,
+            head,
+            io_map=[(output, _HEAD_INPUT)],
+            outputs=list(REQUIRED_OUTPUTS),
+            producer_name="anytime-edge wrap",
+            name=user.graph.name or "wrapped",
         )
     except Exception as exc:  # onnx.compose raises ValueError and checker errors
         first = error_line(exc)
@@ -485,8 +499,14 @@ def wrap_onnx(
     proto = load_onnx(model)
     source = inspect_source(proto, input_shape=tuple(task.model_input_shape[1:]), num_classes=task.num_classes, output=output)
     if reference_logits is None:
-        ref_logits = _run_source(proto.SerializeToString(), source.input_name, source.output_name, x,
-                                 1 if source.fixed_batch else batch_size, task.num_classes)
+        ref_logits = _run_source(
+            proto.SerializeToString(),
+            source.input_name,
+            source.output_name,
+            x,
+            1 if source.fixed_batch else batch_size,
+            task.num_classes,
+        )
     else:
         ref_logits = np.asarray(reference_logits, dtype=np.float32)
         if ref_logits.shape != (x.shape[0], task.num_classes):

@@ -1,9 +1,9 @@
 """Exceptions raised by the profiler.
 
-    AnytimeEdgeError       (edge_runtime.errors) the root of every package's errors
-    └── ProfileError
-        ├── MeasurementError   a model could not be loaded or timed
-        └── SelectionError     no candidate satisfies the requested budget / memory cap, or inputs are bad
+AnytimeEdgeError       (edge_runtime.errors) the root of every package's errors
+└── ProfileError
+    ├── MeasurementError   a model could not be loaded or timed
+    └── SelectionError     no candidate satisfies the requested budget / memory cap, or inputs are bad
 """
 
 from __future__ import annotations

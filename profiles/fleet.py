@@ -62,8 +62,10 @@ def read_profile_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         size = source.stat().st_size
         if size > MAX_PROFILE_BYTES:
-            raise ProfileError(f"{source} is {size} bytes, over the {MAX_PROFILE_BYTES} of a profile; pass the .json "
-                               "that `anytime-edge profile BUNDLE --out` wrote")
+            raise ProfileError(
+                f"{source} is {size} bytes, over the {MAX_PROFILE_BYTES} of a profile; pass the .json "
+                "that `anytime-edge profile BUNDLE --out` wrote"
+            )
         doc = json.loads(source.read_bytes())
     except OSError as exc:
         raise ProfileError(f"cannot read profile {source} ({exc.strerror or exc}); check the path") from None

@@ -53,6 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edge_runtime.bundle import REQUIRED_OUTPUTS, Bundle, Manifest, connection_inputs, load_bundle
+
 # The runtime itself, and its own call path: the profile must time what the runtime will pay per member.
 from edge_runtime.ensemble import AnytimeRuntime
 from edge_runtime.errors import EdgeRuntimeError, error_line
@@ -187,7 +188,7 @@ def time_sessions(
     times = {name: np.empty(rounds * calls_per_round) for name in names}
     clock = time.perf_counter
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             session, pool, out = sessions[name], feeds[name], times[name]
             base = r * calls_per_round
@@ -243,8 +244,7 @@ def _bundle_feeder(manifest: Manifest, k: int, session: Any) -> Callable[..., di
     unknown = [name for name in wanted if name not in sources]
     if unknown:
         raise MeasurementError(
-            f"member '{member.name}' takes inputs {unknown} that neither the task nor a connection provides; "
-            "re-export the bundle"
+            f"member '{member.name}' takes inputs {unknown} that neither the task nor a connection provides; re-export the bundle"
         )
 
     def feed(feed0: Mapping[str, np.ndarray], outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -257,7 +257,9 @@ def _bundle_feeder(manifest: Manifest, k: int, session: Any) -> Callable[..., di
     return feed
 
 
-def _timed_passes(chain: _Chain, pool: Sequence[Mapping[str, np.ndarray]], config: MeasureConfig, tracker: PeakTracker) -> np.ndarray:
+def _timed_passes(
+    chain: _Chain, pool: Sequence[Mapping[str, np.ndarray]], config: MeasureConfig, tracker: PeakTracker
+) -> np.ndarray:
     """Warm-up, then single-stream passes until both minimums are met; (queries, members) ms."""
     for i in range(config.warmup_queries):
         chain.run(pool[i % len(pool)])
@@ -374,7 +376,10 @@ def _probe_memory(kind: str, source: Path, config: MeasureConfig) -> dict[str, A
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "profiles._probe", json.dumps(spec)],
-            capture_output=True, text=True, env=env, timeout=600,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
         )
     except subprocess.TimeoutExpired as exc:
         raise MeasurementError("the memory probe ran for over 600 s; profile with --no-memory-probe") from exc
@@ -598,8 +603,11 @@ def profile_onnx(
 def _probe_main(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Body of the memory probe process (``profiles._probe``): load, run untimed, report memory."""
     config = MeasureConfig(
-        batch=int(spec["batch"]), memory_passes=int(spec["passes"]), seed=int(spec["seed"]),
-        session=SessionConfig(**spec["session"]), memory_probe=False,
+        batch=int(spec["batch"]),
+        memory_passes=int(spec["passes"]),
+        seed=int(spec["seed"]),
+        session=SessionConfig(**spec["session"]),
+        memory_probe=False,
     )
     source = Path(spec["source"])
     if spec["kind"] == "bundle":

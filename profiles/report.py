@@ -54,21 +54,41 @@ def profile_table(profile: Mapping[str, Any]) -> str:
     rows = []
     for m in profile["members"]:
         lat = m["latency_ms"]
-        rows.append([
-            m["name"], ",".join(m.get("conditional_on", ())) or "-", m["session_create_ms"], m["first_inference_ms"], lat["min"], lat["p50"], lat["p90"],
-            lat["p95"], lat["p99"], lat["max"], m["batches"][big]["latency_ms"]["p50"], m["size_bytes"] / 1024,
-            m["rss_load_delta_mb"],
-        ])
+        rows.append(
+            [
+                m["name"],
+                ",".join(m.get("conditional_on", ())) or "-",
+                m["session_create_ms"],
+                m["first_inference_ms"],
+                lat["min"],
+                lat["p50"],
+                lat["p90"],
+                lat["p95"],
+                lat["p99"],
+                lat["max"],
+                m["batches"][big]["latency_ms"]["p50"],
+                m["size_bytes"] / 1024,
+                m["rss_load_delta_mb"],
+            ]
+        )
     lines.append(format_table(headers, rows))
-    lines.append("(ms; given: members whose outputs it takes, run just before it; create/first: session creation and "
-                 "first inference; min..max: batch 1)")
+    lines.append(
+        "(ms; given: members whose outputs it takes, run just before it; create/first: session creation and "
+        "first inference; min..max: batch 1)"
+    )
     lines.append("")
     prefix_rows = []
     for p in profile["prefixes"]:
         lat = p["latency_ms"]
-        prefix_rows.append([
-            f"members 1..{p['members']}", lat["p50"], lat["p90"], lat["p99"], p["batches"][big]["latency_ms"]["p50"],
-            p["batches"][big]["throughput_per_s"],
-        ])
+        prefix_rows.append(
+            [
+                f"members 1..{p['members']}",
+                lat["p50"],
+                lat["p90"],
+                lat["p99"],
+                p["batches"][big]["latency_ms"]["p50"],
+                p["batches"][big]["throughput_per_s"],
+            ]
+        )
     lines.append(format_table(["prefix (ms, one pass)", "p50", "p90", "p99", f"p50@b{big}", f"items/s@b{big}"], prefix_rows))
     return "\n".join(lines)

@@ -198,36 +198,40 @@ def _bundle_candidates(
     count = manifest.num_members
     out = []
     for k in range(1, count + 1):
-        out.append(Candidate(
-            name=label if count == 1 else f"{label}[1..{k}]",
-            bundle=str(path),
-            kind="prefix",
-            members=k,
-            mean_members=float(k),
-            threshold=None,
-            accuracy=float(accuracy[k - 1]),
-            latency_ms=_latency_quantiles(profile, k),
-            memory_mb=_memory_mb(profile, k),
-            size_bytes=int(sum(sizes[:k])),
-        ))
+        out.append(
+            Candidate(
+                name=label if count == 1 else f"{label}[1..{k}]",
+                bundle=str(path),
+                kind="prefix",
+                members=k,
+                mean_members=float(k),
+                threshold=None,
+                accuracy=float(accuracy[k - 1]),
+                latency_ms=_latency_quantiles(profile, k),
+                memory_mb=_memory_mb(profile, k),
+                size_bytes=int(sum(sizes[:k])),
+            )
+        )
     if manifest.calibration is not None and count > 1:
         threshold = manifest.calibration.entropy_threshold
         confident = prefixes.entropy[:-1] <= threshold  # (K-1, N): the last member always answers
         exit_at = np.where(confident.any(axis=0), confident.argmax(axis=0), count - 1)  # 0-based member
         answer = prefixes.labels[exit_at, np.arange(len(y))]
         latency = _exit_latency(profile, exit_at)
-        out.append(Candidate(
-            name=f"{label}@H<={threshold:.3g}",
-            bundle=str(path),
-            kind="threshold",
-            members=count,
-            mean_members=float(exit_at.mean() + 1),
-            threshold=float(threshold),
-            accuracy=float((answer == y).mean()),
-            latency_ms=latency,
-            memory_mb=_memory_mb(profile, count),
-            size_bytes=int(sum(sizes)),
-        ))
+        out.append(
+            Candidate(
+                name=f"{label}@H<={threshold:.3g}",
+                bundle=str(path),
+                kind="threshold",
+                members=count,
+                mean_members=float(exit_at.mean() + 1),
+                threshold=float(threshold),
+                accuracy=float((answer == y).mean()),
+                latency_ms=latency,
+                memory_mb=_memory_mb(profile, count),
+                size_bytes=int(sum(sizes)),
+            )
+        )
     budgets = auto_budgets(profile) if isinstance(budget_runs, str) else list(budget_runs)  # the one str: "auto" (checked)
     if device is not None and budgets:
         notes.append(f"{path}: budget runs skipped: they would run on this machine, not on device {device}")
@@ -239,19 +243,21 @@ def _bundle_candidates(
         for budget in budgets:
             answers = [served.predict(row, budget_ms=budget)[0] for row in x]
             exit_at = np.array([a.members_used - 1 for a in answers])
-            out.append(Candidate(
-                name=f"{label}@{budget:.4g}ms",
-                bundle=str(path),
-                kind="budget",
-                members=count,
-                mean_members=float(exit_at.mean() + 1),
-                threshold=None,
-                accuracy=float(np.mean([a.label == t for a, t in zip(answers, y)])),
-                latency_ms=_exit_latency(profile, exit_at),
-                memory_mb=_memory_mb(profile, count),
-                size_bytes=int(sum(sizes)),
-                budget_ms=float(budget),
-            ))
+            out.append(
+                Candidate(
+                    name=f"{label}@{budget:.4g}ms",
+                    bundle=str(path),
+                    kind="budget",
+                    members=count,
+                    mean_members=float(exit_at.mean() + 1),
+                    threshold=None,
+                    accuracy=float(np.mean([a.label == t for a, t in zip(answers, y)])),
+                    latency_ms=_exit_latency(profile, exit_at),
+                    memory_mb=_memory_mb(profile, count),
+                    size_bytes=int(sum(sizes)),
+                    budget_ms=float(budget),
+                )
+            )
     return out
 
 
@@ -329,7 +335,8 @@ def pareto_front(candidates: Sequence[Candidate], quantile: str = "p50") -> list
     flagged = []
     for c in candidates:
         dominated = any(
-            o.accuracy >= c.accuracy and o.latency_ms[quantile] <= c.latency_ms[quantile]
+            o.accuracy >= c.accuracy
+            and o.latency_ms[quantile] <= c.latency_ms[quantile]
             and (o.accuracy > c.accuracy or o.latency_ms[quantile] < c.latency_ms[quantile])
             for o in candidates
         )
@@ -361,7 +368,8 @@ def choose(
     if not candidates:
         raise SelectionError("no candidates to choose from; pass one or more bundle paths")
     fits = [
-        c for c in candidates
+        c
+        for c in candidates
         if (budget_ms is None or c.latency_ms[quantile] <= budget_ms) and (memory_mb is None or c.memory_mb <= memory_mb)
     ]
     if not fits:
@@ -431,6 +439,7 @@ def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | 
     if reason is not None:
         return reason
     from adjustText import adjust_text
+
     stat = selection.budget_quantile if selection.budget_ms is not None else "p50"
     cands = pareto_front(selection.candidates, stat)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -440,7 +449,15 @@ def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | 
     ax.step([c.latency_ms[stat] for c in front], [c.accuracy for c in front], where="post", c="C0", lw=1)
     ax.scatter([c.latency_ms[stat] for c in front], [c.accuracy for c in front], c="C0", label=f"Pareto front ({stat})")
     chosen = selection.chosen
-    ax.scatter([chosen.latency_ms[stat]], [chosen.accuracy], s=160, facecolors="none", edgecolors="C3", lw=2, label=f"chosen: {chosen.name}")
+    ax.scatter(
+        [chosen.latency_ms[stat]],
+        [chosen.accuracy],
+        s=160,
+        facecolors="none",
+        edgecolors="C3",
+        lw=2,
+        label=f"chosen: {chosen.name}",
+    )
     labels: dict[tuple[float, float], list[str]] = {}
     for c in cands:  # candidates at the same point (e.g. a full prefix and its threshold) share one label
         labels.setdefault((c.latency_ms[stat], c.accuracy), []).append(c.name)
@@ -454,7 +471,13 @@ def plot_selection(selection: Selection, path: str | os.PathLike[str]) -> str | 
     legend = ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     xs, ys = zip(*labels)
-    adjust_text(texts, x=list(xs), y=list(ys), objects=[legend], ax=ax,  # labels stay off the points and the legend
-                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
+    adjust_text(
+        texts,
+        x=list(xs),
+        y=list(ys),
+        objects=[legend],
+        ax=ax,  # labels stay off the points and the legend
+        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5},
+    )
     save_figure(plt, fig, path)
     return None

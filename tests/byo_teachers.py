@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from distill.data import Dataset
-from distill.train import FitConfig, fit
 from distill.losses import make_loss
+from distill.train import FitConfig, fit
 from edge_runtime.bundle import Preprocess
 
 
@@ -77,8 +77,7 @@ def separable_images(n: int = 240, classes: int = 4, seed: int = 0) -> Dataset:
         r, c = divmod(k, 2)
         x[y == k, 0, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] += 10.0
     a, b = int(0.6 * n), int(0.8 * n)
-    return Dataset("separable", x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:],
-                   tuple(f"c{k}" for k in range(classes)), Preprocess())
+    return Dataset("separable", x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:], tuple(f"c{k}" for k in range(classes)), Preprocess())
 
 
 def trained(model: nn.Module, data: Dataset, epochs: int = 6) -> nn.Module:

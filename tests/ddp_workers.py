@@ -64,10 +64,12 @@ def write_tiny_mnist(folder: Path) -> None:
     """20 + 10 random 28x28 'digits' as MNIST IDX files (the cluttered set's source)."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
-    for name, array in (("train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28))),
-                        ("train-labels-idx1-ubyte.gz", np.arange(20) % 10),
-                        ("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28))),
-                        ("t10k-labels-idx1-ubyte.gz", np.arange(10))):
+    for name, array in (
+        ("train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28))),
+        ("train-labels-idx1-ubyte.gz", np.arange(20) % 10),
+        ("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28))),
+        ("t10k-labels-idx1-ubyte.gz", np.arange(10)),
+    ):
         header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
         (folder / name).write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
@@ -105,7 +107,9 @@ def _watch_writes(root: str, log: list[tuple[str, str]]) -> None:
 
 def _teacher_with_resume(dataset: Any, out: Path) -> dict[str, Any]:
     """Train 3 epochs, crash at the first step of epoch 2 (every rank), then run again: it resumes."""
-    steps = math.ceil(math.ceil(len(dataset.x_train) / distributed.world_size()) / distributed.local_batch_size(TEACHER.batch_size))
+    steps = math.ceil(
+        math.ceil(len(dataset.x_train) / distributed.world_size()) / distributed.local_batch_size(TEACHER.batch_size)
+    )
     original, calls = torch.optim.Adam.step, [0]
 
     def step(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
@@ -156,8 +160,9 @@ def worker(rank: int, world: int, port: int, root: str, queue: Any) -> None:
 
         # 3. one B-DISTIL member distilled from that teacher through its on-disk logit cache.
         loaded = load_teacher(str(Path(root) / "teacher"), dataset, runs_dir=Path(root) / "runs", progress=False)
-        cfg = ProgressiveConfig(members=1, candidates=(Candidate("cnn2d", 4, 1, 16),), gamma=0.0, epochs=1,
-                                batch_size=32, progress=False)
+        cfg = ProgressiveConfig(
+            members=1, candidates=(Candidate("cnn2d", 4, 1, 16),), gamma=0.0, epochs=1, batch_size=32, progress=False
+        )
         ensemble = progressive_ensemble(loaded.module, dataset, cfg)
         result["member_params"] = params_of(ensemble.members[0])
         result["member_step"] = ensemble.report.members[0].step

@@ -39,8 +39,11 @@ def member_graph(
     features_in = int(np.prod(input_shape))
     w1 = rng.normal(0, 1 / np.sqrt(features_in), (features_in, hidden)).astype(np.float32)
     w2 = (scale * rng.normal(0, 1 / np.sqrt(hidden), (hidden, num_classes))).astype(np.float32)
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
-             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+    ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])]
     flatten = [helper.make_node("Flatten", ["x"], ["flat"], axis=1)]
     if batch_one_only:
@@ -56,8 +59,10 @@ def member_graph(
         wc = rng.normal(0, 1 / np.sqrt(hidden), (hidden, hidden)).astype(np.float32)
         inits.append(numpy_helper.from_array(wc, "wc"))
         inputs.append(helper.make_tensor_value_info(connection_input, TensorProto.FLOAT, ["N", hidden]))
-        nodes += [helper.make_node("MatMul", [connection_input, "wc"], ["c"]),
-                  helper.make_node("Add", ["features", "c"], ["h_mixed"])]
+        nodes += [
+            helper.make_node("MatMul", [connection_input, "wc"], ["c"]),
+            helper.make_node("Add", ["features", "c"], ["h_mixed"]),
+        ]
         hidden_name = "h_mixed"
     nodes.append(helper.make_node("MatMul", [hidden_name, "w2"], ["own_logits"]))
     return _finish_member(nodes, inputs, inits, index, num_classes, hidden, f"member_{index}")
@@ -89,8 +94,16 @@ def make_bundle(
         return f"features_from_{k - 1}" if distinct_connection_names else "conn_features"
 
     blobs = [
-        member_graph(k, input_shape, num_classes, hidden, connections, scale=scales[k],
-                     batch_one_only=k in batch_one_only, connection_input=conn_name(k))
+        member_graph(
+            k,
+            input_shape,
+            num_classes,
+            hidden,
+            connections,
+            scale=scales[k],
+            batch_one_only=k in batch_one_only,
+            connection_input=conn_name(k),
+        )
         for k in range(num_members)
     ]
     members = tuple(
@@ -143,24 +156,39 @@ def looping_member_graph(index: int, input_shape: Sequence[int], num_classes: in
     body = helper.make_graph(
         [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
-        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, []),
+        ],
     )
-    g.initializer.extend([numpy_helper.from_array(np.array(trip_count, np.int64), "M"),
-                          numpy_helper.from_array(np.array(True), "C"), numpy_helper.from_array(np.array(0.0, np.float32), "V")])
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(trip_count, np.int64), "M"),
+            numpy_helper.from_array(np.array(True), "C"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "V"),
+        ]
+    )
     nodes = list(g.node)
     cut = [i for i, n in enumerate(nodes) if "logits_orig" in n.output][0] + 1
-    added = [helper.make_node("Loop", ["M", "C", "V"], ["s"], body=body), helper.make_node("Mul", ["s", "V"], ["z"]),
-             helper.make_node("Add", ["logits_orig", "z"], ["logits"])]
+    added = [
+        helper.make_node("Loop", ["M", "C", "V"], ["s"], body=body),
+        helper.make_node("Mul", ["s", "V"], ["z"]),
+        helper.make_node("Add", ["logits_orig", "z"], ["logits"]),
+    ]
     del g.node[:]
     g.node.extend(nodes[:cut] + added + nodes[cut:])
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
-def deep_member_graph(index: int, input_shape: Sequence[int], num_classes: int, hidden: int = 256, depth: int = 40,
-                      seed: int = 0) -> bytes:
+def deep_member_graph(
+    index: int, input_shape: Sequence[int], num_classes: int, hidden: int = 256, depth: int = 40, seed: int = 0
+) -> bytes:
     """Member ``index`` as a deep MLP: Flatten -> ``depth`` x (MatMul, Relu) of width ``hidden`` -> logits,
     with the bundle's graph contract (outputs logits, probs, entropy, features). A ms-scale member made of
     many short operators, as real CNN members are (ONNX Runtime can stop a run only between operators)."""

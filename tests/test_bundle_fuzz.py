@@ -23,19 +23,24 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx_members import make_bundle
 
 from edge_runtime.bundle import MANIFEST_NAME, LoadLimits, load_bundle
 from edge_runtime.cli.inspect import describe_bundle
 from edge_runtime.errors import BundleError
+from onnx_members import make_bundle
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 # Small caps keep each example cheap and exercise the size checks too.
 LIMITS = LoadLimits(max_manifest_bytes=1 << 16, max_member_bytes=1 << 16, max_bundle_bytes=1 << 17)
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
@@ -46,8 +51,14 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fuzz")
     bundle = make_bundle(root / "bundle", num_members=2, calibration=0.5)
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
-    manifest["profiles"] = {"dev": {"members": [{"name": "member_1", "latency_ms": {"p50": 1.0, "p99": 2.0}},
-                                                {"name": "member_2", "latency_ms": {"p50": 1.0, "p99": 2.0}}]}}
+    manifest["profiles"] = {
+        "dev": {
+            "members": [
+                {"name": "member_1", "latency_ms": {"p50": 1.0, "p99": 2.0}},
+                {"name": "member_2", "latency_ms": {"p50": 1.0, "p99": 2.0}},
+            ]
+        }
+    }
     (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
@@ -55,8 +66,14 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             z.write(bundle / name, name)
     work = root / "work"
     shutil.copytree(bundle, work)
-    return {"bundle": bundle, "work": work, "manifest": manifest, "zip": archive.getvalue(), "zip_path": root / "fuzz.zip",
-            "members": {n: (bundle / n).read_bytes() for n in ("member_1.onnx", "member_2.onnx")}}
+    return {
+        "bundle": bundle,
+        "work": work,
+        "manifest": manifest,
+        "zip": archive.getvalue(),
+        "zip_path": root / "fuzz.zip",
+        "members": {n: (bundle / n).read_bytes() for n in ("member_1.onnx", "member_2.onnx")},
+    }
 
 
 def _load_or_bundle_error(path: Path) -> bool:
@@ -132,7 +149,9 @@ def test_manifest_bytes_with_random_edits_load_or_are_a_bundle_error(base: dict[
         if edit == "flip":
             raw[pos] = data.draw(st.integers(0, 255))
         elif edit == "insert":
-            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b"[" * 200, b"1e999", b"NaN", b"\xff\xfe"]))
+            raw[pos:pos] = data.draw(
+                st.binary(min_size=1, max_size=8) | st.sampled_from([b"[" * 200, b"1e999", b"NaN", b"\xff\xfe"])
+            )
         elif edit == "delete":
             del raw[pos : pos + data.draw(st.integers(1, 8))]
         else:
@@ -165,8 +184,22 @@ def test_zip_archives_with_random_byte_edits_load_or_are_a_bundle_error(base: di
 
 
 entry_names = st.sampled_from(
-    [MANIFEST_NAME, "member_1.onnx", "member_2.onnx", "b/manifest.json", "b/member_1.onnx", "b/member_2.onnx",
-     "__MACOSX/b/._manifest.json", ".DS_Store", "b/.DS_Store", "../member_1.onnx", "/abs", "b/", "c/x", ""]
+    [
+        MANIFEST_NAME,
+        "member_1.onnx",
+        "member_2.onnx",
+        "b/manifest.json",
+        "b/member_1.onnx",
+        "b/member_2.onnx",
+        "__MACOSX/b/._manifest.json",
+        ".DS_Store",
+        "b/.DS_Store",
+        "../member_1.onnx",
+        "/abs",
+        "b/",
+        "c/x",
+        "",
+    ]
 )
 
 

@@ -23,15 +23,25 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx_members import looping_member_graph, make_bundle, member_graph, set_member_bytes
 
 import edge_runtime
-from edge_runtime.bundle import MANIFEST_NAME, Bundle, Calibration, LoadLimits, Manifest, load_bundle, save_manifest, sha256_bytes, update_manifest
+from edge_runtime.bundle import (
+    MANIFEST_NAME,
+    Bundle,
+    Calibration,
+    LoadLimits,
+    Manifest,
+    load_bundle,
+    save_manifest,
+    sha256_bytes,
+    update_manifest,
+)
 from edge_runtime.calibrate import save_calibration
 from edge_runtime.cli import main as runtime_main
 from edge_runtime.errors import BundleError, ChecksumError, ManifestError, ModelLoadError
 from edge_runtime.session import SessionConfig
 from exporters.bundle import archive_bundle
+from onnx_members import looping_member_graph, make_bundle, member_graph, set_member_bytes
 from profiles.measure import QUANTILES
 from profiles.store import store_profile
 
@@ -99,8 +109,12 @@ def test_external_data_inside_a_subgraph_is_found(tiny_bundle: Path) -> None:
     entry = const.external_data.add()
     entry.key, entry.value = "location", "/etc/passwd"
     const.data_location = TensorProto.EXTERNAL
-    branch = helper.make_graph([helper.make_node("Constant", [], ["b"], value=const)], "branch", [],
-                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])])
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["b"], value=const)],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])],
+    )
     model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
     model.graph.node.append(helper.make_node("If", ["cond"], ["unused"], then_branch=branch, else_branch=branch))
     set_member_bytes(tiny_bundle, 0, model.SerializeToString())
@@ -197,7 +211,7 @@ def _damaged_archives(bundle: Path, out: Path) -> dict[str, Path]:
     raw = ok.read_bytes()
     cd = raw.rfind(b"PK\x01\x02")
     paths["broken_central_directory"] = out / "broken_central_directory.zip"
-    paths["broken_central_directory"].write_bytes(raw[: cd + 20] + raw[raw.rfind(b"PK\x05\x06"):])
+    paths["broken_central_directory"].write_bytes(raw[: cd + 20] + raw[raw.rfind(b"PK\x05\x06") :])
 
     def patch(local: int, central: int, value: int, path: Path) -> None:
         c = bytearray(raw)
@@ -220,8 +234,12 @@ def _damaged_archives(bundle: Path, out: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize(
     "kind, message",
-    [("bad_crc", "damaged.*CRC"), ("broken_central_directory", "zip"), ("encrypted_flag", "encrypted; zip the bundle without"),
-     ("unknown_method", "compression method 99")],
+    [
+        ("bad_crc", "damaged.*CRC"),
+        ("broken_central_directory", "zip"),
+        ("encrypted_flag", "encrypted; zip the bundle without"),
+        ("unknown_method", "compression method 99"),
+    ],
 )
 def test_damaged_archives_give_one_line(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, message: str
@@ -247,7 +265,9 @@ def test_manifest_bomb_is_refused_from_the_zip_header(tiny_bundle: Path, tmp_pat
         for n in ("member_1.onnx", "member_2.onnx", "member_3.onnx"):
             z.write(tiny_bundle / n, n)
     assert path.stat().st_size < 200_000
-    with pytest.raises(BundleError, match=r"manifest file .*manifest.json holds 8,3\d\d,\d\d\d bytes, over the 1,048,576-byte limit"):
+    with pytest.raises(
+        BundleError, match=r"manifest file .*manifest.json holds 8,3\d\d,\d\d\d bytes, over the 1,048,576-byte limit"
+    ):
         load_bundle(path, LoadLimits(max_manifest_bytes=1 << 20))
 
 
@@ -315,14 +335,25 @@ def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:
 
 MANIFEST_ROWS = [
     ("deep_json", _nested, "nests JSON deeper than 64 levels"),
-    ("shape_infinity", _set("task.input.shape", [-1, 1, 4, float("inf")]), r"task.input.shape\[3\] must be an integer, not a non-finite"),
+    (
+        "shape_infinity",
+        _set("task.input.shape", [-1, 1, 4, float("inf")]),
+        r"task.input.shape\[3\] must be an integer, not a non-finite",
+    ),
     ("params_infinity", _set("members.0.params", float("inf")), r"members\[0\].params must be an integer"),
     ("preprocess_string", _set("task.preprocess", "x"), "task.preprocess must be an object or null, not a string"),
     ("profile_string", _set("profiles", {"any": "junk"}), "profiles.any must be an object, not a string"),
     ("labels_string", _set("task.labels", "ab"), "task.labels must be an array"),
-    ("latency_nan", _set("profiles", {"d": {"members": [{"name": "member_1", "latency_ms": {"p99": float("nan")}}]}}),
-     r"latency_ms.p99 must be a finite number or null"),
-    ("threshold_infinity", _set("calibration", {"entropy_threshold": float("inf")}), "calibration.entropy_threshold must be a finite"),
+    (
+        "latency_nan",
+        _set("profiles", {"d": {"members": [{"name": "member_1", "latency_ms": {"p99": float("nan")}}]}}),
+        r"latency_ms.p99 must be a finite number or null",
+    ),
+    (
+        "threshold_infinity",
+        _set("calibration", {"entropy_threshold": float("inf")}),
+        "calibration.entropy_threshold must be a finite",
+    ),
     ("connections_object", _set("members.1.connections", {"a": 1}), r"members\[1\].connections must be an array"),
     ("members_string", _set("members", "member_1"), "members must be an array"),
     ("format_missing", lambda d: d.pop("format"), "not an anytime-edge-bundle manifest"),
@@ -343,7 +374,11 @@ def test_bad_manifest_values_give_one_line_naming_the_field(
 
 
 def test_json_nested_past_the_parser_recursion_limit(tiny_bundle: Path) -> None:
-    text = (tiny_bundle / MANIFEST_NAME).read_text().replace('"metadata": {', '"metadata": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ", 1)
+    text = (
+        (tiny_bundle / MANIFEST_NAME)
+        .read_text()
+        .replace('"metadata": {', '"metadata": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ", 1)
+    )
     (tiny_bundle / MANIFEST_NAME).write_text(text)
     with pytest.raises(ManifestError, match="nests JSON"):
         load_bundle(tiny_bundle)
@@ -396,7 +431,10 @@ def test_two_processes_updating_the_manifest_both_keep_their_result(tiny_bundle:
             time.sleep(0.02)
         assert marker.exists()
         profile = {
-            "profile_version": 1, "fingerprint": "fp-test", "device": {"cpu_model": "test"}, "created_utc": "now",
+            "profile_version": 1,
+            "fingerprint": "fp-test",
+            "device": {"cpu_model": "test"},
+            "created_utc": "now",
             "members": [{"name": f"member_{k}", "latency_ms": {q: 1.0 for q in QUANTILES}} for k in (1, 2, 3)],
         }
         store_profile(target, profile)  # waits for the lock, then reads the slow writer's result
@@ -478,8 +516,15 @@ def test_an_unreadable_bundle_gives_one_line_naming_the_fix(tiny_bundle: Path, c
     code = "import sys; from edge_runtime.cli import main; sys.exit(main(['inspect', sys.argv[1]]))"
     site = sysconfig.get_paths()["purelib"]  # this venv's numpy/onnxruntime/psutil, if 'nobody' can read them
     try:
-        done = subprocess.run([python, "-c", code, str(tiny_bundle)], env={"PYTHONPATH": f"{ROOT}:{site}", "PATH": "/usr/bin:/bin"},
-                              user=65534, capture_output=True, text=True, timeout=60, cwd="/")
+        done = subprocess.run(
+            [python, "-c", code, str(tiny_bundle)],
+            env={"PYTHONPATH": f"{ROOT}:{site}", "PATH": "/usr/bin:/bin"},
+            user=65534,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
     except (PermissionError, OSError) as exc:
         pytest.skip(f"cannot run as 'nobody' here: {exc}")
     if "No module named" in done.stderr:
@@ -508,8 +553,11 @@ def test_a_zip_whose_top_folder_holds_the_bundle_loads(tiny_bundle: Path, tmp_pa
     flat = _zip_tree(tiny_bundle, tmp_path / "flat.zip")
     (tmp_path / "parent").mkdir()
     shutil.copytree(tiny_bundle, tmp_path / "parent" / "bundle")
-    nested = _zip_tree(tmp_path / "parent", tmp_path / "nested.zip",
-                       {"__MACOSX/bundle/._manifest.json": b"\0\5\26\7", "bundle/.DS_Store": b"\0\0\0\1Bud1"})
+    nested = _zip_tree(
+        tmp_path / "parent",
+        tmp_path / "nested.zip",
+        {"__MACOSX/bundle/._manifest.json": b"\0\5\26\7", "bundle/.DS_Store": b"\0\0\0\1Bud1"},
+    )
     assert "bundle/manifest.json" in zipfile.ZipFile(nested).namelist()
     want = [p.label for p in edge_runtime.load(flat, warmup=0).predict(x)]
     assert [p.label for p in edge_runtime.load(nested, warmup=0).predict(x)] == want
@@ -518,7 +566,9 @@ def test_a_zip_whose_top_folder_holds_the_bundle_loads(tiny_bundle: Path, tmp_pa
     assert load_bundle(nested).manifest.calibration.entropy_threshold == 0.2
 
 
-def test_a_zip_with_the_bundle_deeper_down_names_the_fix(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_zip_with_the_bundle_deeper_down_names_the_fix(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "two").mkdir()
     shutil.copytree(tiny_bundle, tmp_path / "two" / "a")
     (tmp_path / "two" / "readme.txt").write_text("hi")
@@ -549,8 +599,21 @@ def test_profile_refuses_a_member_that_never_finishes(tiny_bundle: Path, capsys:
     from distill.cli import main as full_main
 
     set_member_bytes(tiny_bundle, 0, _loop_member())
-    code = full_main(["profile", str(tiny_bundle), "--min-queries", "4", "--min-seconds", "0", "--warmup", "1",
-                      "--no-memory-probe", "--load-timeout", "0.3"])
+    code = full_main(
+        [
+            "profile",
+            str(tiny_bundle),
+            "--min-queries",
+            "4",
+            "--min-seconds",
+            "0",
+            "--warmup",
+            "1",
+            "--no-memory-probe",
+            "--load-timeout",
+            "0.3",
+        ]
+    )
     assert "member 'member_1' did not finish" in _one_line_error(code, capsys.readouterr().err)
 
 

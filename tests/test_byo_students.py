@@ -60,13 +60,17 @@ def _notes(report: Any) -> dict[str, str]:  # a LowRankReport or ChannelReport: 
 
 
 def _full_rank(model: nn.Module) -> nn.Module:
-    plans = [p.__class__(**{**p.__dict__, "factor": True}) if not p.note.startswith(("depthwise", "grouped", "not called"))
-             else p for p in plan_ranks(model, rank=10_000, example=torch.zeros(2, 1, 8, 8))]
+    plans = [
+        p.__class__(**{**p.__dict__, "factor": True}) if not p.note.startswith(("depthwise", "grouped", "not called")) else p
+        for p in plan_ranks(model, rank=10_000, example=torch.zeros(2, 1, 8, 8))
+    ]
     return factorize(model, plans).eval()
 
 
 @pytest.mark.parametrize("which", ["resnet", "grouped", "loaded"])
-def test_full_rank_factorisation_reproduces_the_teachers_logits(which: str, data: Dataset, request: pytest.FixtureRequest) -> None:
+def test_full_rank_factorisation_reproduces_the_teachers_logits(
+    which: str, data: Dataset, request: pytest.FixtureRequest
+) -> None:
     teacher = request.getfixturevalue(which)
     student = _full_rank(teacher)
     assert any(isinstance(m, (LowRankConv, LowRankLinear)) for m in student.modules())
@@ -75,7 +79,9 @@ def test_full_rank_factorisation_reproduces_the_teachers_logits(which: str, data
 
 @pytest.mark.parametrize("which", ["resnet", "loaded"])
 @pytest.mark.parametrize("choice", [{"rank": 3}, {"energy": 0.6}])
-def test_lowrank_students_of_a_plain_logits_teacher(which: str, choice: dict, data: Dataset, request: pytest.FixtureRequest) -> None:
+def test_lowrank_students_of_a_plain_logits_teacher(
+    which: str, choice: dict, data: Dataset, request: pytest.FixtureRequest
+) -> None:
     teacher = request.getfixturevalue(which)
     student, report = lowrank_student(teacher, data, LowRankConfig(**choice, epochs=8, lr=1e-2, batch_size=32))
     factored = [row["layer"] for row in report.layers if row["factored"]]

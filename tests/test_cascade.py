@@ -173,20 +173,29 @@ def test_profile_select_and_server_work_on_a_cascade(parts: list[Path], tmp_path
     save_calibration(cascade, calibrate(edge_runtime.load(cascade, warmup=0), x, y, CalibrationTarget.members(1.5)))
     # Budgets no member 2 fits / every member fits: the runtime's real runs exit at member 1 / run both.
     candidates = evaluate_candidates([cascade], x, y, measure=fast, budget_runs=[1e-6, 1e6])
-    assert [(c.kind, c.members) for c in candidates] == [("prefix", 1), ("prefix", 2), ("threshold", 2), ("budget", 2), ("budget", 2)]
+    assert [(c.kind, c.members) for c in candidates] == [
+        ("prefix", 1),
+        ("prefix", 2),
+        ("threshold", 2),
+        ("budget", 2),
+        ("budget", 2),
+    ]
     prefix1, prefix2, _, tight, roomy = candidates
     assert prefix2.accuracy == 1.0  # the labels are the big model's answers
     assert (tight.budget_ms, tight.mean_members, tight.accuracy) == (1e-6, 1.0, prefix1.accuracy)
     assert (roomy.mean_members, roomy.accuracy) == (2.0, 1.0)
     # One latency basis for every point: the profiled latency of the prefix each sample exits at.
     assert tight.latency_ms == pytest.approx(prefix1.latency_ms) and roomy.latency_ms == pytest.approx(prefix2.latency_ms)
-    assert auto_budgets(profile) == [round((profile["prefixes"][0]["latency_ms"]["p99"]
-                                            + profile["prefixes"][1]["latency_ms"]["p99"]) / 2, 4)]
+    assert auto_budgets(profile) == [
+        round((profile["prefixes"][0]["latency_ms"]["p99"] + profile["prefixes"][1]["latency_ms"]["p99"]) / 2, 4)
+    ]
     with pytest.raises(SelectionError, match="positive budget"):
         evaluate_candidates([cascade], x, y, measure=fast, budget_runs=[0.0])
     runtime = edge_runtime.load(cascade, warmup=1)
-    request = {"inputs": [{"name": "x", "shape": [1, *SHAPE], "datatype": "FP32", "data": x[0].ravel().tolist()}],
-               "parameters": {"anytime_entropy_threshold": "off"}}
+    request = {
+        "inputs": [{"name": "x", "shape": [1, *SHAPE], "datatype": "FP32", "data": x[0].ravel().tolist()}],
+        "parameters": {"anytime_entropy_threshold": "off"},
+    }
     with TestClient(create_app(runtime, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
         response = client.post("/v2/models/cascade/infer", json=request)
     assert response.status_code == 200, response.text
@@ -300,12 +309,15 @@ def test_cli_composes_on_a_runtime_only_install(parts: list[Path], tmp_path: Pat
     site.mkdir()
     (site / "sitecustomize.py").write_text(_BLOCK)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    check = ("import sys; from distill.cli import main; code = main(sys.argv[1:]); "
-             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules; sys.exit(code)")
+    check = (
+        "import sys; from distill.cli import main; code = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules and 'onnx' not in sys.modules; sys.exit(code)"
+    )
 
     def cli(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", check, *argv], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-c", check, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
 
     done = cli("cascade", *map(str, parts), "--out", str(tmp_path / "c"), "--zip", str(tmp_path / "c.zip"), "--json")
     assert done.returncode == 0, done.stderr
@@ -316,12 +328,27 @@ def test_cli_composes_on_a_runtime_only_install(parts: list[Path], tmp_path: Pat
     assert ran.returncode == 0, ran.stderr
     x = np.random.default_rng(2).normal(size=(40, *SHAPE)).astype(np.float32)
     np.savez(tmp_path / "val.npz", x=x, y=by_hand(parts[1], x)[0]["probs"].argmax(1))
-    chosen = cli("select", str(tmp_path / "c"), "--data", str(tmp_path / "val.npz"), "--min-queries", "20",
-                 "--min-seconds", "0", "--budget-runs", "0.000001,1000", "--json")
+    chosen = cli(
+        "select",
+        str(tmp_path / "c"),
+        "--data",
+        str(tmp_path / "val.npz"),
+        "--min-queries",
+        "20",
+        "--min-seconds",
+        "0",
+        "--budget-runs",
+        "0.000001,1000",
+        "--json",
+    )
     assert chosen.returncode == 0, chosen.stderr
     rows = json.loads(chosen.stdout)["candidates"]
     assert [(r["kind"], r["budget_ms"], r["mean_members"]) for r in rows] == [
-        ("prefix", None, 1.0), ("prefix", None, 2.0), ("budget", 1e-6, 1.0), ("budget", 1000.0, 2.0)]
+        ("prefix", None, 1.0),
+        ("prefix", None, 2.0),
+        ("budget", 1e-6, 1.0),
+        ("budget", 1000.0, 2.0),
+    ]
     ensemble = make_bundle(tmp_path / "ens", num_members=2, input_shape=SHAPE)
     refused = cli("cascade", str(parts[0]), str(ensemble), "--out", str(tmp_path / "d"))
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
@@ -352,15 +379,20 @@ def test_bundles_from_the_real_exporters_compose(tmp_path: Path) -> None:
     with torch.no_grad():
         student[1].weight.copy_(torch.from_numpy(w[:-1].T.copy()))
         student[1].bias.copy_(torch.from_numpy(w[-1]))
-    first = export_model(student, digits.task_spec(), tmp_path / "student", heldout=(digits.x_test, digits.y_test),
-                         name="student").path
+    first = export_model(
+        student, digits.task_spec(), tmp_path / "student", heldout=(digits.x_test, digits.y_test), name="student"
+    ).path
     raw_test = digits.raw(digits.x_test)
     w = lstsq(digits.raw(digits.x_train))
     shape = list(digits.raw_input_shape)
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["pixels"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["mm"]),
-         helper.make_node("Add", ["mm", "b"], ["scores"])],
-        "user", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", *shape])],
+        [
+            helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "W"], ["mm"]),
+            helper.make_node("Add", ["mm", "b"], ["scores"]),
+        ],
+        "user",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", *shape])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10])],
         [numpy_helper.from_array(w[:-1], "W"), numpy_helper.from_array(w[-1], "b")],
     )

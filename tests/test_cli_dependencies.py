@@ -38,19 +38,23 @@ def _env(*paths: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), str(REPO)])}
 
 
-@pytest.mark.parametrize("argv", [
-    ["demo"],
-    ["train-teacher", "--data", "digits", "--out", "OUT"],
-    ["export", "teacher.pt", "--data", "digits", "--out", "OUT"],
-    ["sparsify", "fcpts", "--data", "digits", "--out", "OUT"],
-    ["sparsify", "dsd2", "--data", "digits", "--out", "OUT"],
-    ["ensemble", "--data", "digits", "--members", "2", "--out", "OUT"],
-    ["lowrank", "--data", "digits", "--rank", "2", "--out", "OUT"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo"],
+        ["train-teacher", "--data", "digits", "--out", "OUT"],
+        ["export", "teacher.pt", "--data", "digits", "--out", "OUT"],
+        ["sparsify", "fcpts", "--data", "digits", "--out", "OUT"],
+        ["sparsify", "dsd2", "--data", "digits", "--out", "OUT"],
+        ["ensemble", "--data", "digits", "--members", "2", "--out", "OUT"],
+        ["lowrank", "--data", "digits", "--rank", "2", "--out", "OUT"],
+    ],
+)
 def test_training_commands_without_torch_name_the_install_command(argv: list[str], tmp_path: Path) -> None:
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
-    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *argv], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, *argv], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1, proc.stderr
     line = proc.stderr.strip()
     assert "\n" not in line, line
@@ -85,12 +89,12 @@ def test_the_declared_onnxruntime_floor_is_built_for_numpy_2() -> None:
 
 # An onnxruntime that fails the way 1.17.1 does under numpy 2: numpy's banner and a traceback on stderr,
 # then a bare ImportError.
-_FAKE_ORT = textwrap.dedent('''
+_FAKE_ORT = textwrap.dedent("""
     import sys
     sys.stderr.write("\\nA module that was compiled using NumPy 1.x cannot be run in\\nNumPy 2.4.6 as it may crash.\\n"
                      "Traceback (most recent call last):\\n  File x\\nAttributeError: _ARRAY_API not found\\n")
     raise ImportError
-''')
+""")
 
 
 def test_an_onnxruntime_broken_by_numpy_2_is_one_line(tmp_path: Path) -> None:
@@ -100,8 +104,14 @@ def test_an_onnxruntime_broken_by_numpy_2_is_one_line(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 4, 4), np.float32))
     bundle = str(make_bundle(tmp_path / "bundle", num_members=2))
     for argv in (["run", bundle, "--input", str(tmp_path / "x.npy")], ["inspect", bundle]):
-        proc = subprocess.run([sys.executable, "-m", "edge_runtime", *argv], cwd=tmp_path, env=_env(fake),
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "edge_runtime", *argv],
+            cwd=tmp_path,
+            env=_env(fake),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 1
         line = proc.stderr.strip()
         assert "\n" not in line, line

@@ -78,7 +78,9 @@ def test_clutter_comes_from_other_digits_and_saturates() -> None:
     assert int((images[1] == 255).sum()) == 28 * 28 and int((images[1] > 0).sum()) == 28 * 28
 
 
-def test_generation_is_cached_and_keyed_by_config_and_generator(idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generation_is_cached_and_keyed_by_config_and_generator(
+    idx_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "cache"
     first = cluttered_mnist(idx_dir, cache_dir=cache)
     assert not first.from_cache and first.path is not None and first.path.is_file()

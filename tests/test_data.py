@@ -24,7 +24,9 @@ def _write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
         path.write_bytes(data)
 
 
-def _npz(path: Path, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, **extra: np.ndarray) -> Path:
+def _npz(
+    path: Path, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, **extra: np.ndarray
+) -> Path:
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, **extra)
     return path
 
@@ -79,7 +81,9 @@ def test_npz_of_any_rank(tmp_path: Path, train_shape: tuple[int, ...], expected_
 def test_npz_layout_key_overrides_the_guess(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     y = np.arange(20) % 2
-    path = _npz(tmp_path / "d.npz", rng.normal(size=(20, 10, 10)), y, rng.normal(size=(4, 10, 10)), y[:4], layout=np.array("signal"))
+    path = _npz(
+        tmp_path / "d.npz", rng.normal(size=(20, 10, 10)), y, rng.normal(size=(4, 10, 10)), y[:4], layout=np.array("signal")
+    )
     assert load_dataset(path).input_shape == (10, 10)
 
 
@@ -102,7 +106,13 @@ def test_npz_labels_name_the_classes(tmp_path: Path) -> None:
 )
 def test_bad_npz_gets_a_clear_error(tmp_path: Path, mutate, message: str) -> None:
     y = np.arange(20) % 2
-    arrays = {"x_train": np.ones((20, 3)), "y_train": y.astype(np.float64), "x_test": np.ones((4, 3)), "y_test": y[:4], "labels": np.array(["a", "b"])}
+    arrays = {
+        "x_train": np.ones((20, 3)),
+        "y_train": y.astype(np.float64),
+        "x_test": np.ones((4, 3)),
+        "y_test": y[:4],
+        "labels": np.array(["a", "b"]),
+    }
     mutate(arrays)
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError, match=message):

@@ -20,7 +20,9 @@ if not CASES.is_dir():  # the worktree layout (/work/wt/NAME) or the main checko
 needs_cases = pytest.mark.skipif(not CASES.is_dir(), reason="the shared byo cases are not beside the project")
 
 
-def _npz(path: Path, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, **extra: np.ndarray) -> Path:
+def _npz(
+    path: Path, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, **extra: np.ndarray
+) -> Path:
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, **extra)
     return path
 

@@ -17,8 +17,18 @@ from edge_runtime.device import fingerprint
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig(
-        data="digits", out=out / "demo", runs_dir=out / "runs", members=2, ensemble_epochs=8, teacher_epochs=10,
-        fcpts_iterations=20, student_epochs=1, lowrank_rank=16, profile_queries=40, profile_seconds=0.0, progress=False,
+        data="digits",
+        out=out / "demo",
+        runs_dir=out / "runs",
+        members=2,
+        ensemble_epochs=8,
+        teacher_epochs=10,
+        fcpts_iterations=20,
+        student_epochs=1,
+        lowrank_rank=16,
+        profile_queries=40,
+        profile_seconds=0.0,
+        progress=False,
     )
     lines: list[str] = []
     report = run_demo(cfg, say=lines.append)
@@ -27,9 +37,17 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_demo_writes_every_artefact(demo) -> None:
     out, result = demo
-    for name in ("bundle/manifest.json", "report.json", "validation.npz", "test.npz", "accuracy_vs_latency.png",
-                 "candidates/teacher/manifest.json", "candidates/lowrank/manifest.json", "candidates/sparse/manifest.json",
-                 "cascade/manifest.json"):
+    for name in (
+        "bundle/manifest.json",
+        "report.json",
+        "validation.npz",
+        "test.npz",
+        "accuracy_vs_latency.png",
+        "candidates/teacher/manifest.json",
+        "candidates/lowrank/manifest.json",
+        "candidates/sparse/manifest.json",
+        "cascade/manifest.json",
+    ):
         assert (out / name).is_file(), name
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["anytime_curve"] == result["report"]["anytime_curve"]

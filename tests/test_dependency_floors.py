@@ -79,10 +79,17 @@ def floor_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_the_runtime_works_at_its_declared_floors(floor_venv: tuple[Path, Path], tmp_path: Path) -> None:
     venv, _ = floor_venv
     python = str(venv / "bin" / "python")
-    versions = _run([python, "-c", (
-        "import json, importlib.metadata as m; "
-        f"print(json.dumps({{d: m.version(d) for d in {sorted(runtime_floors())!r}}}))"
-    )], cwd=tmp_path)
+    versions = _run(
+        [
+            python,
+            "-c",
+            (
+                "import json, importlib.metadata as m; "
+                f"print(json.dumps({{d: m.version(d) for d in {sorted(runtime_floors())!r}}}))"
+            ),
+        ],
+        cwd=tmp_path,
+    )
     assert versions.returncode == 0, versions.stderr
     installed = json.loads(versions.stdout)
     for name, floor in runtime_floors().items():  # "1.19" is installed as "1.19.0"
@@ -94,8 +101,7 @@ def test_the_runtime_works_at_its_declared_floors(floor_venv: tuple[Path, Path],
     assert "members  2" in inspect.stdout
     x = np.random.default_rng(0).normal(size=(4, 1, 4, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    run = _run([python, "-m", "edge_runtime", "run", str(bundle), "--input", str(tmp_path / "x.npy"), "--json"],
-               cwd=tmp_path)
+    run = _run([python, "-m", "edge_runtime", "run", str(bundle), "--input", str(tmp_path / "x.npy"), "--json"], cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     labels = [json.loads(line)["label"] for line in run.stdout.splitlines()]
 
@@ -108,8 +114,9 @@ def test_the_runtime_works_at_its_declared_floors(floor_venv: tuple[Path, Path],
 def test_pip_refuses_an_onnxruntime_built_for_numpy_1(floor_venv: tuple[Path, Path], tmp_path: Path) -> None:
     # The case (deploy/04): a device holding onnxruntime 1.17.1 must not get a numpy 2 pairing from our metadata.
     venv, src = floor_venv
-    proc = _run([str(venv / "bin" / "pip"), "install", "--dry-run", "onnxruntime==1.17.1", str(src)],
-                cwd=tmp_path, timeout=PIP_TIMEOUT_S)
+    proc = _run(
+        [str(venv / "bin" / "pip"), "install", "--dry-run", "onnxruntime==1.17.1", str(src)], cwd=tmp_path, timeout=PIP_TIMEOUT_S
+    )
     assert proc.returncode != 0
     assert "ResolutionImpossible" in proc.stderr or "conflict" in proc.stderr.lower(), proc.stderr[-2000:]
 
@@ -119,13 +126,18 @@ def test_a_broken_pair_installed_anyway_is_one_line(floor_venv: tuple[Path, Path
     venv, _ = floor_venv
     broken = venv.parent / "broken"
     shutil.copytree(venv, broken, symlinks=True)
-    fix = _run([str(broken / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
-                "onnxruntime==1.17.1", "numpy>=2"], cwd=tmp_path, timeout=PIP_TIMEOUT_S)
+    fix = _run(
+        [str(broken / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "onnxruntime==1.17.1", "numpy>=2"],
+        cwd=tmp_path,
+        timeout=PIP_TIMEOUT_S,
+    )
     assert fix.returncode == 0, fix.stderr[-2000:]
     bundle = make_bundle(tmp_path / "bundle", num_members=2)
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 4, 4), np.float32))
-    proc = _run([str(broken / "bin" / "python"), "-m", "edge_runtime", "run", str(bundle),
-                 "--input", str(tmp_path / "x.npy")], cwd=tmp_path)
+    proc = _run(
+        [str(broken / "bin" / "python"), "-m", "edge_runtime", "run", str(bundle), "--input", str(tmp_path / "x.npy")],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     line = proc.stderr.strip()
     assert "\n" not in line, line

@@ -21,7 +21,7 @@ DEPLOY = REPO / "deploy"
 
 def _dockerfile_instruction(name: str) -> str:
     lines = (DEPLOY / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ").splitlines()
-    found = [line[len(name):].strip() for line in lines if line.startswith(name + " ")]
+    found = [line[len(name) :].strip() for line in lines if line.startswith(name + " ")]
     assert len(found) == 1, f"deploy/Dockerfile should have one {name}"
     return found[0]
 

@@ -15,12 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ddp_workers
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+import ddp_workers
 from distill import distributed
 from distill.losses import make_loss
 from distill.train import fit
@@ -41,8 +41,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int,
     ddp_workers.write_tiny_mnist(root / "mnist")
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    mp.start_processes(ddp_workers.worker, args=(2, _free_port(), str(root), queue), nprocs=2, join=True,
-                       start_method="spawn")
+    mp.start_processes(ddp_workers.worker, args=(2, _free_port(), str(root), queue), nprocs=2, join=True, start_method="spawn")
     results = [queue.get() for _ in range(2)]
     return root, {r["rank"]: r for r in results}
 
@@ -141,9 +140,27 @@ def test_without_torchruns_environment_nothing_changes(monkeypatch: pytest.Monke
 def test_torchrun_runs_train_teacher_unchanged_and_rank_0_alone_reports(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "teacher"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "distill",
-           "train-teacher", "--data", "digits", "--epochs", "1", "--width", "8", "--hidden", "32", "--out", str(out),
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "distill",
+        "train-teacher",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--width",
+        "8",
+        "--hidden",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("checkpoint: ") == 1  # printed by rank 0 only

@@ -60,9 +60,13 @@ class CNN1dMember(nn.Module):
     def __init__(self, channels: int = 2, width: int = 4) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv1d(channels, width, 3, padding=1), nn.BatchNorm1d(width), nn.ReLU(),
-            nn.Conv1d(width, width, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+            nn.Conv1d(channels, width, 3, padding=1),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(width, NUM_CLASSES)
 
@@ -116,7 +120,9 @@ def task_for(shape: Sequence[int]) -> TaskSpec:
     return TaskSpec(labels=tuple(f"c{k}" for k in range(NUM_CLASSES)), input=TensorSpec("x", (-1, *shape)))
 
 
-def torch_prefixes(members: Sequence[nn.Module], connections: Sequence[Sequence[int]], x: torch.Tensor, combine: str) -> list[dict[str, np.ndarray]]:
+def torch_prefixes(
+    members: Sequence[nn.Module], connections: Sequence[Sequence[int]], x: torch.Tensor, combine: str
+) -> list[dict[str, np.ndarray]]:
     """Combined logits, probs and entropy after each member, computed directly from the members."""
     with torch.no_grad():
         own, features, result = [], [], []
@@ -147,7 +153,14 @@ def ort_prefixes(bundle_dir: Path, x: np.ndarray) -> list[dict[str, np.ndarray]]
     return outputs
 
 
-def train(members: Sequence[nn.Module], connections: Sequence[Sequence[int]], x: torch.Tensor, y: torch.Tensor, combine: str, steps: int = 80) -> None:
+def train(
+    members: Sequence[nn.Module],
+    connections: Sequence[Sequence[int]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    combine: str,
+    steps: int = 80,
+) -> None:
     """A few full-batch Adam steps on the combined logits: enough for accuracies well above chance."""
     params = [p for m in members for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=0.05)
@@ -188,9 +201,14 @@ def connected(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportResult, l
     members = [MLPMember(12), MLPMember(12, connection_dims=(8,)), MLPMember(12, connection_dims=(8, 8))]
     train(members, CONNECTIONS, x[:800], y[:800], "sum")
     result = export_ensemble(
-        members, task_for(MLP_SHAPE), tmp_path_factory.mktemp("connected") / "bundle",
-        heldout=(x[800:], y[800:]), connections=CONNECTIONS, name="connected",
-        metadata={"data": "synthetic"}, member_info=[{"method": "test", "width": 8}] * 3,
+        members,
+        task_for(MLP_SHAPE),
+        tmp_path_factory.mktemp("connected") / "bundle",
+        heldout=(x[800:], y[800:]),
+        connections=CONNECTIONS,
+        name="connected",
+        metadata={"data": "synthetic"},
+        member_info=[{"method": "test", "width": 8}] * 3,
     )
     return result, members
 
@@ -203,8 +221,12 @@ def cnn1d_mean(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportResult, 
     members = [CNN1dMember(), CNN1dMember(width=5)]
     train(members, ((), ()), x[:400], y[:400], "mean", steps=40)
     result = export_ensemble(
-        members, task_for((2, 10)), tmp_path_factory.mktemp("cnn1d") / "bundle",
-        heldout=(x[400:].numpy(), y[400:].numpy()), combine="mean", member_names=["small", "large"],
+        members,
+        task_for((2, 10)),
+        tmp_path_factory.mktemp("cnn1d") / "bundle",
+        heldout=(x[400:].numpy(), y[400:].numpy()),
+        combine="mean",
+        member_names=["small", "large"],
     )
     return result, members
 
@@ -216,8 +238,14 @@ def cnn2d_single(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportResult
     x, y = make_data((1, 6, 6), 300, seed=3)
     model = CNN2dMember()
     model.train()
-    result = export_model(model, task_for((1, 6, 6)), tmp_path_factory.mktemp("cnn2d") / "bundle",
-                          heldout=(x, y), name="student", info={"method": "lowrank", "rank": 2})
+    result = export_model(
+        model,
+        task_for((1, 6, 6)),
+        tmp_path_factory.mktemp("cnn2d") / "bundle",
+        heldout=(x, y),
+        name="student",
+        info={"method": "lowrank", "rank": 2},
+    )
     return result, model
 
 
@@ -270,8 +298,10 @@ def test_gate_reports_measure_the_chained_prefixes(connected) -> None:
     assert info["bytes"] == (result.path / "member_1.onnx").stat().st_size
     assert info["gates"]["onnx_accuracy"] == result.members[0].gates.onnx_accuracy
     x, y = make_data(MLP_SHAPE, 1200, seed=1)
-    torch_acc = [float((torch.from_numpy(p["logits"]).argmax(1) == y[800:]).float().mean())
-                 for p in torch_prefixes(members, CONNECTIONS, x[800:], "sum")]
+    torch_acc = [
+        float((torch.from_numpy(p["logits"]).argmax(1) == y[800:]).float().mean())
+        for p in torch_prefixes(members, CONNECTIONS, x[800:], "sum")
+    ]
     assert [m.gates.torch_accuracy for m in result.members] == pytest.approx(torch_acc)
     assert len(result.describe()) == 3 and "member_2" in result.describe()[1]
 
@@ -377,9 +407,14 @@ def test_bad_arguments_fail_before_export(kwargs: dict, error: type, message: st
         members[1].head = nn.Linear(8, kwargs["classes"])
     with pytest.raises(error, match=message):
         export_ensemble(
-            members, task_for(MLP_SHAPE), tmp_path / "b", heldout=(x, y),
-            connections=kwargs.get("connections"), member_names=kwargs.get("member_names"),
-            combine=kwargs.get("combine", "sum"), member_info=kwargs.get("member_info"),
+            members,
+            task_for(MLP_SHAPE),
+            tmp_path / "b",
+            heldout=(x, y),
+            connections=kwargs.get("connections"),
+            member_names=kwargs.get("member_names"),
+            combine=kwargs.get("combine", "sum"),
+            member_info=kwargs.get("member_info"),
         )
     assert not (tmp_path / "b").exists()
 

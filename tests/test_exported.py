@@ -51,8 +51,7 @@ def code_ran() -> Iterator[Callable[[str], bool]]:
 
 
 # (load a file and run the result on X, the error that loader raises)
-LOADERS = [pytest.param(_run_distill, CheckpointError, id="distill"),
-           pytest.param(_run_exporters, ExportError, id="exporters")]
+LOADERS = [pytest.param(_run_distill, CheckpointError, id="distill"), pytest.param(_run_exporters, ExportError, id="exporters")]
 
 
 @pytest.mark.parametrize("make", [SmallResNet, GroupedNet])
@@ -161,7 +160,11 @@ def _binary(name: str, data: bytes) -> Edited:
 
 
 def _two_programs(name: str, data: bytes) -> Edited:
-    return [(name, data), (name.replace("models/model.json", "models/other.json"), data)] if name.endswith("model.json") else (name, data)
+    return (
+        [(name, data), (name.replace("models/model.json", "models/other.json"), data)]
+        if name.endswith("model.json")
+        else (name, data)
+    )
 
 
 def _pickled_sample_inputs(name: str, data: bytes) -> Edited:
@@ -173,9 +176,14 @@ def _pickled_sample_inputs(name: str, data: bytes) -> Edited:
     return name, data
 
 
-UNSAFE = [(_pickled_weight, "pickled object"), (_foreign_target, "calls 'torch.os.system'"),
-          (_evil_expression, "symbolic shape expression"), (_binary, "does not open"),
-          (_two_programs, "2 programs"), (_pickled_sample_inputs, "not a loadable torch.export program")]
+UNSAFE = [
+    (_pickled_weight, "pickled object"),
+    (_foreign_target, "calls 'torch.os.system'"),
+    (_evil_expression, "symbolic shape expression"),
+    (_binary, "does not open"),
+    (_two_programs, "2 programs"),
+    (_pickled_sample_inputs, "not a loadable torch.export program"),
+]
 
 
 @pytest.mark.parametrize(("run", "error"), LOADERS)
@@ -197,8 +205,13 @@ def test_cli_export_refuses_an_unsafe_program(tmp_path: Path, capsys: pytest.Cap
     bad = _rewrite(good, tmp_path / "bad.pt2", _foreign_target)
     rng = np.random.default_rng(0)
     data = tmp_path / "data.npz"
-    np.savez(data, x_train=rng.uniform(0, 16, (40, 1, 8, 8)).astype(np.float32), y_train=np.arange(40) % 4,
-             x_test=X, y_test=np.arange(len(X)) % 4)
+    np.savez(
+        data,
+        x_train=rng.uniform(0, 16, (40, 1, 8, 8)).astype(np.float32),
+        y_train=np.arange(40) % 4,
+        x_test=X,
+        y_test=np.arange(len(X)) % 4,
+    )
     assert anytime_edge(["export", str(bad), "--data", str(data), "--out", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err.strip()
     assert "calls 'torch.os.system'" in err and "torch.export.save" in err and len(err.splitlines()) == 1

@@ -49,28 +49,50 @@ def test_make_installs_torch_cpu_from_the_cpu_index_when_the_usual_index_has_onl
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=usual.as_uri(), PIP_NO_CACHE_DIR="1",
-               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=usual.as_uri(), PIP_NO_CACHE_DIR="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
 
     # What a user gets with pip and constraints.txt alone: a refusal, never the CUDA build.
-    plain = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "-c", "constraints.txt", "torch"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    plain = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--no-deps", "-c", "constraints.txt", "torch"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert plain.returncode != 0 and "ResolutionImpossible" in plain.stderr, plain.stderr
 
-    proc = subprocess.run(["make", "--no-print-directory", "torch-cpu", f"VENV={venv}", f"TORCH_INDEX={cpu.as_uri()}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "torch-cpu", f"VENV={venv}", f"TORCH_INDEX={cpu.as_uri()}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"installing it from {cpu.as_uri()}" in proc.stdout
-    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
-                             capture_output=True, text=True, timeout=60, env=env)
+    version = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert version.stdout.strip() == "2.13.0+cpu"
 
     # Where the usual index (or a local wheel) has the CPU build, the CPU index is never asked.
     shutil.rmtree(usual / "torch")
     _wheel(usual, "2.13.0+cpu")
     subprocess.run([str(venv / "bin" / "pip"), "uninstall", "-q", "-y", "torch"], env=env, check=True, timeout=60)
-    proc = subprocess.run(["make", "--no-print-directory", "torch-cpu", f"VENV={venv}", "TORCH_INDEX=file:///nowhere"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "torch-cpu", f"VENV={venv}", "TORCH_INDEX=file:///nowhere"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
 
 

@@ -59,9 +59,25 @@ def server(bundle: Path) -> Iterator[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime.kserve", str(bundle), "--http_port", str(port), "--enable_grpc", "false",
-         "--inference-workers", "1", "--configure_logging", "false"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.kserve",
+            str(bundle),
+            "--http_port",
+            str(port),
+            "--enable_grpc",
+            "false",
+            "--inference-workers",
+            "1",
+            "--configure_logging",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -110,8 +126,10 @@ def _infer(url: str, x: np.ndarray, binary: bool, **params: Any) -> Any:
 
 def _served_parameters(bundle: Path, x: np.ndarray, **params: Any) -> dict[str, Any]:
     """The ``anytime_*`` response parameters of ``anytime-edge serve``'s app for the same request."""
-    body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
-            "parameters": params}
+    body = {
+        "inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+        "parameters": params,
+    }
     with TestClient(create_app(bundle, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
         answer = client.post("/v2/models/tiny/infer", json=body)
     assert answer.status_code == 200, answer.text
@@ -129,7 +147,9 @@ def test_v2_client_gets_the_in_process_labels(server: str, bundle: Path, sample:
     assert [str(s) if not isinstance(s, bytes) else s.decode() for s in outputs["label_name"].as_numpy().tolist()] == [
         p.label_name for p in expected
     ]
-    np.testing.assert_allclose(outputs["probabilities"].as_numpy(), np.stack([p.probabilities for p in expected]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        outputs["probabilities"].as_numpy(), np.stack([p.probabilities for p in expected]), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_binary_outputs_on_the_wire(server: str, sample: np.ndarray) -> None:
@@ -138,8 +158,12 @@ def test_binary_outputs_on_the_wire(server: str, sample: np.ndarray) -> None:
     tensor = InferInput(name="x", shape=list(sample.shape), datatype="FP32")
     tensor.set_data_from_numpy(sample, binary_data=True)
     body, json_length = InferRequest(model_name="tiny", infer_inputs=[tensor], parameters={"binary_data_output": True}).to_rest()
-    answer = httpx.post(f"{server}/v2/models/tiny/infer", content=body, timeout=30, headers={
-        "content-type": "application/octet-stream", "inference-header-content-length": str(json_length)})
+    answer = httpx.post(
+        f"{server}/v2/models/tiny/infer",
+        content=body,
+        timeout=30,
+        headers={"content-type": "application/octet-stream", "inference-header-content-length": str(json_length)},
+    )
     assert answer.status_code == 200, answer.text
     header_length = int(answer.headers["inference-header-content-length"])
     head = json.loads(answer.content[:header_length])
@@ -188,12 +212,21 @@ def test_bad_requests_are_400_with_the_servers_message(server: str) -> None:
 def test_metadata_names_the_bundles_tensors(server: str) -> None:
     meta = httpx.get(f"{server}/v2/models/tiny", timeout=10).json()
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1, 4, 4]}]
-    assert [o["name"] for o in meta["outputs"]] == ["probabilities", "label", "label_name", "members_used", "entropy", "exit_reason"]
+    assert [o["name"] for o in meta["outputs"]] == [
+        "probabilities",
+        "label",
+        "label_name",
+        "members_used",
+        "entropy",
+        "exit_reason",
+    ]
 
 
 def test_edge_runtime_imports_no_kserve() -> None:
-    code = ("import sys, edge_runtime, edge_runtime.server, edge_runtime.cli.serve, edge_runtime.kserve; "
-            "edge_runtime.load; print(sorted(m for m in ('kserve', 'torch') if m in sys.modules))")
+    code = (
+        "import sys, edge_runtime, edge_runtime.server, edge_runtime.cli.serve, edge_runtime.kserve; "
+        "edge_runtime.load; print(sorted(m for m in ('kserve', 'torch') if m in sys.modules))"
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -201,10 +234,14 @@ def test_edge_runtime_imports_no_kserve() -> None:
 
 
 def test_missing_kserve_is_one_line_naming_the_extra(bundle: Path) -> None:
-    code = ("import runpy, sys; sys.modules['kserve'] = None; sys.argv = ['x', sys.argv[1]]; "
-            "runpy.run_module('edge_runtime.kserve', run_name='__main__')")
+    code = (
+        "import runpy, sys; sys.modules['kserve'] = None; sys.argv = ['x', sys.argv[1]]; "
+        "runpy.run_module('edge_runtime.kserve', run_name='__main__')"
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", code, str(bundle)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(bundle)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install -c constraints.txt '.[kserve]'" in lines[0]

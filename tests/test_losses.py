@@ -311,7 +311,10 @@ def test_a_malformed_loss_param_is_a_usage_error() -> None:
     [
         (["--loss", "ce", "--loss-param", "alpha=0.5"], "'ce' has no command-line parameter 'alpha'; it takes no parameters"),
         (["--loss", "noisy_logit_l2", "--loss-param", "generator=1"], r"it takes \['alpha', 'seed', 'sigma'\]"),
-        (["--loss", "kd", "--loss-param", "alpha=high"], "alpha='high' is not a valid float; pass e.g. --loss-param alpha=<float>"),
+        (
+            ["--loss", "kd", "--loss-param", "alpha=high"],
+            "alpha='high' is not a valid float; pass e.g. --loss-param alpha=<float>",
+        ),
         (["--loss", "noisy_logit_l2", "--loss-param", "seed=1.5"], "seed='1.5' is not a valid int"),
         (["--loss", "kd", "--loss-param", "alpha=0.1", "--loss-param", "alpha=0.2"], "alpha= is given twice"),
         (["--loss", "kd", "--loss-param", "alpha=2"], "alpha must be >= 0.0 and <= 1.0"),

@@ -9,13 +9,13 @@ from distill.errors import TrainingError
 from distill.lowrank.dynamics import (
     DynamicsConfig,
     MatrixProblem,
+    _gradients,
     end_to_end,
     make_problem,
     orthogonal_init,
     spectral_init,
     train_dln,
 )
-from distill.lowrank.dynamics import _gradients
 
 
 def test_make_problem_has_the_requested_rank_and_mask() -> None:

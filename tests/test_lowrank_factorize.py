@@ -139,9 +139,7 @@ def test_export_keeps_each_factor_as_its_own_node() -> None:
     linear_ops = ("MatMul", "Gemm")
     dense_linear = sum(dense_ops.count(o) for o in linear_ops)
     assert sum(student_ops.count(o) for o in linear_ops) == dense_linear + factored_linears
-    rank_shaped = [
-        tuple(init.dims) for init in onnx.load_from_string(blob).graph.initializer if 3 in tuple(init.dims)[:2]
-    ]
+    rank_shaped = [tuple(init.dims) for init in onnx.load_from_string(blob).graph.initializer if 3 in tuple(init.dims)[:2]]
     assert (3, 8, 3, 3) in rank_shaped  # the first conv factor: rank 3 outputs, 8 inputs, 3x3 kernel
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {session.get_inputs()[0].name: x.numpy()})[0]

@@ -98,10 +98,23 @@ def test_cli_writes_a_one_member_bundle(
     teacher, _ = teacher_and_data
     checkpoint = save_model(teacher, tmp_path / "teacher")
     out, report = tmp_path / "bundle", tmp_path / "report.json"
-    code = cli_main([
-        "lowrank", "--data", "digits", "--teacher-dir", str(checkpoint), "--rank", "6", "--epochs", "2",
-        "--out", str(out), "--json", str(report),
-    ])
+    code = cli_main(
+        [
+            "lowrank",
+            "--data",
+            "digits",
+            "--teacher-dir",
+            str(checkpoint),
+            "--rank",
+            "6",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+            str(report),
+        ]
+    )
     assert code == 0
     bundle = load_bundle(out)
     assert bundle.manifest.num_members == 1

@@ -75,7 +75,9 @@ def test_task_checks_the_vector_length_against_the_input() -> None:
         TaskSpec(labels=("a", "b"), input=TensorSpec("x", (-1, 4, 8, 8)), preprocess=Preprocess(scale=[1.0, 2.0, 3.0]))
     with pytest.raises(ManifestError, match="nhwc"):
         TaskSpec(labels=("a", "b"), input=TensorSpec("x", (-1, 16)), preprocess=Preprocess(layout="nhwc"))
-    task = TaskSpec(labels=("a", "b"), input=TensorSpec("x", (-1, 8, 8, 3)), preprocess=Preprocess(scale=[1.0] * 3, layout="nhwc"))
+    task = TaskSpec(
+        labels=("a", "b"), input=TensorSpec("x", (-1, 8, 8, 3)), preprocess=Preprocess(scale=[1.0] * 3, layout="nhwc")
+    )
     assert task.model_input_shape == (-1, 3, 8, 8)
 
 
@@ -94,7 +96,9 @@ def test_per_feature_preprocess_round_trips_raw_client_values_through_a_bundle(t
     np.testing.assert_allclose(_runtime_probs(bundle, raw), _member_probs(bundle, model_x), rtol=1e-5, atol=1e-6)
 
 
-def test_raw_nhwc_client_arrays_give_the_answer_of_the_nchw_model_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_raw_nhwc_client_arrays_give_the_answer_of_the_nchw_model_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pre = Preprocess(scale=(1 / 50.0, 1 / 60.0, 1 / 70.0), offset=(-1.0, -0.5, 0.0), layout="nhwc")
     bundle = make_bundle(tmp_path / "nhwc", num_members=2, input_shape=(3, 6, 5), preprocess=pre)
     spec = load_bundle(bundle).manifest.task
@@ -156,7 +160,9 @@ def test_version_1_manifest_with_scalar_preprocess_still_loads(tmp_path: Path) -
         jsonschema.validate(manifest, SCHEMA)
 
 
-def test_run_prints_accuracy_for_id_labels_and_refuses_unknown_names(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_prints_accuracy_for_id_labels_and_refuses_unknown_names(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     x = np.random.default_rng(6).normal(size=(4, 1, 4, 4)).astype(np.float32)
     runtime = edge_runtime.load(tiny_bundle, warmup=1)
     predicted = [p.label for p in runtime.predict(x)]

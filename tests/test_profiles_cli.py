@@ -61,8 +61,21 @@ def test_errors_are_one_line_and_exit_1(tmp_path: Path, tiny_bundle: Path, capsy
 
 def test_select_json_and_plot(connected_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _validation(connected_bundle, tmp_path / "val.npz")
-    code = main(["select", str(connected_bundle), "--data", str(data), "--json", "--plot", str(tmp_path / "f.png"),
-                 "--min-queries", "20", "--min-seconds", "0"])
+    code = main(
+        [
+            "select",
+            str(connected_bundle),
+            "--data",
+            str(data),
+            "--json",
+            "--plot",
+            str(tmp_path / "f.png"),
+            "--min-queries",
+            "20",
+            "--min-seconds",
+            "0",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["chosen"] == "tiny[1..3]"  # labels are the full ensemble's answers
@@ -90,15 +103,19 @@ def test_profiler_runs_on_a_runtime_only_install(connected_bundle: Path, tmp_pat
     site.mkdir()
     (site / "sitecustomize.py").write_text(_BLOCK_TRAINING_PACKAGES)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    check = "import sys; from profiles.cli import main; code = main(sys.argv[1:]); " \
-            "assert 'torch' not in sys.modules and 'onnx' not in sys.modules; sys.exit(code)"
+    check = (
+        "import sys; from profiles.cli import main; code = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules and 'onnx' not in sys.modules; sys.exit(code)"
+    )
     fast = [a for a in FAST if a != "--no-memory-probe"]  # the probe process must be runtime-only too
     runs = [
         ["profile", str(connected_bundle), "--json", *fast],
         ["select", str(connected_bundle), "--data", str(data), "--plot", str(tmp_path / "f.png")],
     ]
-    results = [subprocess.run([sys.executable, "-c", check, *argv], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120) for argv in runs]
+    results = [
+        subprocess.run([sys.executable, "-c", check, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        for argv in runs
+    ]
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     profile = json.loads(results[0].stdout)[0]
     assert profile["memory_mb"]["method"] == "fresh runtime process"

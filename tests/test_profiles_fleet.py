@@ -17,6 +17,7 @@ import pytest
 
 import edge_runtime
 from edge_runtime.bundle import MANIFEST_NAME, load_bundle, save_manifest
+from edge_runtime.cli import main as runtime_main
 from edge_runtime.cli.inspect import describe_bundle
 from edge_runtime.device import cpu_facts, device_info, find_profile_key, fingerprint, legacy_fingerprint
 from onnx_members import make_bundle
@@ -32,7 +33,6 @@ from profiles import (
     store_profile,
     write_profile_file,
 )
-from edge_runtime.cli import main as runtime_main
 from profiles.cli import main
 
 FAST = MeasureConfig(min_queries=20, min_seconds=0.0, warmup_queries=2, batch=2, pool=4, memory_probe=False)
@@ -67,16 +67,38 @@ CPU revision\t: 1
 def test_cpu_facts_read_x86_identity_and_only_the_kernel_choosing_flags() -> None:
     facts = cpu_facts(X86_CPUINFO)
     assert facts == {
-        "cpu_vendor": "GenuineIntel", "cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "cpu_family": "6",
-        "cpu_model_number": "143", "cpu_stepping": "8",
-        "isa": sorted(["sse4_1", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                       "amx_tile", "amx_int8", "amx_bf16"]),
+        "cpu_vendor": "GenuineIntel",
+        "cpu_model": "Intel(R) Xeon(R) Platinum 8480+",
+        "cpu_family": "6",
+        "cpu_model_number": "143",
+        "cpu_stepping": "8",
+        "isa": sorted(
+            [
+                "sse4_1",
+                "sse4_2",
+                "avx",
+                "avx2",
+                "fma",
+                "avx512f",
+                "avx512bw",
+                "avx512vl",
+                "avx512_vnni",
+                "amx_tile",
+                "amx_int8",
+                "amx_bf16",
+            ]
+        ),
     }  # "hypervisor", "md_clear" and the like are left out: a kernel update may add or rename them
 
 
 def test_cpu_facts_read_arm_identity() -> None:
     facts = cpu_facts(ARM_CPUINFO)
-    assert (facts["cpu_vendor"], facts["cpu_family"], facts["cpu_model_number"], facts["cpu_stepping"]) == ("0x41", "8", "0xd40", "0x1/1")
+    assert (facts["cpu_vendor"], facts["cpu_family"], facts["cpu_model_number"], facts["cpu_stepping"]) == (
+        "0x41",
+        "8",
+        "0xd40",
+        "0x1/1",
+    )
     assert facts["isa"] == ["asimd", "asimddp", "asimdhp", "bf16", "i8mm", "sve"]
 
 
@@ -90,11 +112,22 @@ def test_fingerprint_survives_a_kernel_update_and_other_noise() -> None:
     assert legacy_fingerprint({**info, "os": "Linux 9.9.9-patched"}) != legacy_fingerprint(info)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("cpu_vendor", "GenuineIntel"), ("cpu_model", "Other CPU"), ("cpu_family", "25"), ("cpu_model_number", "17"),
-    ("cpu_stepping", "0"), ("isa", ["avx2"]), ("logical_cores", 64), ("physical_cores", 32),
-    ("machine", "aarch64"), ("system", "Windows"), ("onnxruntime", "1.0.0"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("cpu_vendor", "GenuineIntel"),
+        ("cpu_model", "Other CPU"),
+        ("cpu_family", "25"),
+        ("cpu_model_number", "17"),
+        ("cpu_stepping", "0"),
+        ("isa", ["avx2"]),
+        ("logical_cores", 64),
+        ("physical_cores", 32),
+        ("machine", "aarch64"),
+        ("system", "Windows"),
+        ("onnxruntime", "1.0.0"),
+    ],
+)
 def test_fingerprint_tells_machines_apart(field: str, value: Any) -> None:
     info = dict(device_info())
     assert fingerprint({**info, field: value}) != fingerprint(info)
@@ -106,7 +139,11 @@ def test_fingerprint_tells_machines_apart(field: str, value: Any) -> None:
 def test_profile_under_the_old_fingerprint_is_still_used_then_replaced(tiny_bundle: Path) -> None:
     profile = profile_bundle(tiny_bundle, FAST)
     old_key = legacy_fingerprint()
-    old = {**profile, "fingerprint": old_key, "device": {k: v for k, v in profile["device"].items() if k not in ("isa", "system")}}
+    old = {
+        **profile,
+        "fingerprint": old_key,
+        "device": {k: v for k, v in profile["device"].items() if k not in ("isa", "system")},
+    }
     manifest = load_bundle(tiny_bundle).manifest
     save_manifest(tiny_bundle, replace(manifest, profiles={old_key: old}))  # as an earlier release stored it
 
@@ -134,13 +171,19 @@ def _other_device(profile: dict[str, Any], model: str, isa: list[str], cores: in
     return out
 
 
-def test_profile_out_writes_a_file_and_leaves_the_bundle(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_profile_out_writes_a_file_and_leaves_the_bundle(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = (tiny_bundle / MANIFEST_NAME).read_bytes()
     out = tmp_path / "device.json"
     assert main(["profile", str(tiny_bundle), *FAST_FLAGS, "--out", str(out)]) == 0
     assert (tiny_bundle / MANIFEST_NAME).read_bytes() == before
     written = read_profile_file(out)
-    assert written["fingerprint"] == fingerprint() and [m["name"] for m in written["members"]] == ["member_1", "member_2", "member_3"]
+    assert written["fingerprint"] == fingerprint() and [m["name"] for m in written["members"]] == [
+        "member_1",
+        "member_2",
+        "member_3",
+    ]
     manifest = load_bundle(tiny_bundle).manifest
     assert written["bundle"]["members"] == [{"name": m.name, "sha256": m.sha256} for m in manifest.members]
     assert "profile merge" in capsys.readouterr().out
@@ -153,13 +196,17 @@ def test_profile_out_takes_one_bundle(tiny_bundle: Path, tmp_path: Path, capsys:
     assert not (tmp_path / "d.json").exists()
 
 
-def test_merge_two_devices_then_inspect_and_select_for_each(calibrated_bundle: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_merge_two_devices_then_inspect_and_select_for_each(
+    calibrated_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     here = profile_bundle(calibrated_bundle, FAST)
     manifest = load_bundle(calibrated_bundle).manifest
     fast = _other_device(here, "Intel Xeon 8480+", ["amx_tile", "avx2", "avx512_vnni", "avx512f"], 8, slower=1.0)
     slow = _other_device(here, "Intel Atom x6425E", ["sse4_2"], 4, slower=50.0)
-    files = [write_profile_file(tmp_path / "xeon.json", fast, manifest), write_profile_file(tmp_path / "atom.json", slow, manifest)]
+    files = [
+        write_profile_file(tmp_path / "xeon.json", fast, manifest),
+        write_profile_file(tmp_path / "atom.json", slow, manifest),
+    ]
 
     assert main(["profile", "merge", str(calibrated_bundle), *map(str, files)]) == 0
     assert "merged 2 profile(s)" in capsys.readouterr().out
@@ -204,8 +251,9 @@ def test_merge_refuses_another_build_and_writes_nothing(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "a", num_members=2)
     rebuilt = make_bundle(tmp_path / "b", num_members=2, hidden=8)  # same member names, other weights
     file = write_profile_file(tmp_path / "b.json", profile_bundle(rebuilt, FAST), load_bundle(rebuilt).manifest)
-    good = write_profile_file(tmp_path / "a.json", _other_device(profile_bundle(bundle, FAST), "X", [], 2, 1.0),
-                              load_bundle(bundle).manifest)
+    good = write_profile_file(
+        tmp_path / "a.json", _other_device(profile_bundle(bundle, FAST), "X", [], 2, 1.0), load_bundle(bundle).manifest
+    )
     before = (bundle / MANIFEST_NAME).read_bytes()
     with pytest.raises(ProfileError, match="other member files than this bundle's"):
         merge_profiles(bundle, {str(good): read_profile_file(good), str(file): read_profile_file(file)})

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 import edge_runtime
 from edge_runtime.bundle import load_bundle
 from edge_runtime.session import SessionConfig, create_session
-from profiles import MeasureConfig, MeasurementError, QUANTILES, latency_stats, profile_bundle, profile_onnx, time_sessions
+from profiles import QUANTILES, MeasureConfig, MeasurementError, latency_stats, profile_bundle, profile_onnx, time_sessions
 from profiles.measure import _bundle_feeder, _served_passes
 from profiles.memory import PeakTracker
 
@@ -101,8 +101,10 @@ def _typed_model(path: Path) -> Path:
     graph = helper.make_graph(
         nodes,
         "typed",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 5]),
-         helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", 5])],
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 5]),
+            helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", 5]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -161,7 +163,7 @@ def test_time_sessions_warms_up_then_interleaves_rotating_the_order() -> None:
     assert {n: t.shape for n, t in times.items()} == {"a": (6,), "b": (6,), "c": (6,)}
     assert all((t >= 0).all() for t in times.values())
     assert log[:3] == [("a", 0), ("b", 0), ("c", 0)]  # warm-up: each session in turn
-    assert [n for n, _ in log[3:]] == list("aabbcc" "bbccaa" "ccaabb")  # rotated one each round
+    assert [n for n, _ in log[3:]] == list("aabbccbbccaaccaabb")  # rotated one each round
     assert [v for n, v in log[3:] if n == "a"] == [0, 1, 1, 2, 2, 3]  # round r, call i -> feed (r + i) % 4
 
 
@@ -170,7 +172,16 @@ def test_time_sessions_with_two_sessions_alternates_every_call() -> None:
     sessions = {n: _LoggedSession(n, log) for n in ("dense", "sparse")}
     pool = [{"x": np.array([i])} for i in range(3)]
     time_sessions(sessions, {n: pool for n in sessions}, rounds=4)
-    assert log == [("dense", 0), ("sparse", 0), ("sparse", 1), ("dense", 1), ("dense", 2), ("sparse", 2), ("sparse", 0), ("dense", 0)]
+    assert log == [
+        ("dense", 0),
+        ("sparse", 0),
+        ("sparse", 1),
+        ("dense", 1),
+        ("dense", 2),
+        ("sparse", 2),
+        ("sparse", 0),
+        ("dense", 0),
+    ]
 
 
 @pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"rounds": 1, "calls_per_round": 0}, {"rounds": 1, "warmup": -1}])
@@ -203,6 +214,7 @@ def test_memory_is_measured_in_a_fresh_runtime_process(tiny_bundle: Path) -> Non
     import sys
 
     import torch  # noqa: F401 - a heavy import in this process must not reach the probe's baseline
+
     from profiles.memory import rss_mb
 
     config = MeasureConfig(min_queries=5, min_seconds=0.0, warmup_queries=1, batch=2, pool=2, memory_passes=8)

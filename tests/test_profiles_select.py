@@ -96,11 +96,13 @@ def test_pareto_front_drops_only_dominated_candidates() -> None:
 
 
 def test_choice_is_the_most_accurate_that_fits() -> None:
-    cands = pareto_front([
-        _candidate("fast", 0.80, 1.0, memory=40),
-        _candidate("mid", 0.88, 2.0, memory=60),
-        _candidate("best", 0.90, 3.0, memory=90),
-    ])
+    cands = pareto_front(
+        [
+            _candidate("fast", 0.80, 1.0, memory=40),
+            _candidate("mid", 0.88, 2.0, memory=60),
+            _candidate("best", 0.90, 3.0, memory=90),
+        ]
+    )
     assert choose(cands).name == "best"
     assert choose(cands, budget_ms=3.1, quantile="p90").name == "mid"  # best's p90 is 4.5
     assert choose(cands, budget_ms=3.1, quantile="p50").name == "best"

@@ -113,11 +113,16 @@ def test_a_failed_check_escalates_connections_then_candidates_then_stops(
     assert [a["accepted"] for a in report.members[2].attempts] == [False, True]
     assert "member 4" in report.stopped
     assert [(a["candidate"], a["connections"]) for a in report.stopped_attempts] == [
-        ("mlp w1 d1", [2]), ("mlp w1 d1", [0, 1, 2]), ("mlp w2 d1", [2]), ("mlp w2 d1", [0, 1, 2])
+        ("mlp w1 d1", [2]),
+        ("mlp w1 d1", [0, 1, 2]),
+        ("mlp w2 d1", [2]),
+        ("mlp w2 d1", [0, 1, 2]),
     ]
 
 
-def test_no_weak_learner_at_all_is_an_error_naming_the_fix(monkeypatch: pytest.MonkeyPatch, teacher: Classifier, dataset: Dataset) -> None:
+def test_no_weak_learner_at_all_is_an_error_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch, teacher: Classifier, dataset: Dataset
+) -> None:
     _scripted_edges(monkeypatch, [0.0, 0.0])
     with pytest.raises(TrainingError, match="lower --gamma"):
         progressive_ensemble(teacher, dataset, ProgressiveConfig(members=2, candidates=TINY, epochs=1, progress=False))
@@ -147,7 +152,9 @@ def test_no_resched_sizes_one_student_per_cumulative_budget(teacher: Classifier,
     template = Candidate("mlp", 4, 1)
     unit = count_macs(build_model(template.model_config(dataset)), dataset.input_shape)
     assert width_for_macs(template, dataset, unit) == template
-    students, report = no_resched_students(teacher, dataset, [unit, 2 * unit, 3 * unit], template, BaselineConfig(epochs=1, progress=False))
+    students, report = no_resched_students(
+        teacher, dataset, [unit, 2 * unit, 3 * unit], template, BaselineConfig(epochs=1, progress=False)
+    )
     widths = [r.candidate.width for r in report.members]
     assert widths == [4, 8, 12]  # MLP cost is linear in width here
     assert [r.macs for r in report.members] == [unit, 2 * unit, 3 * unit]
@@ -160,7 +167,9 @@ def test_export_chains_in_onnx_runtime_exactly_like_torch(ensemble: Ensemble, da
     from exporters import export_ensemble
 
     members, connections = ensemble.members[:2], ensemble.connections[:2]
-    export_ensemble(members, dataset.task_spec(), tmp_path / "b", heldout=(dataset.x_test, dataset.y_test), connections=connections)
+    export_ensemble(
+        members, dataset.task_spec(), tmp_path / "b", heldout=(dataset.x_test, dataset.y_test), connections=connections
+    )
     bundle = load_bundle(tmp_path / "b")
     assert bundle.manifest.combine == "sum"
     assert [[c.member for c in m.connections] for m in bundle.manifest.members] == [[], [0]]
@@ -179,8 +188,22 @@ def test_command_writes_a_connected_bundle_and_prints_prefix_accuracy(
 ) -> None:
     save_model(teacher, tmp_path / "teacher")
     out, report = tmp_path / "bundle", tmp_path / "report.json"
-    argv = ["ensemble", "--data", str(data_file), "--teacher-dir", str(tmp_path / "teacher"), "--members", "2",
-            "--epochs", "2", "--out", str(out), "--no-progress", "--json", str(report)]
+    argv = [
+        "ensemble",
+        "--data",
+        str(data_file),
+        "--teacher-dir",
+        str(tmp_path / "teacher"),
+        "--members",
+        "2",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--json",
+        str(report),
+    ]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "F_1" in printed and "F_2" in printed and "test accuracy" in printed
@@ -191,9 +214,20 @@ def test_command_writes_a_connected_bundle_and_prints_prefix_accuracy(
     assert written["method"] == "bdistil" and len(written["prefix_test_accuracy"]) == 2
 
 
-def test_command_errors_are_one_line(data_file: Path, teacher: Classifier, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_command_errors_are_one_line(
+    data_file: Path, teacher: Classifier, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     save_model(teacher, tmp_path / "teacher")
-    base = ["ensemble", "--data", str(data_file), "--teacher-dir", str(tmp_path / "teacher"), "--out", str(tmp_path / "o"), "--no-progress"]
+    base = [
+        "ensemble",
+        "--data",
+        str(data_file),
+        "--teacher-dir",
+        str(tmp_path / "teacher"),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     assert cli_main(base + ["--members", "0"]) == 1
     assert cli_main(base + ["--baseline", "resched", "--like", str(tmp_path / "missing")]) == 1
     errors = capsys.readouterr().err.strip().splitlines()

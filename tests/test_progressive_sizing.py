@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+import distill.progressive.sizing as sizing_module
 from distill.data import Dataset, load_dataset
-from edge_runtime.bundle import Preprocess
 from distill.errors import TrainingError
 from distill.losses import CrossEntropy
 from distill.models import Classifier, ModelConfig, build_model
 from distill.progressive import Candidate, ProgressiveConfig, default_candidates, progressive_ensemble
-import distill.progressive.sizing as sizing_module
 from distill.progressive.sizing import latency_candidates
 from distill.train import FitConfig, fit
+from edge_runtime.bundle import Preprocess
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,17 @@ def test_ensemble_records_how_members_were_sized(monkeypatch: pytest.MonkeyPatch
     w = rng.normal(size=(12, 3))
     x = rng.normal(size=(900, 12)).astype(np.float32)
     y = (x @ w).argmax(1)
-    data = Dataset(name="linear3", x_train=x[:600], y_train=y[:600], x_val=x[600:750], y_val=y[600:750], x_test=x[750:],
-                   y_test=y[750:], labels=("a", "b", "c"), preprocess=Preprocess())
+    data = Dataset(
+        name="linear3",
+        x_train=x[:600],
+        y_train=y[:600],
+        x_val=x[600:750],
+        y_val=y[600:750],
+        x_test=x[750:],
+        y_test=y[750:],
+        labels=("a", "b", "c"),
+        preprocess=Preprocess(),
+    )
     torch.manual_seed(0)
     teacher = build_model(ModelConfig(data.input_shape, data.num_classes, width=32, depth=1))
     fit(teacher, data.x_train, data.y_train, CrossEntropy(), FitConfig(epochs=10, lr=1e-2, progress=False))
@@ -81,7 +90,10 @@ def test_ensemble_records_how_members_were_sized(monkeypatch: pytest.MonkeyPatch
     assert sizing["basis"] == "latency" and [r["width"] for r in sizing["measured"]] == [4, 8]
     assert built.report.members[0].candidate in [Candidate(**c) for c in sizing["candidates"]]
     # an explicit ladder is used as given, and nothing is timed
-    given = progressive_ensemble(teacher, data, ProgressiveConfig(members=1, sizing="latency", epochs=30, progress=False,
-                                                                  candidates=(Candidate("mlp", 8, 1),)))
+    given = progressive_ensemble(
+        teacher,
+        data,
+        ProgressiveConfig(members=1, sizing="latency", epochs=30, progress=False, candidates=(Candidate("mlp", 8, 1),)),
+    )
     assert "member_sizing" not in given.report.settings
     assert given.report.members[0].candidate == Candidate("mlp", 8, 1)

@@ -83,8 +83,13 @@ def test_single_member_bundle_quantizes_runs_in_the_runtime_and_agrees(tmp_path:
 
 
 def test_bdistil_like_bundle_with_connections_keeps_its_wiring(tmp_path: Path) -> None:
-    float_path = make_bundle(tmp_path / "f", num_members=2, connections=True, distinct_connection_names=True,
-                             preprocess=Preprocess(scale=2.0, offset=-1.0))
+    float_path = make_bundle(
+        tmp_path / "f",
+        num_members=2,
+        connections=True,
+        distinct_connection_names=True,
+        preprocess=Preprocess(scale=2.0, offset=-1.0),
+    )
     result = _quantize(float_path, tmp_path / "q", per_channel=True, calibration="percentile")
     float_m, int8_m = load_bundle(float_path).manifest, load_bundle(result.path).manifest
     assert [m.connections for m in int8_m.members] == [m.connections for m in float_m.members]
@@ -117,7 +122,13 @@ def test_dynamic_method_records_no_calibration(tmp_path: Path) -> None:
     float_path = make_bundle(tmp_path / "f", num_members=1, hidden=32)
     result = _quantize(float_path, tmp_path / "q", method="dynamic")
     q = load_bundle(result.path).manifest.quantization
-    assert (q.method, q.format, q.activation_type, q.calibration, q.calibration_samples) == ("dynamic", "QOperator", None, None, 0)
+    assert (q.method, q.format, q.activation_type, q.calibration, q.calibration_samples) == (
+        "dynamic",
+        "QOperator",
+        None,
+        None,
+        0,
+    )
     ops = {n.op_type for n in onnx.load(result.path / "member_1.onnx").graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops
     assert result.prefixes[0].agreement >= 0.9
@@ -176,8 +187,11 @@ def test_manifest_round_trip_schema_and_old_bundles(tmp_path: Path) -> None:
     assert "quantization" not in float_data and Manifest.from_dict(float_data).quantization is None
     jsonschema.validate(float_data, SCHEMA)
     # A wrong record is one ManifestError line, at load.
-    for bad, fragment in (({"method": "fp4"}, "method 'fp4'"), ("int8", "quantization must be an object"),
-                          ({"method": "static", "activation_type": "uint8", "calibration": None}, "needs calibration")):
+    for bad, fragment in (
+        ({"method": "fp4"}, "method 'fp4'"),
+        ("int8", "quantization must be an object"),
+        ({"method": "static", "activation_type": "uint8", "calibration": None}, "needs calibration"),
+    ):
         data["quantization"] = bad
         (q_path / MANIFEST_NAME).write_text(json.dumps(data))
         with pytest.raises(ManifestError, match=fragment) as failed:
@@ -205,8 +219,7 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Block())
 """
-_TRAIN_ONLY = ("torch", "onnxscript", "onnx_ir", "sklearn", "scipy", "sympy", "mnist1d", "tqdm", "torch_pruning",
-               "matplotlib")
+_TRAIN_ONLY = ("torch", "onnxscript", "onnx_ir", "sklearn", "scipy", "sympy", "mnist1d", "tqdm", "torch_pruning", "matplotlib")
 
 
 def _cli(tmp_path: Path, blocked: tuple[str, ...], argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -214,18 +227,20 @@ def _cli(tmp_path: Path, blocked: tuple[str, ...], argv: list[str]) -> subproces
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(_BLOCK.format(blocked=blocked))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    check = ("import sys; from distill.cli import main; code = main(sys.argv[1:]); "
-             "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
-    return subprocess.run([sys.executable, "-c", check, *argv], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=180)
+    check = (
+        "import sys; from distill.cli import main; code = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", check, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 def test_cli_runs_on_the_runtime_plus_wrap_install_and_the_runtime_never_imports_it(tmp_path: Path) -> None:
     float_path = make_bundle(tmp_path / "f", num_members=2, connections=True)
     x, y = _data(float_path)
     np.savez(tmp_path / "val.npz", x=x, y=y)
-    argv = ["quantize", str(float_path), "--data", str(tmp_path / "val.npz"), "--calibration-samples", "200",
-            "--max-loss", "5"]
+    argv = ["quantize", str(float_path), "--data", str(tmp_path / "val.npz"), "--calibration-samples", "200", "--max-loss", "5"]
     done = _cli(tmp_path, _TRAIN_ONLY, [*argv, "--out", str(tmp_path / "q")])
     assert done.returncode == 0, done.stderr
     assert "top-1 agreement" in done.stdout and f"bundle: {tmp_path / 'q'}" in done.stdout
@@ -236,11 +251,18 @@ def test_cli_runs_on_the_runtime_plus_wrap_install_and_the_runtime_never_imports
     assert missing.returncode == 1 and "'.[wrap]'" in missing.stderr and missing.stderr.count("\n") == 1
     assert not (tmp_path / "q2").exists()
     # The runtime runs the INT8 bundle without importing the quantizer (or onnx).
-    code = ("import sys, numpy as np, edge_runtime; r = edge_runtime.load(sys.argv[1]); r.predict(np.zeros((2, 1, 4, 4), np.float32)); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('exporters', 'onnx', 'torch') or m == 'onnxruntime.quantization']; "
-            "assert not bad, bad")
-    ran = subprocess.run([sys.executable, "-c", code, str(tmp_path / "q")], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, numpy as np, edge_runtime; r = edge_runtime.load(sys.argv[1]); r.predict(np.zeros((2, 1, 4, 4), np.float32)); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('exporters', 'onnx', 'torch') or m == 'onnxruntime.quantization']; "
+        "assert not bad, bad"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "q")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ran.returncode == 0, ran.stderr
 
 
@@ -249,6 +271,9 @@ def test_inspect_shows_the_quantization(tmp_path: Path, capsys: pytest.CaptureFi
 
     q_path = _quantize(make_bundle(tmp_path / "f", num_members=1), tmp_path / "q", per_channel=True).path
     assert main(["inspect", str(q_path)]) == 0
-    assert "int8     static QDQ, weights int8 per-channel, activations uint8 (minmax on 256 samples); from 'tiny'" in capsys.readouterr().out
+    assert (
+        "int8     static QDQ, weights int8 per-channel, activations uint8 (minmax on 256 samples); from 'tiny'"
+        in capsys.readouterr().out
+    )
     assert main(["inspect", str(tmp_path / "f"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["quantization"] is None

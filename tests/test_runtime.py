@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx_members import make_bundle, set_member_bytes
 
 import edge_runtime
 from edge_runtime.bundle import MANIFEST_NAME, Connection, Preprocess, load_bundle
@@ -18,6 +17,7 @@ from edge_runtime.device import fingerprint
 from edge_runtime.errors import ChecksumError, InputError, ManifestError, MemberError, ModelLoadError, PolicyError
 from edge_runtime.session import SessionConfig
 from exporters.bundle import archive_bundle, write_bundle
+from onnx_members import make_bundle, set_member_bytes
 
 
 def _x(n: int, seed: int = 0) -> np.ndarray:
@@ -71,7 +71,9 @@ def test_connections_change_the_answer(connected_bundle: Path, tmp_path: Path) -
     chain = _manual_chain(connected_bundle, x)
     bundle = load_bundle(connected_bundle)
     session = ort.InferenceSession(bundle.member_bytes[1], providers=["CPUExecutionProvider"])
-    wrong = session.run(["probs"], {"x": x, "prev_logits": chain[0]["logits"], "conn_features": np.zeros_like(chain[0]["features"])})[0]
+    wrong = session.run(
+        ["probs"], {"x": x, "prev_logits": chain[0]["logits"], "conn_features": np.zeros_like(chain[0]["features"])}
+    )[0]
     assert not np.allclose(wrong, chain[1]["probs"], atol=1e-4)
 
 
@@ -153,7 +155,13 @@ def test_bad_input_is_rejected_with_a_fix(tiny_bundle: Path, bad: np.ndarray, me
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"budget_ms": 0}, {"budget_ms": -1}, {"budget_ms": "soon"}, {"entropy_threshold": -0.1}, {"entropy_threshold": float("nan")}],
+    [
+        {"budget_ms": 0},
+        {"budget_ms": -1},
+        {"budget_ms": "soon"},
+        {"entropy_threshold": -0.1},
+        {"entropy_threshold": float("nan")},
+    ],
 )
 def test_impossible_policy_values_are_rejected(tiny_bundle: Path, kwargs: dict) -> None:
     runtime = edge_runtime.load(tiny_bundle)
@@ -269,8 +277,17 @@ def test_predict_from_many_threads_matches_serial(connected_bundle: Path) -> Non
 def test_prediction_to_dict_is_json_ready(tiny_bundle: Path) -> None:
     answer = edge_runtime.load(tiny_bundle).predict(_x(1))[0]
     d = json.loads(json.dumps(answer.to_dict()))
-    assert set(d) == {"label", "label_name", "probabilities", "members_used", "exit_reason", "entropy", "elapsed_ms",
-                      "late", "stopped_in_flight"}
+    assert set(d) == {
+        "label",
+        "label_name",
+        "probabilities",
+        "members_used",
+        "exit_reason",
+        "entropy",
+        "elapsed_ms",
+        "late",
+        "stopped_in_flight",
+    }
     assert d["probabilities"] == pytest.approx(answer.probabilities.tolist())
     assert "probabilities" not in answer.to_dict(probabilities=False)
 

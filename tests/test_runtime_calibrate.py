@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx_members import make_bundle
 
 import edge_runtime
 from edge_runtime.bundle import load_bundle
 from edge_runtime.calibrate import CalibrationTarget, calibrate, calibrate_prefixes, save_calibration, tradeoff_curve
 from edge_runtime.ensemble import PrefixEvaluation
 from edge_runtime.errors import InputError, PolicyError
+from onnx_members import make_bundle
 
 
 def _brute_force(ev: PrefixEvaluation, y: np.ndarray, t: float) -> tuple[float, float]:
@@ -114,7 +114,13 @@ def test_bad_labels(tiny_bundle: Path, y: np.ndarray, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"accuracy_drop": None}, {"accuracy_drop": -1}, {"accuracy_drop": 1, "max_mean_members": 2}, {"accuracy_drop": None, "max_mean_members": 0.5}]
+    "kwargs",
+    [
+        {"accuracy_drop": None},
+        {"accuracy_drop": -1},
+        {"accuracy_drop": 1, "max_mean_members": 2},
+        {"accuracy_drop": None, "max_mean_members": 0.5},
+    ],
 )
 def test_targets_are_validated(kwargs: dict) -> None:
     with pytest.raises(PolicyError):

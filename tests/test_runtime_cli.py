@@ -43,7 +43,9 @@ def test_run_prints_one_line_per_sample(tiny_bundle: Path, inputs: Path, capsys:
 
 
 def test_run_json_has_the_documented_keys(tiny_bundle: Path, inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _cli(["run", str(tiny_bundle), "--input", str(inputs), "--json", "--entropy", "10", "--batch-size", "3"], capsys)
+    code, out, _ = _cli(
+        ["run", str(tiny_bundle), "--input", str(inputs), "--json", "--entropy", "10", "--batch-size", "3"], capsys
+    )
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == 4
@@ -52,7 +54,9 @@ def test_run_json_has_the_documented_keys(tiny_bundle: Path, inputs: Path, capsy
         assert (row["members_used"], row["exit_reason"]) == (1, "confident")  # every entropy is below 10 nats
 
 
-def test_run_with_a_tiny_budget_stops_after_the_first_member(tiny_bundle: Path, inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_with_a_tiny_budget_stops_after_the_first_member(
+    tiny_bundle: Path, inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = _cli(["run", str(tiny_bundle), "--input", str(inputs), "--json", "--budget-ms", "1e-6"], capsys)
     assert code == 0
     assert {(r["members_used"], r["exit_reason"]) for r in map(json.loads, out.splitlines())} == {(1, "budget")}
@@ -161,7 +165,11 @@ def test_python_m_edge_runtime_run_never_imports_torch(tiny_bundle: Path, inputs
     assert len(done.stdout.splitlines()) == 4
     plain = subprocess.run(
         [sys.executable, "-m", "edge_runtime", "run", str(tiny_bundle), "--input", str(inputs)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
     )
     assert plain.returncode == 0 and len(plain.stdout.splitlines()) == 4
 

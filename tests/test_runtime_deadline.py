@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_runtime_fake import FakeClock, FakeSession, _inputs, _runtime
 
 import edge_runtime
 import edge_runtime.ensemble as ensemble
@@ -24,6 +23,7 @@ from edge_runtime.bundle import load_bundle
 from edge_runtime.deadline import DeadlineConfig
 from edge_runtime.device import fingerprint
 from edge_runtime.errors import PolicyError
+from test_runtime_fake import FakeClock, FakeSession, _inputs, _runtime
 
 QUIET = [0.1, 0.2, 0.4]  # ms per member, also the profile
 NO_THREAD = DeadlineConfig(latency_refresh_s=None, in_flight_stop=False)  # the test refreshes by hand
@@ -107,8 +107,14 @@ class SteppedSession(FakeSession):
         return outs
 
 
-def _stepped(bundle_path: Path, clock: FakeClock, latencies: list[float], profile_ms: list[float],
-             entropies: list[dict[int, float]] | None = None, **kwargs: object):
+def _stepped(
+    bundle_path: Path,
+    clock: FakeClock,
+    latencies: list[float],
+    profile_ms: list[float],
+    entropies: list[dict[int, float]] | None = None,
+    **kwargs: object,
+):
     bundle = load_bundle(bundle_path)
     rows = [{"name": m.name, "latency_ms": {"p99": v}} for m, v in zip(bundle.manifest.members, profile_ms)]
     bundle = bundle.with_manifest(replace(bundle.manifest, profiles={fingerprint(): {"members": rows}}))
@@ -164,7 +170,10 @@ def test_a_stop_in_a_batch_answers_every_running_row_with_the_member_before(tiny
     runtime, _ = _stepped(tiny_bundle, clock, [1.0, 10.0, 1.0], [1.0, 2.0, 2.0], entropies=[{0: 0.1}, {}, {}])
     answers = runtime.predict(_inputs([0, 1, 2]), budget_ms=5.0, entropy_threshold=0.3)
     assert [(a.members_used, a.exit_reason, a.stopped_in_flight) for a in answers] == [
-        (1, "confident", False), (1, "budget", True), (1, "budget", True)]
+        (1, "confident", False),
+        (1, "budget", True),
+        (1, "budget", True),
+    ]
     assert [a.label for a in answers] == [0, 1, 2]
     assert not any(a.late for a in answers)
 
@@ -232,8 +241,14 @@ def test_no_runtime_thread_is_left_running_at_interpreter_exit(tiny_bundle: Path
         print("running=" + ",".join(names))
     """)
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=root,
-                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
     assert "running=edge_runtime-latency,edge_runtime-watchdog" in done.stdout
     assert "left=\n" in done.stdout

@@ -169,9 +169,7 @@ def test_entropy_threshold_off_runs_every_member(tiny_bundle: Path, clock: FakeC
         (7.05, 3),
     ],
 )
-def test_budget_stops_before_a_member_that_would_overrun(
-    tiny_bundle: Path, clock: FakeClock, budget: float, used: int
-) -> None:
+def test_budget_stops_before_a_member_that_would_overrun(tiny_bundle: Path, clock: FakeClock, budget: float, used: int) -> None:
     runtime, _ = _runtime(tiny_bundle, clock, [{}, {}, {}], [1.0, 2.0, 4.0], profile_ms=[1.0, 2.0, 4.0])
     answer = runtime.predict(_inputs([0]), budget_ms=budget)[0]
     assert answer.members_used == used

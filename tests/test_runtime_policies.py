@@ -23,7 +23,12 @@ from edge_runtime.policies import (
     policy_for,
 )
 
-PARAMS = {"all": {}, "entropy": {"threshold": 0.5}, "budget": {"budget_ms": 3.0}, "entropy+budget": {"threshold": 0.5, "budget_ms": 3.0}}
+PARAMS = {
+    "all": {},
+    "entropy": {"threshold": 0.5},
+    "budget": {"budget_ms": 3.0},
+    "entropy+budget": {"threshold": 0.5, "budget_ms": 3.0},
+}
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
@@ -155,8 +160,9 @@ def test_without_a_profile_a_baseline_learnt_under_load_decays() -> None:
 
 def test_estimator_describe_shows_each_members_state() -> None:
     clock = Clock()
-    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.5, min_observations=2, refresh_s=None, clock=clock,
-                           names=["a", "b"])
+    est = LatencyEstimator(
+        2, profile_ms=[1.0, 2.0], quantile=0.5, min_observations=2, refresh_s=None, clock=clock, names=["a", "b"]
+    )
     _observe(est, clock, 0, [3.0, 3.0, 3.0])
     est.refresh()
     state = est.describe()
@@ -195,8 +201,17 @@ def test_estimator_refreshes_in_the_background_while_asked_and_joins_on_close() 
     assert not est._thread.running
 
 
-@pytest.mark.parametrize("kwargs", [{"profile_ms": [1.0]}, {"quantile": 0.2}, {"window_s": 0}, {"window_s": math.inf},
-                                    {"max_observations": 0}, {"refresh_s": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"profile_ms": [1.0]},
+        {"quantile": 0.2},
+        {"window_s": 0},
+        {"window_s": math.inf},
+        {"max_observations": 0},
+        {"refresh_s": 0},
+    ],
+)
 def test_estimator_rejects_bad_settings(kwargs: dict) -> None:
     with pytest.raises(PolicyError):
         LatencyEstimator(2, **kwargs)

@@ -47,12 +47,14 @@ def failing_first_member_bundle(out: Path, limit: float = 100.0) -> Path:
         node.output[:] = ["logits_orig" if o == "logits" else o for o in node.output]
         node.input[:] = ["logits_orig" if i == "logits" else i for i in node.input]
     classes = bundle.manifest.task.num_classes
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array(limit, np.float32), "limit"),
-        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
-        numpy_helper.from_array(np.array([classes], np.int64), "classes"),
-        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(limit, np.float32), "limit"),
+            numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+            numpy_helper.from_array(np.array([classes], np.int64), "classes"),
+            numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        ]
+    )
     added = [
         helper.make_node("ReduceMax", ["x"], ["x_max"], keepdims=0),
         helper.make_node("Greater", ["x_max", "limit"], ["too_big"]),
@@ -76,14 +78,25 @@ def failing_first_member_bundle(out: Path, limit: float = 100.0) -> Path:
 @pytest.mark.parametrize(
     "message, expected",
     [
-        (ORT_RESHAPE_ERROR, "Reshape node: size != 0 && (input_shape_size % size) == 0 was false. The input tensor "
-                            "cannot be reshaped to the requested shape. Input shape:{1,3}, requested shape:{-1,4}"),
-        ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running MatMul node. Name:'mm' "
-         "Status Message: matmul_helper.h:59 Compute MatMul dimension mismatch", "MatMul node 'mm': Compute MatMul dimension mismatch"),
-        ("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Failed to load model because protobuf parsing failed.",
-         "Failed to load model because protobuf parsing failed."),
-        ("\n****************\nEP Error: D:\\a\\_work\\1\\s\\onnxruntime\\core\\session\\provider_bridge_ort.cc:1637 "
-         "onnxruntime::ProviderLibrary::Get() failed\nFalling back to ['CPUExecutionProvider'] and retrying.\n****", "EP Error: failed"),
+        (
+            ORT_RESHAPE_ERROR,
+            "Reshape node: size != 0 && (input_shape_size % size) == 0 was false. The input tensor "
+            "cannot be reshaped to the requested shape. Input shape:{1,3}, requested shape:{-1,4}",
+        ),
+        (
+            "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running MatMul node. Name:'mm' "
+            "Status Message: matmul_helper.h:59 Compute MatMul dimension mismatch",
+            "MatMul node 'mm': Compute MatMul dimension mismatch",
+        ),
+        (
+            "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Failed to load model because protobuf parsing failed.",
+            "Failed to load model because protobuf parsing failed.",
+        ),
+        (
+            "\n****************\nEP Error: D:\\a\\_work\\1\\s\\onnxruntime\\core\\session\\provider_bridge_ort.cc:1637 "
+            "onnxruntime::ProviderLibrary::Get() failed\nFalling back to ['CPUExecutionProvider'] and retrying.\n****",
+            "EP Error: failed",
+        ),
         ("first\nsecond", "first"),
         ("", "RuntimeError"),
     ],
@@ -143,7 +156,11 @@ print(onnxruntime.SEEN)
 
 @pytest.mark.parametrize(
     "module, call",
-    [("edge_runtime.session", ""), ("edge_runtime.device", "edge_runtime.device.device_info()"), ("edge_runtime", "edge_runtime.AnytimeRuntime")],
+    [
+        ("edge_runtime.session", ""),
+        ("edge_runtime.device", "edge_runtime.device.device_info()"),
+        ("edge_runtime", "edge_runtime.AnytimeRuntime"),
+    ],
 )
 @pytest.mark.parametrize("user_value, seen", [(None, "1"), ("0", "0"), ("1", "1")])
 def test_telemetry_is_off_before_onnxruntime_is_imported_unless_the_user_opts_in(

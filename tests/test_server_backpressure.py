@@ -102,8 +102,10 @@ def _exchange(sock: Any, request: bytes) -> tuple[bytes, dict[str, Any]]:
 
 def test_a_retry_after_503_waits_for_the_worker_instead_of_a_second_refusal() -> None:
     body = json.dumps(infer_body()).encode()
-    request = (b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    request = (
+        b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
     with contextlib.contextmanager(_server_process)(1.0, {"workers": 1, "max_queue": 0}) as (_, port):
         with _connect(port) as running, _connect(port) as other:
             running.sendall(request)  # takes the only worker for a second
@@ -120,6 +122,7 @@ def test_a_retry_after_503_waits_for_the_worker_instead_of_a_second_refusal() ->
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
-    samples = {s.name: s.value for f in text_string_to_metric_families(data.partition(b"\r\n\r\n")[2].decode())
-               for s in f.samples}
+    samples = {
+        s.name: s.value for f in text_string_to_metric_families(data.partition(b"\r\n\r\n")[2].decode()) for s in f.samples
+    }
     assert samples["anytime_holds_total"] == 1 and samples["anytime_connections_held"] == 0

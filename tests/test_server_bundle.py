@@ -45,7 +45,9 @@ def test_answers_equal_in_process_predict(fixture: str, sample: np.ndarray, requ
         response = client.post("/v2/models/tiny/infer", json=_request(sample, anytime_entropy_threshold="off"))
     assert response.status_code == 200, response.text
     out = _outputs(response)
-    np.testing.assert_allclose(np.array(out["probabilities"]).reshape(4, 3), np.stack([p.probabilities for p in expected]), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.array(out["probabilities"]).reshape(4, 3), np.stack([p.probabilities for p in expected]), rtol=1e-6
+    )
     assert out["label"] == [p.label for p in expected]
     assert out["label_name"] == [p.label_name for p in expected]
     assert out["members_used"] == [3, 3, 3, 3] and out["exit_reason"] == ["complete"] * 4

@@ -35,9 +35,19 @@ def _scope(body: bytes, headers: dict[str, str] | None = None, arrival: float | 
     raw = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     scope: dict[str, Any] = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": INFER, "raw_path": INFER.encode(), "root_path": "", "query_string": b"", "headers": raw,
-        "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555), "state": {},
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": INFER,
+        "raw_path": INFER.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": raw,
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 5555),
+        "state": {},
     }
     if arrival is not None:
         scope["extensions"] = {ARRIVAL: arrival}
@@ -159,7 +169,9 @@ def test_small_request_runs_between_the_chunks_of_a_big_batch() -> None:
 def test_later_chunks_are_never_shed_and_get_what_is_left() -> None:
     fake = UnstoppableRuntime(0.05)
     app = create_app(fake, ServerConfig(workers=1, max_queue=0, chunk_rows=2))
-    answer = run_concurrently(app, [(infer_body(tensor([1.0] * 4 * 6, shape=(6, 2, 2)), parameters={"anytime_budget_ms": 60}), 0.0)])[0]
+    answer = run_concurrently(
+        app, [(infer_body(tensor([1.0] * 4 * 6, shape=(6, 2, 2)), parameters={"anytime_budget_ms": 60}), 0.0)]
+    )[0]
     assert answer.status_code == 200 and answer.json()["parameters"]["anytime_batch_size"] == 6
     assert fake.calls[-1]["budget_ms"] == pytest.approx(0.01)  # the budget was spent: first member only
 
@@ -203,7 +215,14 @@ from edge_runtime.server import ServerConfig, serve
 serve(FakeRuntime(delay_s=float(sys.argv[2])), ServerConfig(port=0, **json.loads(sys.argv[3])), announce=lambda url: print(url, flush=True))
 """
 
-_LIMITS = {"workers": 1, "max_queue": 2, "max_connections": 8, "header_timeout_s": 0.6, "body_timeout_s": 0.6, "keep_alive_s": 0.6}
+_LIMITS = {
+    "workers": 1,
+    "max_queue": 2,
+    "max_connections": 8,
+    "header_timeout_s": 0.6,
+    "body_timeout_s": 0.6,
+    "keep_alive_s": 0.6,
+}
 
 
 @pytest.fixture
@@ -217,8 +236,13 @@ def busy_server() -> Any:
 
 
 def _server_process(delay_s: float, config: dict[str, Any]) -> Any:
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(TESTS), str(delay_s), json.dumps(config)], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(TESTS), str(delay_s), json.dumps(config)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = int(_read_line(proc).rsplit(":", 1)[1])
         deadline = time.monotonic() + 60
@@ -243,8 +267,10 @@ def _connect(port: int) -> socket.socket:
 def _request(port: int, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     body = body if body is not None else json.dumps(infer_body()).encode()
     with _connect(port) as sock:
-        sock.sendall(b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        sock.sendall(
+            b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
         return _response(sock)
 
 
@@ -304,8 +330,10 @@ def test_head_sent_a_byte_at_a_time_is_cut_off(limited_server: Any) -> None:
 def test_body_that_stalls_gets_408_json(limited_server: Any) -> None:
     proc, port = limited_server
     with _connect(port) as sock:
-        sock.sendall(b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"inputs\":")
+        sock.sendall(
+            b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"inputs":'
+        )
         status, headers, body = _response(sock)
     assert status == 408 and "did not arrive" in json.loads(body)["error"]
     assert headers["connection"] == "close"
@@ -333,7 +361,7 @@ def test_disconnects_leave_no_traceback_in_the_server_log(limited_server: Any) -
     proc, port = limited_server
     for _ in range(5):  # case 11 through uvicorn: announce 1000 bytes, send 10, hang up
         with _connect(port) as sock:
-            sock.sendall(b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{\"inputs\":")
+            sock.sendall(b'POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{"inputs":')
             time.sleep(0.05)
     assert _request(port)[0] == 200
     _stop(proc)
@@ -399,7 +427,9 @@ def test_endless_headers_get_a_json_431(limited_server: Any) -> None:
     proc, port = limited_server
     with _connect(port) as sock:
         try:
-            sock.sendall(b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Pad: " + b"a" * 200_000 + b"\r\n\r\n")
+            sock.sendall(
+                b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Pad: " + b"a" * 200_000 + b"\r\n\r\n"
+            )
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may close before the last bytes are sent; the answer is already on the socket
         status, _, body = _response(sock)
@@ -426,8 +456,20 @@ def test_cli_flags_reach_the_server_config(monkeypatch: pytest.MonkeyPatch) -> N
     seen: dict[str, Any] = {}
     monkeypatch.setattr(edge_runtime, "load", lambda *a, **k: FakeRuntime())
     monkeypatch.setattr(serve_cli, "serve", lambda runtime, config, announce=None: seen.update(config=config))
-    args = ["serve", "bundle", "--port", "0", "--max-connections", "64", "--header-timeout", "2", "--keep-alive", "3",
-            "--switch-interval-ms", "0"]
+    args = [
+        "serve",
+        "bundle",
+        "--port",
+        "0",
+        "--max-connections",
+        "64",
+        "--header-timeout",
+        "2",
+        "--keep-alive",
+        "3",
+        "--switch-interval-ms",
+        "0",
+    ]
     assert main(args) == 0
     config = seen["config"]
     assert (config.max_connections, config.header_timeout_s, config.keep_alive_s) == (64, 2.0, 3.0)
@@ -454,8 +496,10 @@ def busy_server_ungated() -> Any:
 def test_overload_is_refused_by_the_connection_layer_and_keeps_the_connection(busy_server_ungated: Any) -> None:
     proc, port = busy_server_ungated
     body = json.dumps(infer_body()).encode()
-    request = (b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    request = (
+        b"POST /v2/models/fake/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
     with _connect(port) as running, _connect(port) as other:
         running.sendall(request)  # takes the only worker for a second
         time.sleep(0.3)

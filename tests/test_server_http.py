@@ -137,7 +137,13 @@ def _raw_deflate(data: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     "encoding, compress",
-    [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", _raw_deflate), ("identity", bytes)],
+    [
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", _raw_deflate),
+        ("identity", bytes),
+    ],
 )
 def test_compressed_bodies_are_answered_like_plain_ones(encoding: str, compress: Any) -> None:
     """Case 02: a gzip/deflate body was answered 400 "the body is not valid JSON"."""
@@ -236,7 +242,9 @@ def test_big_batches_run_in_chunks_in_order_within_one_budget() -> None:
     runtime = FakeRuntime()
     with client_for(ServerConfig(workers=1, chunk_rows=3), runtime) as c:
         data = np.arange(7 * 4).reshape(7, 2, 2)
-        response = c.post(INFER, json=infer_body(tensor(data.ravel().tolist(), shape=(7, 2, 2)), parameters={"anytime_budget_ms": 500}))
+        response = c.post(
+            INFER, json=infer_body(tensor(data.ravel().tolist(), shape=(7, 2, 2)), parameters={"anytime_budget_ms": 500})
+        )
         assert response.status_code == 200, response.text
     assert [len(call["x"]) for call in runtime.calls] == [3, 3, 1]
     np.testing.assert_array_equal(np.concatenate([call["x"] for call in runtime.calls]), data)
@@ -293,7 +301,10 @@ def test_bad_classification_requests(out: dict[str, Any], fragment: str) -> None
 
 def test_top_classes_order_ties_and_no_labels() -> None:
     probs = np.array([[0.25, 0.5, 0.25], [0.1, 0.2, 0.7]], dtype=np.float32)
-    assert top_classes(probs, 3).tolist() == [["0.500000:1", "0.250000:0", "0.250000:2"], ["0.700000:2", "0.200000:1", "0.100000:0"]]
+    assert top_classes(probs, 3).tolist() == [
+        ["0.500000:1", "0.250000:0", "0.250000:2"],
+        ["0.700000:2", "0.200000:1", "0.100000:0"],
+    ]
     assert top_classes(probs, 1, ("a", "b", "c")).tolist() == [["0.500000:1:b"], ["0.700000:2:c"]]
 
 

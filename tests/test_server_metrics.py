@@ -29,8 +29,19 @@ with warnings.catch_warnings():  # starlette 1.x flags httpx (its TestClient's t
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-LOG_KEYS = {"time", "model", "request_id", "status", "budget_ms", "members_used", "exit_reason", "batch", "queue_ms",
-            "elapsed_ms", "shed"}
+LOG_KEYS = {
+    "time",
+    "model",
+    "request_id",
+    "status",
+    "budget_ms",
+    "members_used",
+    "exit_reason",
+    "batch",
+    "queue_ms",
+    "elapsed_ms",
+    "shed",
+}
 
 
 def scrape(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -99,8 +110,10 @@ def test_shed_requests_are_counted_by_reason() -> None:
 def test_real_runtime_exports_member_estimates_and_errors(tiny_bundle: Path) -> None:
     runtime = edge_runtime.load(tiny_bundle, warmup=3)
     x = np.random.default_rng(0).normal(size=(1, 1, 4, 4)).astype(np.float32)
-    request = {"inputs": [{"name": "x", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": x.ravel().tolist()}],
-               "parameters": {"anytime_entropy_threshold": "off"}}
+    request = {
+        "inputs": [{"name": "x", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": x.ravel().tolist()}],
+        "parameters": {"anytime_entropy_threshold": "off"},
+    }
     with TestClient(create_app(runtime, ServerConfig(workers=1)), base_url="http://127.0.0.1") as client:
         for _ in range(3):
             assert client.post("/v2/models/tiny/infer", json=request).status_code == 200

@@ -127,7 +127,11 @@ def test_cli_serves_a_real_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> Non
 def test_cli_reports_a_bad_bundle_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "edge_runtime", "serve", str(tmp_path / "missing"), "--port", "0"],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr

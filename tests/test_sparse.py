@@ -79,8 +79,7 @@ def test_global_magnitude_uses_one_threshold() -> None:
     model = _mlp()
     pruned = masked_copy(model, allocate("global", model, 0.7))
     kept = torch.cat([m.weight[m.weight != 0].abs().flatten() for m in pruned if isinstance(m, nn.Linear)])
-    dropped = torch.cat([o.weight[p.weight == 0].abs().flatten()
-                         for o, p in zip(model, pruned) if isinstance(o, nn.Linear)])
+    dropped = torch.cat([o.weight[p.weight == 0].abs().flatten() for o, p in zip(model, pruned) if isinstance(o, nn.Linear)])
     assert kept.min() >= dropped.max()
 
 
@@ -143,8 +142,9 @@ def test_only_the_ste_route_lets_reconstruction_move_thresholds() -> None:
 
 def test_projection_restores_the_target_after_drift() -> None:
     model, x = _trained_mlp()
-    report = fcpts_allocate(model, x, FCPTSConfig(target=0.7, route="ste", iterations=40, calibration_samples=256,
-                                                  sparsity_weight=0.0))
+    report = fcpts_allocate(
+        model, x, FCPTSConfig(target=0.7, route="ste", iterations=40, calibration_samples=256, sparsity_weight=0.0)
+    )
     assert report.learned_global < 0.68  # drifted without the sparsity term
     assert report.projected and abs(report.final_global - 0.7) < 1e-3
     # One common logit shift keeps the learned order of layers (the sparser layer stays the sparser).

@@ -26,8 +26,26 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_fcpts_command_exports_a_sparse_bundle(tiny_teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, report = tmp_path / "bundle", tmp_path / "report.json"
-    code = main(["sparsify", "fcpts", "--data", "digits", "--teacher-dir", str(tiny_teacher), "--target", "0.6",
-                 "--iterations", "10", "--calibration", "64", "--out", str(out), "--report", str(report)])
+    code = main(
+        [
+            "sparsify",
+            "fcpts",
+            "--data",
+            "digits",
+            "--teacher-dir",
+            str(tiny_teacher),
+            "--target",
+            "0.6",
+            "--iterations",
+            "10",
+            "--calibration",
+            "64",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "gain no speed from zero weights" in text and "deflated" in text
@@ -41,8 +59,34 @@ def test_fcpts_command_exports_a_sparse_bundle(tiny_teacher: Path, tmp_path: Pat
 
 def test_dsd2_command_logs_both_curves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, log = tmp_path / "bundle", tmp_path / "log.json"
-    code = main(["sparsify", "dsd2", "--data", "digits", "--limit-train", "300", "--width", "8", "--depth", "1",
-                 "--family", "mlp", "--rounds", "2", "--epochs", "1", "--dense-epochs", "1", "--noise", "0.2", "--out", str(out), "--log", str(log)])
+    code = main(
+        [
+            "sparsify",
+            "dsd2",
+            "--data",
+            "digits",
+            "--limit-train",
+            "300",
+            "--width",
+            "8",
+            "--depth",
+            "1",
+            "--family",
+            "mlp",
+            "--rounds",
+            "2",
+            "--epochs",
+            "1",
+            "--dense-epochs",
+            "1",
+            "--noise",
+            "0.2",
+            "--out",
+            str(out),
+            "--log",
+            str(log),
+        ]
+    )
     assert code == 0
     assert "early stopping picks round" in capsys.readouterr().out
     saved = json.loads(log.read_text())
@@ -52,8 +96,20 @@ def test_dsd2_command_logs_both_curves(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_bad_target_is_one_line_exit_1(tiny_teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["sparsify", "fcpts", "--data", "digits", "--teacher-dir", str(tiny_teacher), "--target", "1.2",
-                 "--out", str(tmp_path / "b")])
+    code = main(
+        [
+            "sparsify",
+            "fcpts",
+            "--data",
+            "digits",
+            "--teacher-dir",
+            str(tiny_teacher),
+            "--target",
+            "1.2",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "target sparsity" in err
     assert not (tmp_path / "b").exists()
@@ -61,8 +117,24 @@ def test_bad_target_is_one_line_exit_1(tiny_teacher: Path, tmp_path: Path, capsy
 
 def test_channels_command_exports_a_smaller_graph(tiny_teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bundle"
-    code = main(["sparsify", "channels", "--data", "digits", "--teacher-dir", str(tiny_teacher), "--keep", "0.5",
-                 "--finetune-epochs", "1", "--finetune-samples", "200", "--out", str(out)])
+    code = main(
+        [
+            "sparsify",
+            "channels",
+            "--data",
+            "digits",
+            "--teacher-dir",
+            str(tiny_teacher),
+            "--keep",
+            "0.5",
+            "--finetune-epochs",
+            "1",
+            "--finetune-samples",
+            "200",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and "ORT latency" in text
     member = load_bundle(out).manifest.members[0]

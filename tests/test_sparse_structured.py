@@ -57,8 +57,11 @@ def _kill_odd_channels(model: nn.Module, head: nn.Module, x: torch.Tensor) -> No
                 g = c // per_in
                 module.weight[g * per_out : (g + 1) * per_out, c % per_in] = 0
 
-    handles = [m.register_forward_pre_hook(zero_dead_inputs) for m in model.modules()
-               if isinstance(m, (*LAYERS, nn.modules.batchnorm._BatchNorm))]
+    handles = [
+        m.register_forward_pre_hook(zero_dead_inputs)
+        for m in model.modules()
+        if isinstance(m, (*LAYERS, nn.modules.batchnorm._BatchNorm))
+    ]
     model(x)
     for h in handles:
         h.remove()

@@ -52,8 +52,16 @@ def user_files(user_resnet, digits, tmp_path_factory):
     batch = {"x": {0: torch.export.Dim("batch")}}
     program = torch.export.export(user_resnet, example, dynamic_shapes=batch)
     torch.export.save(program, str(root / "resnet.pt2"))
-    torch.onnx.export(user_resnet, example, str(root / "resnet.onnx"), dynamo=True, external_data=False,
-                      dynamic_shapes=batch, input_names=["x"], verbose=False)
+    torch.onnx.export(
+        user_resnet,
+        example,
+        str(root / "resnet.onnx"),
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes=batch,
+        input_names=["x"],
+        verbose=False,
+    )
     return root
 
 
@@ -268,7 +276,9 @@ def test_onnx_teacher_reaches_layer_methods_through_a_cached_dense_proxy(user_fi
     loaded = load_teacher(user_files / "resnet.onnx", small, runs_dir=tmp_path)
     said: list[str] = []
     quick = TeacherConfig(width=16, depth=2, hidden=64, epochs=30, lr=3e-3, batch_size=32)
-    proxy = loaded.layered("low-rank factorisation", small, runs_dir=tmp_path, progress=False, say=said.append, proxy_config=quick)
+    proxy = loaded.layered(
+        "low-rank factorisation", small, runs_dir=tmp_path, progress=False, say=said.append, proxy_config=quick
+    )
     assert said and "dense proxy" in said[0] and "resnet.onnx" in said[0]
     agreement = (predict_logits(proxy, small.x_test).argmax(1) == predict_logits(loaded.module, small.x_test).argmax(1)).mean()
     assert agreement > 0.8  # it learned the teacher's answers, not just the labels
@@ -281,9 +291,29 @@ def test_onnx_teacher_reaches_layer_methods_through_a_cached_dense_proxy(user_fi
 def test_dsd2_prunes_a_copy_of_a_pt2_teacher(user_files, tmp_path, capsys) -> None:
     from distill.cli import main
 
-    code = main(["sparsify", "dsd2", "--data", "digits", "--teacher", str(user_files / "resnet.pt2"), "--limit-train", "300",
-                 "--rounds", "1", "--epochs", "1", "--dense-epochs", "1", "--runs-dir", str(tmp_path / "runs"),
-                 "--out", str(tmp_path / "dsd2"), "--no-progress"])
+    code = main(
+        [
+            "sparsify",
+            "dsd2",
+            "--data",
+            "digits",
+            "--teacher",
+            str(user_files / "resnet.pt2"),
+            "--limit-train",
+            "300",
+            "--rounds",
+            "1",
+            "--epochs",
+            "1",
+            "--dense-epochs",
+            "1",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "dsd2"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "pruning a copy of the teacher" in out and "resnet.pt2" in out
@@ -297,13 +327,17 @@ def _sklearn_style_onnx(path: Path, weights: np.ndarray) -> Path:
 
     features, classes = weights.shape
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["scores"]),
-         helper.make_node("Softmax", ["scores"], ["probabilities"], axis=1),
-         helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["scores"]),
+            helper.make_node("Softmax", ["scores"], ["probabilities"], axis=1),
+            helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        ],
         "user_classifier",
         [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", features])],
-        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
-         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
+        ],
         [numpy_helper.from_array(weights.astype(np.float64), "w")],
     )
     # Softmax of doubles gives doubles: cast for the declared float output

@@ -70,8 +70,16 @@ def resnet(digits, tmp_path_factory):
     batch = {"x": {0: torch.export.Dim("batch")}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x[:2],), out / "small_resnet.onnx", dynamo=True, external_data=False,
-                          dynamic_shapes=batch, input_names=["x"], verbose=False)
+        torch.onnx.export(
+            model,
+            (x[:2],),
+            out / "small_resnet.onnx",
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes=batch,
+            input_names=["x"],
+            verbose=False,
+        )
         torch.export.save(torch.export.export(model, (x[:2],), dynamic_shapes=batch), out / "small_resnet.pt2")
     return model, out / "small_resnet.onnx", out / "small_resnet.pt2"
 
@@ -116,8 +124,9 @@ def test_wrapped_case_answers_like_the_torch_model(kind: str, resnet, digits, tm
 
 def test_user_graph_is_kept_and_the_batch_stays_dynamic(resnet, digits, tmp_path: Path) -> None:
     _, onnx_path, _ = resnet
-    result = wrap_onnx(onnx_path, _raw_task(digits), tmp_path / "b",
-                       heldout=(digits.raw(digits.x_test), digits.y_test), name="resnet")
+    result = wrap_onnx(
+        onnx_path, _raw_task(digits), tmp_path / "b", heldout=(digits.raw(digits.x_test), digits.y_test), name="resnet"
+    )
     user = onnx.load(onnx_path)
     wrapped = onnx.load(result.path / result.manifest.members[0].file)
     n = len(user.graph.node)
@@ -133,9 +142,19 @@ def test_user_graph_is_kept_and_the_batch_stays_dynamic(resnet, digits, tmp_path
 # --- hand-built graphs (no torch): head numerics, collisions, refusals ---------------------------------------
 
 
-def _linear_onnx(weights: np.ndarray, bias: np.ndarray, *, input_name: str = "x", output_name: str = "y",
-                 extra_output: bool = False, inner_name: str = "h", opset: int = 18, batch: int | str = "N",
-                 in_shape: tuple[int, ...] = (4,), input_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
+def _linear_onnx(
+    weights: np.ndarray,
+    bias: np.ndarray,
+    *,
+    input_name: str = "x",
+    output_name: str = "y",
+    extra_output: bool = False,
+    inner_name: str = "h",
+    opset: int = 18,
+    batch: int | str = "N",
+    in_shape: tuple[int, ...] = (4,),
+    input_type: int = TensorProto.FLOAT,
+) -> onnx.ModelProto:
     """``output = Flatten(x) @ W + b`` (plus optionally a second output ``features``)."""
     features = int(np.prod(in_shape))
     nodes = [
@@ -148,11 +167,14 @@ def _linear_onnx(weights: np.ndarray, bias: np.ndarray, *, input_name: str = "x"
         nodes.append(helper.make_node("Relu", [inner_name], ["features"], name="relu"))
         outputs.insert(0, helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, features]))
     graph = helper.make_graph(
-        nodes, "linear",
+        nodes,
+        "linear",
         [helper.make_tensor_value_info(input_name, input_type, [batch, *in_shape])],
         outputs,
-        initializer=[onnx.numpy_helper.from_array(weights.astype(np.float32), "W"),
-                     onnx.numpy_helper.from_array(bias.astype(np.float32), "b")],
+        initializer=[
+            onnx.numpy_helper.from_array(weights.astype(np.float32), "W"),
+            onnx.numpy_helper.from_array(bias.astype(np.float32), "b"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -212,8 +234,7 @@ def _external(tmp_path: Path, w: np.ndarray, b: np.ndarray) -> Path:
     model = _linear_onnx(w, b)
     path = tmp_path / "ext" / "model.onnx"
     path.parent.mkdir()
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin",
-                    size_threshold=0)
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
     return path
 
 
@@ -286,9 +307,13 @@ def test_failed_parity_writes_nothing_and_keeps_the_old_bundle(tmp_path: Path) -
 
 
 def _raw_npz(digits, path: Path) -> Path:
-    np.savez(path, x_train=digits.raw(np.concatenate([digits.x_train, digits.x_val])),
-             y_train=np.concatenate([digits.y_train, digits.y_val]),
-             x_test=digits.raw(digits.x_test), y_test=digits.y_test)
+    np.savez(
+        path,
+        x_train=digits.raw(np.concatenate([digits.x_train, digits.x_val])),
+        y_train=np.concatenate([digits.y_train, digits.y_val]),
+        x_test=digits.raw(digits.x_test),
+        y_test=digits.y_test,
+    )
     return path
 
 
@@ -336,8 +361,9 @@ def test_cli_export_and_every_bundle_command(resnet, digits, tmp_path: Path, cap
     assert "reference: torch program" in capsys.readouterr().out
 
 
-def test_cli_preprocess_data_for_a_model_trained_on_standardised_inputs(digits, tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_preprocess_data_for_a_model_trained_on_standardised_inputs(
+    digits, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # A least-squares linear classifier fitted on the data's standardised inputs.
     x = digits.x_train.reshape(len(digits.x_train), -1)
     w = np.linalg.lstsq(np.c_[x, np.ones(len(x))], np.eye(10)[digits.y_train], rcond=None)[0]
@@ -376,7 +402,8 @@ def test_channels_last_data_with_either_preprocess(preprocess: str, tmp_path: Pa
     data = load_dataset(NHWC_CASE)
     shape = data.raw_input_shape if preprocess == "none" else data.input_shape
     graph = helper.make_graph(
-        [helper.make_node("ReduceMax", ["x"], ["logits"], axes=axes, keepdims=0)], "channel_max",
+        [helper.make_node("ReduceMax", ["x"], ["logits"], axes=axes, keepdims=0)],
+        "channel_max",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
     )
@@ -426,8 +453,9 @@ def test_cli_export_still_takes_a_checkpoint(digits, tmp_path: Path, capsys: pyt
     assert anytime_edge(["export", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "b")]) == 0
     assert "accuracy torch" in capsys.readouterr().out
     assert load_bundle(tmp_path / "b").manifest.task.preprocess == digits.preprocess  # the data's, as trained
-    assert anytime_edge(["export", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "c"),
-                         "--preprocess", "none"]) == 1
+    assert (
+        anytime_edge(["export", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "c"), "--preprocess", "none"]) == 1
+    )
     assert "applies to .onnx/.pt2 models only" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
@@ -519,10 +547,13 @@ def _runtime_only(tmp_path: Path, blocked: tuple[str, ...], argv: list[str]) -> 
     site.mkdir()
     (site / "sitecustomize.py").write_text(_BLOCK.format(blocked=blocked))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    check = ("import sys; from distill.cli import main; code = main(sys.argv[1:]); "
-             "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
-    return subprocess.run([sys.executable, "-c", check, *argv], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=180)
+    check = (
+        "import sys; from distill.cli import main; code = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", check, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 def test_onnx_wrap_runs_on_a_runtime_only_install(digits, tmp_path: Path) -> None:
@@ -537,8 +568,9 @@ def test_onnx_wrap_runs_on_a_runtime_only_install(digits, tmp_path: Path) -> Non
     assert "held-out accuracy" in done.stdout
     assert edge_runtime.load(tmp_path / "b", warmup=0).predict(digits.raw(digits.x_test[:1]))[0].label is not None
     # Without onnx: one line naming the install, nothing written.
-    done = _runtime_only(tmp_path, ("torch", "onnx", "onnxscript", "sklearn", "matplotlib", "scipy"),
-                         [*argv[:4], "--out", str(tmp_path / "c")])
+    done = _runtime_only(
+        tmp_path, ("torch", "onnx", "onnxscript", "sklearn", "matplotlib", "scipy"), [*argv[:4], "--out", str(tmp_path / "c")]
+    )
     assert done.returncode == 1
     assert "pip install -c constraints.txt '.[wrap]'" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()

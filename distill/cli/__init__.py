@@ -21,11 +21,17 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS: Mapping[str, tuple[str, str]] = {
     **RUNTIME_COMMANDS,
-    "profile": ("profiles.cli.profile", "measure latency and memory of bundles/ONNX models on this device, or merge other devices' profiles"),
+    "profile": (
+        "profiles.cli.profile",
+        "measure latency and memory of bundles/ONNX models on this device, or merge other devices' profiles",
+    ),
     "select": ("profiles.cli.select", "choose what to deploy from measured accuracy, latency and memory"),
     "train-teacher": ("distill.cli.train_teacher", "train (or resume) the teacher classifier on a data set"),
     "export": ("distill.cli.export", "export a checkpoint, or wrap an .onnx / .pt2 classifier, as a one-member bundle"),
-    "quantize": ("distill.cli.quantize", "quantize every member of a bundle to INT8 (ONNX Runtime), gated against the float bundle"),
+    "quantize": (
+        "distill.cli.quantize",
+        "quantize every member of a bundle to INT8 (ONNX Runtime), gated against the float bundle",
+    ),
     "cascade": ("distill.cli.cascade", "compose one-member bundles (cheapest first) into an anytime cascade"),
     "ensemble": ("distill.cli.ensemble", "distil a teacher into a progressive ensemble (B-DISTIL)"),
     "sparsify": ("distill.cli.sparsify", "sparse students: FCPTS sparsity allocation or DSD² pruning"),

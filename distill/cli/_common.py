@@ -38,8 +38,7 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, default: str | None =
         dest="teacher",
         default=default,
         help="the teacher: 'auto' (train/reuse the default teacher under --runs-dir), a checkpoint directory from "
-        "`anytime-edge train-teacher`, an ONNX classifier (.onnx; logits only), or a torch.export program (.pt2)"
-        + extra_help,
+        "`anytime-edge train-teacher`, an ONNX classifier (.onnx; logits only), or a torch.export program (.pt2)" + extra_help,
     )
     parser.add_argument(
         "--teacher-inputs",

@@ -44,7 +44,9 @@ def _settable(name: str) -> dict[str, tuple[type, bool, object]]:
     out: dict[str, tuple[type, bool, object]] = {}
     for f in fields(cls):  # type: ignore[arg-type]  # every loss class is a dataclass
         hint = hints[f.name]
-        members = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+        members = (
+            typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+        )
         scalars = [m for m in members if m in (bool, int, float, str)]
         if len(scalars) == 1:  # objects such as a torch.Generator only come through the Python API
             out[f.name] = (scalars[0], type(None) in members, None if f.default is MISSING else f.default)
@@ -61,7 +63,9 @@ def _convert(loss: str, key: str, text: str, kind: type, nullable: bool) -> obje
             return text.lower() in ("true", "1")
         return kind(text)
     except ValueError:
-        raise TrainingError(f"loss '{loss}': {key}={text!r} is not a valid {kind.__name__}; pass e.g. --loss-param {key}=<{kind.__name__}>") from None
+        raise TrainingError(
+            f"loss '{loss}': {key}={text!r} is not a valid {kind.__name__}; pass e.g. --loss-param {key}=<{kind.__name__}>"
+        ) from None
 
 
 def parse_loss_params(name: str, pairs: Sequence[tuple[str, str]]) -> dict[str, object]:

@@ -20,8 +20,9 @@ HELP = "compose one-member bundles (cheapest first) into an anytime cascade"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``cascade`` arguments."""
-    parser.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE",
-                        help="one-member bundles (directories or .zip), cheapest first")
+    parser.add_argument(
+        "bundles", nargs="+", type=Path, metavar="BUNDLE", help="one-member bundles (directories or .zip), cheapest first"
+    )
     parser.add_argument("--out", type=Path, required=True, help="cascade bundle directory to write (replaced if it exists)")
     parser.add_argument("--zip", type=Path, default=None, help="also pack the cascade into this .zip file")
     parser.add_argument("--name", default="cascade", help="the cascade's bundle name (default: cascade)")
@@ -37,14 +38,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"anytime-edge cascade: warning: {warning}", file=sys.stderr)
     members = [m.name for m in result.manifest.members]
     if args.json:
-        sys.stdout.write(json.dumps({
-            "path": str(result.path), "archive": None if result.archive is None else str(result.archive),
-            "members": members, "combine": result.manifest.combine,
-            "member_p50_ms": None if result.member_p50_ms is None else list(result.member_p50_ms),
-            "warnings": list(result.warnings),
-        }) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "path": str(result.path),
+                    "archive": None if result.archive is None else str(result.archive),
+                    "members": members,
+                    "combine": result.manifest.combine,
+                    "member_p50_ms": None if result.member_p50_ms is None else list(result.member_p50_ms),
+                    "warnings": list(result.warnings),
+                }
+            )
+            + "\n"
+        )
         return 0
-    latency = "" if result.member_p50_ms is None else " (stored p50 " + ", ".join(f"{t:.3f}" for t in result.member_p50_ms) + " ms)"
+    latency = (
+        "" if result.member_p50_ms is None else " (stored p50 " + ", ".join(f"{t:.3f}" for t in result.member_p50_ms) + " ms)"
+    )
     sys.stdout.write(
         f"cascade of {len(members)} members {' -> '.join(members)}{latency} written to {result.path}"
         + (f" and {result.archive}" if result.archive is not None else "")

@@ -36,18 +36,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", choices=("resched", "no-resched"), help="build a baseline instead of B-DISTIL")
     parser.add_argument("--like", type=Path, help="a B-DISTIL bundle whose member sizes a baseline copies")
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    parser.add_argument("--epochs", type=int, default=0,
-                        help="training epochs per member/student; 0 (default) = about 30k samples' worth, 3 to 50")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=0,
+        help="training epochs per member/student; 0 (default) = about 30k samples' worth, 3 to 50",
+    )
     parser.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--gamma", type=float, default=0.05, help="weak-learning margin of the edge check (default 0.05)")
-    parser.add_argument("--connect", choices=("none", "previous", "all"), default="previous",
-                        help="connections tried first: none, the previous member's features (default), or all earlier")
-    parser.add_argument("--size-by", choices=("auto", "latency", "macs"), default="auto",
-                        help="how member sizes are chosen: each ~1/K of the teacher's measured ORT latency (latency), "
-                        "multiply-accumulates (macs), or latency where the teacher takes >= 0.1 ms (auto, default)")
-    parser.add_argument("--refine-epochs", type=int, default=0,
-                        help="least-squares refinement of each member to the residual (not in the paper; default 0)")
+    parser.add_argument(
+        "--connect",
+        choices=("none", "previous", "all"),
+        default="previous",
+        help="connections tried first: none, the previous member's features (default), or all earlier",
+    )
+    parser.add_argument(
+        "--size-by",
+        choices=("auto", "latency", "macs"),
+        default="auto",
+        help="how member sizes are chosen: each ~1/K of the teacher's measured ORT latency (latency), "
+        "multiply-accumulates (macs), or latency where the teacher takes >= 0.1 ms (auto, default)",
+    )
+    parser.add_argument(
+        "--refine-epochs",
+        type=int,
+        default=0,
+        help="least-squares refinement of each member to the residual (not in the paper; default 0)",
+    )
     parser.add_argument("--limit-train", type=int, help="train on only the first N training samples (quicker)")
     add_loss_arguments(parser, default="kd")
     parser.add_argument("--json", type=Path, help="also write the build report and prefix accuracies here")
@@ -105,8 +121,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.baseline is None:
         cfg = ProgressiveConfig(
-            members=args.members, connect=args.connect, gamma=args.gamma, epochs=args.epochs, lr=args.lr,
-            batch_size=args.batch_size, refine_epochs=args.refine_epochs, seed=args.seed, progress=args.progress,
+            members=args.members,
+            connect=args.connect,
+            gamma=args.gamma,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            refine_epochs=args.refine_epochs,
+            seed=args.seed,
+            progress=args.progress,
             sizing=args.size_by,
         )
         ensemble = progressive_ensemble(teacher, dataset, cfg)
@@ -114,19 +137,34 @@ def run(args: argparse.Namespace) -> int:
             return 0
         info = [{"method": ensemble.report.method, **m.to_dict()} for m in ensemble.report.members]
         result = export_ensemble(
-            ensemble.members, task, args.out, heldout=heldout, connections=ensemble.connections, combine="sum",
-            name="bdistil", metadata={**metadata, "method": ensemble.report.method, "report": ensemble.report.to_dict()},
+            ensemble.members,
+            task,
+            args.out,
+            heldout=heldout,
+            connections=ensemble.connections,
+            combine="sum",
+            name="bdistil",
+            metadata={**metadata, "method": ensemble.report.method, "report": ensemble.report.to_dict()},
             member_info=info,
         )
-        rows = [(f"F_{k + 1} ({m.candidate.describe()}, from {list(m.connections) or '-'})", g.onnx_accuracy)
-                for k, (m, g) in enumerate(zip(ensemble.report.members, result.reports))]
+        rows = [
+            (f"F_{k + 1} ({m.candidate.describe()}, from {list(m.connections) or '-'})", g.onnx_accuracy)
+            for k, (m, g) in enumerate(zip(ensemble.report.members, result.reports))
+        ]
         if ensemble.report.stopped:
             print(f"note: stopped after {len(ensemble.members)} members: {ensemble.report.stopped}")
         summary = ensemble.report.to_dict()
     else:
         loss = loss_from_args(args)
-        base = BaselineConfig(loss=loss.name, loss_params=tuple(sorted(loss.params().items())), epochs=args.epochs,
-                              lr=args.lr, batch_size=args.batch_size, seed=args.seed, progress=args.progress)
+        base = BaselineConfig(
+            loss=loss.name,
+            loss_params=tuple(sorted(loss.params().items())),
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=args.progress,
+        )
         if args.like is not None:
             candidates, macs = _sizes_like(args.like, args.members)
         else:
@@ -138,12 +176,19 @@ def run(args: argparse.Namespace) -> int:
             if not distributed.main_continues_alone():
                 return 0
             result = export_ensemble(
-                ensemble.members, task, args.out, heldout=heldout, combine="mean", name="resched",
+                ensemble.members,
+                task,
+                args.out,
+                heldout=heldout,
+                combine="mean",
+                name="resched",
                 metadata={**metadata, "method": "resched", "report": ensemble.report.to_dict()},
                 member_info=[{"method": "resched", **m.to_dict()} for m in ensemble.report.members],
             )
-            rows = [(f"mean of {k + 1} ({m.candidate.describe()})", g.onnx_accuracy)
-                    for k, (m, g) in enumerate(zip(ensemble.report.members, result.reports))]
+            rows = [
+                (f"mean of {k + 1} ({m.candidate.describe()})", g.onnx_accuracy)
+                for k, (m, g) in enumerate(zip(ensemble.report.members, result.reports))
+            ]
             summary = ensemble.report.to_dict()
         else:
             students, report = no_resched_students(teacher, dataset, list(np.cumsum(macs)), candidates[0], base)
@@ -151,8 +196,13 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             for t, (student, m) in enumerate(zip(students, report.members)):
                 single = export_model(
-                    student, task, args.out / f"t{t + 1}", heldout=heldout, name=f"no_resched_t{t + 1}",
-                    metadata={**metadata, "method": "no_resched", "prefix": t + 1}, info={"method": "no_resched", **m.to_dict()},
+                    student,
+                    task,
+                    args.out / f"t{t + 1}",
+                    heldout=heldout,
+                    name=f"no_resched_t{t + 1}",
+                    metadata={**metadata, "method": "no_resched", "prefix": t + 1},
+                    info={"method": "no_resched", **m.to_dict()},
                 )
                 rows.append((f"t={t + 1}: one {m.candidate.describe()} ({m.macs} MACs)", single.reports[0].onnx_accuracy))
             summary = report.to_dict()

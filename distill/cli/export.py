@@ -25,7 +25,8 @@ WRAPPED_SUFFIXES = (".onnx", ".pt2")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", type=Path,
+        "model",
+        type=Path,
         help="a checkpoint directory (config.json + model.pt), an ONNX classifier (.onnx), or a torch.export "
         "program (.pt2); the last two must map a float32 batch (N, ...) to logits (N, classes)",
     )
@@ -34,13 +35,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zip", type=Path, help="also pack the bundle into this .zip file")
     parser.add_argument("--name", default=None, help="bundle name (default: the model's file or folder name)")
     parser.add_argument(
-        "--preprocess", choices=("none", "data"), default=None,
+        "--preprocess",
+        choices=("none", "data"),
+        default=None,
         help="for .onnx/.pt2: 'none' (default) if the model takes raw values as clients send them, 'data' if it "
         "was trained on inputs standardised as --data does; checkpoints always use 'data'",
     )
-    parser.add_argument("--logits-output", default=None, metavar="NAME",
-                        help="for .onnx: the graph output holding the logits (default: the only output, else the one "
-                        "named 'logits', else the first)")
+    parser.add_argument(
+        "--logits-output",
+        default=None,
+        metavar="NAME",
+        help="for .onnx: the graph output holding the logits (default: the only output, else the one "
+        "named 'logits', else the first)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +113,8 @@ def _wrap(args: argparse.Namespace) -> int:
         task, x = replace(dataset.task_spec(), preprocess=Preprocess()), dataset.raw(dataset.x_test)
     name = args.name or model.stem
     common = dict(
-        heldout=(x, dataset.y_test), name=name,
+        heldout=(x, dataset.y_test),
+        name=name,
         metadata={"data": dataset.name, "source": str(model), "preprocess": preprocess},
         info={"source_format": model.suffix.lower().lstrip(".")},
     )

@@ -33,13 +33,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--latency-ms", type=float, help="target ORT p50 latency at batch 1 on this device; ranks chosen by measuring"
     )
     choice.add_argument(
-        "--speedup", type=float,
+        "--speedup",
+        type=float,
         help="target ORT p50 speed-up over the teacher at batch 1 (e.g. 2), timed side by side on this device",
     )
-    parser.add_argument("--search", choices=("rank", "energy"), default="rank",
-                        help="what --latency-ms/--speedup walks: one common rank (default) or retained energy")
-    parser.add_argument("--factors", type=int, choices=(2, 3), default=2,
-                        help="2: down/up pair (default); 3: the paper's V^T, diag(S), U chain")
+    parser.add_argument(
+        "--search",
+        choices=("rank", "energy"),
+        default="rank",
+        help="what --latency-ms/--speedup walks: one common rank (default) or retained energy",
+    )
+    parser.add_argument(
+        "--factors", type=int, choices=(2, 3), default=2, help="2: down/up pair (default); 3: the paper's V^T, diag(S), U chain"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="distillation epochs after the spectral init")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -92,8 +98,12 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         metadata={"data": dataset.name, "teacher": loaded.source, "method": "lowrank"},
         info={
-            "method": "lowrank", "energy": report.energy, "rank": report.rank, "ranks": ranks,
-            "factors": cfg.factors, "accuracy": report.student_accuracy,
+            "method": "lowrank",
+            "energy": report.energy,
+            "rank": report.rank,
+            "ranks": ranks,
+            "factors": cfg.factors,
+            "accuracy": report.student_accuracy,
         },
     )
     example = torch.from_numpy(dataset.x_test[:4])
@@ -109,22 +119,33 @@ def run(args: argparse.Namespace) -> int:
     print("layer                 kind     shape          rank/full  energy  MACs")
     for row in report.layers:
         shape = "x".join(str(d) for d in row["shape"])  # type: ignore[attr-defined]  # rows are JSON-like: shape is a list
-        print(f"{row['layer']:<21} {row['kind']:<8} {shape:<14} {row['rank']:>4}/{row['full_rank']:<5} "
-              f"{row['energy_kept']:.3f}   {row['macs_ratio']:.2f}x" + (f"  dense: {row['note']}" if row["note"] else ""))
-    print(f"accuracy: teacher {report.teacher_accuracy:.4f}, student at spectral init {report.init_accuracy:.4f}, "
-          f"after {cfg.epochs} distillation epochs {report.student_accuracy:.4f}")
-    print(f"params: teacher {report.teacher_params}, student {report.student_params} "
-          f"({report.student_params / report.teacher_params:.2f}x)")
+        print(
+            f"{row['layer']:<21} {row['kind']:<8} {shape:<14} {row['rank']:>4}/{row['full_rank']:<5} "
+            f"{row['energy_kept']:.3f}   {row['macs_ratio']:.2f}x" + (f"  dense: {row['note']}" if row["note"] else "")
+        )
+    print(
+        f"accuracy: teacher {report.teacher_accuracy:.4f}, student at spectral init {report.init_accuracy:.4f}, "
+        f"after {cfg.epochs} distillation epochs {report.student_accuracy:.4f}"
+    )
+    print(
+        f"params: teacher {report.teacher_params}, student {report.student_params} "
+        f"({report.student_params / report.teacher_params:.2f}x)"
+    )
     for batch in (1, 32):
         t, s = latency["teacher"][batch], latency["student"][batch]
-        print(f"ORT latency batch {batch}: student p50 {s['p50']:.4f} ms (p99 {s['p99']:.4f}), teacher p50 "
-              f"{t['p50']:.4f} ms (p99 {t['p99']:.4f}): {t['p50'] / s['p50']:.2f}x faster (measured side by side)")
+        print(
+            f"ORT latency batch {batch}: student p50 {s['p50']:.4f} ms (p99 {s['p99']:.4f}), teacher p50 "
+            f"{t['p50']:.4f} ms (p99 {t['p99']:.4f}): {t['p50'] / s['p50']:.2f}x faster (measured side by side)"
+        )
     for line in result.describe():
         print(f"export gates: {line}")
     print(f"bundle: {result.path}")
     if args.json:
-        payload = {**report.to_dict(), "latency_ms": {k: {str(b): v for b, v in d.items()} for k, d in latency.items()},
-                   "bundle": str(result.path)}
+        payload = {
+            **report.to_dict(),
+            "latency_ms": {k: {str(b): v for b, v in d.items()} for k, d in latency.items()},
+            "bundle": str(result.path),
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return 0

@@ -15,7 +15,9 @@ HELP = "train (or resume) the teacher classifier on a data set"
 def configure(parser: argparse.ArgumentParser) -> None:
     add_data_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/teacher"), help="checkpoint directory (default runs/teacher)")
-    parser.add_argument("--family", default="auto", help="mlp, cnn1d, cnn2d, resnet (images; needs --hidden 0) or auto (from the input rank)")
+    parser.add_argument(
+        "--family", default="auto", help="mlp, cnn1d, cnn2d, resnet (images; needs --hidden 0) or auto (from the input rank)"
+    )
     parser.add_argument("--width", type=int, help="channels/units of the first layer (default: per data set)")
     parser.add_argument("--depth", type=int, help="conv blocks / hidden layers")
     parser.add_argument("--hidden", type=int, help="units of the penultimate layer (CNNs)")
@@ -57,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.out} holds a finished teacher of other data or settings; "
                 "pass --force to replace it, or choose another --out"
             )
-        print(f"{args.out} already holds this teacher, trained to the end (test accuracy "
-              f"{metrics.get('test_accuracy', float('nan')):.2%}); reusing it (--force retrains)")
+        print(
+            f"{args.out} already holds this teacher, trained to the end (test accuracy "
+            f"{metrics.get('test_accuracy', float('nan')):.2%}); reusing it (--force retrains)"
+        )
         print(f"checkpoint: {args.out} (model.pt = state dict, config.json)")
         return 0
     _, metrics = train_teacher(dataset, cfg, args.out, progress=args.progress)

@@ -116,8 +116,14 @@ class LowRankConv(nn.Module):
         conv = type(layer)
         self.rank = rank
         self.down = conv(
-            layer.in_channels, rank, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-            dilation=layer.dilation, bias=False, padding_mode=layer.padding_mode,
+            layer.in_channels,
+            rank,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            bias=False,
+            padding_mode=layer.padding_mode,
         )
         self.middle = conv(rank, rank, 1, bias=False) if factors == 3 else None
         self.up = conv(rank, layer.out_channels, 1, bias=layer.bias is not None)
@@ -316,4 +322,3 @@ def describe_plans(plans: list[LayerPlan]) -> list[dict[str, object]]:
         }
         for p in plans
     ]
-

@@ -30,8 +30,8 @@ from torch import nn
 from distill.data import Dataset
 from distill.distributed import on_main
 from distill.errors import TrainingError
-from distill.losses import LOSSES, make_loss
 from distill.layers import classifier_head
+from distill.losses import LOSSES, make_loss
 from distill.lowrank.factorize import LayerPlan, describe_plans, factorize, plan_ranks
 from distill.lowrank.latency import LatencyConfig, measure_side_by_side
 from distill.models import count_params
@@ -213,8 +213,11 @@ def plan_for_latency(
     if not meets(ladder[hi]):
         last = log[-1]
         # name only the flag of the target asked for (demo has --speedup but no --latency-ms)
-        target, fix = (f"{latency_ms} ms", "raise --latency-ms") if latency_ms is not None else (
-            f"a {speedup}x speed-up", "lower --speedup")
+        target, fix = (
+            (f"{latency_ms} ms", "raise --latency-ms")
+            if latency_ms is not None
+            else (f"a {speedup}x speed-up", "lower --speedup")
+        )
         raise TrainingError(
             f"even {search} {ladder[hi]} runs at {last['p50_ms']:.4f} ms p50 beside the teacher's "
             f"{last['teacher_p50_ms']:.4f} ms, missing {target}; {fix}"
@@ -263,10 +266,19 @@ def lowrank_student(
     keep = _head(teacher, example) if cfg.keep_head else {}
     if cfg.latency_ms is not None or cfg.speedup is not None:
         # Timed on rank 0 alone under torchrun (distill.distributed.on_main): every rank builds its choice.
-        plans, chosen, search, teacher_ms = on_main(lambda: plan_for_latency(
-            teacher, dataset, cfg.latency_ms, speedup=cfg.speedup, search=cfg.search, ladder=cfg.ladder,
-            factors=cfg.factors, config=cfg.latency, keep=keep,
-        ))
+        plans, chosen, search, teacher_ms = on_main(
+            lambda: plan_for_latency(
+                teacher,
+                dataset,
+                cfg.latency_ms,
+                speedup=cfg.speedup,
+                search=cfg.search,
+                ladder=cfg.ladder,
+                factors=cfg.factors,
+                config=cfg.latency,
+                keep=keep,
+            )
+        )
         if cfg.search == "energy":
             energy = chosen
         else:
@@ -295,8 +307,14 @@ def lowrank_student(
             dataset.y_train,
             teacher_logits,
             make_loss(cfg.loss, **dict(cfg.loss_params)),
-            FitConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-                      progress=cfg.progress, desc="lowrank distil"),
+            FitConfig(
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                progress=cfg.progress,
+                desc="lowrank distil",
+            ),
         )
     student.eval()
     report = LowRankReport(

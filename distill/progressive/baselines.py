@@ -65,15 +65,21 @@ class BaselineConfig:
         )
 
 
-def _train_student(candidate: Candidate, dataset: Dataset, teacher_logits: np.ndarray, cfg: BaselineConfig, k: int, desc: str) -> tuple[Classifier, float]:
+def _train_student(
+    candidate: Candidate, dataset: Dataset, teacher_logits: np.ndarray, cfg: BaselineConfig, k: int, desc: str
+) -> tuple[Classifier, float]:
     torch.manual_seed(cfg.seed * 7919 + 1000 + k)  # independent initialisations: these are separate runs
     student = build_model(candidate.model_config(dataset))
     started = time.perf_counter()
-    distil(student, dataset.x_train, dataset.y_train, teacher_logits, cfg.make_loss(), cfg.fit_config(k, desc, len(dataset.x_train)))
+    distil(
+        student, dataset.x_train, dataset.y_train, teacher_logits, cfg.make_loss(), cfg.fit_config(k, desc, len(dataset.x_train))
+    )
     return student, round(time.perf_counter() - started, 2)
 
 
-def resched_ensemble(teacher: nn.Module, dataset: Dataset, candidates: Sequence[Candidate], cfg: BaselineConfig | None = None) -> Ensemble:
+def resched_ensemble(
+    teacher: nn.Module, dataset: Dataset, candidates: Sequence[Candidate], cfg: BaselineConfig | None = None
+) -> Ensemble:
     """RESCHED: ``len(candidates)`` independently distilled students, combined by the mean of their logits.
 
     Args:

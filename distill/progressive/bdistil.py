@@ -54,7 +54,6 @@ from distill.progressive.members import (
     count_macs,
     default_candidates,
 )
-from distill.progressive.sizing import MIN_TEACHER_MS, MemberSizing, latency_candidates
 from distill.progressive.rounds import (
     BarrierLoss,
     boosting_weights,
@@ -63,6 +62,7 @@ from distill.progressive.rounds import (
     residual_temperature,
     weak_learning_edge,
 )
+from distill.progressive.sizing import MIN_TEACHER_MS, MemberSizing, latency_candidates
 from distill.train import FitConfig, fit, predict_logits, scaled_epochs
 
 __all__ = ["CONNECT_RULES", "SIZINGS", "ProgressiveConfig", "limit_training", "progressive_ensemble"]
@@ -102,7 +102,9 @@ class ProgressiveConfig:
         if not 0.0 <= self.gamma < 2.0:
             raise TrainingError(f"gamma must be in [0, 2) (the edge of |f| < 1 lies in (-2, 2)), not {self.gamma}")
         if self.temperature < 0 or self.epochs < 0 or self.refine_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise TrainingError("temperature must be >= 0, epochs >= 0 (0 = scaled to the data), refine_epochs >= 0, batch_size >= 1 and lr > 0")
+            raise TrainingError(
+                "temperature must be >= 0, epochs >= 0 (0 = scaled to the data), refine_epochs >= 0, batch_size >= 1 and lr > 0"
+            )
         if not all(isinstance(c, Candidate) for c in self.candidates):
             raise TrainingError("candidates must be Candidate instances")
 
@@ -144,12 +146,16 @@ class _IndexedMember(nn.Module):
 
 
 @torch.no_grad()
-def _raw_outputs(member: BoostedMember, x: np.ndarray, connections: Sequence[np.ndarray], batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def _raw_outputs(
+    member: BoostedMember, x: np.ndarray, connections: Sequence[np.ndarray], batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """``(h, features)`` of ``member`` on ``x`` with cached connection features (float32 numpy)."""
     member.eval()
     hs, fs = [], []
     for s in range(0, len(x), batch_size):
-        h, f = member.raw(torch.from_numpy(x[s : s + batch_size]), *[torch.from_numpy(c[s : s + batch_size]) for c in connections])
+        h, f = member.raw(
+            torch.from_numpy(x[s : s + batch_size]), *[torch.from_numpy(c[s : s + batch_size]) for c in connections]
+        )
         hs.append(h.numpy())
         fs.append(f.numpy())
     return np.concatenate(hs), np.concatenate(fs)
@@ -165,7 +171,9 @@ def _ladder(t: int, candidates: Sequence[Candidate], connect: str) -> Iterator[t
             yield candidate, every
 
 
-def _fit(model: nn.Module, n: int, targets: np.ndarray, loss: Any, cfg: ProgressiveConfig, *, epochs: int, seed: int, desc: str) -> None:
+def _fit(
+    model: nn.Module, n: int, targets: np.ndarray, loss: Any, cfg: ProgressiveConfig, *, epochs: int, seed: int, desc: str
+) -> None:
     index = np.arange(n, dtype=np.int64)
     fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, progress=cfg.progress, desc=desc)
     fit(model, index, index, loss, fit_cfg, teacher_logits=targets)
@@ -193,7 +201,9 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
     elif cfg.sizing == "macs":
         candidates = default_candidates(dataset)
     else:
-        sizing = latency_candidates(teacher, dataset, cfg.members, min_teacher_ms=0.0 if cfg.sizing == "latency" else MIN_TEACHER_MS)
+        sizing = latency_candidates(
+            teacher, dataset, cfg.members, min_teacher_ms=0.0 if cfg.sizing == "latency" else MIN_TEACHER_MS
+        )
         candidates = sizing.candidates
     epochs = cfg.epochs or scaled_epochs(len(dataset.x_train))
     x_train, x_val = dataset.x_train, dataset.x_val
@@ -223,8 +233,16 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
             dims = [feats_train[j].shape[1] for j in conns]
             member = BoostedMember(build_model(candidate.model_config(dataset, dims)))
             trainable = _IndexedMember(member, x_tensor, [torch.from_numpy(feats_train[j]) for j in conns], scaled=False)
-            _fit(trainable, len(x_train), packed, BarrierLoss(), cfg, epochs=epochs, seed=cfg.seed + t,
-                 desc=f"bdistil member {t + 1} ({candidate.describe()})")
+            _fit(
+                trainable,
+                len(x_train),
+                packed,
+                BarrierLoss(),
+                cfg,
+                epochs=epochs,
+                seed=cfg.seed + t,
+                desc=f"bdistil member {t + 1} ({candidate.describe()})",
+            )
             h_val, _ = _raw_outputs(member, x_val, [feats_val[j] for j in conns])
             edge = weak_learning_edge(val_plus, val_minus, np.tanh(h_val.astype(np.float64)))
             step = 0.0
@@ -232,7 +250,9 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
                 h_train, _ = _raw_outputs(member, x_train, [feats_train[j] for j in conns])
                 step = line_search_step(r_train, np.tanh(h_train.astype(np.float64)), tau)
             ok = edge >= cfg.gamma and step > 0.0
-            attempts.append({"candidate": candidate.describe(), "connections": list(conns), "edge": edge, "step": step, "accepted": ok})
+            attempts.append(
+                {"candidate": candidate.describe(), "connections": list(conns), "edge": edge, "step": step, "accepted": ok}
+            )
             if ok:
                 accepted = (member, conns, candidate, step)
                 break
@@ -244,8 +264,16 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
         member.set_scale(step)
         if cfg.refine_epochs:
             trainable = _IndexedMember(member, x_tensor, [torch.from_numpy(feats_train[j]) for j in conns], scaled=True)
-            _fit(trainable, len(x_train), r_train.astype(np.float32), LogitRegression(), cfg, epochs=cfg.refine_epochs,
-                 seed=cfg.seed + t, desc=f"bdistil refine {t + 1}")
+            _fit(
+                trainable,
+                len(x_train),
+                r_train.astype(np.float32),
+                LogitRegression(),
+                cfg,
+                epochs=cfg.refine_epochs,
+                seed=cfg.seed + t,
+                desc=f"bdistil refine {t + 1}",
+            )
         h_train, phi_train = _raw_outputs(member, x_train, [feats_train[j] for j in conns])
         h_val, phi_val = _raw_outputs(member, x_val, [feats_val[j] for j in conns])
         scale = float(member.scale)
@@ -281,7 +309,10 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
         teacher_val_accuracy=float((teacher_val_pred == dataset.y_val).mean()),
         stopped=stopped,
         stopped_attempts=tuple(stopped_attempts),
-        settings={**cfg.to_dict(), "candidates": [c.to_dict() for c in candidates],
-                  **({"member_sizing": sizing.to_dict()} if sizing is not None else {})},
+        settings={
+            **cfg.to_dict(),
+            "candidates": [c.to_dict() for c in candidates],
+            **({"member_sizing": sizing.to_dict()} if sizing is not None else {}),
+        },
     )
     return Ensemble(members, sources, report)

@@ -56,7 +56,11 @@ class Candidate:
     def model_config(self, dataset: Dataset, connection_dims: Sequence[int] = ()) -> ModelConfig:
         """The :class:`ModelConfig` of this candidate for ``dataset``, taking ``connection_dims`` features."""
         return ModelConfig.for_data(
-            dataset, family=self.family, width=self.width, depth=self.depth, hidden=self.hidden,
+            dataset,
+            family=self.family,
+            width=self.width,
+            depth=self.depth,
+            hidden=self.hidden,
             connection_dims=tuple(connection_dims),
         )
 

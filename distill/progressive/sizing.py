@@ -53,9 +53,15 @@ class MemberSizing:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"basis": self.basis, "teacher_ms": self.teacher_ms, "target_ms": self.target_ms,
-                "candidates": [c.to_dict() for c in self.candidates], "measured": [dict(r) for r in self.measured],
-                "note": self.note, "settings": dict(self.settings)}
+        return {
+            "basis": self.basis,
+            "teacher_ms": self.teacher_ms,
+            "target_ms": self.target_ms,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "measured": [dict(r) for r in self.measured],
+            "note": self.note,
+            "settings": dict(self.settings),
+        }
 
 
 def _template(teacher: nn.Module, dataset: Dataset) -> Candidate:
@@ -117,9 +123,16 @@ def latency_candidates(
     blobs = {"teacher": export_onnx(teacher.eval(), example)}
     teacher_alone = measure_side_by_side(blobs, rows[:64], timing)["teacher"][1]["p50"]
     if teacher_alone < min_teacher_ms:  # the students are not even exported
-        return MemberSizing(default_candidates(dataset), "macs", teacher_alone, teacher_alone / members, (),
-                            f"teacher p50 {teacher_alone:.3f} ms < {min_teacher_ms} ms: 1/K of it is within ONNX Runtime's "
-                            "per-call floor, so the ladder is ordered by MACs", settings)
+        return MemberSizing(
+            default_candidates(dataset),
+            "macs",
+            teacher_alone,
+            teacher_alone / members,
+            (),
+            f"teacher p50 {teacher_alone:.3f} ms < {min_teacher_ms} ms: 1/K of it is within ONNX Runtime's "
+            "per-call floor, so the ladder is ordered by MACs",
+            settings,
+        )
     students = {w: build_model(template.with_width(w).model_config(dataset)).eval() for w in grid}
     for w, model in students.items():
         blobs[f"w{w}"] = export_onnx(model, example)
@@ -127,8 +140,12 @@ def latency_candidates(
     teacher_ms = stats["teacher"][1]["p50"]
     target = teacher_ms / members
     measured = tuple(
-        {"candidate": template.with_width(w).describe(), "width": w, "p50_ms": round(stats[f"w{w}"][1]["p50"], 4),
-         "macs": count_macs(students[w], dataset.input_shape)}
+        {
+            "candidate": template.with_width(w).describe(),
+            "width": w,
+            "p50_ms": round(stats[f"w{w}"][1]["p50"], 4),
+            "macs": count_macs(students[w], dataset.input_shape),
+        }
         for w in grid
     )
     ladder: list[Candidate] = []

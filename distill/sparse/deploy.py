@@ -72,7 +72,9 @@ def _quantiles(ms: np.ndarray) -> dict[str, float]:
     return {"median": float(np.median(ms)), "p10": float(np.percentile(ms, 10)), "p90": float(np.percentile(ms, 90))}
 
 
-def compare_onnx(dense: bytes, sparse: bytes, x: np.ndarray, *, runs: int = 300, warmup: int = 30, input_name: str = "x") -> OnnxComparison:
+def compare_onnx(
+    dense: bytes, sparse: bytes, x: np.ndarray, *, runs: int = 300, warmup: int = 30, input_name: str = "x"
+) -> OnnxComparison:
     """Sizes and batch-1 latency of two one-member graphs, timed alternately in this process.
 
     Args:
@@ -128,5 +130,3 @@ def export_student(
         info=dict(info),
         metadata={"data": dataset.name, **dict(metadata or {})},
     )
-
-

@@ -218,8 +218,14 @@ def run_pruning(
         if r:
             prune_global_l1(model, cfg.prune_fraction)
         epochs = cfg.epochs if r or not cfg.dense_epochs else cfg.dense_epochs
-        fit_cfg = FitConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + 17 * r,
-                            progress=cfg.progress, desc=f"{label} round {r}")
+        fit_cfg = FitConfig(
+            epochs=epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed + 17 * r,
+            progress=cfg.progress,
+            desc=f"{label} round {r}",
+        )
         fit(model, data.x_train, train_labels, loss, fit_cfg, teacher_logits=teacher_logits)
         baked = _baked(model)
         record = RoundRecord(
@@ -330,8 +336,10 @@ def run_dsd2(
         stop_round=stop,
         vanilla_picked_round=vanilla_picked,
         noise=cfg.noise,
-        config={**asdict(cfg), "model": model_cfg.to_dict() if isinstance(model_cfg, ModelConfig)
-                else {"module": type(model_cfg).__name__}},
+        config={
+            **asdict(cfg),
+            "model": model_cfg.to_dict() if isinstance(model_cfg, ModelConfig) else {"module": type(model_cfg).__name__},
+        },
     )
     return result, student_models[picked], student_models[0]
 
@@ -349,8 +357,10 @@ def plot_curves(result: DSD2Result, path: str | os.PathLike[str]) -> str | None:
     if reason is not None:
         return reason
     fig, (acc_ax, ent_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, curve, style, color in (("vanilla", result.vanilla, "o-", "tab:blue"),
-                                      ("distilled (DSD²)", result.distilled, "s-", "tab:green")):
+    for name, curve, style, color in (
+        ("vanilla", result.vanilla, "o-", "tab:blue"),
+        ("distilled (DSD²)", result.distilled, "s-", "tab:green"),
+    ):
         xs = [100 * r.sparsity for r in curve]
         acc_ax.plot(xs, [100 * r.test_accuracy for r in curve], style, color=color, label=f"{name} test")
         acc_ax.plot(xs, [100 * r.val_accuracy for r in curve], style, color=color, alpha=0.3, label=f"{name} val")
@@ -359,8 +369,10 @@ def plot_curves(result: DSD2Result, path: str | os.PathLike[str]) -> str | None:
     acc_ax.axvline(100 * picked.sparsity, color="gray", linestyle="--", label="early-stopping pick (DSD²)")
     for ax in (acc_ax, ent_ax):
         # Rounds remove 20% of what remains: a log scale of the remaining weights spaces them evenly.
-        ax.set_xscale("function", functions=(lambda s: -np.log10(np.clip(1.0001 - s / 100, 1e-4, None)),
-                                             lambda u: 100 * (1.0001 - 10.0 ** (-u))))
+        ax.set_xscale(
+            "function",
+            functions=(lambda s: -np.log10(np.clip(1.0001 - s / 100, 1e-4, None)), lambda u: 100 * (1.0001 - 10.0 ** (-u))),
+        )
         ax.set_xticks([0, 50, 80, 90, 95, 98, 99])
         last = max(r.sparsity for r in result.vanilla + result.distilled)
         ax.set_xlim(-1, 100 * (1 - 0.8 * (1 - last)))

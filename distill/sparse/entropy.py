@@ -35,7 +35,9 @@ class EntropyReport:
 
 
 @torch.no_grad()
-def relu_entropy(model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 256, max_samples: int | None = None) -> EntropyReport:
+def relu_entropy(
+    model: nn.Module, x: np.ndarray | torch.Tensor, *, batch_size: int = 256, max_samples: int | None = None
+) -> EntropyReport:
     """Entropy of every ReLU's on/off pattern over ``x``, accumulated over all batches.
 
     Args:

@@ -343,7 +343,9 @@ def fcpts_allocate(model: nn.Module, calibration: np.ndarray | torch.Tensor, cfg
     )
 
 
-def fcpts_student(teacher: nn.Module, dataset: Any, target: float | None = None, cfg: FCPTSConfig | None = None) -> tuple[nn.Module, FCPTSReport]:
+def fcpts_student(
+    teacher: nn.Module, dataset: Any, target: float | None = None, cfg: FCPTSConfig | None = None
+) -> tuple[nn.Module, FCPTSReport]:
     """A sparse copy of ``teacher`` with the FCPTS allocation baked in (zeros in the weights).
 
     Args:
@@ -373,8 +375,9 @@ def fcpts_student(teacher: nn.Module, dataset: Any, target: float | None = None,
         before = accuracy(student, dataset.x_test, dataset.y_test)
         recalibrated = recalibrate_batchnorm(student, dataset.x_train[order])
     acc = accuracy(student, dataset.x_test, dataset.y_test)
-    return student, FCPTSReport(**{**report.__dict__, "test_accuracy": acc, "recalibrated_bn": recalibrated,
-                                   "accuracy_before_recalibration": before})
+    return student, FCPTSReport(
+        **{**report.__dict__, "test_accuracy": acc, "recalibrated_bn": recalibrated, "accuracy_before_recalibration": before}
+    )
 
 
 def _tracks_statistics(module: nn.Module) -> bool:

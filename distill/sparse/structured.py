@@ -103,13 +103,21 @@ def prune_channels(
                 logits = logits_of(student(x), who="the pruned model")
         except Exception as exc:  # noqa: BLE001 - a user forward with a hard-coded width fails here
             first = error_line(exc)
-            cause = (f"layers {list(trace.unused)} are never called as modules (weights used functionally?), "
-                     "which Torch-Pruning cannot follow" if trace.unused else "it may hard-code a channel count")
-            raise TrainingError(f"the model's forward no longer runs after channel pruning ({first[:100]}): "
-                                f"{cause}; prune another model or use a sparse/low-rank student") from None
+            cause = (
+                f"layers {list(trace.unused)} are never called as modules (weights used functionally?), "
+                "which Torch-Pruning cannot follow"
+                if trace.unused
+                else "it may hard-code a channel count"
+            )
+            raise TrainingError(
+                f"the model's forward no longer runs after channel pruning ({first[:100]}): "
+                f"{cause}; prune another model or use a sparse/low-rank student"
+            ) from None
         if logits.shape[1] != trace.classes:
-            raise TrainingError(f"channel pruning changed the class count {trace.classes} -> {logits.shape[1]}; "
-                                "the classifier head was not found, report this model")
+            raise TrainingError(
+                f"channel pruning changed the class count {trace.classes} -> {logits.shape[1]}; "
+                "the classifier head was not found, report this model"
+            )
     after = {name: _width(layers[name]) for name in trace.executed}
     return student.eval(), {n: (before[n], after[n]) for n in trace.executed}, kept
 
@@ -180,12 +188,20 @@ def channel_student(
         if teacher_logits is None:
             soft = predict_logits(teacher, x)
         elif teacher_logits.shape != (len(dataset.x_train), dataset.num_classes):
-            raise TrainingError(f"teacher_logits has shape {teacher_logits.shape}, expected "
-                                f"{(len(dataset.x_train), dataset.num_classes)}: the teacher's logits on dataset.x_train")
+            raise TrainingError(
+                f"teacher_logits has shape {teacher_logits.shape}, expected "
+                f"{(len(dataset.x_train), dataset.num_classes)}: the teacher's logits on dataset.x_train"
+            )
         else:
             soft = np.asarray(teacher_logits[:limit], dtype=np.float32)
-        fit(student, x, y, make_loss("kd", alpha=0.9, temperature=4.0),
-            FitConfig(epochs=epochs, lr=1e-3, batch_size=128, seed=seed, progress=False), teacher_logits=soft)
+        fit(
+            student,
+            x,
+            y,
+            make_loss("kd", alpha=0.9, temperature=4.0),
+            FitConfig(epochs=epochs, lr=1e-3, batch_size=128, seed=seed, progress=False),
+            teacher_logits=soft,
+        )
     student.eval()
     report = ChannelReport(
         keep=keep,

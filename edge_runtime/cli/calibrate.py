@@ -25,7 +25,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="VAL.npz", help="validation arrays x (raw inputs) and y (labels)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument(
-        "--accuracy-drop", type=float, default=None, metavar="D",
+        "--accuracy-drop",
+        type=float,
+        default=None,
+        metavar="D",
         help="allowed accuracy loss vs the full ensemble, in points (default 0.5)",
     )
     target.add_argument("--max-mean-members", type=float, default=None, metavar="M", help="allowed mean members per sample")

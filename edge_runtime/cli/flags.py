@@ -67,7 +67,10 @@ def budget_ms_value(text: str) -> float | None:
 def add_threads(parser: argparse.ArgumentParser, *, what: str = "") -> None:
     """Add ``--threads N`` (dest ``threads``, default 1): ONNX Runtime intra-op threads ``what`` (e.g. "per member")."""
     parser.add_argument(
-        "--threads", type=threads_value, default=1, metavar="N",
+        "--threads",
+        type=threads_value,
+        default=1,
+        metavar="N",
         help=f"ONNX Runtime intra-op threads{' ' + what if what else ''} (default 1, fastest for small members; "
         "0 lets ONNX Runtime choose)",
     )
@@ -76,7 +79,10 @@ def add_threads(parser: argparse.ArgumentParser, *, what: str = "") -> None:
 def add_entropy(parser: argparse.ArgumentParser, *, what: str = "entropy exit threshold") -> None:
     """Add ``--entropy T`` (dest ``entropy``, default ``"calibrated"``): float, ``"calibrated"`` or ``"off"``."""
     parser.add_argument(
-        "--entropy", type=entropy_value, default="calibrated", metavar="T",
+        "--entropy",
+        type=entropy_value,
+        default="calibrated",
+        metavar="T",
         help=f"{what} in nats, 'calibrated' (the bundle's calibration; default) or 'off'",
     )
 
@@ -84,7 +90,10 @@ def add_entropy(parser: argparse.ArgumentParser, *, what: str = "entropy exit th
 def add_budget_ms(parser: argparse.ArgumentParser, *, what: str = "latency budget per request") -> None:
     """Add ``--budget-ms B`` (dest ``budget_ms``, default None): a float > 0, or None for ``"off"``."""
     parser.add_argument(
-        "--budget-ms", type=budget_ms_value, default=None, metavar="B",
+        "--budget-ms",
+        type=budget_ms_value,
+        default=None,
+        metavar="B",
         help=f"{what} in ms, or 'off' (default: none)",
     )
 

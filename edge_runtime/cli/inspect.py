@@ -51,7 +51,9 @@ def describe_bundle(path: str, check: bool = False, load_timeout_s: float | None
                 "size_bytes": len(blob),
                 "params": spec.params,
                 "outputs": list(spec.outputs),
-                "connections": [{"input": c.input, "from": m.members[c.member].name, "output": c.output} for c in spec.connections],
+                "connections": [
+                    {"input": c.input, "from": m.members[c.member].name, "output": c.output} for c in spec.connections
+                ],
                 "info": dict(spec.info),
             }
         )
@@ -67,7 +69,9 @@ def describe_bundle(path: str, check: bool = False, load_timeout_s: float | None
             "cpu": _cpu_summary(device),
             "onnxruntime": device.get("onnxruntime"),
             "created_utc": profile.get("created_utc"),
-            "members": {name: {q: rows.get(name, {}).get(q) for q in ("p50", "p90", "p99")} for name in (s.name for s in m.members)},
+            "members": {
+                name: {q: rows.get(name, {}).get(q) for q in ("p50", "p90", "p99")} for name in (s.name for s in m.members)
+            },
         }
     out: dict[str, Any] = {
         "name": m.name,
@@ -140,8 +144,9 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"profiles none (this device {d['this_device']}: budgets use observed latencies)")
     for key, prof in d["profiles"].items():
         mark = (" (this device)" if prof["this_device"] else "") + (" (old fingerprint)" if prof["old_fingerprint"] else "")
-        lines.append(f"profile  {key}{mark}: {prof['cpu'] or 'unknown CPU'}, ORT {prof['onnxruntime'] or '?'}, "
-                     f"{prof['created_utc'] or ''}")
+        lines.append(
+            f"profile  {key}{mark}: {prof['cpu'] or 'unknown CPU'}, ORT {prof['onnxruntime'] or '?'}, {prof['created_utc'] or ''}"
+        )
         for name, q in prof["members"].items():
             lines.append(f"  {name:<16} " + "  ".join(f"{k} {_ms(v)}" for k, v in q.items()))
     if "check" in d:

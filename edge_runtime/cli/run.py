@@ -91,4 +91,3 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"accuracy {accuracy:.4f} ({correct}/{len(answers)} correct)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
-

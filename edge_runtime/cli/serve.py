@@ -57,33 +57,82 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default=None, help="name in /v2/models/{name} (default: the bundle's name)")
     add_budget_ms(parser, what="default latency budget per request, counted from arrival,")
     add_entropy(parser, what="default entropy exit threshold")
-    parser.add_argument("--workers", type=_positive(int), default=None,
-                        help=f"inference threads (default: usable cores - 1, here {default_workers()})")
+    parser.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=None,
+        help=f"inference threads (default: usable cores - 1, here {default_workers()})",
+    )
     add_threads(parser, what="per member")
-    parser.add_argument("--max-queue", type=int, default=32,
-                        help="requests that may wait for a worker before more are shed with 503 (default: 32)")
-    parser.add_argument("--max-body-mb", type=_positive(float), default=4.0,
-                        help="largest request body accepted, in MiB, after inflating gzip/deflate (default: 4)")
-    parser.add_argument("--max-batch", type=_positive(int), default=4096,
-                        help="most samples per request; larger batches are refused with 413 (default: 4096)")
-    parser.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
-                        help="a Host name clients use (repeatable; '*' = any). Default: on a loopback bind only "
-                             "localhost/127.0.0.1/::1 (refuses DNS rebinding), on another bind any")
-    parser.add_argument("--max-connections", type=_positive(int), default=256,
-                        help="open connections; a new one beyond closes the longest-idle one (default: 256)")
-    parser.add_argument("--header-timeout", type=_positive(float), default=5.0, metavar="S",
-                        help="seconds a connection may take to send a request head (default: 5)")
-    parser.add_argument("--keep-alive", type=_positive(float), default=5.0, metavar="S",
-                        help="seconds an idle keep-alive connection stays open (default: 5)")
-    parser.add_argument("--switch-interval-ms", type=_non_negative_float, default=0.5,
-                        help="interpreter thread switch interval while serving (default: 0.5; 0 keeps Python's 5)")
-    parser.add_argument("--no-backpressure", dest="backpressure", action="store_false",
-                        help="keep reading every connection while all workers are busy (each retry then costs a 503); "
-                             "default: an answered connection is read again once a worker is free")
-    parser.add_argument("--access-log", nargs="?", const="-", default=None, metavar="PATH|-",
-                        help="write one JSON line per inference request (time, id, status, budget, members used, exit "
-                             "reason, elapsed ms; never tensor data) to PATH, appended, or to standard output with '-' "
-                             "or no value (default: off)")
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=32,
+        help="requests that may wait for a worker before more are shed with 503 (default: 32)",
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=_positive(float),
+        default=4.0,
+        help="largest request body accepted, in MiB, after inflating gzip/deflate (default: 4)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=_positive(int),
+        default=4096,
+        help="most samples per request; larger batches are refused with 413 (default: 4096)",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a Host name clients use (repeatable; '*' = any). Default: on a loopback bind only "
+        "localhost/127.0.0.1/::1 (refuses DNS rebinding), on another bind any",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=256,
+        help="open connections; a new one beyond closes the longest-idle one (default: 256)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=5.0,
+        metavar="S",
+        help="seconds a connection may take to send a request head (default: 5)",
+    )
+    parser.add_argument(
+        "--keep-alive",
+        type=_positive(float),
+        default=5.0,
+        metavar="S",
+        help="seconds an idle keep-alive connection stays open (default: 5)",
+    )
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=_non_negative_float,
+        default=0.5,
+        help="interpreter thread switch interval while serving (default: 0.5; 0 keeps Python's 5)",
+    )
+    parser.add_argument(
+        "--no-backpressure",
+        dest="backpressure",
+        action="store_false",
+        help="keep reading every connection while all workers are busy (each retry then costs a 503); "
+        "default: an answered connection is read again once a worker is free",
+    )
+    parser.add_argument(
+        "--access-log",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH|-",
+        help="write one JSON line per inference request (time, id, status, budget, members used, exit "
+        "reason, elapsed ms; never tensor data) to PATH, appended, or to standard output with '-' "
+        "or no value (default: off)",
+    )
     add_load_timeout(parser)
 
 
@@ -111,8 +160,11 @@ def run(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         backpressure=args.backpressure,
     )
-    runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout),
-                   entropy_threshold=args.entropy)
+    runtime = load(
+        args.bundle,
+        session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout),
+        entropy_threshold=args.entropy,
+    )
     if not config.is_loopback:
         print(f"warning: serving on {config.host}, reachable from other machines", file=sys.stderr)
 

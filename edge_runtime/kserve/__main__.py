@@ -28,15 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.server import default_workers
 
     parser = argparse.ArgumentParser(
-        prog=PROG, parents=[model_server.parser],
+        prog=PROG,
+        parents=[model_server.parser],
         description="Serve an anytime-edge bundle over V2 from KServe's ModelServer.",
     )
     parser.add_argument("bundle", metavar="BUNDLE", help="bundle directory or .zip")
     add_budget_ms(parser, what="default latency budget per request, counted from when KServe hands it over,")
     add_entropy(parser, what="default entropy exit threshold")
     add_threads(parser, what="per member")
-    parser.add_argument("--inference-workers", type=int, default=None, metavar="N",
-                        help=f"inference threads (default: usable cores - 1, here {default_workers()})")
+    parser.add_argument(
+        "--inference-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"inference threads (default: usable cores - 1, here {default_workers()})",
+    )
     parser.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a worker before 503 (default 32)")
     parser.add_argument("--max-batch", type=int, default=4096, help="most samples per request; more get 413 (default 4096)")
     add_load_timeout(parser)
@@ -76,8 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch_rows=args.max_batch,
             max_connections=max(256, workers + args.max_queue),
         )
-        runtime = load(args.bundle, session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout),
-                       entropy_threshold=args.entropy)
+        runtime = load(
+            args.bundle,
+            session_config=SessionConfig(intra_op_threads=args.threads, load_timeout_s=args.load_timeout),
+            entropy_threshold=args.entropy,
+        )
         model = AnytimeModel(runtime, config)
         model.load()
     except AnytimeEdgeError as exc:
@@ -87,14 +96,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     # KServe's own flags, as parsed here (ModelServer's defaults come from sys.argv, which main(argv) may not be);
     # --configure_logging and --log_config_file it reads from sys.argv itself.
     server = ModelServer(
-        http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers, max_threads=args.max_threads,
-        max_asyncio_workers=args.max_asyncio_workers, enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
-        enable_latency_logging=args.enable_latency_logging, access_log_format=args.access_log_format,
-        event_loop=args.event_loop, timeout_keep_alive=args.timeout_keep_alive,
-        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=args.workers,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
-    print(f"serving '{model.name}' ({runtime.manifest.num_members} members, {workers} worker(s)) from KServe's "
-          f"ModelServer on port {args.http_port}", flush=True)
+    print(
+        f"serving '{model.name}' ({runtime.manifest.num_members} members, {workers} worker(s)) from KServe's "
+        f"ModelServer on port {args.http_port}",
+        flush=True,
+    )
     server.start([model])
     return 0
 

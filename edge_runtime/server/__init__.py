@@ -25,8 +25,7 @@ try:
     import uvicorn  # noqa: F401 - the same
 except ImportError as exc:  # name the extra, as httpx does for its optional dependencies
     raise ImportError(
-        f"the anytime-edge server needs '{exc.name}', which is not installed; "
-        f"{install_hint('serve')}",
+        f"the anytime-edge server needs '{exc.name}', which is not installed; {install_hint('serve')}",
         name=exc.name,
     ) from exc
 

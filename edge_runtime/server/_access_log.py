@@ -49,15 +49,18 @@ class AccessLog:
         self._own = target != "-"
         if self._own:
             try:
-                self._file: IO[str] = open(target, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in close()
+                self._file: IO[str] = open(target, "a", buffering=1, encoding="utf-8")
             except OSError as exc:
-                raise ServerConfigError(f"cannot open the access log {target!r} ({exc.strerror}); "
-                                        "give a writable --access-log path, or '-' for standard output") from None
+                raise ServerConfigError(
+                    f"cannot open the access log {target!r} ({exc.strerror}); "
+                    "give a writable --access-log path, or '-' for standard output"
+                ) from None
         else:
             self._file = sys.stdout
 
-    def write(self, status: int, elapsed_ms: float, outcome: Outcome | None, shed: str | None = None,
-              budget_ms: float | None = None) -> None:
+    def write(
+        self, status: int, elapsed_ms: float, outcome: Outcome | None, shed: str | None = None, budget_ms: float | None = None
+    ) -> None:
         """Write one request's line; ``outcome`` (when its body was decoded) gives the id, budget and exits."""
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"

@@ -212,8 +212,10 @@ class _Server:
             return b"" if body is None else None  # b"": every worker busy, decide once the body is in
         self.note_shed(refused, arrival)
         content = json.dumps({"error": str(refused)}).encode()
-        return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                b"retry-after: %d\r\n\r\n" % (len(content), max(1, math.ceil(refused.retry_after_s)))) + content
+        return (
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"retry-after: %d\r\n\r\n" % (len(content), max(1, math.ceil(refused.retry_after_s)))
+        ) + content
 
     def busy(self) -> bool:
         """True while a new request could not start at once: every worker busy, or requests queued."""
@@ -333,7 +335,7 @@ class _Server:
             decoded = decode_infer_request(body, spec, json_length, rows)
         del body, header
         outcome.request_id = decoded.id if decoded.id is not None else f"{self._id_prefix}{next(self._ids):x}"
-        outcome.budget_ms = self.resolve(decoded.budget_ms, None)[0]  # type: ignore[assignment]
+        outcome.budget_ms = self.resolve(decoded.budget_ms, None)[0]
         predictions, params = await self.run_decoded(decoded, arrival)
         if len(predictions) > _ENCODE_INLINE_ROWS:  # a large answer is encoded on a thread, not on the event loop
             return await run_in_threadpool(self._answer, decoded, predictions, params, arrival, outcome)
@@ -383,7 +385,11 @@ class _Server:
         return predictions, params
 
     def _answer(
-        self, decoded: InferRequest, predictions: Sequence[PredictionLike], params: dict[str, Any], arrival: float,
+        self,
+        decoded: InferRequest,
+        predictions: Sequence[PredictionLike],
+        params: dict[str, Any],
+        arrival: float,
         outcome: Outcome,
     ) -> Response:
         params["anytime_elapsed_ms"] = (time.perf_counter() - arrival) * 1e3
@@ -392,7 +398,9 @@ class _Server:
         outcome.exit_reason = params["anytime_exit_reason"]
         outcome.queue_ms = params["anytime_queue_ms"]
         try:
-            body = encode_infer_response(self.name, decoded, outcome.request_id or "", predictions, params, self.manifest.task.labels)
+            body = encode_infer_response(
+                self.name, decoded, outcome.request_id or "", predictions, params, self.manifest.task.labels
+            )
         except ValueError:
             raise EdgeRuntimeError("the model produced NaN or infinity; check the bundle with `anytime-edge inspect`") from None
         return Response(body, media_type="application/json")
@@ -406,8 +414,10 @@ class _Server:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = {404: f"no endpoint {request.url.path}; see GET /v2 and /v2/models/{{name}}",
-               405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    message = {
+        404: f"no endpoint {request.url.path}; see GET /v2 and /v2/models/{{name}}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
     return _error(exc.status_code, message, dict(exc.headers or {}))
 
 
@@ -429,8 +439,12 @@ class _Shedder:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         scheduler = self.server.scheduler
-        if scope["type"] != "http" or scheduler.running < scheduler.workers or scope["method"] != "POST" \
-                or not scope["path"].endswith("/infer"):
+        if (
+            scope["type"] != "http"
+            or scheduler.running < scheduler.workers
+            or scope["method"] != "POST"
+            or not scope["path"].endswith("/infer")
+        ):
             await self.app(scope, receive, send)
             return
         arrival = arrival_time(scope, time.perf_counter())
@@ -470,8 +484,11 @@ def _mark_refused(scope: Any) -> None:
 
 async def _send_overloaded(send: Any, exc: OverloadedError) -> None:
     body = json.dumps({"error": str(exc)}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()),
+    ]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -505,7 +522,10 @@ def create_app(runtime: RuntimeLike | PathLike, config: ServerConfig | None = No
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         # infer first: Starlette tries routes in order, and inference is the hot path
         routes.insert(0, Route(f"{prefix}/infer", server.infer, methods=["POST"]))
-        routes += [Route(prefix, server.model_info, methods=["GET"]), Route(f"{prefix}/ready", server.model_ready, methods=["GET"])]
+        routes += [
+            Route(prefix, server.model_info, methods=["GET"]),
+            Route(f"{prefix}/ready", server.model_ready, methods=["GET"]),
+        ]
     routes += [
         Route("/v2/health/live", server.live, methods=["GET"]),
         Route("/v2/health/ready", server.health_ready, methods=["GET"]),

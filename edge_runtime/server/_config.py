@@ -40,7 +40,9 @@ class ServerConfig:
     entropy_threshold: float | None = None  # default exit threshold; None = the bundle's calibration
     workers: int = field(default_factory=default_workers)  # inference threads (the bounded pool)
     max_queue: int = 32  # requests allowed to wait for a worker; more are shed with 503
-    no_budget_due_ms: float = 1000.0  # in the earliest-deadline-first queue, a request without a budget is due this long after arrival
+    no_budget_due_ms: float = (
+        1000.0  # in the earliest-deadline-first queue, a request without a budget is due this long after arrival
+    )
     max_body_bytes: int = 4 * _MIB  # larger request bodies (after inflating gzip/deflate) are refused with 413
     max_batch_rows: int = 4096  # samples per request; more are refused with 413 before the data is decoded
     chunk_rows: int = 256  # a batch runs through the runtime this many rows at a time (bounds ORT's buffers)
@@ -72,9 +74,7 @@ class ServerConfig:
             raise ServerConfigError(f"model name {self.model_name!r} must be non-empty and contain no '/'")
         if self.budget_ms is not None and not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
             raise ServerConfigError(f"budget_ms must be a positive number of milliseconds, not {self.budget_ms}")
-        if self.entropy_threshold is not None and not (
-            math.isfinite(self.entropy_threshold) and self.entropy_threshold >= 0
-        ):
+        if self.entropy_threshold is not None and not (math.isfinite(self.entropy_threshold) and self.entropy_threshold >= 0):
             raise ServerConfigError(f"entropy_threshold must be a finite number >= 0, not {self.entropy_threshold}")
         if self.workers < 1:
             raise ServerConfigError(f"workers must be >= 1, not {self.workers}")
@@ -103,7 +103,9 @@ class ServerConfig:
                 f"max_connections ({self.max_connections}) must be at least workers + max_queue "
                 f"({self.workers + self.max_queue}), or queued requests would be refused for want of a connection"
             )
-        if self.switch_interval_ms is not None and not (math.isfinite(self.switch_interval_ms) and 0 < self.switch_interval_ms <= 100):
+        if self.switch_interval_ms is not None and not (
+            math.isfinite(self.switch_interval_ms) and 0 < self.switch_interval_ms <= 100
+        ):
             raise ServerConfigError(f"switch_interval_ms must be in (0, 100] milliseconds or None, not {self.switch_interval_ms}")
         if self.backlog < 1:
             raise ServerConfigError(f"backlog must be >= 1, not {self.backlog}")

@@ -239,8 +239,13 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._deferred = None
         self._answered = False
         shed = type(self).shed  # a staticmethod (protocol_class): read from the class, no self is bound
-        if shed is not None and (self.cycle is None or self.cycle.response_complete) and not self.pipeline \
-                and self.parser.get_method() == b"POST" and self.url.split(b"?", 1)[0].endswith(b"/infer"):
+        if (
+            shed is not None
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+            and self.parser.get_method() == b"POST"
+            and self.url.split(b"?", 1)[0].endswith(b"/infer")
+        ):
             # Under overload, refuse here: no ASGI task, no request object (see _app._Shedder for the rules).
             response = shed(self.headers, None, self._arrival)
             if response:
@@ -338,8 +343,11 @@ class _GuardedProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP, as ``{"error"}`` JSON like every other error here."""
         if getattr(self, "_head_too_large", False):
-            response = _json_error(431, b"Request Header Fields Too Large",
-                                   f"the request line and headers exceed {self.limits.max_header_bytes} bytes; send fewer or shorter headers")
+            response = _json_error(
+                431,
+                b"Request Header Fields Too Large",
+                f"the request line and headers exceed {self.limits.max_header_bytes} bytes; send fewer or shorter headers",
+            )
         else:
             response = _json_error(400, b"Bad Request", "the request is not valid HTTP/1.1; send a well-formed request")
         self.transport.write(response)
@@ -371,7 +379,9 @@ class _GuardedProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self.transport.is_closing():
-            logger.debug("closed a connection from %s: no complete request head within %g s", self.client, self.limits.header_timeout_s)
+            logger.debug(
+                "closed a connection from %s: no complete request head within %g s", self.client, self.limits.header_timeout_s
+            )
             self.transport.close()
 
     def _body_timed_out(self) -> None:
@@ -382,8 +392,11 @@ class _GuardedProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_started:
             cycle.disconnected = True  # the handler's reads end now; nothing more is written by it
             self.transport.write(
-                _json_error(408, b"Request Timeout", f"the request body did not arrive within {self.limits.body_timeout_s:g} s; "
-                            "send the whole body at once")
+                _json_error(
+                    408,
+                    b"Request Timeout",
+                    f"the request body did not arrive within {self.limits.body_timeout_s:g} s; send the whole body at once",
+                )
             )
             cycle.message_event.set()
         logger.debug("closed a connection from %s: request body incomplete after %g s", self.client, self.limits.body_timeout_s)
@@ -407,10 +420,15 @@ class _GuardedProtocol(HttpToolsProtocol):
         return True
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = json.dumps({"error": f"overloaded: {len(self.connections) - 1} connections all have requests in progress; "
-                                    "retry later"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"retry-after", str(self.limits.retry_after_s).encode()), (b"connection", b"close")]
+        body = json.dumps(
+            {"error": f"overloaded: {len(self.connections) - 1} connections all have requests in progress; retry later"}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(self.limits.retry_after_s).encode()),
+            (b"connection", b"close"),
+        ]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -426,5 +444,6 @@ def guarded_protocol(
     connection layer itself, before any ASGI task exists (~half the event loop's cost of a refusal).
     ``gate`` holds answered connections unread while the server is busy (backpressure).
     """
-    return type("AnytimeHttpProtocol", (_GuardedProtocol,),
-                {"limits": limits, "shed": staticmethod(shed) if shed else None, "gate": gate})
+    return type(
+        "AnytimeHttpProtocol", (_GuardedProtocol,), {"limits": limits, "shed": staticmethod(shed) if shed else None, "gate": gate}
+    )

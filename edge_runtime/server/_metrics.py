@@ -47,8 +47,10 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError as exc:  # name the extra, as the rest of the server does
-    raise ImportError(f"the anytime-edge server needs 'prometheus_client', which is not installed; {install_hint('serve')}",
-                      name="prometheus_client") from exc
+    raise ImportError(
+        f"the anytime-edge server needs 'prometheus_client', which is not installed; {install_hint('serve')}",
+        name="prometheus_client",
+    ) from exc
 
 __all__ = ["CONTENT_TYPE", "Outcome", "ServerMetrics"]
 
@@ -97,19 +99,23 @@ class _Scraped(Collector):
 
         errors_of = getattr(m.runtime, "member_errors", None)
         if callable(errors_of):
-            errors = CounterMetricFamily("anytime_member_errors", "Times each member raised during a request.",
-                                         labels=["model", "member"])
+            errors = CounterMetricFamily(
+                "anytime_member_errors", "Times each member raised during a request.", labels=["model", "member"]
+            )
             for name, count in zip(m.member_names, errors_of()):
                 errors.add_metric([m.model, name], float(count))
             yield errors
 
         estimator = getattr(m.runtime, "latency_estimator", None)
         if estimator is not None:
-            estimate = GaugeMetricFamily("anytime_latency_estimate_seconds",
-                                         "Predicted time from the start of a member to the answer (the budget policy's).",
-                                         labels=["model", "member"])
-            samples = GaugeMetricFamily("anytime_latency_samples", "Runs of a member inside the estimator's window.",
-                                        labels=["model", "member"])
+            estimate = GaugeMetricFamily(
+                "anytime_latency_estimate_seconds",
+                "Predicted time from the start of a member to the answer (the budget policy's).",
+                labels=["model", "member"],
+            )
+            samples = GaugeMetricFamily(
+                "anytime_latency_samples", "Runs of a member inside the estimator's window.", labels=["model", "member"]
+            )
             for row in estimator.describe()["members"]:
                 estimate.add_metric([m.model, row["member"]], row["estimate_ms"] / 1e3)
                 samples.add_metric([m.model, row["member"]], float(row["samples"]))
@@ -117,19 +123,27 @@ class _Scraped(Collector):
             yield samples
 
         scheduler = m.scheduler
-        for name, doc, value in (("anytime_queue_depth", "Requests waiting for a worker.", scheduler.queued),
-                                 ("anytime_workers_busy", "Workers running a request.", scheduler.running),
-                                 ("anytime_workers", "Inference worker threads.", scheduler.workers)):
+        for name, doc, value in (
+            ("anytime_queue_depth", "Requests waiting for a worker.", scheduler.queued),
+            ("anytime_workers_busy", "Workers running a request.", scheduler.running),
+            ("anytime_workers", "Inference worker threads.", scheduler.workers),
+        ):
             gauge = GaugeMetricFamily(name, doc, labels=["model"])
             gauge.add_metric(model, float(value))
             yield gauge
         if m.gate is not None:
-            held = GaugeMetricFamily("anytime_connections_held", "Connections not read now (backpressure), each "
-                                     "most likely with a retried request waiting in the kernel.", labels=["model"])
+            held = GaugeMetricFamily(
+                "anytime_connections_held",
+                "Connections not read now (backpressure), each most likely with a retried request waiting in the kernel.",
+                labels=["model"],
+            )
             held.add_metric(model, float(m.gate.waiting))
             yield held
-            holds = CounterMetricFamily("anytime_holds", "Times a connection refused with 503 was held unread "
-                                        "until a worker was free (backpressure).", labels=["model"])
+            holds = CounterMetricFamily(
+                "anytime_holds",
+                "Times a connection refused with 503 was held unread until a worker was free (backpressure).",
+                labels=["model"],
+            )
             holds.add_metric(model, float(m.gate.held))
             yield holds
 
@@ -152,16 +166,29 @@ class ServerMetrics:
         self.scheduler = scheduler
         self.gate: Any = None  # the connection layer's ReadGate when serving with backpressure (set by serve())
         self.registry = CollectorRegistry(auto_describe=False)
-        self._requests = Counter("anytime_requests", "Inference requests answered, by HTTP status.",
-                                 ["model", "status"], registry=self.registry)
-        self._shed = Counter("anytime_shed", "Requests refused with 503 for overload, by reason.",
-                             ["model", "reason"], registry=self.registry)
-        self._exits = Counter("anytime_exits", "Answered samples by exit reason.", ["model", "exit_reason"],
-                              registry=self.registry)
-        latency = Histogram("anytime_request_duration_seconds", "From a request's arrival to its answer (200s).",
-                            ["model"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
-        queue = Histogram("anytime_queue_wait_seconds", "Time a request waited for a worker (200s).",
-                          ["model"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self._requests = Counter(
+            "anytime_requests", "Inference requests answered, by HTTP status.", ["model", "status"], registry=self.registry
+        )
+        self._shed = Counter(
+            "anytime_shed", "Requests refused with 503 for overload, by reason.", ["model", "reason"], registry=self.registry
+        )
+        self._exits = Counter(
+            "anytime_exits", "Answered samples by exit reason.", ["model", "exit_reason"], registry=self.registry
+        )
+        latency = Histogram(
+            "anytime_request_duration_seconds",
+            "From a request's arrival to its answer (200s).",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        queue = Histogram(
+            "anytime_queue_wait_seconds",
+            "Time a request waited for a worker (200s).",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self._latency = latency.labels(model)
         self._queue = queue.labels(model)
         self._status_child: dict[int, Any] = {}

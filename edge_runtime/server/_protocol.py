@@ -83,9 +83,17 @@ _REQUEST_PARAMS = (PARAM_BUDGET_MS, PARAM_ENTROPY_THRESHOLD)
 _NUMERIC: Mapping[str, np.dtype[Any]] = {
     name: np.dtype(dtype).newbyteorder("<")
     for name, dtype in {
-        "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-        "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-        "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+        "UINT8": np.uint8,
+        "UINT16": np.uint16,
+        "UINT32": np.uint32,
+        "UINT64": np.uint64,
+        "INT8": np.int8,
+        "INT16": np.int16,
+        "INT32": np.int32,
+        "INT64": np.int64,
+        "FP16": np.float16,
+        "FP32": np.float32,
+        "FP64": np.float64,
     }.items()
 }
 _NON_NUMERIC = ("BOOL", "BYTES", "BF16")  # valid V2 datatypes that cannot carry this model's input
@@ -293,9 +301,9 @@ def _decode_parameters(params: Any) -> tuple[float | str | None, float | str | N
     unknown = sorted(k for k in params if isinstance(k, str) and k.startswith(PARAM_PREFIX) and k not in _REQUEST_PARAMS)
     if unknown:
         raise RequestError(f"unknown parameter(s) {unknown}; this server reads {list(_REQUEST_PARAMS)}")
-    budget = _control(params, PARAM_BUDGET_MS, "milliseconds > 0 or \"off\"", lambda v: v > 0, ("off",))
+    budget = _control(params, PARAM_BUDGET_MS, 'milliseconds > 0 or "off"', lambda v: v > 0, ("off",))
     threshold = _control(
-        params, PARAM_ENTROPY_THRESHOLD, "nats >= 0, \"calibrated\" or \"off\"", lambda v: v >= 0, ("off", "calibrated")
+        params, PARAM_ENTROPY_THRESHOLD, 'nats >= 0, "calibrated" or "off"', lambda v: v >= 0, ("off", "calibrated")
     )
     return budget, threshold
 
@@ -347,9 +355,7 @@ def _decode_classification(name: str, count: Any) -> int:
     return count
 
 
-def _decode_tensor(
-    tensor: Any, spec: TensorSpec, binary: bytes, binary_allowed: bool, max_rows: int | None
-) -> np.ndarray:
+def _decode_tensor(tensor: Any, spec: TensorSpec, binary: bytes, binary_allowed: bool, max_rows: int | None) -> np.ndarray:
     if not isinstance(tensor, dict):
         raise RequestError("each input must be an object with name, shape, datatype and data")
     wanted = f"shape {list(spec.shape)}, datatype {_MANIFEST_DTYPES[spec.dtype]}"
@@ -389,7 +395,9 @@ def _decode_tensor(
 
 def _decode_shape(shape: Any, spec: TensorSpec) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise RequestError(f"input '{spec.name}' needs 'shape', a list of integers such as [1, {', '.join(map(str, spec.shape[1:]))}]")
+        raise RequestError(
+            f"input '{spec.name}' needs 'shape', a list of integers such as [1, {', '.join(map(str, spec.shape[1:]))}]"
+        )
     expected = list(spec.shape)
     if len(shape) != len(expected) or shape[1:] != expected[1:]:
         hint = " (prepend the batch dimension)" if shape == expected[1:] else ""
@@ -407,11 +415,15 @@ def _from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> n
         raise RequestError(f"input '{name}' needs 'data', a list of numbers (nested or flat, row-major)")
     try:
         # in slices of rows, for the same reason as the number hooks: one np.asarray of a big list holds the lock
-        values = np.asarray(data) if len(data) <= _ROWS_AT_ONCE else np.concatenate(
-            [np.asarray(data[i : i + _ROWS_AT_ONCE]) for i in range(0, len(data), _ROWS_AT_ONCE)]
+        values = (
+            np.asarray(data)
+            if len(data) <= _ROWS_AT_ONCE
+            else np.concatenate([np.asarray(data[i : i + _ROWS_AT_ONCE]) for i in range(0, len(data), _ROWS_AT_ONCE)])
         )
     except (ValueError, TypeError, OverflowError):
-        raise RequestError(f"input '{name}' data is ragged or holds huge numbers; nest lists to match shape {list(shape)}") from None
+        raise RequestError(
+            f"input '{name}' data is ragged or holds huge numbers; nest lists to match shape {list(shape)}"
+        ) from None
     if values.dtype.kind not in "iuf":
         raise RequestError(f"input '{name}' data holds non-numbers ({values.dtype.kind!r} values); send numbers only")
     if values.shape != shape and not (values.ndim == 1 and values.size == math.prod(shape)):
@@ -428,7 +440,9 @@ def _from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> n
         return values
     finite = np.isfinite(values)
     if not finite.all():
-        raise RequestError(f"input '{name}' holds NaN or infinity at flat index {int(np.argmin(finite.ravel()))}; send finite numbers")
+        raise RequestError(
+            f"input '{name}' holds NaN or infinity at flat index {int(np.argmin(finite.ravel()))}; send finite numbers"
+        )
     limit = float(np.finfo(_NUMERIC[datatype]).max)
     if values.size and float(np.abs(values).max()) > limit:
         raise RequestError(f"input '{name}' holds values beyond {datatype}'s range (|x| <= {limit:.4g})")
@@ -447,7 +461,9 @@ def _from_binary(binary: bytes, size: Any, datatype: str, count: int, name: str)
     if values.dtype.kind == "f":
         finite = np.isfinite(values)
         if not finite.all():
-            raise RequestError(f"input '{name}' holds NaN or infinity at flat index {int(np.argmin(finite))}; send finite numbers")
+            raise RequestError(
+                f"input '{name}' holds NaN or infinity at flat index {int(np.argmin(finite))}; send finite numbers"
+            )
     return values
 
 

@@ -125,8 +125,14 @@ class _Job:
 
     __slots__ = ("call", "deadline", "reserve_ms", "first_ms", "shed", "waited", "future", "loop", "state", "enqueued")
 
-    def __init__(self, call: Callable[[float | None], Any], deadline: float | None, future: "asyncio.Future[Any]",
-                 loop: asyncio.AbstractEventLoop, shed: bool) -> None:
+    def __init__(
+        self,
+        call: Callable[[float | None], Any],
+        deadline: float | None,
+        future: "asyncio.Future[Any]",
+        loop: asyncio.AbstractEventLoop,
+        shed: bool,
+    ) -> None:
         self.call = call
         self.deadline = deadline
         self.future = future
@@ -243,7 +249,8 @@ class Scheduler:
                         self.shed += 1
                         raise OverloadedError(
                             "overloaded: every worker is busy and the latency budget is too short to wait; "
-                            "retry, or raise anytime_budget_ms", reason="deadline"
+                            "retry, or raise anytime_budget_ms",
+                            reason="deadline",
                         )
             due = deadline if deadline is not None else job.enqueued + self.no_budget_due_s
             heapq.heappush(self._heap, (due, next(self._order), job))
@@ -310,7 +317,8 @@ class Scheduler:
             self.shed += 1
             raise OverloadedError(
                 f"overloaded: {self.running} request(s) running and {ahead} due sooner waiting; the {budget_ms:g} ms "
-                "budget cannot be met: retry, or raise anytime_budget_ms", reason="deadline"
+                "budget cannot be met: retry, or raise anytime_budget_ms",
+                reason="deadline",
             )
 
     def _expire(self, job: _Job) -> None:
@@ -325,8 +333,10 @@ class Scheduler:
             self.on_free()
         if not job.future.done():
             job.future.set_exception(
-                OverloadedError("overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms",
-                                reason="expired")
+                OverloadedError(
+                    "overloaded: the latency budget ran out while waiting for a worker; retry, or raise anytime_budget_ms",
+                    reason="expired",
+                )
             )
 
     # -- the worker threads ------------------------------------------------------------------------------
@@ -359,9 +369,7 @@ class Scheduler:
     def _start_workers(self) -> None:
         if self._closing:
             raise OverloadedError("the server is shutting down; retry on another instance", reason="shutdown")
-        self._threads = [
-            threading.Thread(target=self._work, name=f"anytime-infer-{k}", daemon=True) for k in range(self.workers)
-        ]
+        self._threads = [threading.Thread(target=self._work, name=f"anytime-infer-{k}", daemon=True) for k in range(self.workers)]
         for thread in self._threads:
             thread.start()
 
@@ -387,7 +395,8 @@ class Scheduler:
             if job.shed and job.waited and left_ms < job.first_ms:
                 return OverloadedError(
                     f"overloaded: waited {(started - job.enqueued) * 1e3:.1f} ms for a worker; too little of the "
-                    "budget is left for one member: retry, or raise anytime_budget_ms", reason="expired"
+                    "budget is left for one member: retry, or raise anytime_budget_ms",
+                    reason="expired",
                 )
             left_ms = max(left_ms, _MIN_BUDGET_MS)  # the runtime wants a positive budget: first member only
         result = job.call(left_ms)

@@ -67,7 +67,9 @@ def serve(
         app.state.server.metrics.gate = gate  # GET /metrics reports the held connections
     uv_config = uvicorn.Config(
         app,
-        http=guarded_protocol(limits, app.state.server.overloaded_response, gate),  # httptools, with timeouts and the connection cap (see _connections)
+        http=guarded_protocol(
+            limits, app.state.server.overloaded_response, gate
+        ),  # httptools, with timeouts and the connection cap (see _connections)
         log_level="warning",
         access_log=False,
         lifespan="on",

@@ -13,7 +13,10 @@ from edge_runtime.cli import dispatch
 __all__ = ["PROFILE_COMMANDS", "main"]
 
 PROFILE_COMMANDS: Mapping[str, tuple[str, str]] = {
-    "profile": ("profiles.cli.profile", "measure latency and memory of bundles/ONNX models on this device, or merge other devices' profiles"),
+    "profile": (
+        "profiles.cli.profile",
+        "measure latency and memory of bundles/ONNX models on this device, or merge other devices' profiles",
+    ),
     "select": ("profiles.cli.select", "choose what to deploy from measured accuracy, latency and memory"),
 }
 

@@ -28,8 +28,12 @@ HELP = "measure latency and memory of bundles/ONNX models on this device, or mer
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="BUNDLE_OR_ONNX",
-                        help="bundle directories, .zip bundles or .onnx files; or: merge BUNDLE PROFILE.json...")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="BUNDLE_OR_ONNX",
+        help="bundle directories, .zip bundles or .onnx files; or: merge BUNDLE PROFILE.json...",
+    )
     add_threads(parser)
     parser.add_argument("--spinning", action="store_true", help="let idle ORT threads spin (default off)")
     parser.add_argument("--batch", type=int, default=8, help="batch size timed beside batch 1 (default 8)")
@@ -37,13 +41,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-seconds", type=float, default=1.0, help="seconds per batch size at least (default 1)")
     parser.add_argument("--warmup", type=int, default=64, help="untimed warm-up queries (default 64)")
     parser.add_argument("--data", type=Path, help="an .npz with inputs 'x' (default: random inputs of the task's shape)")
-    parser.add_argument("--no-memory-probe", action="store_true",
-                        help="measure memory in this process instead of a fresh runtime process (faster, less exact)")
+    parser.add_argument(
+        "--no-memory-probe",
+        action="store_true",
+        help="measure memory in this process instead of a fresh runtime process (faster, less exact)",
+    )
     parser.add_argument("--json", action="store_true", help="print the profiles as JSON instead of tables")
     parser.add_argument("--no-store", action="store_true", help="do not write the profile into the bundles")
-    parser.add_argument("--out", type=Path, metavar="FILE",
-                        help="write the profile of the one BUNDLE to FILE (JSON) instead of into the bundle; "
-                        "merge files from many devices with `profile merge BUNDLE FILE...`")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the profile of the one BUNDLE to FILE (JSON) instead of into the bundle; "
+        "merge files from many devices with `profile merge BUNDLE FILE...`",
+    )
     add_load_timeout(parser)
     parser.set_defaults(_parser=parser)
 
@@ -104,6 +115,8 @@ def _merge(args: argparse.Namespace) -> int:
     profiles = {name: read_profile_file(name) for name in files}
     manifest = merge_profiles(bundle, profiles)
     keys = [str(p["fingerprint"]) for p in profiles.values()]
-    print(f"merged {len(files)} profile(s) into {bundle}: {', '.join(keys)}; the bundle now holds "
-          f"{len(manifest.profiles)} device profile(s) (see `anytime-edge inspect {bundle}`)")
+    print(
+        f"merged {len(files)} profile(s) into {bundle}: {', '.join(keys)}; the bundle now holds "
+        f"{len(manifest.profiles)} device profile(s) (see `anytime-edge inspect {bundle}`)"
+    )
     return 0

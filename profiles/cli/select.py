@@ -22,21 +22,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundles", nargs="+", metavar="CANDIDATES", help="bundle directories or .zip bundles")
     parser.add_argument("--data", type=Path, required=True, help="validation .npz with inputs 'x' and labels 'y'")
     add_budget_ms(parser, what="latency budget per query (see --quantile)")
-    parser.add_argument("--quantile", choices=BUDGET_QUANTILES, default="p90", help="latency quantile that must fit the budget (default p90)")
+    parser.add_argument(
+        "--quantile", choices=BUDGET_QUANTILES, default="p90", help="latency quantile that must fit the budget (default p90)"
+    )
     parser.add_argument("--memory-mb", type=float, help="cap on the serving process's peak RSS, MiB")
     parser.add_argument("--plot", type=Path, help="write accuracy vs p50 latency, front marked, to this PNG")
     add_threads(parser)
     parser.add_argument("--min-queries", type=int, default=1024, help="when a bundle has no profile here: queries to time")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="when a bundle has no profile here: seconds to time")
     parser.add_argument(
-        "--budget-runs", default="auto", metavar="auto|none|B[,B...]",
+        "--budget-runs",
+        default="auto",
+        metavar="auto|none|B[,B...]",
         help="run each anytime bundle on the validation data under these latency budgets (ms), one request at a time; "
         "'auto' (default): one budget between each pair of consecutive prefixes' p99",
     )
     parser.add_argument("--no-store", action="store_true", help="do not store profiles measured now in the bundles")
-    parser.add_argument("--device", metavar="FINGERPRINT",
-                        help="choose for this device (its profile merged into every bundle, see `inspect`) instead of "
-                        "this machine; nothing is measured and budget runs are skipped")
+    parser.add_argument(
+        "--device",
+        metavar="FINGERPRINT",
+        help="choose for this device (its profile merged into every bundle, see `inspect`) instead of "
+        "this machine; nothing is measured and budget runs are skipped",
+    )
     parser.add_argument("--json", action="store_true", help="print the selection as JSON instead of a table")
 
 
@@ -49,9 +56,17 @@ def run(args: argparse.Namespace) -> int:
     data = load_npz(args.data, ("x", "y"))
     measure = MeasureConfig(min_queries=args.min_queries, min_seconds=args.min_seconds, session=session)
     selection = select(
-        args.bundles, data["x"], data["y"], budget_ms=args.budget_ms, memory_mb=args.memory_mb,
-        quantile=args.quantile, session_config=session, measure=measure, store=not args.no_store,
-        budget_runs=budget_runs, device=args.device,
+        args.bundles,
+        data["x"],
+        data["y"],
+        budget_ms=args.budget_ms,
+        memory_mb=args.memory_mb,
+        quantile=args.quantile,
+        session_config=session,
+        measure=measure,
+        store=not args.no_store,
+        budget_runs=budget_runs,
+        device=args.device,
     )
     plot_note = plot_selection(selection, args.plot) if args.plot else None
     if args.json:
@@ -82,10 +97,21 @@ def _table(selection: Selection) -> str:
     rows = []
     for c in selection.candidates:
         mark = "<- chosen" if c is selection.chosen else ""
-        rows.append([
-            c.name, c.kind, c.mean_members, c.accuracy, c.latency_ms["p50"], c.latency_ms[q] if q != "p50" else None,
-            c.latency_ms["p99"], c.memory_mb, c.size_bytes / 1024, "*" if c.pareto else "", mark,
-        ])
+        rows.append(
+            [
+                c.name,
+                c.kind,
+                c.mean_members,
+                c.accuracy,
+                c.latency_ms["p50"],
+                c.latency_ms[q] if q != "p50" else None,
+                c.latency_ms["p99"],
+                c.memory_mb,
+                c.size_bytes / 1024,
+                "*" if c.pareto else "",
+                mark,
+            ]
+        )
     headers = ["candidate", "kind", "members", "accuracy", "p50 ms", f"{q} ms", "p99 ms", "MiB", "KiB", "front", ""]
     budget = "none" if selection.budget_ms is None else f"{selection.budget_ms} ms at {q}"
     memory = "none" if selection.memory_mb is None else f"{selection.memory_mb} MiB"
