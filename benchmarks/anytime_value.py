@@ -9,7 +9,10 @@ For one data set (default cluttered-mnist, the realistic-scale workload):
      students (one per prefix length, each of the cumulative MACs of B-DISTIL's members 1..t);
    * anytime: B-DISTIL (members sized by measured latency, ``sizing="auto"``: each ~1/K of the teacher),
      RESCHED (the same sizes, distilled alone, mean of logits), and cascades (``combine="replace"``) of the
-     ``--cascades`` most accurate (on validation) single students under 0.8x the teacher's p50 -> the teacher;
+     ``--cascades`` most accurate (on validation) single students under 0.8x the teacher's p50 -> the teacher,
+     and one all-INT8 cascade (the best INT8 student -> the INT8 teacher);
+   * INT8 copies (static QDQ, ``exporters.quantize_bundle``, gated on validation) of every single candidate,
+     themselves single candidates (``--no-int8`` leaves them out);
 2. every bundle profiled at batch 1 on validation rows (p50/p99 per prefix, stored in the bundle so the
    runtime's budget policy predicts from it) and every anytime bundle's entropy exit calibrated on the
    validation split (accuracy within ``--accuracy-drop`` points of its full answer);
@@ -183,7 +186,11 @@ def build(
 
 def reuse(full: Dataset, work: Path) -> tuple[dict[str, Path], dict[str, list[float]], dict[str, Any]]:
     """The bundles an earlier run built in ``work`` (cascades are composed again); test accuracy re-measured."""
-    paths = {d.name: d for d in sorted(work.iterdir()) if (d / "manifest.json").is_file() and not d.name.startswith("cascade_")}
+    paths = {
+        d.name: d
+        for d in sorted(work.iterdir())
+        if (d / "manifest.json").is_file() and not d.name.startswith("cascade_") and not d.name.endswith("_int8")
+    }
     missing = {"teacher", "bdistil", "resched"} - set(paths)
     if missing:
         raise SystemExit(f"--reuse: {work} lacks the bundles {sorted(missing)}; run once without --reuse")
@@ -194,6 +201,29 @@ def reuse(full: Dataset, work: Path) -> tuple[dict[str, Path], dict[str, list[fl
     }
     reports_file = work / "reports.json"
     return paths, acc, json.loads(reports_file.read_text()) if reports_file.is_file() else {}
+
+
+def int8_copies(paths: dict[str, Path], acc: dict[str, list[float]], names: list[str], full: Dataset, work: Path) -> list[str]:
+    """Static INT8 (QDQ, uint8 activations, MinMax on 256 validation rows; exporters.quantize_bundle) of each
+    named single bundle, gated on the validation split (<= 0.5 point lost); returns the names added."""
+    from exporters.errors import ExportError
+    from exporters.quantize import quantize_bundle
+
+    x_val = full.raw(full.x_val)
+    added = []
+    for k in names:
+        try:
+            result = quantize_bundle(paths[k], work / f"{k}_int8", calibration=x_val[:256], heldout=(x_val, full.y_val))
+        except ExportError as exc:  # a refused copy is a result, not a failure of the benchmark
+            _log(f"INT8 copy of {k} refused: {exc}")
+            continue
+        paths[f"{k}_int8"] = result.path
+        acc[f"{k}_int8"] = [
+            float(a)
+            for a in edge_runtime.load(result.path, warmup=0).evaluate_prefixes(full.raw(full.x_test)).accuracy(full.y_test)
+        ]
+        added.append(f"{k}_int8")
+    return added
 
 
 def profile_all(paths: dict[str, Path], x_val: np.ndarray, seconds: float) -> dict[str, dict[str, Any]]:
@@ -284,6 +314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     x_run, y_run = x_test[:n], y_test[:n]
 
     singles = [k for k in paths if k != "teacher" and k not in ("bdistil", "resched")]
+    if args.int8:
+        singles += _timed(timings, "int8 copies", lambda: int8_copies(paths, acc, ["teacher", *singles], full, work))
     profiles = _timed(
         timings, "profile singles", lambda: profile_all({k: paths[k] for k in ["teacher", *singles]}, x_val, args.profile_seconds)
     )
@@ -293,6 +325,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for k in cheap:  # cascades from the most accurate cheap students, each then the teacher
         paths[f"cascade_{k}"] = compose_cascade([paths[k], paths["teacher"]], work / f"cascade_{k}", name=f"cascade_{k}").path
         acc[f"cascade_{k}"] = [acc[k][0], acc["teacher"][0]]
+    anytime = ["bdistil", "resched", *[f"cascade_{k}" for k in cheap]]
+    int8_students = [k for k in cheap if k.endswith("_int8") and k != "teacher_int8"]
+    if "teacher_int8" in paths and int8_students:  # all-INT8: the best INT8 student, then the INT8 teacher
+        k = int8_students[0]
+        name = f"cascade_{k}_to_teacher_int8"
+        paths[name] = compose_cascade([paths[k], paths["teacher_int8"]], work / name, name=name).path
+        acc[name] = [acc[k][0], acc["teacher_int8"][0]]
+        anytime.append(name)
     anytime = ["bdistil", "resched", *[f"cascade_{k}" for k in cheap]]
     profiles.update(
         _timed(timings, "profile anytime", lambda: profile_all({k: paths[k] for k in anytime}, x_val, args.profile_seconds))
@@ -442,7 +482,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="epochs per student / member attempt (default per data set)")
     parser.add_argument("--lowrank-speedup", type=float, default=2.0)
     parser.add_argument("--keep", type=float, default=0.5, help="channel-pruned student: share of channels kept")
-    parser.add_argument("--cascades", type=int, default=2, help="cascades built: the most accurate cheap students -> teacher")
+    parser.add_argument(
+        "--no-int8",
+        dest="int8",
+        action="store_false",
+        help="leave out the INT8 copies of the single candidates (exporters.quantize_bundle)",
+    )
+    parser.add_argument("--cascades", type=int, default=3, help="cascades built: the most accurate cheap students -> teacher")
     parser.add_argument("--accuracy-drop", type=float, default=0.2, help="entropy calibration target (points)")
     parser.add_argument("--requests", type=int, default=0, help="test rows run per budget (0 = the whole test split)")
     parser.add_argument("--profile-seconds", type=float, default=2.0)
