@@ -75,6 +75,7 @@ from edge_runtime.calibrate import CalibrationTarget, calibrate, save_calibratio
 from edge_runtime.device import device_info
 from exporters import export_ensemble, export_model
 from exporters.cascade import compose_cascade
+from profiles.budget_runs import budget_runs
 from profiles.measure import MeasureConfig, profile_bundle
 from profiles.store import store_profile
 
@@ -242,27 +243,6 @@ def _p(profile: dict[str, Any], k: int, q: str) -> float:
     return float(profile["prefixes"][k]["latency_ms"][q])
 
 
-def budget_runs(runtime: Any, x: np.ndarray, y: np.ndarray, budget: float) -> dict[str, Any]:
-    """The test split one request at a time under ``budget`` ms (entropy exit off): accuracy, members, misses."""
-    members = np.zeros(len(x), dtype=np.int64)
-    correct = missed = forced = 0
-    for i in range(len(x)):
-        started = time.perf_counter()
-        answer = runtime.predict(x[i : i + 1], budget_ms=budget, entropy_threshold="off")[0]
-        wall = (time.perf_counter() - started) * 1e3
-        members[i] = answer.members_used
-        correct += int(answer.label == y[i])
-        late = wall > budget
-        forced += int(late and answer.members_used == 1)  # member 1 alone over budget: not the policy's choice
-        missed += int(late and answer.members_used > 1)
-    return {
-        "accuracy": correct / len(x),
-        "mean_members": float(members.mean()),
-        "miss_rate": missed / len(x),
-        "forced_miss_rate": forced / len(x),
-    }
-
-
 def entropy_vs_teacher(runtime: Any, teacher: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Calibrated entropy exit vs the teacher, request by request alternately; wall ms of each."""
     ours, theirs, correct, teacher_correct, members = [], [], 0, 0, []
@@ -413,7 +393,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k in anytime:
                 # eligible as a single is: its first member's validation-time p99 fits (member 1 always runs)
                 eligible = _p(profiles[k], 0, "p99") <= budget
-                row["anytime"].append({"name": k, "eligible": eligible, **budget_runs(runtimes[k], x_run, y_run, budget)})
+                row["anytime"].append({"name": k, "eligible": eligible, **budget_runs(runtimes[k], x_run, y_run, [budget])[0]})
             top = max((r for r in row["anytime"] if r["eligible"]), key=lambda r: r["accuracy"], default=None)
             row["best_anytime"] = {"name": top["name"], "accuracy": top["accuracy"]} if top else {"name": None, "accuracy": None}
             _log(f"budget {budget:.3f} ms: best single {row['best_single']}, best anytime {row['best_anytime']}")

@@ -34,6 +34,7 @@ from distill.errors import TrainingError
 from distill.teacher import default_teacher_config
 from distill.teachers import LoadedTeacher, load_teacher
 from edge_runtime.files import atomic_write
+from profiles.budget_runs import budget_runs
 from profiles.report import format_table
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -305,36 +306,6 @@ def _profile_all(cfg: DemoConfig, paths: dict[str, Path], calibration_rows: np.n
     return profiles
 
 
-def _budget_runs(runtime: Any, x: np.ndarray, y: np.ndarray, budgets: list[float]) -> list[dict[str, Any]]:
-    """One request per sample, batch 1, under each budget: real early exit, measured wall time."""
-    rows = []
-    for budget in budgets:
-        members, correct, missed, forced, elapsed = [], 0, 0, 0, []
-        for i in range(len(x)):
-            started = time.perf_counter()
-            answer = runtime.predict(x[i : i + 1], budget_ms=budget, entropy_threshold="off")[0]
-            wall = (time.perf_counter() - started) * 1e3
-            elapsed.append(wall)
-            members.append(answer.members_used)
-            correct += int(answer.label == y[i])
-            late = wall > budget
-            # Member 1 always runs: a miss with one member is forced by the budget, not chosen by the policy.
-            forced += int(late and answer.members_used == 1)
-            missed += int(late and answer.members_used > 1)
-        rows.append(
-            {
-                "budget_ms": round(budget, 4),
-                "accuracy": correct / len(x),
-                "mean_members": float(np.mean(members)),
-                "miss_rate": missed / len(x),  # over budget after the policy chose to run member 2 or later
-                "forced_miss_rate": forced / len(x),  # member 1 alone already over budget
-                "latency_ms_p50": float(np.percentile(elapsed, 50)),
-                "latency_ms_p99": float(np.percentile(elapsed, 99)),
-            }
-        )
-    return rows
-
-
 def _entropy_run(runtime: Any, x: np.ndarray, y: np.ndarray, profile: dict[str, Any]) -> dict[str, Any]:
     """Calibrated entropy exit, one request per sample: wall time, and the profiled p50 of each sample's exit
     prefix (the basis of the anytime curve and of every candidate's latency, so the plot compares like with like)."""
@@ -550,7 +521,7 @@ def run_demo(cfg: DemoConfig, say: Callable[[str], None] = print) -> dict[str, A
     first, full = curve[0]["latency_ms_p99"], curve[-1]["latency_ms_p99"]
     budgets = sorted({round(first * 1.5, 4), round((first + full) / 2, 4), round(full * 1.5, 4)})
     budget_rows = log.step(
-        "latency-budgeted runs on the test split", lambda: _budget_runs(runtime, x_test_raw, data.y_test, budgets)
+        "latency-budgeted runs on the test split", lambda: budget_runs(runtime, x_test_raw, data.y_test, budgets)
     )
 
     cascade = _cascade(cfg, exports, profiles, data, x_val_raw, x_test_raw, log)
