@@ -60,9 +60,11 @@ class ServerConfig:
     # leaves Python's 5 ms.
     switch_interval_ms: float | None = 0.5
     shutdown_timeout_s: float = 30.0  # on SIGTERM, wait this long for in-flight requests, then cancel
-    # While every worker is busy, answered connections are not read until one is free (a client that retries at
-    # once waits in the kernel instead of costing a 503 each); see _connections.ReadGate. False = always read.
+    # While every worker is busy, a connection refused with 503 is held: its next request is read but not parsed
+    # until a worker is free, the freshest first, its budget counted from its arrival (a client that resends at
+    # once costs a read, not a 503 per retry); see _connections.ReadGate. False = parse everything at once.
     backpressure: bool = True
+    max_hold_s: float = 0.25  # a held request is parsed after this long whatever the load (refused if its budget is spent)
     access_log: str | None = None  # JSON-lines access log: a file path (appended to), "-" = standard output, None = off
 
     def __post_init__(self) -> None:
@@ -109,7 +111,7 @@ class ServerConfig:
             raise ServerConfigError(f"switch_interval_ms must be in (0, 100] milliseconds or None, not {self.switch_interval_ms}")
         if self.backlog < 1:
             raise ServerConfigError(f"backlog must be >= 1, not {self.backlog}")
-        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "max_hold_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ServerConfigError(f"{name} must be a positive number of seconds, not {value}")
