@@ -39,6 +39,7 @@ class _Conn:
         self.data = b""
         self.since = 0.0
         self.released = 0
+        self.waited: list[bool] = []  # per release: whether its deadline is checked though a worker is free
 
     def begin_hold(self) -> None:
         self.holding = True
@@ -53,7 +54,8 @@ class _Conn:
     def held_since(self) -> float:
         return self.since
 
-    def end_hold(self) -> bool:
+    def end_hold(self, waited: bool = True) -> bool:
+        self.waited.append(waited)
         self.holding = False
         self.released += 1
         return bool(self.data) and self.goes_to_worker
@@ -77,6 +79,7 @@ def test_gate_holds_only_while_busy_and_serves_the_freshest_request_first() -> N
     busy[0] = False
     gate.release()
     assert (a.released, b.released, c.released) == (0, 1, 0)  # b arrived last: the freshest goes first
+    assert b.waited == [True]  # lifo: refused if its budget is spent, even with a worker free
     gate.release()  # b has not reached the scheduler yet: a waits, or two would race for one worker
     assert a.released == 0
     gate.admitted()
@@ -211,3 +214,19 @@ def test_a_held_request_whose_budget_ran_out_is_refused_not_answered_late() -> N
             assert "budget" in answer["error"] and 1.2 < waited < 5.0  # parsed at max_hold_s, not at once
         samples = _metrics(port)
     assert samples["anytime_shed_total,deadline"] == 1  # the held one; the first 503 was a full queue
+
+
+def test_fifo_order_serves_the_request_held_longest_even_if_late() -> None:
+    busy = [True]
+    gate = ReadGate(lambda: busy[0], lambda data, since: False, order="fifo")
+    loop = _Loop()
+    a, b = _Conn(loop, gate, "a"), _Conn(loop, gate, "b")
+    for conn in (a, b):
+        gate.hold(conn)
+    a.send(b"A")
+    b.send(b"B")
+    busy[0] = False
+    gate.release()  # the deadline test is not consulted: a, held longest, goes first and is served as is
+    assert (a.released, b.released) == (1, 0) and a.waited == [False]
+    with pytest.raises(ValueError, match="order"):
+        ReadGate(lambda: False, order="random")

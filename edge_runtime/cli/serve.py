@@ -131,6 +131,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds a held request may wait before it is parsed whatever the load (default: 0.25)",
     )
     parser.add_argument(
+        "--hold-order",
+        choices=("lifo", "fifo"),
+        default="lifo",
+        help="which held request a free worker gets: lifo = the freshest, refused if its budget is spent (on time; "
+        "the fastest resenders get most answers), fifo = the one held longest, served even if late (default: lifo)",
+    )
+    parser.add_argument(
         "--access-log",
         nargs="?",
         const="-",
@@ -167,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         backpressure=args.backpressure,
         max_hold_s=args.max_hold,
+        hold_order=args.hold_order,
     )
     runtime = load(
         args.bundle,

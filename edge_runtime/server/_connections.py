@@ -58,7 +58,7 @@ except ImportError as exc:  # httptools missing: name the extra that installs it
         f"the anytime-edge server needs 'httptools', which is not installed; {install_hint('serve')}", name="httptools"
     ) from exc
 
-__all__ = ["ARRIVAL", "REFUSED", "ConnectionLimits", "ReadGate", "arrival_time", "guarded_protocol"]
+__all__ = ["ARRIVAL", "HOLD_ORDERS", "REFUSED", "ConnectionLimits", "ReadGate", "arrival_time", "guarded_protocol"]
 
 logger = logging.getLogger("edge_runtime.server")
 
@@ -66,6 +66,7 @@ _DEFER_BYTES = 64 * 1024  # a body held back for the overload decision beyond th
 _HOLD_BYTES = 64 * 1024  # a held connection is not read further once this much of its next request is kept
 _LINGER_S = 1.0  # after an error answer, how long what the client still sends is read and dropped
 ARRIVAL = "anytime.arrival"  # key in scope["extensions"]: perf_counter() when the request's first byte was parsed
+HOLD_ORDERS = ("lifo", "fifo")  # which held request a free worker gets: the freshest, or the one held longest
 REFUSED = "anytime.refused"  # key in scope["extensions"], set by the app when it answered 503 for overload
 
 
@@ -107,10 +108,16 @@ class ReadGate:
     ``max_hold_s`` are parsed on the re-check whatever the load (a few per re-check), so a request the
     LIFO order passes over is answered (usually refused: its budget is spent) within about ``max_hold_s``.
 
+    With ``order="fifo"`` the request held longest is served first instead, and a held request is served
+    even when its budget is spent (answered late, with the first member): every client gets its turn, at
+    the price of late answers under a retry storm (measured in the README).
+
     Args:
         busy: True while a new request could not start at once (every worker busy, or requests queued).
+        in_time: (held bytes, arrival) -> whether that request can still make its deadline ("lifo" only).
         recheck_s: while connections are held, how often to look for room and for requests held too long.
         max_hold_s: the longest a held request waits before it is parsed regardless of load.
+        order: "lifo" (the freshest first; the default) or "fifo" (the oldest first).
     """
 
     pending_s = 0.005  # a released request blocks the next release until it reaches the scheduler, or this long
@@ -123,11 +130,15 @@ class ReadGate:
         in_time: Callable[[bytes, float], bool] | None = None,
         recheck_s: float = 0.001,
         max_hold_s: float = 0.25,
+        order: str = "lifo",
     ) -> None:
         if not (recheck_s > 0 and max_hold_s > 0):
             raise ValueError("recheck_s and max_hold_s must be > 0")
+        if order not in HOLD_ORDERS:
+            raise ValueError(f"order must be one of {list(HOLD_ORDERS)}, not {order!r}")
         self._busy = busy
-        self._in_time = in_time
+        self.lifo = order == "lifo"
+        self._in_time = in_time if self.lifo else None
         self._recheck_s = recheck_s
         self.max_hold_s = max_hold_s
         self._silent: dict[Any, None] = {}  # held connections whose client has sent nothing yet
@@ -189,11 +200,11 @@ class ReadGate:
                 break
             if self._busy():
                 return
-            conn = next(reversed(self._ready))
+            conn = next(reversed(self._ready)) if self.lifo else next(iter(self._ready))
             if self._in_time is not None and not self._in_time(conn.held_request(), conn.held_since()):
                 return  # the freshest cannot make its deadline, the older ones neither: they wait for max_hold_s
             del self._ready[conn]
-            if conn.end_hold():  # a request on its way to a worker: the next waits until it has begun
+            if conn.end_hold(waited=self.lifo):  # on its way to a worker: the next waits until it has begun
                 self._released[conn] = time.monotonic()
                 return
         if self._ready or self._busy():
@@ -247,6 +258,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._held: bytearray | None = None  # held by the read gate: what arrived meanwhile, unparsed
         self._held_at = 0.0  # perf_counter() when the first held byte arrived
         self._held_arrival: float | None = None  # the arrival stamp of the request being fed from the hold
+        self._hold_checks_deadline = True  # that request is refused if its budget is spent (ReadGate "lifo")
         self._waited = False  # the current request was held by the read gate
         if len(self.connections) > self.limits.max_connections and not self._evict_idle():
             self.app = self._refuse  # every open connection has a request in progress: answer 503
@@ -284,7 +296,7 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._waited = self._held_arrival is not None
+        self._waited = self._held_arrival is not None and self._hold_checks_deadline
         self._arrival = self._held_arrival if self._held_arrival is not None else time.perf_counter()
         self._held_arrival = None
         self.scope["extensions"] = {ARRIVAL: self._arrival}  # type: ignore[dict-item]  # our extension holds a float
@@ -419,8 +431,11 @@ class _GuardedProtocol(HttpToolsProtocol):
         """perf_counter() when the first byte of the held request arrived (only while one is held)."""
         return self._held_at
 
-    def end_hold(self) -> bool:
+    def end_hold(self, waited: bool = True) -> bool:
         """Parse what was held, its request stamped with its arrival, and read normally again.
+
+        ``waited``: the request's deadline is checked even if a worker is free (refused when its budget is
+        spent); False serves it as any request that finds a worker free.
 
         Returns True when a request went on to the application (it may take a worker); False when there was
         none, or it was answered here (refused, or an error).
@@ -434,6 +449,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         if not held:
             return False
         self._held_arrival = self._held_at
+        self._hold_checks_deadline = waited
         self._answered = False
         self.data_received(bytes(held))
         cycle = self.cycle
