@@ -132,10 +132,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hold-order",
-        choices=("lifo", "fifo"),
-        default="lifo",
-        help="which held request a free worker gets: lifo = the freshest, refused if its budget is spent (on time; "
-        "the fastest resenders get most answers), fifo = the one held longest, served even if late (default: lifo)",
+        choices=("turns", "lifo", "fifo"),
+        default="turns",
+        help="which held request a free worker gets: turns = clients take turns, none answered late; lifo = the "
+        "freshest (on time, but the fastest resenders get most answers); fifo = the one held longest, served even if "
+        "late (default: turns)",
     )
     parser.add_argument(
         "--access-log",

@@ -65,9 +65,10 @@ class ServerConfig:
     # once costs a read, not a 503 per retry); see _connections.ReadGate. False = parse everything at once.
     backpressure: bool = True
     max_hold_s: float = 0.25  # a held request is parsed after this long whatever the load (refused if its budget is spent)
-    # Which held request a free worker gets: "lifo" the freshest (answers on time, but the clients that resend
-    # fastest get most of them), "fifo" the one held longest (every client takes turns; answers may be late).
-    hold_order: str = "lifo"
+    # Which held request a free worker gets (see _connections.ReadGate): "turns" (clients take turns, answers on
+    # time), "lifo" the freshest (on time, but the fastest resenders get most answers), "fifo" the one held
+    # longest (turns, but answers may be late).
+    hold_order: str = "turns"
     access_log: str | None = None  # JSON-lines access log: a file path (appended to), "-" = standard output, None = off
 
     def __post_init__(self) -> None:
@@ -118,8 +119,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ServerConfigError(f"{name} must be a positive number of seconds, not {value}")
-        if self.hold_order not in ("lifo", "fifo"):
-            raise ServerConfigError(f"hold_order must be 'lifo' or 'fifo', not {self.hold_order!r}")
+        if self.hold_order not in ("turns", "lifo", "fifo"):
+            raise ServerConfigError(f"hold_order must be 'turns', 'lifo' or 'fifo', not {self.hold_order!r}")
         if self.access_log is not None and (not isinstance(self.access_log, str) or not self.access_log.strip()):
             raise ServerConfigError(f"access_log must be a file path or '-' (standard output), not {self.access_log!r}")
         if not (math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > 0):

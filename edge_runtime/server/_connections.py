@@ -41,6 +41,7 @@ So the server runs uvicorn's httptools protocol with these rules added (:class:`
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -66,7 +67,7 @@ _DEFER_BYTES = 64 * 1024  # a body held back for the overload decision beyond th
 _HOLD_BYTES = 64 * 1024  # a held connection is not read further once this much of its next request is kept
 _LINGER_S = 1.0  # after an error answer, how long what the client still sends is read and dropped
 ARRIVAL = "anytime.arrival"  # key in scope["extensions"]: perf_counter() when the request's first byte was parsed
-HOLD_ORDERS = ("lifo", "fifo")  # which held request a free worker gets: the freshest, or the one held longest
+HOLD_ORDERS = ("turns", "lifo", "fifo")  # which held request a free worker gets (see ReadGate)
 REFUSED = "anytime.refused"  # key in scope["extensions"], set by the app when it answered 503 for overload
 
 
@@ -99,30 +100,39 @@ def _json_error(status: int, reason: bytes, message: str, extra: bytes = b"") ->
 
 
 class ReadGate:
-    """Backpressure: refused connections are held while the server is busy; the freshest request is served first.
+    """Backpressure: held connections are read but not parsed while the server is busy; who is served next.
 
     A held connection is still read, but its bytes are kept (with the time the first one arrived) instead of
-    being parsed. :meth:`release`, called when a worker comes free and every ``recheck_s``, parses the
-    request that arrived last (adaptive LIFO; see the module docstring) and, when the server is no longer
-    busy, lets connections that sent nothing go back to normal reading. Requests held longer than
-    ``max_hold_s`` are parsed on the re-check whatever the load (a few per re-check), so a request the
-    LIFO order passes over is answered (usually refused: its budget is spent) within about ``max_hold_s``.
+    being parsed. :meth:`release`, called when a worker comes free, when a held request arrives and every
+    ``recheck_s``, hands one held request to the parser, chosen by ``order``:
 
-    With ``order="fifo"`` the request held longest is served first instead, and a held request is served
-    even when its budget is spent (answered late, with the first member): every client gets its turn, at
-    the price of late answers under a retry storm (measured in the README).
+    * ``"turns"`` (default): clients take turns, and no answer is late. Held connections queue by *turn*:
+      since when their client has been waiting for an answer (a refusal keeps the place, an answer sends it to
+      the back). A free worker gets the request of the earliest turn among those that can still make their
+      deadlines. While a request runs, the earliest-turn held request whose budget is already spent is
+      *refreshed*: parsed now, so it is refused (503), and its client, which resends at once, has a fresh
+      request waiting by the time the worker frees. A served client's next request is held behind the others.
+    * ``"lifo"``: the freshest request that can still make its deadline (adaptive LIFO; Maurer, "Fail at
+      Scale", ACM Queue 13(8), 2015): on time and cheaper (no refresh refusals), but the clients that resend
+      fastest get most answers.
+    * ``"fifo"``: the request held longest, served even when its budget is spent (answered late, with the
+      first member): every client takes turns, answers arrive late under a retry storm.
+
+    In every order a held request is parsed after ``max_hold_s`` whatever the load (a few per re-check), so
+    none waits unanswered for long; with "turns" and "lifo" it is then refused if its budget is spent.
 
     Args:
         busy: True while a new request could not start at once (every worker busy, or requests queued).
-        in_time: (held bytes, arrival) -> whether that request can still make its deadline ("lifo" only).
+        in_time: (held bytes, arrival) -> whether that request can still make its deadline (not used by "fifo").
         recheck_s: while connections are held, how often to look for room and for requests held too long.
         max_hold_s: the longest a held request waits before it is parsed regardless of load.
-        order: "lifo" (the freshest first; the default) or "fifo" (the oldest first).
+        order: "turns", "lifo" or "fifo" (see above).
     """
 
     pending_s = 0.005  # a released request blocks the next release until it reaches the scheduler, or this long
     stale_per_recheck = 8  # at most this many over-long holds are parsed per re-check (no burst of refusals)
-    release_per_call = 4  # held requests parsed per release while each is refused (its budget spent) at once
+    release_per_call = 4  # held requests parsed per release while each is answered at once (e.g. refused)
+    look_back = 8  # held requests examined per choice (the freshest for in-time ones, the earliest turns to refresh)
 
     def __init__(
         self,
@@ -130,61 +140,82 @@ class ReadGate:
         in_time: Callable[[bytes, float], bool] | None = None,
         recheck_s: float = 0.001,
         max_hold_s: float = 0.25,
-        order: str = "lifo",
+        order: str = "turns",
     ) -> None:
         if not (recheck_s > 0 and max_hold_s > 0):
             raise ValueError("recheck_s and max_hold_s must be > 0")
         if order not in HOLD_ORDERS:
             raise ValueError(f"order must be one of {list(HOLD_ORDERS)}, not {order!r}")
         self._busy = busy
-        self.lifo = order == "lifo"
-        self._in_time = in_time if self.lifo else None
-        self._recheck_s = recheck_s
+        self.order = order
+        self._in_time = in_time if order != "fifo" else None
+        self.recheck_s = recheck_s
         self.max_hold_s = max_hold_s
         self._silent: dict[Any, None] = {}  # held connections whose client has sent nothing yet
         self._ready: dict[Any, None] = {}  # held connections with a request waiting, in arrival order (oldest first)
+        self._turns: dict[Any, None] = {}  # held connections by turn, earliest first ("turns")
         self._released: dict[Any, float] = {}  # released, request not begun yet -> when released (monotonic)
+        self._refreshing: tuple[Any, float] | None = None  # refreshed, its client's new request not arrived yet
         self._timer: Any = None
         self.held = 0  # connections held so far
+        self.refreshed = 0  # held requests refused early so that their clients resend in time ("turns")
 
     @property
     def waiting(self) -> int:
         """Connections held now."""
         return len(self._silent) + len(self._ready)
 
-    def hold(self, conn: "_GuardedProtocol") -> bool:
-        """Hold ``conn`` (read, not parsed) if the server is busy or others are held already."""
+    def hold(self, conn: "_GuardedProtocol", answered: bool = False) -> bool:
+        """Hold ``conn`` (read, not parsed) if the server is busy or others are held already.
+
+        ``answered``: its last request was answered (not refused): its turn starts again, behind the others.
+        """
         if not self.waiting and not self._busy():
             return False
         conn.begin_hold()
         self._silent[conn] = None
+        if answered:
+            self._turns.pop(conn, None)
+        self._turns.setdefault(conn, None)
         self.held += 1
         self._arm(conn.loop)
         return True
 
     def arrived(self, conn: "_GuardedProtocol") -> None:
-        """The first byte of a request reached held ``conn``: it now waits, newest last."""
-        if conn in self._silent:
-            del self._silent[conn]
-            self._ready[conn] = None
+        """The first byte of a request reached held ``conn``: it now waits."""
+        if conn not in self._silent:
+            return
+        del self._silent[conn]
+        self._ready[conn] = None
+        if self._refreshing is not None and self._refreshing[0] is conn:
+            self._refreshing = None
+        self.release()
 
     def forget(self, conn: "_GuardedProtocol") -> None:
         """A connection closed: it no longer waits."""
         self._silent.pop(conn, None)
         self._ready.pop(conn, None)
+        self._turns.pop(conn, None)
         self._released.pop(conn, None)
+        if self._refreshing is not None and self._refreshing[0] is conn:
+            self._refreshing = None
 
     def admitted(self) -> None:
-        """A request reached the scheduler (its queue or a worker): a released one is no longer on its way."""
+        """A request reached the scheduler (its queue or a worker): a released one is no longer on its way.
+
+        With "turns", a worker is now busy for a while: refresh the earliest turn if its budget is spent.
+        """
         if self._released:
             self._released.clear()
+        if self.order == "turns":
+            self._refresh()
 
     def release(self) -> None:
-        """Parse the freshest held request if one could start now (a worker came free).
+        """Hand a held request to the parser if one could start now (a worker is free).
 
         One at a time: while a released request has not reached the scheduler (for up to ``pending_s``), no
         other is released, or two requests would race for one free worker and the later one be refused. A
-        released request refused at once (its budget spent while held) lets the next be released at once.
+        released request answered at once (e.g. refused) lets the next be released in the same call.
         """
         if not self.waiting or self._busy():
             return
@@ -200,18 +231,55 @@ class ReadGate:
                 break
             if self._busy():
                 return
-            conn = next(reversed(self._ready)) if self.lifo else next(iter(self._ready))
-            if self._in_time is not None and not self._in_time(conn.held_request(), conn.held_since()):
-                return  # the freshest cannot make its deadline, the older ones neither: they wait for max_hold_s
+            conn = self._next()
+            if conn is None:  # none can make its deadline
+                if self.order == "turns":
+                    self._refresh()
+                return
             del self._ready[conn]
-            if conn.end_hold(waited=self.lifo):  # on its way to a worker: the next waits until it has begun
+            self._turns.pop(conn, None)
+            if conn.end_hold(waited=self.order != "fifo"):  # on its way to a worker
                 self._released[conn] = time.monotonic()
                 return
         if self._ready or self._busy():
             return
         for conn in list(self._silent):  # not busy and nobody waiting: back to normal reading
             del self._silent[conn]
+            self._turns.pop(conn, None)
             conn.end_hold()
+
+    def _next(self) -> Any:
+        """The held request a free worker gets (see the orders), or None when none can make its deadline."""
+        if self.order == "fifo":
+            return next(iter(self._ready))
+        fresh = []
+        for conn in itertools.islice(reversed(self._ready), self.look_back):  # an older one is later still
+            if self._in_time is not None and not self._in_time(conn.held_request(), conn.held_since()):
+                break
+            fresh.append(conn)
+        if not fresh or self.order == "lifo":
+            return fresh[0] if fresh else None
+        turn = {conn: k for k, conn in enumerate(itertools.islice(self._turns, len(self._turns)))}
+        return min(fresh, key=lambda conn: turn.get(conn, len(turn)))
+
+    def _refresh(self) -> None:
+        """Refuse now the earliest-turn held request whose budget is spent, so its client resends in time.
+
+        One at a time: not again until that client's new request has arrived (or ``pending_s`` passed)."""
+        if self._refreshing is not None:
+            if time.monotonic() - self._refreshing[1] < self.pending_s:
+                return
+            self._refreshing = None
+        for conn in itertools.islice(self._turns, self.look_back):
+            if conn not in self._ready:
+                continue  # its client has sent nothing: nothing to refresh
+            if self._in_time is None or self._in_time(conn.held_request(), conn.held_since()):
+                return  # the earliest turn can still be served in time: it will be
+            del self._ready[conn]
+            self._refreshing = (conn, time.monotonic())
+            self.refreshed += 1
+            conn.end_hold()
+            return
 
     def _expire(self) -> None:
         """Parse requests held longer than ``max_hold_s`` (oldest first, a few per call)."""
@@ -223,11 +291,11 @@ class ReadGate:
             if conn.held_since() > limit:
                 return
             del self._ready[conn]
-            conn.end_hold()
+            conn.end_hold(waited=self.order != "fifo")
 
     def _arm(self, loop: Any) -> None:
         if self._timer is None:
-            self._timer = loop.call_later(self._recheck_s, self._tick, loop)
+            self._timer = loop.call_later(self.recheck_s, self._tick, loop)
 
     def _tick(self, loop: Any) -> None:
         self._timer = None
@@ -276,13 +344,15 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self._discarding:
             return
         if self._held is not None:
-            if not self._held:
+            first = not self._held
+            if first:
                 self._held_at = time.perf_counter()
-                if self.gate is not None:
-                    self.gate.arrived(self)
+                self._idle_since = None  # a request is waiting: no longer idle
             self._held += data
             if len(self._held) > _HOLD_BYTES:
                 self.flow.pause_reading()
+            if first and self.gate is not None:
+                self.gate.arrived(self)  # (may release this very connection: nothing follows here)
             return
         reading_head = self._head_raw is not None
         super().data_received(data)
@@ -396,10 +466,11 @@ class _GuardedProtocol(HttpToolsProtocol):
         busy = busy or getattr(self, "_deferred", None) is not None
         if not busy and not self.transport.is_closing():
             self._head_raw = 0
-            if self.gate is not None and self._refused() and self.gate.hold(self):
-                # Held until a worker is free: no head or keep-alive clock runs meanwhile, and it is not idle
-                # (its client most likely resends at once).
-                self._idle_since = None
+            refused = self._refused()
+            if self.gate is not None and (refused or self.gate.waiting) and self.gate.hold(self, answered=not refused):
+                # Held until a worker is free: no head or keep-alive clock runs meanwhile. Until its client sends
+                # something it counts as idle, so the connection cap may close it for a new connection.
+                self._idle_since = time.monotonic()
                 if self._head_timer is not None:
                     self._head_timer.cancel()
                     self._head_timer = None

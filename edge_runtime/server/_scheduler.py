@@ -304,7 +304,7 @@ class Scheduler:
         start; if what would then be left of its budget cannot pay for its own first member plus the
         reserve, it is refused before its body is decoded, never queued. A request that finds a worker
         free is not refused here, unless it ``waited`` already (held by the connection layer under
-        overload): then the same test applies with nothing ahead of it, as for a request in the queue.
+        overload) and the wait is what spent its budget: then the same test applies with nothing ahead of it.
 
         Raises:
             OverloadedError: as above, or every worker is busy and the queue is full.
@@ -325,13 +325,16 @@ class Scheduler:
 
     def _late_behind(self, arrival: float, budget_ms: float | None, waited: bool) -> int | None:
         """None if the request can start in time, else how many queued requests are due before it."""
-        if budget_ms is None or (self._free > self._queued and not waited):
+        free = self._free > self._queued
+        if budget_ms is None or (free and not waited):
             return None
         deadline = arrival + budget_ms / 1e3
         first_ms = self.tracker.first_member_ms()
         with self._lock:
             ahead = sum(1 for due, _, job in self._heap if due <= deadline and job.state == _QUEUED)
         need_ms = self.reserve_ms + self.tracker.return_ms() + first_ms * (1 + ahead / self.workers)
+        if free and budget_ms < need_ms:
+            return None  # too short even had it not waited: the first member answers it, as on an idle server
         return ahead if (deadline - time.perf_counter()) * 1e3 < need_ms else None
 
     def _expire(self, job: _Job) -> None:
