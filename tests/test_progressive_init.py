@@ -87,7 +87,7 @@ def test_members_start_as_pruned_copies_of_the_teacher(
         fit_for_real(model, n, *args, **kwargs)
 
     monkeypatch.setattr(bdistil, "_fit", record_then_fit)
-    built = progressive_ensemble(teacher, images, _cfg(head_start="zero"))
+    built = progressive_ensemble(teacher, images, _cfg(first_head="keep", head_start="zero"))
     assert len(built.members) == 2 and built.connections == [(), ()]
     pruned = shrink_channels(teacher, 0.5, images.x_train[:2])
     with torch.no_grad():
@@ -97,9 +97,15 @@ def test_members_start_as_pruned_copies_of_the_teacher(
     for member, row in zip(built.members, built.report.members):
         assert isinstance(member.body, InheritedClassifier) and row.candidate == HALF
         assert _convs(member.body) == _convs(pruned) and sum(_convs(pruned)) < sum(_convs(teacher))
-    assert built.report.members[1].head_scale == 0.0 and built.report.members[0].head_scale is None
+    assert built.report.members[1].head_scale == 0.0 and built.report.members[0].head_scale == 1.0
     settings = built.report.to_dict()["settings"]
     assert settings["init"] == "teacher" and settings["connect"] == "none"
+    # the default: member 1's head rescaled to the barrier's target, so h starts at s * the pruned teacher's logits
+    starts.clear()
+    rescaled = progressive_ensemble(teacher, images, _cfg(members=1))
+    scale = rescaled.report.members[0].head_scale
+    assert scale is not None and scale > 0 and scale != 1.0
+    np.testing.assert_allclose(starts[0], scale * expected, rtol=1e-4, atol=1e-5)
     assert built.report.to_dict()["members"][0]["candidate"] == {"init": "teacher", "keep": 0.5}
 
 
@@ -255,3 +261,56 @@ def test_errors_name_the_fix(images: Dataset) -> None:
     assert ProgressiveConfig().connect == "previous" and ProgressiveConfig(init="teacher").connect == "none"
     assert candidate_from_dict(HALF.to_dict()) == HALF
     assert candidate_from_dict(Candidate("mlp", 4).to_dict()) == Candidate("mlp", 4)
+
+
+def _anytime_value(monkeypatch: pytest.MonkeyPatch) -> Any:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "anytime_value.py"
+    spec = importlib.util.spec_from_file_location("anytime_value_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
+    monkeypatch.setattr(sys, "path", list(sys.path))  # it puts its checkout first
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_rebuilds_only_the_named_bundles(
+    images: Dataset, teacher: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    from types import SimpleNamespace
+
+    bench = _anytime_value(monkeypatch)
+    args = argparse.Namespace(sizing="macs", init="teacher", seed=0, keep=0.5, lowrank_speedup=2.0)
+    loaded, sched, timings = SimpleNamespace(module=teacher), bench.Schedule(limit_train=None, epochs=1), {}
+    paths, _, reports = bench.build(images, loaded, sched, 2, args, tmp_path, timings, frozenset({"bdistil"}), {"old": 1})
+    assert set(paths) == {"bdistil"} and set(reports) == {"old", "bdistil"}
+    (tmp_path / "no_resched_t9").mkdir()  # left by an earlier, longer ensemble
+    earlier = json.loads((tmp_path / "reports.json").read_text())
+    paths, _, reports = bench.build(
+        images, loaded, sched, 2, args, tmp_path, timings, frozenset({"resched", "no_resched"}), earlier
+    )
+    k = len(reports["bdistil"]["members"])
+    assert set(paths) == {"resched", *(f"no_resched_t{t + 1}" for t in range(k))} and not (tmp_path / "no_resched_t9").exists()
+    assert json.loads((tmp_path / "reports.json").read_text()).keys() == {"old", "bdistil", "resched", "no_resched"}
+    assert [m["candidate"] for m in reports["resched"]["members"]] == [m["candidate"] for m in reports["bdistil"]["members"]]
+    assert not (tmp_path / "teacher").exists()
+    with pytest.raises(SystemExit, match="--init scratch"):  # baselines of a pruned ensemble, asked from scratch
+        bench.build(
+            images,
+            loaded,
+            sched,
+            2,
+            argparse.Namespace(**{**vars(args), "init": "scratch"}),
+            tmp_path,
+            {},
+            frozenset({"resched"}),
+            earlier,
+        )
+    with pytest.raises(SystemExit):
+        bench.main(["--rebuild", "bdistil"])  # needs --reuse --workdir
+    with pytest.raises(SystemExit):
+        bench.main(["--reuse", "--workdir", str(tmp_path), "--rebuild", "bdistil,students"])
