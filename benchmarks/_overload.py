@@ -37,7 +37,7 @@ async def _client(
     offset: int,
     stop_at: float,
     budget: list[int],
-    records: list[tuple[int, float]],
+    records: list[tuple[int, float, int]],
     polite: bool = False,
 ) -> None:
     prefix = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: ".encode()
@@ -58,7 +58,7 @@ async def _client(
             match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
             await reader.readexactly(int(match.group(1)) if match else 0)
             status = int(head[9:12])
-            records.append((status, (time.perf_counter() - t0) * 1e3))
+            records.append((status, (time.perf_counter() - t0) * 1e3, offset))
             if re.search(rb"(?i)\r\nconnection:\s*close", head):
                 writer.close()
                 writer = None
@@ -66,7 +66,7 @@ async def _client(
                 wait = re.search(rb"(?i)\r\nretry-after:\s*(\d+)", head)
                 await asyncio.sleep(min(float(wait.group(1)) if wait else 1.0, max(0.0, stop_at - time.perf_counter())))
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
-            records.append((0, (time.perf_counter() - t0) * 1e3))
+            records.append((0, (time.perf_counter() - t0) * 1e3, offset))
             if writer is not None:
                 writer.close()
             writer = None
@@ -110,7 +110,7 @@ def run_phase(
     ``server`` (a psutil.Process) adds the server's CPU use; the load generator's own is always recorded:
     on a 2-core box the clients take CPU from the server, more so with 200 of them than with one.
     """
-    records: list[tuple[int, float]] = []
+    records: list[tuple[int, float, int]] = []  # (status, client latency ms, client id)
     reopened = [0]
     budget = [max_requests]
 
@@ -145,13 +145,23 @@ def run_phase(
 
 def summarize(phase: dict[str, Any], budget_ms: float) -> dict[str, Any]:
     records, wall = phase["records"], phase["wall_s"]
-    ok = [ms for status, ms in records if status == 200]
+    ok = [ms for status, ms, _ in records if status == 200]
+    refused = [ms for status, ms, _ in records if status == 503]
+    per_client: dict[int, int] = {}
+    for status, _, client in records:
+        per_client[client] = per_client.get(client, 0) + (status == 200)
+    counts = np.array(list(per_client.values()), dtype=np.float64)
     return {
         "requests": len(records),
         "ok": len(ok),
-        "shed_503": sum(1 for status, _ in records if status == 503),
-        "other_5xx": sum(1 for status, _ in records if status >= 500 and status != 503),
-        "other": sum(1 for status, _ in records if status not in (200, 503) and status < 500),  # 4xx, connection errors
+        "shed_503": len(refused),
+        "other_5xx": sum(1 for status, _, _ in records if status >= 500 and status != 503),
+        "other": sum(1 for status, _, _ in records if status not in (200, 503) and status < 500),  # 4xx, connection errors
+        # How evenly the 200s went round the clients: Jain's fairness index (1 = equal shares, 1/n = one client
+        # got all; Jain, Chiu and Hawe, DEC-TR-301, 1984) and the least-served client's 200s per second.
+        "jain_fairness_200": float(counts.sum() ** 2 / (len(counts) * (counts**2).sum())) if counts.sum() else None,
+        "min_client_ok_rps": float(counts.min()) / wall if len(counts) and wall > 0 else None,
+        "latency_ms_503_p99": float(np.percentile(refused, 99)) if refused else None,
         "wall_s": wall,
         "goodput_rps": len(ok) / wall if wall > 0 else 0.0,
         "latency_ms_200": {q: (float(np.percentile(ok, int(q[1:]))) if ok else None) for q in ("p50", "p90", "p99")},

@@ -135,13 +135,21 @@ def write_json(path: Path | None, result: dict[str, Any]) -> None:
 def busy_process(core: int | None, seconds: float = 1200.0) -> Iterator[psutil.Process | None]:
     """A competing CPU-bound process (a Python spin loop) pinned to ``core``; always killed on exit.
 
-    The loop also stops by itself after ``seconds`` so a crash of this script never leaves it running.
+    It runs at the default priority (nice 0) even when this process was given another, so a benchmark run
+    with ``--runtime-nice`` measures a prioritised runtime against ordinary work. The loop also stops by
+    itself after ``seconds`` so a crash of this script never leaves it running.
     """
     if core is None:
         yield None
         return
     code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
-    proc = subprocess.Popen([sys.executable, "-c", code], preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+
+    def setup() -> None:
+        os.sched_setaffinity(0, {core})
+        with contextlib.suppress(PermissionError):  # raising a niceness back to 0 needs privilege
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+
+    proc = subprocess.Popen([sys.executable, "-c", code], preexec_fn=setup)
     try:
         time.sleep(0.2)  # let it start spinning
         yield psutil.Process(proc.pid)

@@ -918,6 +918,8 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
                 spread([None if s["late_share"] is None else 100 * s["late_share"] for s in per_run], "{:.2f}"),
                 sum(s["other_5xx"] for s in per_run),
                 sum(s["other"] for s in per_run),
+                spread([s.get("jain_fairness_200") for s in per_run], "{:.2f}"),
+                spread([s.get("latency_ms_503_p99") for s in per_run], "{:.0f}"),
                 spread([s["server_cpu_percent"] for s in per_run], "{:.0f}"),
                 spread([s["client_cpu_percent"] for s in per_run], "{:.0f}"),
                 spread([s["load_average"] for s in per_run]),
@@ -925,7 +927,8 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
         )
     print(
         f"\n5. Overload: closed-loop clients retrying at once on 503, budget {budget:g} ms; median [min-max] of "
-        f"{len(runs)} run(s); late = 200s past budget + {_overload.PAST_BUDGET_SLACK_MS:g} ms (client clock)"
+        f"{len(runs)} run(s); late = 200s past budget + {_overload.PAST_BUDGET_SLACK_MS:g} ms (client clock); "
+        "fairness = Jain's index of the 200s per client (1 = equal)"
     )
     print(
         format_table(
@@ -939,6 +942,8 @@ def _run_overload(args: argparse.Namespace, bundle: Path, source: str, x: np.nda
                 "late %",
                 "5xx",
                 "other",
+                "fairness",
+                "503 p99 ms",
                 "srv cpu %",
                 "client cpu %",
                 "loadavg",

@@ -469,10 +469,15 @@ def test_cli_flags_reach_the_server_config(monkeypatch: pytest.MonkeyPatch) -> N
         "3",
         "--switch-interval-ms",
         "0",
+        "--max-hold",
+        "0.5",
+        "--hold-order",
+        "fifo",
     ]
     assert main(args) == 0
     config = seen["config"]
     assert (config.max_connections, config.header_timeout_s, config.keep_alive_s) == (64, 2.0, 3.0)
+    assert (config.max_hold_s, config.hold_order) == (0.5, "fifo")
     assert config.switch_interval_ms is None  # 0 keeps Python's own
 
 

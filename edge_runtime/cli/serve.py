@@ -120,8 +120,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-backpressure",
         dest="backpressure",
         action="store_false",
-        help="keep reading every connection while all workers are busy (each retry then costs a 503); "
-        "default: an answered connection is read again once a worker is free",
+        help="parse every request at once while all workers are busy (each retry then costs a 503); default: a "
+        "connection refused with 503 is held, its next request parsed when a worker is free, the freshest first",
+    )
+    parser.add_argument(
+        "--max-hold",
+        type=_positive(float),
+        default=0.25,
+        metavar="S",
+        help="seconds a held request may wait before it is parsed whatever the load (default: 0.25)",
+    )
+    parser.add_argument(
+        "--hold-order",
+        choices=("lifo", "fifo"),
+        default="lifo",
+        help="which held request a free worker gets: lifo = the freshest, refused if its budget is spent (on time; "
+        "the fastest resenders get most answers), fifo = the one held longest, served even if late (default: lifo)",
     )
     parser.add_argument(
         "--access-log",
@@ -159,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         switch_interval_ms=args.switch_interval_ms or None,
         access_log=args.access_log,
         backpressure=args.backpressure,
+        max_hold_s=args.max_hold,
+        hold_order=args.hold_order,
     )
     runtime = load(
         args.bundle,

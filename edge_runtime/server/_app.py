@@ -178,36 +178,61 @@ class _Server:
         budget_ms, entropy = (None if budget == "off" else budget), (None if threshold == "off" else threshold)
         return budget_ms, entropy  # type: ignore[return-value]  # no str left (see above)
 
-    def refusal(self, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, arrival: float) -> OverloadedError | None:
+    def refusal(
+        self, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, arrival: float, waited: bool = False
+    ) -> OverloadedError | None:
         """Why an inference request must be refused now, before it is decoded, or None (see :class:`_Shedder`).
 
         ``body`` is the whole body when it has arrived, else None (then only a full queue refuses).
+        ``waited``: the request was held by the connection layer's read gate, so its deadline is checked even
+        when a worker is free (see :meth:`Scheduler.check_deadline`).
         """
         scheduler = self.scheduler
         try:
             scheduler.check_capacity()
             if body is None:
                 return None
-            budget: Any = None
-            fields = dict(headers)
-            if fields.get(b"content-encoding", b"identity").strip().lower() in (b"identity", b""):
-                length = fields.get(b"inference-header-content-length")
-                header = body[: int(length)] if length is not None and length.isdigit() else body
-                budget, _ = self.resolve(declared_budget_ms(header), None)
-            scheduler.check_deadline(arrival, budget if isinstance(budget, (int, float)) else None)
+            scheduler.check_deadline(arrival, self._budget_hint(dict(headers), body), waited=waited)
         except OverloadedError as exc:
             return exc
         return None
 
-    def overloaded_response(self, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, arrival: float) -> bytes | None:
+    def _budget_hint(self, fields: dict[bytes, bytes], body: bytes) -> float | None:
+        """The budget (ms) a request body declares, read without decoding it, else the server's; None = none."""
+        budget: Any = None
+        if fields.get(b"content-encoding", b"identity").strip().lower() in (b"identity", b""):
+            length = fields.get(b"inference-header-content-length")
+            header = body[: int(length)] if length is not None and length.isdigit() else body
+            budget, _ = self.resolve(declared_budget_ms(header), None)
+        return budget if isinstance(budget, (int, float)) else None
+
+    def held_in_time(self, request: bytes, arrival: float) -> bool:
+        """Whether a request held unparsed by the read gate (raw bytes, arrived at ``arrival``) could still start
+        in time; anything but an inference request with a budget can. Read without parsing (microseconds)."""
+        head, found, body = request.partition(b"\r\n\r\n")
+        if not found:
+            return True
+        lines = head.split(b"\r\n")
+        target = lines[0].split(b" ")
+        if len(target) < 2 or target[0] != b"POST" or not target[1].split(b"?", 1)[0].endswith(b"/infer"):
+            return True
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip()
+        return self.scheduler.in_time(arrival, self._budget_hint(fields, body))
+
+    def overloaded_response(
+        self, headers: Sequence[tuple[bytes, bytes]], body: bytes | None, arrival: float, waited: bool = False
+    ) -> bytes | None:
         """:meth:`refusal` as the HTTP/1.1 response the connection layer writes itself, without an ASGI task.
 
         Returns the response bytes; None to serve the request; ``b""`` (only when ``body`` is None) when every
-        worker is busy and the body is needed to decide.
+        worker is busy, or the request was held (``waited``), and the body is needed to decide.
         """
-        if self.scheduler.running < self.scheduler.workers:
+        if not waited and self.scheduler.running < self.scheduler.workers:
             return None
-        refused = self.refusal(headers, body, arrival)
+        refused = self.refusal(headers, body, arrival, waited)
         if refused is None:
             return b"" if body is None else None  # b"": every worker busy, decide once the body is in
         self.note_shed(refused, arrival)

@@ -60,9 +60,14 @@ class ServerConfig:
     # leaves Python's 5 ms.
     switch_interval_ms: float | None = 0.5
     shutdown_timeout_s: float = 30.0  # on SIGTERM, wait this long for in-flight requests, then cancel
-    # While every worker is busy, answered connections are not read until one is free (a client that retries at
-    # once waits in the kernel instead of costing a 503 each); see _connections.ReadGate. False = always read.
+    # While every worker is busy, a connection refused with 503 is held: its next request is read but not parsed
+    # until a worker is free, the freshest first, its budget counted from its arrival (a client that resends at
+    # once costs a read, not a 503 per retry); see _connections.ReadGate. False = parse everything at once.
     backpressure: bool = True
+    max_hold_s: float = 0.25  # a held request is parsed after this long whatever the load (refused if its budget is spent)
+    # Which held request a free worker gets: "lifo" the freshest (answers on time, but the clients that resend
+    # fastest get most of them), "fifo" the one held longest (every client takes turns; answers may be late).
+    hold_order: str = "lifo"
     access_log: str | None = None  # JSON-lines access log: a file path (appended to), "-" = standard output, None = off
 
     def __post_init__(self) -> None:
@@ -109,10 +114,12 @@ class ServerConfig:
             raise ServerConfigError(f"switch_interval_ms must be in (0, 100] milliseconds or None, not {self.switch_interval_ms}")
         if self.backlog < 1:
             raise ServerConfigError(f"backlog must be >= 1, not {self.backlog}")
-        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "max_hold_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ServerConfigError(f"{name} must be a positive number of seconds, not {value}")
+        if self.hold_order not in ("lifo", "fifo"):
+            raise ServerConfigError(f"hold_order must be 'lifo' or 'fifo', not {self.hold_order!r}")
         if self.access_log is not None and (not isinstance(self.access_log, str) or not self.access_log.strip()):
             raise ServerConfigError(f"access_log must be a file path or '-' (standard output), not {self.access_log!r}")
         if not (math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > 0):

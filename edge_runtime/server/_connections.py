@@ -26,12 +26,15 @@ So the server runs uvicorn's httptools protocol with these rules added (:class:`
   refused here, with the app's own rules (``_Server.overloaded_response``), before any ASGI task or request
   object exists; its body, when the decision needs it, is held (up to 64 KiB) until it is complete.
 * **Backpressure** (:class:`ReadGate`, ``ServerConfig.backpressure``). While every worker is busy, a
-  connection whose request has just been answered (or refused) is not read again until a worker comes free;
-  then the connection paused longest is read first. A client that resends at once after each answer or 503
-  waits in the kernel's socket buffer instead of costing the event loop a refusal per retry, so under a retry
-  storm the loop's time goes to requests that are served. Time a request spends in the kernel is not seen by
-  the server: its budget counts from when it is read.
-* **Arrival time.** The moment the first byte of a request is parsed is stored in the ASGI scope
+  connection whose request has just been refused (503) is *held*: what its client sends next is read and
+  stamped with its arrival time but not parsed, so a client that resends at once costs the event loop one
+  read, not a refusal per retry. When a worker comes free the *freshest* held request is parsed and served
+  (adaptive LIFO: under overload the newest request is the one most likely to make its deadline; Maurer,
+  "Fail at Scale", ACM Queue 13(8), 2015). Its budget counts from its stamped arrival, and a held request
+  whose budget can no longer pay for the first member is refused even when a worker is free: the server
+  never answers 200 to a request that waited past its budget. A request held longer than ``max_hold_s``
+  is parsed and dealt with then (refused when its budget is spent), so none waits unanswered for long.
+* **Arrival time.** The moment the first byte of a request is read (held) or parsed is stored in the ASGI scope
   (``scope["extensions"]["anytime.arrival"]``, a ``time.perf_counter()`` value); the budget counts from it,
   so time spent reading and parsing the body is spent from the budget (see :func:`arrival_time`).
 """
@@ -55,13 +58,15 @@ except ImportError as exc:  # httptools missing: name the extra that installs it
         f"the anytime-edge server needs 'httptools', which is not installed; {install_hint('serve')}", name="httptools"
     ) from exc
 
-__all__ = ["ARRIVAL", "REFUSED", "ConnectionLimits", "ReadGate", "arrival_time", "guarded_protocol"]
+__all__ = ["ARRIVAL", "HOLD_ORDERS", "REFUSED", "ConnectionLimits", "ReadGate", "arrival_time", "guarded_protocol"]
 
 logger = logging.getLogger("edge_runtime.server")
 
 _DEFER_BYTES = 64 * 1024  # a body held back for the overload decision beyond this goes to the app undecided
+_HOLD_BYTES = 64 * 1024  # a held connection is not read further once this much of its next request is kept
 _LINGER_S = 1.0  # after an error answer, how long what the client still sends is read and dropped
 ARRIVAL = "anytime.arrival"  # key in scope["extensions"]: perf_counter() when the request's first byte was parsed
+HOLD_ORDERS = ("lifo", "fifo")  # which held request a free worker gets: the freshest, or the one held longest
 REFUSED = "anytime.refused"  # key in scope["extensions"], set by the app when it answered 503 for overload
 
 
@@ -94,83 +99,151 @@ def _json_error(status: int, reason: bytes, message: str, extra: bytes = b"") ->
 
 
 class ReadGate:
-    """Backpressure: answered connections are not read while the server is busy; resumed oldest first.
+    """Backpressure: refused connections are held while the server is busy; the freshest request is served first.
+
+    A held connection is still read, but its bytes are kept (with the time the first one arrived) instead of
+    being parsed. :meth:`release`, called when a worker comes free and every ``recheck_s``, parses the
+    request that arrived last (adaptive LIFO; see the module docstring) and, when the server is no longer
+    busy, lets connections that sent nothing go back to normal reading. Requests held longer than
+    ``max_hold_s`` are parsed on the re-check whatever the load (a few per re-check), so a request the
+    LIFO order passes over is answered (usually refused: its budget is spent) within about ``max_hold_s``.
+
+    With ``order="fifo"`` the request held longest is served first instead, and a held request is served
+    even when its budget is spent (answered late, with the first member): every client gets its turn, at
+    the price of late answers under a retry storm (measured in the README).
 
     Args:
         busy: True while a new request could not start at once (every worker busy, or requests queued).
-        recheck_s: while connections are paused, how often to look for room besides the workers' signals
-            (a resumed connection may have nothing to send, and then no worker frees to resume the next).
+        in_time: (held bytes, arrival) -> whether that request can still make its deadline ("lifo" only).
+        recheck_s: while connections are held, how often to look for room and for requests held too long.
+        max_hold_s: the longest a held request waits before it is parsed regardless of load.
+        order: "lifo" (the freshest first; the default) or "fifo" (the oldest first).
     """
 
-    pending_s = 0.005  # a resumed connection that begins no request within this long no longer blocks the next
+    pending_s = 0.005  # a released request blocks the next release until it reaches the scheduler, or this long
+    stale_per_recheck = 8  # at most this many over-long holds are parsed per re-check (no burst of refusals)
+    release_per_call = 4  # held requests parsed per release while each is refused (its budget spent) at once
 
-    def __init__(self, busy: Callable[[], bool], recheck_s: float = 0.001) -> None:
+    def __init__(
+        self,
+        busy: Callable[[], bool],
+        in_time: Callable[[bytes, float], bool] | None = None,
+        recheck_s: float = 0.001,
+        max_hold_s: float = 0.25,
+        order: str = "lifo",
+    ) -> None:
+        if not (recheck_s > 0 and max_hold_s > 0):
+            raise ValueError("recheck_s and max_hold_s must be > 0")
+        if order not in HOLD_ORDERS:
+            raise ValueError(f"order must be one of {list(HOLD_ORDERS)}, not {order!r}")
         self._busy = busy
+        self.lifo = order == "lifo"
+        self._in_time = in_time if self.lifo else None
         self._recheck_s = recheck_s
-        self._paused: dict[Any, None] = {}  # paused connections, oldest first
-        self._resumed: dict[Any, float] = {}  # resumed, no request begun yet -> when resumed (monotonic)
+        self.max_hold_s = max_hold_s
+        self._silent: dict[Any, None] = {}  # held connections whose client has sent nothing yet
+        self._ready: dict[Any, None] = {}  # held connections with a request waiting, in arrival order (oldest first)
+        self._released: dict[Any, float] = {}  # released, request not begun yet -> when released (monotonic)
         self._timer: Any = None
-        self.held = 0  # connections paused so far
+        self.held = 0  # connections held so far
 
     @property
     def waiting(self) -> int:
-        """Connections paused now."""
-        return len(self._paused)
+        """Connections held now."""
+        return len(self._silent) + len(self._ready)
 
     def hold(self, conn: "_GuardedProtocol") -> bool:
-        """Pause reading ``conn`` if the server is busy or others already wait (first come, first read)."""
-        if not self._paused and not self._busy():
+        """Hold ``conn`` (read, not parsed) if the server is busy or others are held already."""
+        if not self.waiting and not self._busy():
             return False
-        conn.flow.pause_reading()
-        self._paused[conn] = None
+        conn.begin_hold()
+        self._silent[conn] = None
         self.held += 1
-        if self._timer is None:
-            self._timer = conn.loop.call_later(self._recheck_s, self._tick)
+        self._arm(conn.loop)
         return True
+
+    def arrived(self, conn: "_GuardedProtocol") -> None:
+        """The first byte of a request reached held ``conn``: it now waits, newest last."""
+        if conn in self._silent:
+            del self._silent[conn]
+            self._ready[conn] = None
 
     def forget(self, conn: "_GuardedProtocol") -> None:
         """A connection closed: it no longer waits."""
-        self._paused.pop(conn, None)
-        self._resumed.pop(conn, None)
+        self._silent.pop(conn, None)
+        self._ready.pop(conn, None)
+        self._released.pop(conn, None)
 
-    def started(self, conn: "_GuardedProtocol") -> None:
-        """A request began on ``conn``: if it was just resumed, its client did have one waiting."""
-        if self._resumed:
-            self._resumed.pop(conn, None)
+    def admitted(self) -> None:
+        """A request reached the scheduler (its queue or a worker): a released one is no longer on its way."""
+        if self._released:
+            self._released.clear()
 
     def release(self) -> None:
-        """Resume the connection paused longest if a request could start now (a worker came free).
+        """Parse the freshest held request if one could start now (a worker came free).
 
-        One at a time: while a resumed connection's request has not begun (for up to ``pending_s``), no other
-        is resumed, or two requests would race for one free worker and the later one be refused.
+        One at a time: while a released request has not reached the scheduler (for up to ``pending_s``), no
+        other is released, or two requests would race for one free worker and the later one be refused. A
+        released request refused at once (its budget spent while held) lets the next be released at once.
         """
-        if not self._paused or self._busy():
+        if not self.waiting or self._busy():
             return
-        if self._resumed:
+        if self._released:
             now = time.monotonic()
-            for conn, when in list(self._resumed.items()):
-                if now - when > self.pending_s:  # its client had nothing to send
-                    del self._resumed[conn]
-            if self._resumed:
+            for conn, when in list(self._released.items()):
+                if now - when > self.pending_s:
+                    del self._released[conn]
+            if self._released:
                 return
-        conn = next(iter(self._paused))
-        del self._paused[conn]
-        self._resumed[conn] = time.monotonic()
-        conn.resume_reading_held()
+        for _ in range(self.release_per_call):
+            if not self._ready:
+                break
+            if self._busy():
+                return
+            conn = next(reversed(self._ready)) if self.lifo else next(iter(self._ready))
+            if self._in_time is not None and not self._in_time(conn.held_request(), conn.held_since()):
+                return  # the freshest cannot make its deadline, the older ones neither: they wait for max_hold_s
+            del self._ready[conn]
+            if conn.end_hold(waited=self.lifo):  # on its way to a worker: the next waits until it has begun
+                self._released[conn] = time.monotonic()
+                return
+        if self._ready or self._busy():
+            return
+        for conn in list(self._silent):  # not busy and nobody waiting: back to normal reading
+            del self._silent[conn]
+            conn.end_hold()
 
-    def _tick(self) -> None:
+    def _expire(self) -> None:
+        """Parse requests held longer than ``max_hold_s`` (oldest first, a few per call)."""
+        limit = time.perf_counter() - self.max_hold_s
+        for _ in range(self.stale_per_recheck):
+            if not self._ready:
+                return
+            conn = next(iter(self._ready))
+            if conn.held_since() > limit:
+                return
+            del self._ready[conn]
+            conn.end_hold()
+
+    def _arm(self, loop: Any) -> None:
+        if self._timer is None:
+            self._timer = loop.call_later(self._recheck_s, self._tick, loop)
+
+    def _tick(self, loop: Any) -> None:
         self._timer = None
+        self._expire()
         self.release()
-        if self._paused:
-            self._timer = next(iter(self._paused)).loop.call_later(self._recheck_s, self._tick)
+        if self.waiting:
+            self._arm(loop)
 
 
 class _GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with head/body timeouts, idle eviction and the arrival stamp."""
 
     limits: ClassVar[ConnectionLimits]
-    # (headers, body or None, arrival) -> a whole 503 response to write, None to serve, b"" to decide on the body
-    shed: ClassVar[Callable[[Any, bytes | None, float], bytes | None] | None] = None
+    # (headers, body or None, arrival, waited) -> a whole 503 response to write, None to serve, b"" to decide on
+    # the body; waited: the request was held by the read gate (its deadline is checked even if a worker is free)
+    shed: ClassVar[Callable[[Any, bytes | None, float, bool], bytes | None] | None] = None
     gate: ClassVar[ReadGate | None] = None  # backpressure; None = always read
 
     def connection_made(self, transport: Any) -> None:
@@ -182,6 +255,11 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._discarding = False  # answered and closing: what still arrives is read and dropped
         self._deferred: bytearray | None = None  # body held while deciding whether to refuse (overload)
         self._answered = False  # the current request was answered here, without the application
+        self._held: bytearray | None = None  # held by the read gate: what arrived meanwhile, unparsed
+        self._held_at = 0.0  # perf_counter() when the first held byte arrived
+        self._held_arrival: float | None = None  # the arrival stamp of the request being fed from the hold
+        self._hold_checks_deadline = True  # that request is refused if its budget is spent (ReadGate "lifo")
+        self._waited = False  # the current request was held by the read gate
         if len(self.connections) > self.limits.max_connections and not self._evict_idle():
             self.app = self._refuse  # every open connection has a request in progress: answer 503
         self._arm_head_timer()
@@ -197,6 +275,15 @@ class _GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
+        if self._held is not None:
+            if not self._held:
+                self._held_at = time.perf_counter()
+                if self.gate is not None:
+                    self.gate.arrived(self)
+            self._held += data
+            if len(self._held) > _HOLD_BYTES:
+                self.flow.pause_reading()
+            return
         reading_head = self._head_raw is not None
         super().data_received(data)
         if reading_head and self._head_raw is not None and not self.transport.is_closing():
@@ -208,10 +295,10 @@ class _GuardedProtocol(HttpToolsProtocol):
                 self.send_400_response("")
 
     def on_message_begin(self) -> None:
-        if self.gate is not None:
-            self.gate.started(self)
         super().on_message_begin()
-        self._arrival = time.perf_counter()
+        self._waited = self._held_arrival is not None and self._hold_checks_deadline
+        self._arrival = self._held_arrival if self._held_arrival is not None else time.perf_counter()
+        self._held_arrival = None
         self.scope["extensions"] = {ARRIVAL: self._arrival}  # type: ignore[dict-item]  # our extension holds a float
         self._head_size = 0
 
@@ -247,7 +334,7 @@ class _GuardedProtocol(HttpToolsProtocol):
             and self.url.split(b"?", 1)[0].endswith(b"/infer")
         ):
             # Under overload, refuse here: no ASGI task, no request object (see _app._Shedder for the rules).
-            response = shed(self.headers, None, self._arrival)
+            response = shed(self.headers, None, self._arrival, self._waited)
             if response:
                 self._answer(response)
                 return
@@ -273,7 +360,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self._deferred is not None:
             shed = type(self).shed
             assert shed is not None  # a body is only deferred when shed is set
-            response = shed(self.headers, bytes(self._deferred), self._arrival)
+            response = shed(self.headers, bytes(self._deferred), self._arrival, self._waited)
             if response:
                 self._deferred = None
                 self._answer(response)
@@ -310,8 +397,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         if not busy and not self.transport.is_closing():
             self._head_raw = 0
             if self.gate is not None and self._refused() and self.gate.hold(self):
-                # Not read until a worker is free: no head or keep-alive clock runs meanwhile, and it is not
-                # idle (its client's next request most likely waits in the socket buffer).
+                # Held until a worker is free: no head or keep-alive clock runs meanwhile, and it is not idle
+                # (its client most likely resends at once).
                 self._idle_since = None
                 if self._head_timer is not None:
                     self._head_timer.cancel()
@@ -332,13 +419,41 @@ class _GuardedProtocol(HttpToolsProtocol):
         extensions = cycle.scope.get("extensions") if cycle is not None else None
         return bool(extensions and extensions.get(REFUSED))
 
-    def resume_reading_held(self) -> None:
-        """Read again after the read gate held this connection (see :class:`ReadGate`)."""
-        if self.transport.is_closing():
-            return
+    def begin_hold(self) -> None:
+        """Keep what arrives from now on unparsed, stamped with its arrival (see :class:`ReadGate`)."""
+        self._held = bytearray()
+
+    def held_request(self) -> bytes:
+        """What arrived while held (the start of the next request), unparsed."""
+        return bytes(self._held or b"")
+
+    def held_since(self) -> float:
+        """perf_counter() when the first byte of the held request arrived (only while one is held)."""
+        return self._held_at
+
+    def end_hold(self, waited: bool = True) -> bool:
+        """Parse what was held, its request stamped with its arrival, and read normally again.
+
+        ``waited``: the request's deadline is checked even if a worker is free (refused when its budget is
+        spent); False serves it as any request that finds a worker free.
+
+        Returns True when a request went on to the application (it may take a worker); False when there was
+        none, or it was answered here (refused, or an error).
+        """
+        held, self._held = self._held, None
+        if self.transport.is_closing() or held is None:
+            return False
         self.flow.resume_reading()
         self._idle_since = time.monotonic()
         self._arm_head_timer()
+        if not held:
+            return False
+        self._held_arrival = self._held_at
+        self._hold_checks_deadline = waited
+        self._answered = False
+        self.data_received(bytes(held))
+        cycle = self.cycle
+        return not self._answered and not self.transport.is_closing() and cycle is not None and not cycle.response_complete
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP, as ``{"error"}`` JSON like every other error here."""
@@ -435,14 +550,14 @@ class _GuardedProtocol(HttpToolsProtocol):
 
 def guarded_protocol(
     limits: ConnectionLimits,
-    shed: Callable[[Any, bytes | None, float], bytes | None] | None = None,
+    shed: Callable[[Any, bytes | None, float, bool], bytes | None] | None = None,
     gate: ReadGate | None = None,
 ) -> type[HttpToolsProtocol]:
     """The uvicorn protocol class (``uvicorn.Config(http=...)``) that applies ``limits``.
 
     ``shed`` (the app's ``_Server.overloaded_response``) refuses inference requests under overload in the
     connection layer itself, before any ASGI task exists (~half the event loop's cost of a refusal).
-    ``gate`` holds answered connections unread while the server is busy (backpressure).
+    ``gate`` holds refused connections while the server is busy and serves the freshest first (backpressure).
     """
     return type(
         "AnytimeHttpProtocol", (_GuardedProtocol,), {"limits": limits, "shed": staticmethod(shed) if shed else None, "gate": gate}

@@ -26,8 +26,8 @@ Read when scraped (nothing on the hot path):
 ``anytime_latency_samples``            gauge      runs of ``member`` inside the estimator's window
 ``anytime_queue_depth``                gauge      requests waiting for a worker now
 ``anytime_workers_busy``               gauge      workers running a request now (of ``anytime_workers``)
-``anytime_connections_held``           gauge      connections not read now by backpressure (under :func:`serve` only)
-``anytime_holds_total``                counter    times a connection refused with 503 was held unread (backpressure)
+``anytime_connections_held``           gauge      connections held now by backpressure (read, not parsed; under :func:`serve` only)
+``anytime_holds_total``                counter    times a connection refused with 503 was held (backpressure)
 ``process_*``                          various    prometheus_client's process metrics (RSS, CPU seconds, open fds)
 =====================================  =========  ==================================================================
 
@@ -134,14 +134,14 @@ class _Scraped(Collector):
         if m.gate is not None:
             held = GaugeMetricFamily(
                 "anytime_connections_held",
-                "Connections not read now (backpressure), each most likely with a retried request waiting in the kernel.",
+                "Connections held now (backpressure): what they send is read but not parsed until a worker is free.",
                 labels=["model"],
             )
             held.add_metric(model, float(m.gate.waiting))
             yield held
             holds = CounterMetricFamily(
                 "anytime_holds",
-                "Times a connection refused with 503 was held unread until a worker was free (backpressure).",
+                "Times a connection refused with 503 was held until a worker was free (backpressure).",
                 labels=["model"],
             )
             holds.add_metric(model, float(m.gate.held))

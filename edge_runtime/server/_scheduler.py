@@ -192,6 +192,7 @@ class Scheduler:
         # Called on the event loop whenever a worker or a queue slot has come free (the connection layer's
         # read gate resumes a paused connection then); None = nobody listens.
         self.on_free: Callable[[], None] | None = None
+        self.on_queued: Callable[[], None] | None = None  # called on the event loop after a job is queued
 
     @property
     def queued(self) -> int:
@@ -256,6 +257,8 @@ class Scheduler:
             heapq.heappush(self._heap, (due, next(self._order), job))
             self._queued += 1
             self._wake.notify()
+        if self.on_queued is not None:
+            self.on_queued()
         timer = None if give_up is None else loop.call_later(give_up - time.perf_counter(), self._expire, job)
         try:
             result, left_ms, started, call_start, call_end = await job.future
@@ -293,33 +296,43 @@ class Scheduler:
             self.shed += 1
             raise self._full()
 
-    def check_deadline(self, arrival: float, budget_ms: float | None) -> None:
+    def check_deadline(self, arrival: float, budget_ms: float | None, waited: bool = False) -> None:
         """Refuse now a request that would have to queue and could not start in time (costs microseconds).
 
         What the queue shows: every worker is busy, and the requests already waiting with earlier
         deadlines need at least one first member each (spread over the workers) before this one could
         start; if what would then be left of its budget cannot pay for its own first member plus the
         reserve, it is refused before its body is decoded, never queued. A request that finds a worker
-        free is never refused here.
+        free is not refused here, unless it ``waited`` already (held by the connection layer under
+        overload): then the same test applies with nothing ahead of it, as for a request in the queue.
 
         Raises:
             OverloadedError: as above, or every worker is busy and the queue is full.
         """
         self.check_capacity()
-        if budget_ms is None or self._free > self._queued:
-            return
-        deadline = arrival + budget_ms / 1e3
-        first_ms = self.tracker.first_member_ms()
-        with self._lock:
-            ahead = sum(1 for due, _, job in self._heap if due <= deadline and job.state == _QUEUED)
-        need_ms = self.reserve_ms + self.tracker.return_ms() + first_ms * (1 + ahead / self.workers)
-        if (deadline - time.perf_counter()) * 1e3 < need_ms:
+        ahead = self._late_behind(arrival, budget_ms, waited)
+        if ahead is not None:
             self.shed += 1
             raise OverloadedError(
                 f"overloaded: {self.running} request(s) running and {ahead} due sooner waiting; the {budget_ms:g} ms "
                 "budget cannot be met: retry, or raise anytime_budget_ms",
                 reason="deadline",
             )
+
+    def in_time(self, arrival: float, budget_ms: float | None, waited: bool = True) -> bool:
+        """Whether a request could still start in time, by :meth:`check_deadline`'s test (counts nothing)."""
+        return self._late_behind(arrival, budget_ms, waited) is None
+
+    def _late_behind(self, arrival: float, budget_ms: float | None, waited: bool) -> int | None:
+        """None if the request can start in time, else how many queued requests are due before it."""
+        if budget_ms is None or (self._free > self._queued and not waited):
+            return None
+        deadline = arrival + budget_ms / 1e3
+        first_ms = self.tracker.first_member_ms()
+        with self._lock:
+            ahead = sum(1 for due, _, job in self._heap if due <= deadline and job.state == _QUEUED)
+        need_ms = self.reserve_ms + self.tracker.return_ms() + first_ms * (1 + ahead / self.workers)
+        return ahead if (deadline - time.perf_counter()) * 1e3 < need_ms else None
 
     def _expire(self, job: _Job) -> None:
         """On the event loop: the job's budget can no longer pay for the first member; refuse it if still waiting."""

@@ -62,8 +62,11 @@ def serve(
     limits = ConnectionLimits(config.max_connections, config.header_timeout_s, config.body_timeout_s)
     gate = None
     if config.backpressure:
-        gate = ReadGate(app.state.server.busy)
+        gate = ReadGate(
+            app.state.server.busy, app.state.server.held_in_time, max_hold_s=config.max_hold_s, order=config.hold_order
+        )
         app.state.server.scheduler.on_free = gate.release
+        app.state.server.scheduler.on_queued = gate.admitted
         app.state.server.metrics.gate = gate  # GET /metrics reports the held connections
     uv_config = uvicorn.Config(
         app,
