@@ -33,6 +33,11 @@ candidates and budgets; wall time of the real requests for miss rates and entrop
 
     python benchmarks/anytime_value.py --data cluttered-mnist --json benchmarks/results/anytime_value_cluttered.json
 
+``--init teacher`` builds B-DISTIL's members, and the RESCHED/NO-RESCHED students of their sizes, as
+channel-pruned copies of the teacher (:mod:`distill.progressive.inherit`). ``--reuse --workdir W --rebuild
+bdistil,resched,no_resched`` trains only those bundles again in ``W`` (replacing their ``reports.json``
+entries) and measures them with the bundles already there.
+
 JSON: the schema of issue 13 (``dataset``, ``device``, ``teacher``, ``candidates``, ``budgets``,
 ``entropy_exit``, ``bdistil_curve``) plus ``details`` (build reports, timings, load average, settings).
 """
@@ -42,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -63,6 +69,8 @@ from distill.lowrank.student import LowRankConfig, lowrank_student
 from distill.progressive import (
     BaselineConfig,
     ProgressiveConfig,
+    PrunedCandidate,
+    candidate_from_dict,
     limit_training,
     no_resched_students,
     progressive_ensemble,
@@ -111,10 +119,22 @@ def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
+BUNDLE_GROUPS = ("teacher", "bdistil", "resched", "no_resched", "lowrank", "channels")  # what --rebuild may name
+
+
 def build(
-    full: Dataset, loaded: Any, sched: Schedule, members: int, args: argparse.Namespace, work: Path, timings: dict[str, float]
+    full: Dataset,
+    loaded: Any,
+    sched: Schedule,
+    members: int,
+    args: argparse.Namespace,
+    work: Path,
+    timings: dict[str, float],
+    only: frozenset[str] | None = None,
+    reports: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Path], dict[str, list[float]], dict[str, Any]]:
-    """Train and export every candidate; returns (bundle paths, test accuracy per prefix, build reports)."""
+    """Train and export every candidate (or only the groups in ``only``, over ``reports`` of an earlier run);
+    returns (bundle paths, test accuracy per prefix, build reports) of what was built; writes reports.json."""
     teacher = loaded.module
     data = limit_training(full, sched.limit_train)
     task = full.task_spec()
@@ -122,47 +142,66 @@ def build(
     common = dict(epochs=sched.epochs, lr=sched.lr, batch_size=sched.batch_size, seed=args.seed, progress=False)
     paths: dict[str, Path] = {}
     acc: dict[str, list[float]] = {}
-    reports: dict[str, Any] = {}
+    reports = dict(reports or {})
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
 
     def keep(name: str, result: Any) -> None:
         paths[name] = result.path
         acc[name] = [g.onnx_accuracy for g in result.reports]
 
-    keep(
-        "teacher",
-        _timed(timings, "export teacher", lambda: export_model(teacher, task, work / "teacher", heldout=heldout, name="teacher")),
-    )
+    if wanted("teacher"):
+        keep(
+            "teacher",
+            _timed(
+                timings, "export teacher", lambda: export_model(teacher, task, work / "teacher", heldout=heldout, name="teacher")
+            ),
+        )
     _timed(
         timings,
         "teacher logits (cached on disk)",
         lambda: (predict_logits(teacher, data.x_train), predict_logits(teacher, data.x_val)),
     )
 
-    bd = _timed(
-        timings,
-        "bdistil",
-        lambda: progressive_ensemble(teacher, data, ProgressiveConfig(members=members, sizing=args.sizing, **common)),
-    )
-    reports["bdistil"] = bd.report.to_dict()
-    keep(
-        "bdistil",
-        export_ensemble(
-            bd.members, task, work / "bdistil", heldout=heldout, connections=bd.connections, combine="sum", name="bdistil"
-        ),
-    )
-    sizes = [m.candidate for m in bd.report.members]
-    base = BaselineConfig(**common)
-    rs = _timed(timings, "resched", lambda: resched_ensemble(teacher, data, sizes, base))
-    reports["resched"] = rs.report.to_dict()
-    keep("resched", export_ensemble(rs.members, task, work / "resched", heldout=heldout, combine="mean", name="resched"))
-    cumulative = list(np.cumsum([m.macs for m in bd.report.members]))
-    nr, nr_report = _timed(timings, "no_resched", lambda: no_resched_students(teacher, data, cumulative, sizes[0], base))
-    reports["no_resched"] = nr_report.to_dict()
-    for t, student in enumerate(nr):
-        keep(
-            f"no_resched_t{t + 1}",
-            export_model(student, task, work / f"no_resched_t{t + 1}", heldout=heldout, name=f"no_resched_t{t + 1}"),
+    if wanted("bdistil"):
+        bd = _timed(
+            timings,
+            "bdistil",
+            lambda: progressive_ensemble(
+                teacher, data, ProgressiveConfig(members=members, sizing=args.sizing, init=args.init, **common)
+            ),
         )
+        reports["bdistil"] = bd.report.to_dict()
+        keep(
+            "bdistil",
+            export_ensemble(
+                bd.members, task, work / "bdistil", heldout=heldout, connections=bd.connections, combine="sum", name="bdistil"
+            ),
+        )
+    if wanted("resched") or wanted("no_resched"):  # the baselines take B-DISTIL's sizes, and so its initialisation
+        if "bdistil" not in reports:
+            raise SystemExit(f"{work / 'reports.json'} has no bdistil report to size the baselines by; rebuild bdistil too")
+        built = reports["bdistil"]["members"]
+        sizes = [candidate_from_dict(m["candidate"]) for m in built]
+        if (args.init == "teacher") != all(isinstance(c, PrunedCandidate) for c in sizes):
+            raise SystemExit(f"the bdistil bundle in {work} was not built with --init {args.init}; rebuild bdistil too")
+        base = BaselineConfig(**common)
+    if wanted("resched"):
+        rs = _timed(timings, "resched", lambda: resched_ensemble(teacher, data, sizes, base))
+        reports["resched"] = rs.report.to_dict()
+        keep("resched", export_ensemble(rs.members, task, work / "resched", heldout=heldout, combine="mean", name="resched"))
+    if wanted("no_resched"):
+        for stale in work.glob("no_resched_t*"):  # B-DISTIL may have stopped at fewer members this time
+            shutil.rmtree(stale)
+        cumulative = list(np.cumsum([int(m["macs"]) for m in built]))
+        nr, nr_report = _timed(timings, "no_resched", lambda: no_resched_students(teacher, data, cumulative, sizes[0], base))
+        reports["no_resched"] = nr_report.to_dict()
+        for t, student in enumerate(nr):
+            keep(
+                f"no_resched_t{t + 1}",
+                export_model(student, task, work / f"no_resched_t{t + 1}", heldout=heldout, name=f"no_resched_t{t + 1}"),
+            )
 
     def lowrank() -> Any:
         try:
@@ -173,16 +212,18 @@ def build(
             _log(f"low-rank speed-up search failed ({exc}); rank 16")
             return lowrank_student(teacher, data, LowRankConfig(rank=16, epochs=sched.epochs, lr=1e-3, seed=args.seed))
 
-    student, report = _timed(timings, "lowrank", lowrank)
-    reports["lowrank"] = report.to_dict()
-    keep("lowrank", export_model(student, task, work / "lowrank", heldout=heldout, name="lowrank"))
-    student, report = _timed(
-        timings,
-        "channels",
-        lambda: channel_student(teacher, data, args.keep, epochs=sched.epochs, limit=len(data.x_train), seed=args.seed),
-    )
-    reports["channels"] = report.to_dict() if hasattr(report, "to_dict") else repr(report)
-    keep("channels", export_model(student, task, work / "channels", heldout=heldout, name="channels"))
+    if wanted("lowrank"):
+        student, report = _timed(timings, "lowrank", lowrank)
+        reports["lowrank"] = report.to_dict()
+        keep("lowrank", export_model(student, task, work / "lowrank", heldout=heldout, name="lowrank"))
+    if wanted("channels"):
+        student, report = _timed(
+            timings,
+            "channels",
+            lambda: channel_student(teacher, data, args.keep, epochs=sched.epochs, limit=len(data.x_train), seed=args.seed),
+        )
+        reports["channels"] = report.to_dict() if hasattr(report, "to_dict") else repr(report)
+        keep("channels", export_model(student, task, work / "channels", heldout=heldout, name="channels"))
     (work / "reports.json").write_text(json.dumps(reports, indent=1, default=str) + "\n")
     return paths, acc, reports
 
@@ -286,7 +327,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batch_size=sched.batch_size,
         )
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="anytime_value_"))
-    if args.reuse:
+    if args.rebuild:  # only these groups are trained again, in place; everything is then measured as reused
+        earlier = work / "reports.json"
+        build(full, loaded, sched, args.members, args, work, timings, args.rebuild, json.loads(earlier.read_text()))
+        paths, acc, reports = _timed(timings, "reuse bundles", lambda: reuse(full, work))
+    elif args.reuse:
         paths, acc, reports = _timed(timings, "reuse bundles", lambda: reuse(full, work))
     else:
         paths, acc, reports = build(full, loaded, sched, args.members, args, work, timings)
@@ -434,8 +479,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "train_rows": min(len(full.x_train), sched.limit_train or len(full.x_train)),
             "test_rows_run": n,
             "reused_bundles": args.reuse,
+            "rebuilt": sorted(args.rebuild or ()),
             "members": args.members,
             "sizing": args.sizing,
+            "init": args.init,
             "calibration": calibration,
             "accuracy_drop": args.accuracy_drop,
             "teacher_metrics": loaded.metrics,
@@ -479,11 +526,26 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"build seconds {result['details']['build_seconds']}; total {result['details']['total_seconds']} s")
 
 
+def _groups(text: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - set(BUNDLE_GROUPS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown bundle groups {unknown}; name some of {', '.join(BUNDLE_GROUPS)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="cluttered-mnist")
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--sizing", choices=("auto", "latency", "macs"), default="auto", help="B-DISTIL member sizing")
+    parser.add_argument(
+        "--init",
+        choices=("scratch", "teacher"),
+        default="scratch",
+        help="B-DISTIL members (and the RESCHED/NO-RESCHED students of their sizes) from scratch or as "
+        "channel-pruned copies of the teacher",
+    )
     parser.add_argument("--limit-train", type=int, help="training rows the students see (default per data set)")
     parser.add_argument("--epochs", type=int, help="epochs per student / member attempt (default per data set)")
     parser.add_argument("--lowrank-speedup", type=float, default=2.0)
@@ -506,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
         help="measure the bundles an earlier run left in --workdir instead of training (e.g. on an idle machine)",
     )
     parser.add_argument(
+        "--rebuild",
+        type=_groups,
+        help=f"with --reuse --workdir W: train again only these bundles in W (comma list of {', '.join(BUNDLE_GROUPS)}; "
+        "their reports.json entries too), reuse the rest",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -515,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.rebuild and not (args.reuse and args.workdir and (Path(args.workdir) / "reports.json").is_file()):
+        parser.error("--rebuild needs --reuse and a --workdir holding an earlier run (its reports.json)")
     torch.set_num_threads(args.threads)
     print(f"device: {device_info()['cpu_model']}; load average at start {os.getloadavg()}")
     result = run(args)

@@ -10,8 +10,10 @@ Examples::
 B-DISTIL writes one bundle whose members combine by sum and pass their features to later members
 (the manifest's connections). RESCHED writes one bundle whose members combine by mean. NO-RESCHED is
 one student per prefix length, so it writes one single-member bundle per length: ``OUT/t1 .. OUT/tK``.
-``--like BUNDLE`` sizes a baseline after a B-DISTIL bundle's members; without it every member has the
-size of the cheapest default candidate. Prints the test accuracy of every prefix as ONNX Runtime computes
+``--like BUNDLE`` sizes a baseline after a B-DISTIL bundle's members, with their initialisation (``--init
+teacher`` bundles: pruned copies of the teacher); without it every member has the size of the cheapest
+default candidate. ``--init teacher`` builds every member as a channel-pruned copy of the teacher (keep
+ratios sized by measured latency; no connections) instead of from scratch. Prints the test accuracy of every prefix as ONNX Runtime computes
 it (the export gates run the members chained, exactly as the device will).
 """
 
@@ -48,8 +50,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connect",
         choices=("none", "previous", "all"),
-        default="previous",
-        help="connections tried first: none, the previous member's features (default), or all earlier",
+        help="connections tried first: none, the previous member's features (default), or all earlier; "
+        "teacher-initialised members take none",
+    )
+    parser.add_argument(
+        "--init",
+        choices=("scratch", "teacher"),
+        default="scratch",
+        help="members built from scratch (default) or as channel-pruned copies of the teacher (Torch-Pruning), "
+        "each keep ratio sized by measured latency; baselines given --like copy the bundle's init",
     )
     parser.add_argument(
         "--size-by",
@@ -73,13 +82,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _sizes_like(bundle: Path, members: int) -> tuple[list[Any], list[int]]:
     """Candidates and MACs of a B-DISTIL bundle's members (from their manifest ``info``)."""
     from distill.errors import TrainingError
-    from distill.progressive import Candidate
+    from distill.progressive import candidate_from_dict
     from edge_runtime.bundle import load_bundle
 
     manifest = load_bundle(bundle).manifest
     try:
-        rows = [(Candidate(**m.info["candidate"]), int(m.info["macs"])) for m in manifest.members]
-    except (KeyError, TypeError) as exc:
+        rows = [(candidate_from_dict(m.info["candidate"]), int(m.info["macs"])) for m in manifest.members]
+    except (KeyError, TypeError, TrainingError) as exc:
         raise TrainingError(f"{bundle} was not written by `anytime-edge ensemble`; pass a B-DISTIL bundle to --like") from exc
     if len(rows) < members:
         raise TrainingError(f"{bundle} has {len(rows)} members but --members is {members}; lower --members")
@@ -97,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from distill.progressive import (
         BaselineConfig,
         ProgressiveConfig,
+        PrunedCandidate,
         count_macs,
         default_candidates,
         limit_training,
@@ -122,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline is None:
         cfg = ProgressiveConfig(
             members=args.members,
-            connect=args.connect,
+            connect=args.connect or "",
+            init=args.init,
             gamma=args.gamma,
             epochs=args.epochs,
             lr=args.lr,
@@ -167,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.like is not None:
             candidates, macs = _sizes_like(args.like, args.members)
+            if args.init == "teacher" and not all(isinstance(c, PrunedCandidate) for c in candidates):
+                raise TrainingError(f"{args.like} was built with --init scratch; pass a teacher-initialised bundle to --like")
+        elif args.init == "teacher":
+            raise TrainingError(
+                "a teacher-initialised baseline copies its keep ratios: pass --like a B-DISTIL bundle built with --init teacher"
+            )
         else:
             first = default_candidates(dataset)[0]
             candidates = [first] * args.members

@@ -9,6 +9,8 @@ that builds it (and its two baselines) is ``anytime-edge ensemble``.
   line search (the exact formulas implemented);
 * :mod:`~distill.progressive.members` — members, the candidate students they are built from, and how a
   chain of them is evaluated;
+* :mod:`~distill.progressive.inherit` — members initialised from the teacher (``init="teacher"``:
+  channel-pruned copies of it);
 * :mod:`~distill.progressive.baselines` — the RESCHED and NO-RESCHED baselines it is measured against.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from distill.progressive.baselines import BaselineConfig, no_resched_students, resched_ensemble, width_for_macs
 from distill.progressive.bdistil import CONNECT_RULES, ProgressiveConfig, limit_training, progressive_ensemble
+from distill.progressive.inherit import INITS, PrunedCandidate, candidate_from_dict, keep_for_macs
 from distill.progressive.members import (
     BoostedMember,
     Candidate,
@@ -37,12 +40,16 @@ __all__ = [
     "Candidate",
     "Ensemble",
     "EnsembleReport",
+    "INITS",
     "MemberReport",
     "ProgressiveConfig",
+    "PrunedCandidate",
+    "candidate_from_dict",
     "chain_outputs",
     "combined_logits",
     "count_macs",
     "default_candidates",
+    "keep_for_macs",
     "limit_training",
     "no_resched_students",
     "prefix_accuracies",

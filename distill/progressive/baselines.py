@@ -8,7 +8,10 @@
   it needs knowing the budget before inference, so it cannot stop early, but it bounds what t members'
   worth of compute can reach.
 
-Both distil with an ordinary loss from :mod:`distill.losses` (default: Hinton KD).
+Both distil with an ordinary loss from :mod:`distill.losses` (default: Hinton KD). Given
+:class:`~distill.progressive.inherit.PrunedCandidate` sizes (an ensemble built with ``init="teacher"``), their
+students are pruned copies of the teacher too, so the comparison keeps architecture and initialisation equal;
+NO-RESCHED's pruned students are sized by :func:`~distill.progressive.inherit.keep_for_macs`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from torch import nn
 from distill.data import Dataset
 from distill.errors import TrainingError
 from distill.losses import DistillationLoss, make_loss
-from distill.models import Classifier, build_model
+from distill.models import build_model
+from distill.progressive.inherit import PrunedCandidate, build_student, keep_for_macs
 from distill.progressive.members import Candidate, Ensemble, EnsembleReport, MemberReport, combined_logits, count_macs
 from distill.train import FitConfig, distil, predict_logits, scaled_epochs
 
@@ -66,10 +70,16 @@ class BaselineConfig:
 
 
 def _train_student(
-    candidate: Candidate, dataset: Dataset, teacher_logits: np.ndarray, cfg: BaselineConfig, k: int, desc: str
-) -> tuple[Classifier, float]:
+    candidate: Candidate | PrunedCandidate,
+    dataset: Dataset,
+    teacher: nn.Module,
+    teacher_logits: np.ndarray,
+    cfg: BaselineConfig,
+    k: int,
+    desc: str,
+) -> tuple[nn.Module, float]:
     torch.manual_seed(cfg.seed * 7919 + 1000 + k)  # independent initialisations: these are separate runs
-    student = build_model(candidate.model_config(dataset))
+    student = build_student(candidate, dataset, teacher)
     started = time.perf_counter()
     distil(
         student, dataset.x_train, dataset.y_train, teacher_logits, cfg.make_loss(), cfg.fit_config(k, desc, len(dataset.x_train))
@@ -78,14 +88,15 @@ def _train_student(
 
 
 def resched_ensemble(
-    teacher: nn.Module, dataset: Dataset, candidates: Sequence[Candidate], cfg: BaselineConfig | None = None
+    teacher: nn.Module, dataset: Dataset, candidates: Sequence[Candidate | PrunedCandidate], cfg: BaselineConfig | None = None
 ) -> Ensemble:
     """RESCHED: ``len(candidates)`` independently distilled students, combined by the mean of their logits.
 
     Args:
         teacher: the frozen teacher.
         dataset: training data; validation scores the report.
-        candidates: one architecture per member, in evaluation order (B-DISTIL's chosen sizes).
+        candidates: one architecture per member, in evaluation order (B-DISTIL's chosen sizes; pruned
+            candidates are copies of ``teacher``).
         cfg: loss and schedule; None = defaults.
 
     Returns:
@@ -100,7 +111,9 @@ def resched_ensemble(
     own_val: list[np.ndarray] = []
     reports: list[MemberReport] = []
     for k, candidate in enumerate(candidates):
-        student, seconds = _train_student(candidate, dataset, g_train, cfg, k, f"resched member {k + 1} ({candidate.describe()})")
+        student, seconds = _train_student(
+            candidate, dataset, teacher, g_train, cfg, k, f"resched member {k + 1} ({candidate.describe()})"
+        )
         members.append(student)
         own_val.append(predict_logits(student, dataset.x_val))
         running = combined_logits(own_val, "mean")[-1].argmax(1)
@@ -149,16 +162,17 @@ def no_resched_students(
     teacher: nn.Module,
     dataset: Dataset,
     budgets: Sequence[int],
-    template: Candidate,
+    template: Candidate | PrunedCandidate,
     cfg: BaselineConfig | None = None,
-) -> tuple[list[Classifier], EnsembleReport]:
+) -> tuple[list[nn.Module], EnsembleReport]:
     """NO-RESCHED: for each budget (cumulative MACs of prefix t), one student of that cost, distilled alone.
 
     Args:
         teacher: the frozen teacher.
         dataset: training data; validation scores the report.
         budgets: MACs per prefix length, e.g. the running sum of the ensemble members' MACs.
-        template: the family, depth and width/hidden ratio to scale.
+        template: the family, depth and width/hidden ratio to scale; a :class:`PrunedCandidate` = pruned
+            copies of ``teacher``, the keep of each chosen by MACs (:func:`keep_for_macs`).
         cfg: loss and schedule; None = defaults.
 
     Returns:
@@ -169,11 +183,17 @@ def no_resched_students(
         raise TrainingError("NO-RESCHED needs at least one budget")
     g_train = predict_logits(teacher, dataset.x_train)
     teacher_val = predict_logits(teacher, dataset.x_val).argmax(1)
-    students: list[Classifier] = []
+    students: list[nn.Module] = []
     reports: list[MemberReport] = []
     for t, budget in enumerate(budgets):
-        candidate = width_for_macs(template, dataset, int(budget))
-        student, seconds = _train_student(candidate, dataset, g_train, cfg, t, f"no-resched t={t + 1} ({candidate.describe()})")
+        candidate = (
+            keep_for_macs(teacher, dataset, int(budget))
+            if isinstance(template, PrunedCandidate)
+            else width_for_macs(template, dataset, int(budget))
+        )
+        student, seconds = _train_student(
+            candidate, dataset, teacher, g_train, cfg, t, f"no-resched t={t + 1} ({candidate.describe()})"
+        )
         students.append(student)
         pred = predict_logits(student, dataset.x_val).argmax(1)
         reports.append(

@@ -30,7 +30,24 @@ w6 members (the MACs ladder) F_4 is 98.14% after 3 epochs on 20k images and 98.9
 54k (teacher 99.28%); members sized by latency instead (wider at the same time) gave 97.91% at 20k x 3
 (``benchmarks/results/anytime_value_mnist*.json``, ``bdistil_mnist_54k6ep.json``).
 
-The RESCHED and NO-RESCHED baselines live in :mod:`distill.progressive.baselines`.
+Teacher-initialised members (``init="teacher"``, :mod:`distill.progressive.inherit`): every rung is a
+channel-pruned copy of the teacher (keep ratios sized by measured latency,
+:func:`~distill.progressive.sizing.keep_candidates`), trained on the same barrier objective; they take no
+connections (``connect="none"``); member 1 starts from the head set by ``first_head``, member ``t > 1`` from
+``head_start``. Measured on MNIST (``benchmarks/bdistil_init.py``, 4 members, one epoch; teacher 99.28%,
+keep 0.45 each, sized by MACs as the teacher takes < 0.1 ms here): on 5k rows F_1..F_4 = 98.33 / 97.99 / 98.24 %
+(a fourth member failed the check) keeping the teacher's head everywhere, 98.33 / 98.37 / 98.39 / 98.25 with
+t > 1 zeroed, 98.89 / 98.42 / 98.39 / 98.35 with every head rescaled (least squares to the round's target
+``atanh(f*)``, here ~0.28 at t = 1, ~0.08 then ~0.03 then 0 later); from scratch 80.84 / 81.52 / 88.30 / 89.99.
+On 20k rows, rescaled: 99.10 / 98.60 / 98.65 / 98.58 (t > 1 zeroed: 99.10 / 98.52 / 98.54 / 98.59), against
+RESCHED 98.97 at every t and NO-RESCHED 98.97 / 99.22 / 99.22 / 99.26 of the same (pruned-teacher) students.
+Member 1 is then within 0.2 point of the teacher and later members *lower* accuracy: they reach edges ~1.0 on
+the residual, but its exponential weights sit on the extreme logits of confident samples, so their outputs on
+the uncertain samples, which decide the argmax, are barely constrained (a fixed ``temperature=8`` flattens the
+weights: F_2 98.81%, but member 3 then fails the edge check).
+
+The RESCHED and NO-RESCHED baselines live in :mod:`distill.progressive.baselines`; given the ensemble's
+candidates they get the same initialisation.
 """
 
 from __future__ import annotations
@@ -46,7 +63,7 @@ from torch import nn
 from distill.data import Dataset
 from distill.errors import TrainingError
 from distill.losses import LogitRegression
-from distill.models import build_model
+from distill.progressive.inherit import HEAD_STARTS, INITS, PrunedCandidate, build_student, start_head
 from distill.progressive.members import (
     BoostedMember,
     Candidate,
@@ -64,7 +81,7 @@ from distill.progressive.rounds import (
     residual_temperature,
     weak_learning_edge,
 )
-from distill.progressive.sizing import MIN_TEACHER_MS, MemberSizing, latency_candidates
+from distill.progressive.sizing import MIN_TEACHER_MS, MemberSizing, keep_candidates, latency_candidates
 from distill.train import FitConfig, fit, predict_logits, scaled_epochs
 
 __all__ = ["CONNECT_RULES", "SIZINGS", "ProgressiveConfig", "limit_training", "progressive_ensemble"]
@@ -78,11 +95,22 @@ class ProgressiveConfig:
     """How B-DISTIL builds an ensemble."""
 
     members: int = 4  # K: members to build (fewer if no candidate passes the check)
-    candidates: tuple[Candidate, ...] = ()  # escalation ladder, cheapest first; () = chosen by ``sizing``
+    # escalation ladder, cheapest first; () = chosen by ``sizing``. Candidate for init="scratch",
+    # PrunedCandidate (a keep ratio of the teacher) for init="teacher"
+    candidates: tuple[Candidate | PrunedCandidate, ...] = ()
+    # "scratch": members are fresh students; "teacher": channel-pruned copies of the teacher (distill.progressive.inherit)
+    init: str = "scratch"
+    # init="teacher", members t > 1: start of the pruned copy's classifier head ("keep", "zero", "rescale"; see
+    # inherit.start_head); "rescale" measured best (module docstring)
+    head_start: str = "rescale"
+    # init="teacher", member 1: "keep" (h starts at the pruned teacher's logits) or "rescale" (to the barrier's target)
+    first_head: str = "rescale"
     # how an empty ladder is chosen: "macs" (default_candidates), "latency" (distill.progressive.sizing: each
     # member ~1/K of the teacher's measured ORT latency), "auto" (latency where the teacher takes >= 0.1 ms)
     sizing: str = "macs"
-    connect: str = "previous"  # first-try connections of member t: "none", "previous" (t-1) or "all"
+    # first-try connections of member t: "none", "previous" (t-1) or "all"; "" = "previous", or "none" for
+    # init="teacher" (a pruned teacher's forward has no connection inputs, so it takes no other rule)
+    connect: str = ""
     gamma: float = 0.05  # weak-learning margin: accept a member when its validation edge >= gamma
     temperature: float = 0.0  # residual temperature tau; 0 = the residual's RMS, recomputed every round
     epochs: int = 0  # training epochs per attempt; 0 = scaled to the data (scaled_epochs)
@@ -99,16 +127,30 @@ class ProgressiveConfig:
             raise TrainingError("an ensemble needs --members >= 1")
         if self.sizing not in SIZINGS:
             raise TrainingError(f"sizing '{self.sizing}' is unknown; use one of {list(SIZINGS)}")
+        if self.init not in INITS:
+            raise TrainingError(f"init '{self.init}' is unknown; use one of {list(INITS)}")
+        if self.head_start not in HEAD_STARTS:
+            raise TrainingError(f"head_start '{self.head_start}' is unknown; use one of {list(HEAD_STARTS)}")
+        if self.first_head not in ("keep", "rescale"):
+            raise TrainingError(f"first_head '{self.first_head}' is unknown; use 'keep' or 'rescale'")
+        if not self.connect:
+            object.__setattr__(self, "connect", "none" if self.init == "teacher" else "previous")
         if self.connect not in CONNECT_RULES:
             raise TrainingError(f"connect '{self.connect}' is unknown; use one of {list(CONNECT_RULES)}")
+        if self.init == "teacher" and self.connect != "none":
+            raise TrainingError(
+                "teacher-initialised members take no connections (the pruned teacher's forward has no inputs for "
+                "them); use connect='none' (--connect none) or init='scratch'"
+            )
         if not 0.0 <= self.gamma < 2.0:
             raise TrainingError(f"gamma must be in [0, 2) (the edge of |f| < 1 lies in (-2, 2)), not {self.gamma}")
         if self.temperature < 0 or self.epochs < 0 or self.refine_epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise TrainingError(
                 "temperature must be >= 0, epochs >= 0 (0 = scaled to the data), refine_epochs >= 0, batch_size >= 1 and lr > 0"
             )
-        if not all(isinstance(c, Candidate) for c in self.candidates):
-            raise TrainingError("candidates must be Candidate instances")
+        kind = PrunedCandidate if self.init == "teacher" else Candidate
+        if not all(isinstance(c, kind) for c in self.candidates):
+            raise TrainingError(f"with init='{self.init}' the candidates must be {kind.__name__} instances")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -163,14 +205,25 @@ def _raw_outputs(
     return np.concatenate(hs), np.concatenate(fs)
 
 
-def _ladder(t: int, candidates: Sequence[Candidate], connect: str) -> Iterator[tuple[Candidate, tuple[int, ...]]]:
-    """The escalation order of round ``t`` (0-based): per candidate, base connections, then all earlier."""
+def _ladder(
+    t: int, candidates: Sequence[Candidate | PrunedCandidate], connect: str, *, escalate: bool = True
+) -> Iterator[tuple[Candidate | PrunedCandidate, tuple[int, ...]]]:
+    """The escalation order of round ``t`` (0-based): per candidate, base connections, then all earlier.
+
+    ``escalate=False`` (teacher-initialised members, which take no connections): each candidate once, as is.
+    """
     every = tuple(range(t))
     base = {"none": (), "previous": every[-1:], "all": every}[connect]
     for candidate in candidates:
         yield candidate, base
-        if base != every:
+        if escalate and base != every:
             yield candidate, every
+
+
+def _barrier_target(k_plus: np.ndarray, k_minus: np.ndarray) -> np.ndarray:
+    """``atanh(f*)`` = ``0.5 log(K+ / K-)``: the raw output whose tanh minimises the barrier entry by entry."""
+    tiny = np.finfo(np.float64).tiny
+    return 0.5 * (np.log(np.maximum(k_plus, tiny)) - np.log(np.maximum(k_minus, tiny)))
 
 
 def _fit(
@@ -198,8 +251,12 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
     """
     cfg = cfg or ProgressiveConfig()
     sizing: MemberSizing | None = None
+    candidates: Sequence[Candidate | PrunedCandidate]
     if cfg.candidates:
         candidates = cfg.candidates
+    elif cfg.init == "teacher":
+        sizing = keep_candidates(teacher, dataset, cfg.members, basis=cfg.sizing)
+        candidates = sizing.candidates
     elif cfg.sizing == "macs":
         candidates = default_candidates(dataset)
     else:
@@ -228,12 +285,22 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
         packed = pack_weights(*boosting_weights(r_train, tau))
         val_plus, val_minus = boosting_weights(r_val, tau)
         attempts: list[dict[str, Any]] = []
-        accepted: tuple[BoostedMember, tuple[int, ...], Candidate, float] | None = None
+        accepted: tuple[BoostedMember, tuple[int, ...], Candidate | PrunedCandidate, float] | None = None
         started = time.perf_counter()
-        for attempt, (candidate, conns) in enumerate(_ladder(t, candidates, cfg.connect)):
+        head_scale: float | None = None
+        inherit = cfg.init == "teacher"
+        for attempt, (candidate, conns) in enumerate(_ladder(t, candidates, cfg.connect, escalate=not inherit)):
             torch.manual_seed(cfg.seed * 7919 + 100 * t + attempt)
             dims = [feats_train[j].shape[1] for j in conns]
-            member = BoostedMember(build_model(candidate.model_config(dataset, dims)))
+            body = build_student(candidate, dataset, teacher, dims)
+            start = (cfg.head_start if t else cfg.first_head) if inherit else "keep"
+            if start != "keep":  # the copy outputs the teacher's logits; the round's target is atanh(f*)
+                rows = slice(0, min(len(x_train), 4096))
+                target = _barrier_target(*boosting_weights(r_train[rows], tau))
+                head_scale = start_head(body, start, x_train[rows], target, dataset)
+            elif inherit:
+                head_scale = 1.0
+            member = BoostedMember(body)
             trainable = _IndexedMember(member, x_tensor, [torch.from_numpy(feats_train[j]) for j in conns], scaled=False)
             _fit(
                 trainable,
@@ -300,6 +367,8 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
                 step=scale,
                 residual_rms=float(np.sqrt(np.mean((g_train - f_train) ** 2))),
                 attempts=tuple(attempts),
+                latency_ms=sizing.latency_of(candidate) if sizing is not None else None,
+                head_scale=head_scale,
             )
         )
     if not members:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
@@ -22,7 +22,10 @@ from torch import nn
 
 from distill.data import Dataset
 from distill.errors import TrainingError
-from distill.models import FAMILIES, Classifier, ModelConfig, build_model, family_for
+from distill.models import FAMILIES, ModelConfig, build_model, family_for
+
+if TYPE_CHECKING:
+    from distill.progressive.inherit import PrunedCandidate
 
 __all__ = [
     "BoostedMember",
@@ -101,18 +104,19 @@ class BoostedMember(nn.Module):
     the exported graph); :meth:`raw` gives ``h`` for the log-barrier loss.
     """
 
-    def __init__(self, body: Classifier, scale: float = 1.0) -> None:
+    def __init__(self, body: nn.Module, scale: float = 1.0) -> None:
         super().__init__()
         self.body = body
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     @property
-    def config(self) -> ModelConfig:
-        return self.body.config
+    def config(self) -> ModelConfig | None:
+        """The body's :class:`ModelConfig`; None for a pruned teacher copy (``init="teacher"``)."""
+        return getattr(self.body, "config", None)
 
     @property
     def feature_dim(self) -> int:
-        return self.body.feature_dim
+        return int(self.body.feature_dim)
 
     def set_scale(self, scale: float) -> None:
         if not (math.isfinite(scale) and scale >= 0):
@@ -133,7 +137,7 @@ class MemberReport:
     """How one member (or one NO-RESCHED student) was built and how its prefix scored on validation data."""
 
     member: int  # 1-based position (for NO-RESCHED: the prefix length it stands in for)
-    candidate: Candidate  # the architecture chosen
+    candidate: "Candidate | PrunedCandidate"  # the architecture chosen (PrunedCandidate: the teacher pruned to a keep ratio)
     connections: tuple[int, ...]  # 0-based earlier members whose features it takes
     params: int
     macs: int  # multiply-accumulates of one input (the cost that orders candidates)
@@ -144,6 +148,8 @@ class MemberReport:
     step: float | None = None  # B-DISTIL: the member's scale eta
     residual_rms: float | None = None  # B-DISTIL: RMS of g - F on training data after this member
     attempts: tuple[dict[str, Any], ...] = ()  # B-DISTIL: every candidate tried, its edge, accepted or not
+    latency_ms: float | None = None  # the candidate's batch-1 ORT p50 measured when sizing (None: not timed)
+    head_scale: float | None = None  # teacher-initialised member t > 1: the factor its classifier head started at
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
