@@ -169,7 +169,7 @@ def build(
             timings,
             "bdistil",
             lambda: progressive_ensemble(
-                teacher, data, ProgressiveConfig(members=members, sizing=args.sizing, init=args.init, **common)
+                teacher, data, ProgressiveConfig(members=members, sizing=args.sizing, init=args.init, step=args.step, **common)
             ),
         )
         reports["bdistil"] = bd.report.to_dict()
@@ -483,6 +483,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "members": args.members,
             "sizing": args.sizing,
             "init": args.init,
+            "step": args.step,
             "calibration": calibration,
             "accuracy_drop": args.accuracy_drop,
             "teacher_metrics": loaded.metrics,
@@ -545,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         default="scratch",
         help="B-DISTIL members (and the RESCHED/NO-RESCHED students of their sizes) from scratch or as "
         "channel-pruned copies of the teacher",
+    )
+    parser.add_argument(
+        "--step", choices=("potential", "kl"), default="potential", help="B-DISTIL step size rule (ProgressiveConfig.step)"
     )
     parser.add_argument("--limit-train", type=int, help="training rows the students see (default per data set)")
     parser.add_argument("--epochs", type=int, help="epochs per student / member attempt (default per data set)")

@@ -233,3 +233,24 @@ def test_command_errors_are_one_line(
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "--members" in errors[0] and "does not exist" in errors[1]
     assert not (tmp_path / "o").exists()
+
+
+def test_kl_step_scales_each_member_from_held_out_rows(
+    monkeypatch: pytest.MonkeyPatch, teacher: Classifier, dataset: Dataset
+) -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def fake_kl_step(g: np.ndarray, ensemble: np.ndarray, f: np.ndarray) -> float:
+        seen.append((g.shape[0], float(np.abs(ensemble).sum()) > 0))  # type: ignore[arg-type]
+        return 0.75
+
+    monkeypatch.setattr(bdistil, "kl_step", fake_kl_step)
+    monkeypatch.setattr(bdistil, "line_search_step", lambda *args: pytest.fail("the cosh line search ran"))
+    monkeypatch.setattr(bdistil, "weak_learning_edge", lambda *args: 1.0)  # every member passes the check
+    cfg = ProgressiveConfig(members=2, candidates=TINY[1:], epochs=1, step="kl", progress=False)
+    members, _, report = progressive_ensemble(teacher, dataset, cfg)
+    n_val = len(dataset.x_val)
+    assert seen == [(n_val, False), (n_val, True)]  # validation rows; F_0 = 0, then member 1's share
+    assert [r.step for r in report.members] == [0.75, 0.75] and report.settings["step"] == "kl"
+    with pytest.raises(TrainingError, match="step 'newton' is unknown"):
+        ProgressiveConfig(step="newton")

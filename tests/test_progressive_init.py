@@ -217,10 +217,12 @@ def test_command_builds_teacher_initialised_members_and_baselines(
     save_model(teacher, tmp_path / "teacher")
     base = ["ensemble", "--data", str(data_file), "--teacher-dir", str(tmp_path / "teacher"), "--members", "2"]
     base += ["--epochs", "1", "--gamma", "0", "--size-by", "macs", "--no-progress"]
-    assert cli_main([*base, "--init", "teacher", "--out", str(tmp_path / "bd"), "--json", str(tmp_path / "r.json")]) == 0
+    built = ["--init", "teacher", "--step", "kl", "--out", str(tmp_path / "bd"), "--json", str(tmp_path / "r.json")]
+    assert cli_main([*base, *built]) == 0
     manifest = json.loads((tmp_path / "bd" / "manifest.json").read_text())
     assert all(m["info"]["candidate"]["init"] == "teacher" and not m["connections"] for m in manifest["members"])
-    assert json.loads((tmp_path / "r.json").read_text())["settings"]["init"] == "teacher"
+    settings = json.loads((tmp_path / "r.json").read_text())["settings"]
+    assert (settings["init"], settings["step"]) == ("teacher", "kl")
     like = ["--baseline", "resched", "--like", str(tmp_path / "bd"), "--out", str(tmp_path / "rs")]
     assert cli_main([*base, *like]) == 0
     rs = json.loads((tmp_path / "rs" / "manifest.json").read_text())

@@ -11,6 +11,7 @@ from distill.progressive.rounds import (
     BarrierLoss,
     barrier_objective,
     boosting_weights,
+    kl_step,
     line_search_step,
     pack_weights,
     residual_temperature,
@@ -132,3 +133,32 @@ def test_line_search_never_steps_uphill(residual: np.ndarray) -> None:
 
     assert step > 0 and potential(step) < potential(0.0)
     assert potential(step) <= min(potential(step * 0.9), potential(step * 1.1))
+
+
+def _mean_kl(g: np.ndarray, z: np.ndarray) -> float:
+    p = np.exp(g - g.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    log_q = z - z.max(1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(1, keepdims=True))
+    return float(np.sum(p * (np.log(p) - log_q)))
+
+
+def test_kl_step_is_the_minimum_of_the_distillation_loss_along_the_member(residual: np.ndarray) -> None:
+    rng = np.random.default_rng(3)
+    g = residual  # teacher logits
+    ensemble = 0.5 * g + rng.normal(0.0, 2.0, g.shape)  # a first member that is half-way and noisy
+    f = np.tanh((g - ensemble) / 4.0 + rng.normal(0.0, 0.3, g.shape))
+    step = kl_step(g, ensemble, f)
+    grid = np.linspace(0.0, 4.0 * step, 401)
+    best = grid[np.argmin([_mean_kl(g, ensemble + eta * f) for eta in grid])]
+    assert step > 0 and step == pytest.approx(best, abs=4.0 * step / 400)
+    assert _mean_kl(g, ensemble + step * f) < _mean_kl(g, ensemble)
+
+
+def test_kl_step_never_steps_uphill_and_checks_shapes(residual: np.ndarray) -> None:
+    g = residual
+    f = np.tanh(g / 10.0)
+    assert kl_step(g, np.zeros_like(g), -f) == 0.0  # against the teacher: no step
+    assert kl_step(g, np.zeros_like(g), f) > 0.0
+    with pytest.raises(TrainingError, match="one \\(N, C\\) shape"):
+        kl_step(g, g[:, :2], f)

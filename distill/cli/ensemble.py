@@ -61,6 +61,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "each keep ratio sized by measured latency; baselines given --like copy the bundle's init",
     )
     parser.add_argument(
+        "--step",
+        choices=("potential", "kl"),
+        default="potential",
+        help="member scale: the cosh line search of the reconstruction (default), or kl: the step that best "
+        "matches the teacher's softmax (not in the paper)",
+    )
+    parser.add_argument(
         "--size-by",
         choices=("auto", "latency", "macs"),
         default="auto",
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             members=args.members,
             connect=args.connect or "",
             init=args.init,
+            step=args.step,
             gamma=args.gamma,
             epochs=args.epochs,
             lr=args.lr,

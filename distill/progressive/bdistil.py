@@ -76,6 +76,7 @@ from distill.progressive.members import (
 from distill.progressive.rounds import (
     BarrierLoss,
     boosting_weights,
+    kl_step,
     line_search_step,
     pack_weights,
     residual_temperature,
@@ -88,6 +89,7 @@ __all__ = ["CONNECT_RULES", "SIZINGS", "ProgressiveConfig", "limit_training", "p
 
 CONNECT_RULES = ("none", "previous", "all")
 SIZINGS = ("macs", "latency", "auto")
+STEPS = ("potential", "kl")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,9 @@ class ProgressiveConfig:
     # init="teacher" (a pruned teacher's forward has no connection inputs, so it takes no other rule)
     connect: str = ""
     gamma: float = 0.05  # weak-learning margin: accept a member when its validation edge >= gamma
+    # the member's scale: "potential" (the cosh line search of the reconstruction) or "kl" (the step that best
+    # matches the teacher's softmax; rounds.kl_step, not in the paper)
+    step: str = "potential"
     temperature: float = 0.0  # residual temperature tau; 0 = the residual's RMS, recomputed every round
     epochs: int = 0  # training epochs per attempt; 0 = scaled to the data (scaled_epochs)
     lr: float = 3e-3  # peak Adam learning rate (cosine to 0)
@@ -127,6 +132,8 @@ class ProgressiveConfig:
             raise TrainingError("an ensemble needs --members >= 1")
         if self.sizing not in SIZINGS:
             raise TrainingError(f"sizing '{self.sizing}' is unknown; use one of {list(SIZINGS)}")
+        if self.step not in STEPS:
+            raise TrainingError(f"step '{self.step}' is unknown; use one of {list(STEPS)}")
         if self.init not in INITS:
             raise TrainingError(f"init '{self.init}' is unknown; use one of {list(INITS)}")
         if self.head_start not in HEAD_STARTS:
@@ -315,7 +322,9 @@ def progressive_ensemble(teacher: nn.Module, dataset: Dataset, cfg: ProgressiveC
             h_val, _ = _raw_outputs(member, x_val, [feats_val[j] for j in conns])
             edge = weak_learning_edge(val_plus, val_minus, np.tanh(h_val.astype(np.float64)))
             step = 0.0
-            if edge >= cfg.gamma:
+            if edge >= cfg.gamma and cfg.step == "kl":  # on held-out rows, like the edge: a step that overfits is not taken
+                step = kl_step(g_val, f_val, np.tanh(h_val.astype(np.float64)))
+            elif edge >= cfg.gamma:
                 h_train, _ = _raw_outputs(member, x_train, [feats_train[j] for j in conns])
                 step = line_search_step(r_train, np.tanh(h_train.astype(np.float64)), tau)
             ok = edge >= cfg.gamma and step > 0.0

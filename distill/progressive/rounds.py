@@ -22,7 +22,12 @@ For the round that builds member ``t``, with teacher logits ``g`` and the runnin
 * step size (the member's scale ``eta``): a line search on the residual under the same exponential
   potential the weights come from, ``eta = argmin_{eta >= 0} sum_ij cosh((r_ij - eta f_ij) / tau)``
   (convex in ``eta``; solved by bisection on its derivative). The member then outputs ``eta * tanh(h)``
-  and ``F_t = F_{t-1} + eta_t f_t``.
+  and ``F_t = F_{t-1} + eta_t f_t``;
+* or (``ProgressiveConfig.step = "kl"``, not in the paper) the step that best matches the teacher's
+  *distribution*: ``eta = argmin_{eta >= 0} sum_i KL(softmax(g_i) || softmax(F_{t-1,i} + eta f_i))``
+  (:func:`kl_step`; convex in ``eta``, bisection on its derivative). The cosh potential is dominated by the
+  largest residual entries, the confident samples' extreme logits, so its step can make ``F_t`` agree less
+  with the teacher on the uncertain samples that decide the argmax; this one cannot raise the mean KL.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ __all__ = [
     "BarrierLoss",
     "barrier_objective",
     "boosting_weights",
+    "kl_step",
     "line_search_step",
     "pack_weights",
     "residual_temperature",
@@ -161,6 +167,51 @@ def line_search_step(residual: np.ndarray, f: np.ndarray, temperature: float, *,
     while slope(high) < 0.0 and high < max_step:
         low, high = high, high * 2.0
     for _ in range(60):  # 2^-60 of the bracket: far below float32 resolution of the scale
+        mid = 0.5 * (low + high)
+        if slope(mid) < 0.0:
+            low = mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
+
+
+def kl_step(teacher_logits: np.ndarray, ensemble_logits: np.ndarray, f: np.ndarray, *, max_step: float = 1e4) -> float:
+    """``argmin_{eta >= 0} sum_i KL(softmax(g_i) || softmax(F_i + eta f_i))``; 0 when ``f`` does not descend.
+
+    Args:
+        teacher_logits: ``g``, (N, C).
+        ensemble_logits: ``F_{t-1}``, the running sum of the members so far (zeros for the first), (N, C).
+        f: the new member's bounded outputs ``tanh(h)`` on the same data, (N, C).
+        max_step: an upper bound for the bisection.
+
+    Returns:
+        The step ``eta`` (the member's scale). The objective is convex in ``eta`` (a log-sum-exp minus a
+        linear term), so its derivative ``sum_ij (softmax(F + eta f) - softmax(g))_ij f_ij`` is increasing.
+
+    Raises:
+        TrainingError: the three arrays differ in shape.
+    """
+    g = np.asarray(teacher_logits, dtype=np.float64)
+    z = np.asarray(ensemble_logits, dtype=np.float64)
+    d = np.asarray(f, dtype=np.float64)
+    if not (g.shape == z.shape == d.shape) or g.ndim != 2:
+        raise TrainingError(f"teacher logits {g.shape}, ensemble logits {z.shape} and outputs {d.shape} must be one (N, C) shape")
+    p = np.exp(g - g.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    target = float(np.sum(p * d))
+
+    def slope(eta: float) -> float:
+        u = z + eta * d
+        q = np.exp(u - u.max(axis=1, keepdims=True))
+        q /= q.sum(axis=1, keepdims=True)
+        return float(np.sum(q * d)) - target
+
+    if slope(0.0) >= 0.0:
+        return 0.0
+    low, high = 0.0, 1.0
+    while slope(high) < 0.0 and high < max_step:
+        low, high = high, high * 2.0
+    for _ in range(50):
         mid = 0.5 * (low + high)
         if slope(mid) < 0.0:
             low = mid

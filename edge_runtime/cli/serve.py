@@ -126,9 +126,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-hold",
         type=_positive(float),
-        default=0.25,
+        default=1.0,
         metavar="S",
-        help="seconds a held request may wait before it is parsed whatever the load (default: 0.25)",
+        help="seconds a held request may wait before it is parsed whatever the load (default: 1)",
     )
     parser.add_argument(
         "--hold-order",

@@ -26,14 +26,12 @@ So the server runs uvicorn's httptools protocol with these rules added (:class:`
   refused here, with the app's own rules (``_Server.overloaded_response``), before any ASGI task or request
   object exists; its body, when the decision needs it, is held (up to 64 KiB) until it is complete.
 * **Backpressure** (:class:`ReadGate`, ``ServerConfig.backpressure``). While every worker is busy, a
-  connection whose request has just been refused (503) is *held*: what its client sends next is read and
-  stamped with its arrival time but not parsed, so a client that resends at once costs the event loop one
-  read, not a refusal per retry. When a worker comes free the *freshest* held request is parsed and served
-  (adaptive LIFO: under overload the newest request is the one most likely to make its deadline; Maurer,
-  "Fail at Scale", ACM Queue 13(8), 2015). Its budget counts from its stamped arrival, and a held request
-  whose budget can no longer pay for the first member is refused even when a worker is free: the server
-  never answers 200 to a request that waited past its budget. A request held longer than ``max_hold_s``
-  is parsed and dealt with then (refused when its budget is spent), so none waits unanswered for long.
+  connection whose request has just been refused (503), or answered while others wait, is *held*: what its
+  client sends next is read and stamped with its arrival time but not parsed, so a client that resends at
+  once costs the event loop one read, not a refusal per retry. Which held request a free worker gets is the
+  gate's ``order`` (default: clients take turns, and none is answered after its budget ran out: such a
+  request is refused instead, even when a worker is free). A request held longer than ``max_hold_s`` is
+  parsed then whatever the load, so none waits unanswered for long.
 * **Arrival time.** The moment the first byte of a request is read (held) or parsed is stored in the ASGI scope
   (``scope["extensions"]["anytime.arrival"]``, a ``time.perf_counter()`` value); the budget counts from it,
   so time spent reading and parsing the body is spent from the budget (see :func:`arrival_time`).
@@ -139,7 +137,7 @@ class ReadGate:
         busy: Callable[[], bool],
         in_time: Callable[[bytes, float], bool] | None = None,
         recheck_s: float = 0.001,
-        max_hold_s: float = 0.25,
+        max_hold_s: float = 1.0,
         order: str = "turns",
     ) -> None:
         if not (recheck_s > 0 and max_hold_s > 0):

@@ -27,7 +27,8 @@ Read when scraped (nothing on the hot path):
 ``anytime_queue_depth``                gauge      requests waiting for a worker now
 ``anytime_workers_busy``               gauge      workers running a request now (of ``anytime_workers``)
 ``anytime_connections_held``           gauge      connections held now by backpressure (read, not parsed; under :func:`serve` only)
-``anytime_holds_total``                counter    times a connection refused with 503 was held (backpressure)
+``anytime_holds_total``                counter    times a connection was held (backpressure)
+``anytime_hold_refreshes_total``       counter    held requests refused early so their clients resend in time ("turns")
 ``process_*``                          various    prometheus_client's process metrics (RSS, CPU seconds, open fds)
 =====================================  =========  ==================================================================
 
@@ -141,11 +142,18 @@ class _Scraped(Collector):
             yield held
             holds = CounterMetricFamily(
                 "anytime_holds",
-                "Times a connection refused with 503 was held until a worker was free (backpressure).",
+                "Times a connection was held until a worker was free (backpressure).",
                 labels=["model"],
             )
             holds.add_metric(model, float(m.gate.held))
             yield holds
+            refreshes = CounterMetricFamily(
+                "anytime_hold_refreshes",
+                "Held requests refused early, their budgets spent, so that their clients resend in time (hold order turns).",
+                labels=["model"],
+            )
+            refreshes.add_metric(model, float(m.gate.refreshed))
+            yield refreshes
 
 
 class ServerMetrics:
