@@ -813,7 +813,7 @@ def _run(
 
 
 def _scrape_shed(server: ServerProcess) -> dict[str, float]:
-    """The server's own counts from GET /metrics: requests by status and 503s by reason (empty if none)."""
+    """The server's own counts from GET /metrics: requests by status, 503s by reason, holds (empty if none)."""
     try:
         from prometheus_client.parser import text_string_to_metric_families
 
@@ -831,6 +831,8 @@ def _scrape_shed(server: ServerProcess) -> dict[str, float]:
                     out[f"shed_{s.labels['reason']}"] = s.value
                 elif s.name == "anytime_requests_total":
                     out[f"status_{s.labels['status']}"] = s.value
+                elif s.name in ("anytime_holds_total", "anytime_hold_refreshes_total"):
+                    out[s.name.removeprefix("anytime_").removesuffix("_total")] = s.value
         return out
     except (ImportError, OSError, ValueError):
         return {}

@@ -151,7 +151,8 @@ class ReadGate:
         self.max_hold_s = max_hold_s
         self._silent: dict[Any, None] = {}  # held connections whose client has sent nothing yet
         self._ready: dict[Any, None] = {}  # held connections with a request waiting, in arrival order (oldest first)
-        self._turns: dict[Any, None] = {}  # held connections by turn, earliest first ("turns")
+        self._turns: dict[Any, int] = {}  # held connections by turn, earliest first -> its turn's number ("turns")
+        self._turn_numbers = itertools.count()
         self._released: dict[Any, float] = {}  # released, request not begun yet -> when released (monotonic)
         self._refreshing: tuple[Any, float] | None = None  # refreshed, its client's new request not arrived yet
         self._timer: Any = None
@@ -174,7 +175,8 @@ class ReadGate:
         self._silent[conn] = None
         if answered:
             self._turns.pop(conn, None)
-        self._turns.setdefault(conn, None)
+        if conn not in self._turns:
+            self._turns[conn] = next(self._turn_numbers)
         self.held += 1
         self._arm(conn.loop)
         return True
@@ -257,8 +259,7 @@ class ReadGate:
             fresh.append(conn)
         if not fresh or self.order == "lifo":
             return fresh[0] if fresh else None
-        turn = {conn: k for k, conn in enumerate(itertools.islice(self._turns, len(self._turns)))}
-        return min(fresh, key=lambda conn: turn.get(conn, len(turn)))
+        return min(fresh, key=lambda conn: self._turns.get(conn, 1 << 62))
 
     def _refresh(self) -> None:
         """Refuse now the earliest-turn held request whose budget is spent, so its client resends in time.
