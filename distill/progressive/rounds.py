@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -161,12 +161,21 @@ def line_search_step(residual: np.ndarray, f: np.ndarray, temperature: float, *,
         shift = np.abs(z).max()
         return float(-np.sum(g * (np.exp(z - shift) - np.exp(-z - shift)))) * 0.5
 
+    return _descent_minimum(slope, max_step)
+
+
+def _descent_minimum(slope: Callable[[float], float], max_step: float, iterations: int = 60) -> float:
+    """The minimiser over ``eta >= 0`` of a convex function of ``eta`` given its increasing derivative ``slope``.
+
+    0 when the function does not descend at 0; otherwise the root of ``slope``, bracketed by doubling up to
+    ``max_step`` and found by bisection (``iterations`` halvings; 60 is far below float32 resolution).
+    """
     if slope(0.0) >= 0.0:
         return 0.0
     low, high = 0.0, 1.0
     while slope(high) < 0.0 and high < max_step:
         low, high = high, high * 2.0
-    for _ in range(60):  # 2^-60 of the bracket: far below float32 resolution of the scale
+    for _ in range(iterations):
         mid = 0.5 * (low + high)
         if slope(mid) < 0.0:
             low = mid
@@ -206,15 +215,4 @@ def kl_step(teacher_logits: np.ndarray, ensemble_logits: np.ndarray, f: np.ndarr
         q /= q.sum(axis=1, keepdims=True)
         return float(np.sum(q * d)) - target
 
-    if slope(0.0) >= 0.0:
-        return 0.0
-    low, high = 0.0, 1.0
-    while slope(high) < 0.0 and high < max_step:
-        low, high = high, high * 2.0
-    for _ in range(50):
-        mid = 0.5 * (low + high)
-        if slope(mid) < 0.0:
-            low = mid
-        else:
-            high = mid
-    return 0.5 * (low + high)
+    return _descent_minimum(slope, max_step)

@@ -133,27 +133,30 @@ class _Scraped(Collector):
             gauge.add_metric(model, float(value))
             yield gauge
         if m.gate is not None:
-            held = GaugeMetricFamily(
-                "anytime_connections_held",
-                "Connections held now (backpressure): what they send is read but not parsed until a worker is free.",
-                labels=["model"],
-            )
-            held.add_metric(model, float(m.gate.waiting))
-            yield held
-            holds = CounterMetricFamily(
-                "anytime_holds",
-                "Times a connection was held until a worker was free (backpressure).",
-                labels=["model"],
-            )
-            holds.add_metric(model, float(m.gate.held))
-            yield holds
-            refreshes = CounterMetricFamily(
-                "anytime_hold_refreshes",
-                "Held requests refused early, their budgets spent, so that their clients resend in time (hold order turns).",
-                labels=["model"],
-            )
-            refreshes.add_metric(model, float(m.gate.refreshed))
-            yield refreshes
+            gate = m.gate
+            for family, name, doc, value in (
+                (
+                    GaugeMetricFamily,
+                    "anytime_connections_held",
+                    "Connections held now (backpressure): what they send is read but not parsed until a worker is free.",
+                    gate.waiting,
+                ),
+                (
+                    CounterMetricFamily,
+                    "anytime_holds",
+                    "Times a connection was held until a worker was free (backpressure).",
+                    gate.held,
+                ),
+                (
+                    CounterMetricFamily,
+                    "anytime_hold_refreshes",
+                    "Held requests refused early, their budgets spent, so that their clients resend in time (hold order turns).",
+                    gate.refreshed,
+                ),
+            ):
+                metric = family(name, doc, labels=["model"])
+                metric.add_metric(model, float(value))
+                yield metric
 
 
 class ServerMetrics:
