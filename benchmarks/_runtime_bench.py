@@ -148,6 +148,7 @@ def busy_process(core: int | None, seconds: float = 1200.0) -> Iterator[psutil.P
         os.sched_setaffinity(0, {core})
         with contextlib.suppress(PermissionError):  # raising a niceness back to 0 needs privilege
             os.setpriority(os.PRIO_PROCESS, 0, 0)
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # an ordinary process, whatever ours is
 
     proc = subprocess.Popen([sys.executable, "-c", code], preexec_fn=setup)
     try:

@@ -394,9 +394,19 @@ def main(argv: list[str] | None = None) -> int:
         help="run this process (the runtime) at this niceness, the busy processes at 0 (negative values need root); "
         "default: as started",
     )
+    parser.add_argument(
+        "--runtime-rr",
+        type=int,
+        default=None,
+        metavar="PRIORITY",
+        help="run this process (the runtime, all its threads) under the real-time round-robin policy SCHED_RR at this "
+        "priority (1-99; needs root or CAP_SYS_NICE), the busy processes as ordinary ones; default: as started",
+    )
     args = parser.parse_args(argv)
     if args.runtime_nice is not None:
         os.setpriority(os.PRIO_PROCESS, 0, args.runtime_nice)
+    if args.runtime_rr is not None:  # threads started from now on inherit the policy
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(args.runtime_rr))
     cores = sorted(os.sched_getaffinity(0))
     core = cores[-1] if args.core is None else args.core
     other = next((c for c in cores if c != core), None)
@@ -406,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": dev,
         "phases": args.phases,
         "runtime_nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "runtime_policy": "SCHED_RR" if os.sched_getscheduler(0) == os.SCHED_RR else "SCHED_OTHER",
     }
     print(
         f"deadline: device {dev['cpu_model']} ({dev['logical_cores']} logical cores, ORT {dev['onnxruntime']}), "

@@ -286,7 +286,7 @@ def test_benchmark_rebuilds_only_the_named_bundles(
     from types import SimpleNamespace
 
     bench = _anytime_value(monkeypatch)
-    args = argparse.Namespace(sizing="macs", init="teacher", seed=0, keep=0.5, lowrank_speedup=2.0)
+    args = argparse.Namespace(sizing="macs", init="teacher", step="kl", seed=0, keep=0.5, lowrank_speedup=2.0)
     loaded, sched, timings = SimpleNamespace(module=teacher), bench.Schedule(limit_train=None, epochs=1), {}
     paths, _, reports = bench.build(images, loaded, sched, 2, args, tmp_path, timings, frozenset({"bdistil"}), {"old": 1})
     assert set(paths) == {"bdistil"} and set(reports) == {"old", "bdistil"}
@@ -316,3 +316,12 @@ def test_benchmark_rebuilds_only_the_named_bundles(
         bench.main(["--rebuild", "bdistil"])  # needs --reuse --workdir
     with pytest.raises(SystemExit):
         bench.main(["--reuse", "--workdir", str(tmp_path), "--rebuild", "bdistil,students"])
+
+
+def test_benchmark_cascades_start_from_the_accuracy_latency_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _anytime_value(monkeypatch)
+    cost = {"a": 0.17, "b": 0.21, "c": 0.29, "d": 0.27, "e": 0.30, "f": 0.38}.__getitem__
+    acc = {"a": 96.7, "b": 96.9, "c": 96.8, "d": 97.5, "e": 97.8, "f": 97.7}.__getitem__
+    # c is slower and less accurate than d, f slower and less accurate than e
+    assert bench._pareto_front(list("abcdef"), cost, acc) == ["a", "b", "d", "e"]
+    assert bench._pareto_front([], cost, acc) == []
