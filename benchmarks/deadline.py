@@ -268,8 +268,11 @@ def _late_member_phase(tmp: Path, args: argparse.Namespace, core: int) -> dict[s
                 for name in ("stop", "no_stop") if r % 2 else ("no_stop", "stop"):
                     t = time.perf_counter()
                     (answer,) = runtimes[name].predict(samples[r % len(samples)], budget_ms=budget)
+                    elapsed = time.perf_counter() - t
+                    if args.late_gap_ms:  # idle time between requests (a request rate below saturation)
+                        time.sleep(args.late_gap_ms / 1e3)
                     if r >= 0:
-                        lat[name].append((time.perf_counter() - t) * 1e3)
+                        lat[name].append(elapsed * 1e3)
                         used[name].append(answer.members_used)
                         stopped[name].append(answer.stopped_in_flight)
         for name, runtime in runtimes.items():
@@ -296,6 +299,7 @@ def _late_member_phase(tmp: Path, args: argparse.Namespace, core: int) -> dict[s
         "reference_quiet": ref,
         "budget_ms": budget,
         "latency_quantile": args.quantile,
+        "gap_ms": args.late_gap_ms,
         "results": rows,
     }
 
@@ -386,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         "--late-budget", type=float, default=None, help="late_member: budget in ms (default 60%% of the full ensemble)"
     )
     parser.add_argument("--late-requests", type=int, default=1000, help="late_member: timed requests per runtime and condition")
+    parser.add_argument(
+        "--late-gap-ms",
+        type=float,
+        default=0.0,
+        help="late_member: idle milliseconds after each request (default 0: back to back; a real-time runtime that "
+        "never idles is throttled by the kernel, sched_rt_runtime_us)",
+    )
     parser.add_argument("--stop-runs", type=int, default=500, help="stop_latency: stopped runs to time (default 500)")
     parser.add_argument(
         "--runtime-nice",
