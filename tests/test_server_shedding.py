@@ -230,3 +230,23 @@ def test_queue_is_earliest_deadline_first(no_budget_due_ms: float, first_after_t
     assert [r.status_code for r in responses] == [200, 200, 200]
     second = "unbudgeted" if fake.calls[1]["budget_ms"] == "off" else "budgeted"
     assert second == first_after_the_running_one
+
+
+def test_a_held_request_is_checked_against_its_wait_even_with_a_worker_free() -> None:
+    clock = Clock()
+    tracker = LatencyTracker(clock=clock)
+    for _ in range(5):
+        tracker.record(2.0, members_used=1)  # first member 2 ms: need = 5 ms reserve + 2
+    clock.now += 1.0
+    scheduler = Scheduler(workers=1, max_queue=4, reserve_ms=5.0, tracker=tracker)
+    tracker.first_member_ms()  # (the first estimate imports what it needs: not on the clock below)
+    now = time.perf_counter()
+    assert scheduler.in_time(now - 0.001, 10.0)  # waited 1 ms: 9 left >= 7
+    assert not scheduler.in_time(now - 0.005, 10.0)  # waited 5 ms: 5 left < 7: refused, not answered late
+    assert scheduler.in_time(now - 0.5, 10.0, waited=False)  # not held: a free worker takes it, as before
+    # A budget the estimates say is too short even unwaited (6 < 7): served if it has hardly waited (the first
+    # member answers it, as on an idle server), refused once it has waited a tenth of its budget.
+    assert scheduler.in_time(time.perf_counter(), 6.0)
+    assert not scheduler.in_time(now - 0.001, 6.0)
+    assert scheduler.in_time(now - 10.0, None)  # no budget: never refused for its wait
+    scheduler.close()

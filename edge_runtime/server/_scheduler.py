@@ -48,6 +48,7 @@ _HORIZON_S = 5.0  # ... and none older than this, so an estimate from a busy spe
 _MIN_SAMPLES = 5  # fewer single-member samples than this and the estimate uses the time per member
 _REFRESH_S = 0.25  # recompute the quantiles at most this often (a percentile per request costs the loop)
 _MIN_BUDGET_MS = 0.01  # what a request with its budget spent is handed: enough for the first member only
+_FRESH_SHARE = 0.1  # a held request that waited under this share of its budget still counts as not having waited
 
 
 class LatencyTracker:
@@ -333,8 +334,11 @@ class Scheduler:
         with self._lock:
             ahead = sum(1 for due, _, job in self._heap if due <= deadline and job.state == _QUEUED)
         need_ms = self.reserve_ms + self.tracker.return_ms() + first_ms * (1 + ahead / self.workers)
-        if free and budget_ms < need_ms:
-            return None  # too short even had it not waited: the first member answers it, as on an idle server
+        waited_ms = (time.perf_counter() - arrival) * 1e3
+        if free and budget_ms < need_ms and waited_ms < _FRESH_SHARE * budget_ms:
+            # Too short by the estimates even unwaited, and it has hardly waited: the first member answers it now, as on
+            # an idle server. (Under load the estimates exceed a short budget; one that waited longer is refused.)
+            return None
         return ahead if (deadline - time.perf_counter()) * 1e3 < need_ms else None
 
     def _expire(self, job: _Job) -> None:
