@@ -19,8 +19,11 @@ Defaults, measured with ``python benchmarks/deadline.py --phases stop_latency`` 
 flag set at a random point of a ~1.6-3.3 ms run; 3 runs) on the project's 2-core development machine while
 shared (load average ~5), ORT 1.32: flag -> stop p50 0.08-0.22 ms, watchdog wake-up lateness p50
 0.08-0.11 ms (p99s of 4-10 ms on that loaded box), guarding a run 1.2-1.3 µs; issue 14 measured flag ->
-stop median 0.26 ms, max 2.2 ms on a quiet machine. ``stop_min_ms`` = 1 ms is about four times wake-up
-plus stop: below it a stop saves little of the member's time. ``stop_lead_ms`` = 0.5 ms covers wake-up,
+stop median 0.26 ms, max 2.2 ms on a quiet machine. ``stop_min_ms`` = 0.3 ms: guarding costs well under 1%
+of such a member, and a member predicted just under 1 ms (the earlier default) could run unguarded past the
+deadline when its estimate was low (an estimate decayed toward its baseline after the member was skipped):
+that was most of the late answers left with the stop on (``late_member``: 0.30-0.35% -> see README). Below
+~0.3 ms a stop could not end the run much before it ends anyway. ``stop_lead_ms`` = 0.5 ms covers wake-up,
 stop and the answer's own finish at their medians with margin; the tails depend on the machine and on the
 member's longest operator, since ORT only checks the flag between operators.
 """
@@ -50,7 +53,7 @@ class DeadlineConfig:
     latency_window_s: float = 1.0  # observed latencies count this long; a skipped member is re-tried after it
     latency_refresh_s: float | None = 0.1  # background refresh of the estimates; None: only refresh() (tests)
     in_flight_stop: bool = True  # stop a member that is still running at its request's deadline
-    stop_min_ms: float = 1.0  # guard only members predicted to take at least this long (stop cost ~0.1-0.3 ms)
+    stop_min_ms: float = 0.3  # guard only members predicted to take at least this long (stop cost ~0.1-0.3 ms)
     stop_lead_ms: float = 0.5  # set terminate this long before the deadline: waking and stopping take time
 
     def __post_init__(self) -> None:
