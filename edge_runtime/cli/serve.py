@@ -16,6 +16,7 @@ from edge_runtime.cli.flags import add_budget_ms, add_entropy, add_load_timeout,
 # Imported at module level on purpose: without the `serve` extra the dispatcher catches this ImportError
 # and prints the pip command that installs it.
 from edge_runtime.server import ServerConfig, default_workers, serve
+from edge_runtime.server._config import HOLD_ORDERS
 from edge_runtime.session import SessionConfig
 
 __all__ = ["HELP", "configure", "run"]
@@ -132,7 +133,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hold-order",
-        choices=("turns", "lifo", "fifo"),
+        choices=HOLD_ORDERS,
         default="turns",
         help="which held request a free worker gets: turns = clients take turns, none answered late; lifo = the "
         "freshest (on time, but the fastest resenders get most answers); fifo = the one held longest, served even if "

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from edge_runtime.server._errors import ServerConfigError
 
+HOLD_ORDERS = ("turns", "lifo", "fifo")  # which held request a free worker gets (see _connections.ReadGate)
+
 __all__ = ["ServerConfig", "default_workers"]
 
 _MIB = 2**20
@@ -121,8 +123,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ServerConfigError(f"{name} must be a positive number of seconds, not {value}")
-        if self.hold_order not in ("turns", "lifo", "fifo"):
-            raise ServerConfigError(f"hold_order must be 'turns', 'lifo' or 'fifo', not {self.hold_order!r}")
+        if self.hold_order not in HOLD_ORDERS:
+            raise ServerConfigError(f"hold_order must be one of {list(HOLD_ORDERS)}, not {self.hold_order!r}")
         if self.access_log is not None and (not isinstance(self.access_log, str) or not self.access_log.strip()):
             raise ServerConfigError(f"access_log must be a file path or '-' (standard output), not {self.access_log!r}")
         if not (math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > 0):

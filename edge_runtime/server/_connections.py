@@ -48,6 +48,8 @@ from typing import Any, Callable, ClassVar, MutableMapping
 
 from starlette.types import Receive, Scope, Send
 
+from edge_runtime.server._config import HOLD_ORDERS
+
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError as exc:  # httptools missing: name the extra that installs it
@@ -57,7 +59,7 @@ except ImportError as exc:  # httptools missing: name the extra that installs it
         f"the anytime-edge server needs 'httptools', which is not installed; {install_hint('serve')}", name="httptools"
     ) from exc
 
-__all__ = ["ARRIVAL", "HOLD_ORDERS", "REFUSED", "ConnectionLimits", "ReadGate", "arrival_time", "guarded_protocol"]
+__all__ = ["ARRIVAL", "REFUSED", "ConnectionLimits", "ReadGate", "arrival_time", "guarded_protocol"]
 
 logger = logging.getLogger("edge_runtime.server")
 
@@ -65,7 +67,6 @@ _DEFER_BYTES = 64 * 1024  # a body held back for the overload decision beyond th
 _HOLD_BYTES = 64 * 1024  # a held connection is not read further once this much of its next request is kept
 _LINGER_S = 1.0  # after an error answer, how long what the client still sends is read and dropped
 ARRIVAL = "anytime.arrival"  # key in scope["extensions"]: perf_counter() when the request's first byte was parsed
-HOLD_ORDERS = ("turns", "lifo", "fifo")  # which held request a free worker gets (see ReadGate)
 REFUSED = "anytime.refused"  # key in scope["extensions"], set by the app when it answered 503 for overload
 
 
