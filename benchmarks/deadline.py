@@ -368,9 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contention", nargs="+", choices=CONDITIONS, default=["none", "busy_same_core"])
     parser.add_argument(
         "--quantile",
-        default="p99",
-        choices=["p50", "p90", "p95", "p99"],
-        help="latency quantile the runtime predicts with (default p99)",
+        default="p99.5",
+        choices=["p50", "p90", "p95", "p99", "p99.5"],
+        help="latency quantile the runtime predicts with (default p99.5, the runtime's)",
     )
     parser.add_argument(
         "--observed-quantile", type=float, default=None, help="override the quantile of observed latencies (experiments)"

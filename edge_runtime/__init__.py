@@ -105,7 +105,7 @@ def load(
     session_config: "SessionConfig | None" = None,
     entropy_threshold: float | str | None = "calibrated",
     budget_ms: float | str | None = None,
-    latency_quantile: str = "p99",
+    latency_quantile: str = "p99.5",
     warmup: int = 8,
     deadline: "DeadlineConfig | None" = None,
 ) -> "AnytimeRuntime":
@@ -121,7 +121,8 @@ def load(
             (the manifest's threshold; no entropy exit if the bundle was never calibrated), a number in
             nats, or ``"off"``. A per-call value overrides it.
         budget_ms: the default latency budget per request (ms), or None/``"off"``.
-        latency_quantile: profile/observed quantile that predicts member latency for budgets.
+        latency_quantile: quantile of observed member latencies that predicts the next run for budgets
+            (``"p50"`` ... ``"p99.5"``, the default; see :class:`~edge_runtime.ensemble.AnytimeRuntime`).
         warmup: single-sample warm-up runs per member.
         deadline: how latency estimates age and when a member is stopped in flight
             (:class:`edge_runtime.deadline.DeadlineConfig`; the default suits most bundles).

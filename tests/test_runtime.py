@@ -223,6 +223,7 @@ def test_budget_uses_the_profile_for_this_device(tiny_bundle: Path) -> None:
     profiled = bundle.with_manifest(replace(bundle.manifest, profiles={fingerprint(): {"members": rows}}))
     runtime = edge_runtime.load(profiled)
     assert runtime.latency_estimator.source() == "profile"
+    assert runtime.latency_estimator.quantile == 0.995  # the default p99.5 starts from the profile's p99
     answer = runtime.predict(_x(1), budget_ms=1e3)[0]  # member 2 is "profiled" at 10 s at p99
     assert (answer.members_used, answer.exit_reason) == (1, "budget")
     other = bundle.with_manifest(replace(bundle.manifest, profiles={"another-device": {"members": rows}}))
