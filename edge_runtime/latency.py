@@ -31,6 +31,16 @@ quantile seen since load (the quietest the device has shown, over windows with a
 ``_BASELINE_SAMPLES`` runs), halved for every ``_BASELINE_HALVING`` windows the member has gone unrun, so a
 baseline learnt under load (a runtime started during a spike) cannot lock a member out either.
 
+Re-tries under lasting load: member 1 runs on every request, so its window always shows how loaded the
+device is *now*. While it runs at least ``_LOADED`` (1.5) times slower than its own reference (profile, else
+baseline), a member being re-tried (no run in the window) is predicted that many times slower than its
+fallback: a re-try is then made only where even the loaded prediction fits. Without this, each skipped
+member was probed about once a window into a core shared with a busy process, and those probes were the
+answers that came late despite the in-flight stop (the stop itself waits for the core: flag-to-stop up to
+4-8 ms there; ``benchmarks/deadline.py --phases late_member``). The factor is live, never a stale record:
+once member 1's slow runs leave the window, re-tries are back at the fallback, so recovery after a spike
+takes at most ``window_s`` (+ one refresh) as before.
+
 Start-up: when a profile exists, observed values only count once a member has been observed
 ``min_observations`` times since load, so a few slow first runs do not override it; with no profile any
 observation is better than none.
@@ -63,6 +73,7 @@ __all__ = ["LatencyEstimator"]
 
 _BASELINE_SAMPLES = 4  # runs a window needs before its quantile may lower a member's baseline
 _BASELINE_HALVING = 5.0  # windows without a run after which a no-profile member's fallback halves
+_LOADED = 1.5  # member 1 this many times slower than its reference: re-tried members are predicted that much slower
 
 
 class LatencyEstimator:
@@ -175,7 +186,8 @@ class LatencyEstimator:
         """The estimator's state, for metrics and reports (computed now; the cached estimates stay).
 
         Returns:
-            ``{"quantile", "window_s", "finish_ms", "refreshed_age_s" (age of the cached estimates the
+            ``{"quantile", "window_s", "load" (member 1's slowdown applied to re-tries, 1 when quiet),
+            "finish_ms", "refreshed_age_s" (age of the cached estimates the
             policy reads), "now" (the clock, s), "members": [...]}``, with per member
             ``member``, ``estimate_ms`` (what the policy uses: member plus finish), ``member_ms``,
             ``source`` (``"observed"``, ``"profile"``, ``"baseline"`` or ``"none"``), ``profile_ms``,
@@ -213,6 +225,17 @@ class LatencyEstimator:
             self._baseline[slot] = q
         return q, len(values)
 
+    @staticmethod
+    def _load(observed: float | None, profile: float | None, baseline: float) -> float:
+        """How much slower than its reference (profile, else baseline) member 1 runs in the window, when that
+        is at least ``_LOADED`` times; 1 otherwise (a quantile of the window against a p99 or a minimum reads
+        a little above 1 on a quiet device)."""
+        reference = profile if profile is not None else baseline
+        if observed is None or not 0 < reference < math.inf:
+            return 1.0
+        ratio = observed / reference
+        return ratio if ratio >= _LOADED else 1.0
+
     def _state(self) -> dict[str, Any]:
         now = self._clock()
         since = now - self.window_s
@@ -221,6 +244,7 @@ class LatencyEstimator:
         if finish is None:
             finish = 0.0 if math.isinf(self._baseline[k_all]) else self._baseline[k_all]
         rows = []
+        load = 1.0
         for k, window in enumerate(self.observed):
             profile = None if self.profile_ms is None else self.profile_ms[k]
             counts = profile is None or self._warm_now(k)
@@ -236,6 +260,10 @@ class LatencyEstimator:
                 member_ms, source = baseline * 0.5 ** (stale_windows / _BASELINE_HALVING), "baseline"
             else:
                 member_ms, source = 0.0, "none"  # never measured: nothing to predict with, so it runs
+            if k == 0:
+                load = self._load(observed, profile, baseline)
+            elif samples == 0 and source in ("profile", "baseline"):
+                member_ms *= load  # a re-try under load is predicted as slow as member 1 shows the device is
             rows.append(
                 {
                     "member": self.names[k],
@@ -252,6 +280,7 @@ class LatencyEstimator:
         return {
             "quantile": self.quantile,
             "window_s": self.window_s,
+            "load": load,
             "finish_ms": finish,
             "refreshed_age_s": now - self._refreshed_at,
             "now": now,

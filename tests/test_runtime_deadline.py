@@ -83,6 +83,26 @@ def test_under_lasting_load_a_skipped_member_is_retried_about_once_per_window(ti
     assert len(lasting) > 1000 and 4 <= probes <= 12
 
 
+def test_while_member_1_shows_the_device_loaded_skipped_members_are_not_probed(tiny_bundle: Path, clock: FakeClock) -> None:
+    # Everything 3x slower (a busy process on the core): member 1 (0.3 ms) still leaves room for member 2's
+    # profile (0.2 ms) under 0.6 ms, but a probe would take 0.6 ms and answer late. Member 1's own window
+    # shows the load, so re-tries are predicted 3x slower and not made; once the load ends they come back.
+    runtime, sessions = _runtime(tiny_bundle, clock, [{}, {}, {}], QUIET, profile_ms=QUIET, deadline=NO_THREAD)
+    _drive(runtime, clock, 0.5, budget=0.6)
+    for s, ms in zip(sessions, QUIET):
+        s.latency_ms = 3 * ms
+    _drive(runtime, clock, 1.5, budget=0.6)  # member 2's slow runs leave the window
+    lasting = _drive(runtime, clock, 3.0, budget=0.6)
+    assert len(lasting) > 1000 and all(u == 1 for _, u in lasting)
+    assert runtime.latency_estimator.describe()["load"] == pytest.approx(3.0)
+    for s, ms in zip(sessions, QUIET):
+        s.latency_ms = ms
+    quiet_from = clock.now + runtime.deadline_config.latency_window_s + 2 * 0.1
+    after = _drive(runtime, clock, 2.0, budget=0.6)
+    assert {u for t, u in after if t > quiet_from} == {2}  # members 1 + 2 fit 0.6 ms again (member 3 does not)
+    assert runtime.latency_estimator.describe()["load"] == 1.0
+
+
 # ---------------------------------------------------------------- in-flight stop
 
 

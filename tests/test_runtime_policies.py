@@ -169,8 +169,19 @@ def test_estimator_describe_shows_each_members_state() -> None:
     a, b = state["members"]
     assert (a["member"], a["source"], a["estimate_ms"], a["samples"], a["profile_ms"]) == ("a", "observed", 3.0, 3, 1.0)
     assert a["age_s"] == pytest.approx(0.0)
-    assert (b["member"], b["source"], b["estimate_ms"], b["samples"], b["age_s"]) == ("b", "profile", 2.0, 0, None)
-    assert state["window_s"] == 1.0 and state["quantile"] == 0.5
+    # member 1 runs 3x its profile: b, never run in the window, is predicted 3x its profile
+    assert (b["member"], b["source"], b["estimate_ms"], b["samples"], b["age_s"]) == ("b", "profile", 6.0, 0, None)
+    assert state["window_s"] == 1.0 and state["quantile"] == 0.5 and state["load"] == 3.0
+
+
+def test_a_slight_slowdown_of_member_1_does_not_scale_re_tries() -> None:
+    clock = Clock()
+    est = LatencyEstimator(2, profile_ms=[1.0, 2.0], quantile=0.5, min_observations=2, refresh_s=None, clock=clock)
+    _observe(est, clock, 0, [1.4, 1.4, 1.4])  # under 1.5x: a quantile against a profile reads a little high
+    assert est.refresh() == (1.4, 2.0) and est.describe()["load"] == 1.0
+    _observe(est, clock, 1, [2.5, 2.5])  # a member with its own runs in the window keeps its own figure
+    _observe(est, clock, 0, [4.0] * 10)
+    assert est.refresh() == (4.0, 2.5) and est.describe()["load"] == 4.0
 
 
 def test_estimator_adds_the_finish_time_to_every_member() -> None:

@@ -124,6 +124,7 @@ def test_real_runtime_exports_member_estimates_and_errors(tiny_bundle: Path) -> 
     described = runtime.latency_estimator.describe()["members"]
     assert set(estimates) == {row["member"] for row in described} and len(estimates) == runtime.manifest.num_members
     assert all(0 < v < 1 for v in estimates.values())  # seconds, not milliseconds
+    assert families["anytime_latency_load"].samples[0].value >= 1.0
     errors = {s.labels["member"]: s.value for s in families["anytime_member_errors"].samples}
     assert errors == {name: 0.0 for name in estimates}
     assert families["anytime_member_errors"].type == "counter"

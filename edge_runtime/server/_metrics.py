@@ -117,11 +117,19 @@ class _Scraped(Collector):
             samples = GaugeMetricFamily(
                 "anytime_latency_samples", "Runs of a member inside the estimator's window.", labels=["model", "member"]
             )
-            for row in estimator.describe()["members"]:
+            state = estimator.describe()
+            for row in state["members"]:
                 estimate.add_metric([m.model, row["member"]], row["estimate_ms"] / 1e3)
                 samples.add_metric([m.model, row["member"]], float(row["samples"]))
             yield estimate
             yield samples
+            load = GaugeMetricFamily(
+                "anytime_latency_load",
+                "How many times slower than its reference member 1 runs now (1: quiet); re-tried members are predicted that much slower.",
+                labels=["model"],
+            )
+            load.add_metric(model, float(state["load"]))
+            yield load
 
         scheduler = m.scheduler
         for name, doc, value in (
