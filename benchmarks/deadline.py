@@ -247,7 +247,12 @@ def _late_member_phase(tmp: Path, args: argparse.Namespace, core: int) -> dict[s
 
     path = _late_member_bundle(tmp, 4, args.late_depth, args.late_hidden)
     runtimes = {
-        "stop": edge_runtime.load(path, entropy_threshold="off", latency_quantile=args.quantile),
+        "stop": edge_runtime.load(
+            path,
+            entropy_threshold="off",
+            latency_quantile=args.quantile,
+            deadline=DeadlineConfig() if args.stop_lead_ms is None else DeadlineConfig(stop_lead_ms=args.stop_lead_ms),
+        ),
         "no_stop": edge_runtime.load(
             path, entropy_threshold="off", latency_quantile=args.quantile, deadline=DeadlineConfig(in_flight_stop=False)
         ),
@@ -398,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         "--late-budget", type=float, default=None, help="late_member: budget in ms (default 60%% of the full ensemble)"
     )
     parser.add_argument("--late-requests", type=int, default=1000, help="late_member: timed requests per runtime and condition")
+    parser.add_argument(
+        "--stop-lead-ms",
+        type=float,
+        default=None,
+        help="late_member: DeadlineConfig.stop_lead_ms of the runtime with the stop (default: the runtime's, 0.5)",
+    )
     parser.add_argument(
         "--late-gap-ms",
         type=float,
