@@ -170,7 +170,17 @@ def build(
             timings,
             "bdistil",
             lambda: progressive_ensemble(
-                teacher, data, ProgressiveConfig(members=members, sizing=args.sizing, init=args.init, step=args.step, **common)
+                teacher,
+                data,
+                ProgressiveConfig(
+                    members=members,
+                    sizing=args.sizing,
+                    init=args.init,
+                    step=args.step,
+                    refine_epochs=args.refine_epochs,
+                    refine_loss=args.refine_loss,
+                    **common,
+                ),
             ),
         )
         reports["bdistil"] = bd.report.to_dict()
@@ -497,6 +507,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sizing": args.sizing,
             "init": args.init,
             "step": args.step,
+            "refine": [args.refine_epochs, args.refine_loss],
             "calibration": calibration,
             "accuracy_drop": args.accuracy_drop,
             "teacher_metrics": loaded.metrics,
@@ -563,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--step", choices=("potential", "kl"), default="potential", help="B-DISTIL step size rule (ProgressiveConfig.step)"
     )
+    parser.add_argument("--refine-epochs", type=int, default=0, help="B-DISTIL refinement epochs per member (default 0)")
+    parser.add_argument("--refine-loss", choices=("logits", "kd"), default="logits", help="B-DISTIL refinement loss")
     parser.add_argument("--limit-train", type=int, help="training rows the students see (default per data set)")
     parser.add_argument("--epochs", type=int, help="epochs per student / member attempt (default per data set)")
     parser.add_argument("--lowrank-speedup", type=float, default=2.0)

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--temperature", type=float, default=0.0, help="B-DISTIL residual temperature (0 = RMS)")
     parser.add_argument("--step", choices=("potential", "kl"), default="potential", help="B-DISTIL step size rule")
+    parser.add_argument("--refine-epochs", type=int, default=0, help="B-DISTIL refinement epochs per member (0 = none)")
+    parser.add_argument("--refine-loss", choices=("logits", "kd"), default="logits", help="B-DISTIL refinement loss")
     parser.add_argument("--sizing", choices=("auto", "latency", "macs"), default="auto")
     parser.add_argument(
         "--heads",
@@ -79,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     data = limit_training(full, args.limit_train)
     predict_logits(teacher, data.x_train)
     common = dict(epochs=args.epochs, lr=args.lr, seed=args.seed, progress=False)
-    boost = dict(temperature=args.temperature, step=args.step)
+    boost = dict(temperature=args.temperature, step=args.step, refine_epochs=args.refine_epochs, refine_loss=args.refine_loss)
     x, y = full.x_test, full.y_test
     result: dict[str, Any] = {
         "dataset": full.name,
         "train_rows": len(data.x_train),
         "epochs": args.epochs,
         "step": args.step,
+        "refine": [args.refine_epochs, args.refine_loss],
         "teacher_accuracy": accuracy(teacher, x, y),
         "variants": {},
     }

@@ -130,7 +130,13 @@ def test_no_weak_learner_at_all_is_an_error_naming_the_fix(
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"members": 0}, "members"), ({"connect": "sideways"}, "connect"), ({"gamma": 2.5}, "gamma"), ({"epochs": -1}, "epochs")],
+    [
+        ({"members": 0}, "members"),
+        ({"connect": "sideways"}, "connect"),
+        ({"gamma": 2.5}, "gamma"),
+        ({"epochs": -1}, "epochs"),
+        ({"refine_loss": "mse"}, "refine_loss"),
+    ],
 )
 def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(TrainingError, match=message):
@@ -254,3 +260,24 @@ def test_kl_step_scales_each_member_from_held_out_rows(
     assert [r.step for r in report.members] == [0.75, 0.75] and report.settings["step"] == "kl"
     with pytest.raises(TrainingError, match="step 'newton' is unknown"):
         ProgressiveConfig(step="newton")
+
+
+def test_the_kd_refinement_trains_each_member_for_its_prefix_with_labels(
+    monkeypatch: pytest.MonkeyPatch, teacher: Classifier, dataset: Dataset
+) -> None:
+    from distill.progressive.rounds import BoostedKD
+
+    seen: list[tuple[int, bool]] = []
+    real = BoostedKD.__call__
+
+    def spy(self, member, packed, labels):  # type: ignore[no-untyped-def]
+        seen.append((packed.shape[1], bool(torch.all(labels < dataset.num_classes))))
+        return real(self, member, packed, labels)
+
+    monkeypatch.setattr(BoostedKD, "__call__", spy)
+    monkeypatch.setattr(bdistil, "weak_learning_edge", lambda *args: 1.0)  # every member passes the check
+    cfg = ProgressiveConfig(members=2, candidates=TINY[1:], epochs=1, refine_epochs=1, refine_loss="kd", progress=False)
+    _, _, report = progressive_ensemble(teacher, dataset, cfg)
+    assert report.method == "bdistil+refined" and report.settings["refine_loss"] == "kd"
+    c = dataset.num_classes
+    assert seen and all(s == (2 * c, True) for s in seen)  # [teacher | prefix] logits and class labels, every batch

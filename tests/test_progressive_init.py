@@ -217,12 +217,13 @@ def test_command_builds_teacher_initialised_members_and_baselines(
     save_model(teacher, tmp_path / "teacher")
     base = ["ensemble", "--data", str(data_file), "--teacher-dir", str(tmp_path / "teacher"), "--members", "2"]
     base += ["--epochs", "1", "--gamma", "0", "--size-by", "macs", "--no-progress"]
-    built = ["--init", "teacher", "--step", "kl", "--out", str(tmp_path / "bd"), "--json", str(tmp_path / "r.json")]
+    built = ["--init", "teacher", "--step", "kl", "--refine-epochs", "1", "--refine-loss", "kd"]
+    built += ["--out", str(tmp_path / "bd"), "--json", str(tmp_path / "r.json")]
     assert cli_main([*base, *built]) == 0
     manifest = json.loads((tmp_path / "bd" / "manifest.json").read_text())
     assert all(m["info"]["candidate"]["init"] == "teacher" and not m["connections"] for m in manifest["members"])
     settings = json.loads((tmp_path / "r.json").read_text())["settings"]
-    assert (settings["init"], settings["step"]) == ("teacher", "kl")
+    assert (settings["init"], settings["step"], settings["refine_epochs"], settings["refine_loss"]) == ("teacher", "kl", 1, "kd")
     like = ["--baseline", "resched", "--like", str(tmp_path / "bd"), "--out", str(tmp_path / "rs")]
     assert cli_main([*base, *like]) == 0
     rs = json.loads((tmp_path / "rs" / "manifest.json").read_text())
@@ -286,7 +287,9 @@ def test_benchmark_rebuilds_only_the_named_bundles(
     from types import SimpleNamespace
 
     bench = _anytime_value(monkeypatch)
-    args = argparse.Namespace(sizing="macs", init="teacher", step="kl", seed=0, keep=0.5, lowrank_speedup=2.0)
+    args = argparse.Namespace(
+        sizing="macs", init="teacher", step="kl", refine_epochs=0, refine_loss="logits", seed=0, keep=0.5, lowrank_speedup=2.0
+    )
     loaded, sched, timings = SimpleNamespace(module=teacher), bench.Schedule(limit_train=None, epochs=1), {}
     paths, _, reports = bench.build(images, loaded, sched, 2, args, tmp_path, timings, frozenset({"bdistil"}), {"old": 1})
     assert set(paths) == {"bdistil"} and set(reports) == {"old", "bdistil"}

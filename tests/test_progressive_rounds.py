@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from distill.errors import TrainingError
+from distill.losses import HintonKD
 from distill.progressive.rounds import (
     BarrierLoss,
+    BoostedKD,
     barrier_objective,
     boosting_weights,
     kl_step,
@@ -162,3 +164,16 @@ def test_kl_step_never_steps_uphill_and_checks_shapes(residual: np.ndarray) -> N
     assert kl_step(g, np.zeros_like(g), f) > 0.0
     with pytest.raises(TrainingError, match="one \\(N, C\\) shape"):
         kl_step(g, g[:, :2], f)
+
+
+def test_boosted_kd_is_hinton_kd_of_the_prefix_with_the_member() -> None:
+    gen = torch.Generator().manual_seed(0)
+    g, f_prev, m = (torch.randn(6, 4, generator=gen) for _ in range(3))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    packed = torch.cat([g, f_prev], dim=1)
+    assert BoostedKD()(m, packed, labels).item() == pytest.approx(HintonKD()(f_prev + m, g, labels).item(), rel=1e-6)
+    member = m.clone().requires_grad_(True)
+    BoostedKD()(member, packed, labels).backward()
+    assert member.grad is not None and member.grad.abs().sum() > 0  # trains the member, not the frozen prefix
+    with pytest.raises(TrainingError, match="packed"):
+        BoostedKD()(m, g, labels)

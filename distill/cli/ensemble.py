@@ -78,7 +78,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--refine-epochs",
         type=int,
         default=0,
-        help="least-squares refinement of each member to the residual (not in the paper; default 0)",
+        help="refinement epochs of each accepted member (not in the paper; default 0: none)",
+    )
+    parser.add_argument(
+        "--refine-loss",
+        choices=("logits", "kd"),
+        default="logits",
+        help="the refinement's loss: least squares to the residual (logits), or Hinton KD of the prefix with the "
+        "member against the teacher, with labels (kd)",
     )
     parser.add_argument("--limit-train", type=int, help="train on only the first N training samples (quicker)")
     add_loss_arguments(parser, default="kd")
@@ -147,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             lr=args.lr,
             batch_size=args.batch_size,
             refine_epochs=args.refine_epochs,
+            refine_loss=args.refine_loss,
             seed=args.seed,
             progress=args.progress,
             sizing=args.size_by,

@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import TrainingError
-from distill.losses import DistillationLoss
+from distill.losses import DistillationLoss, HintonKD
 
 __all__ = [
     "BarrierLoss",
+    "BoostedKD",
     "barrier_objective",
     "boosting_weights",
     "kl_step",
@@ -131,6 +132,28 @@ class BarrierLoss(DistillationLoss):
                 "build them with pack_weights"
             )
         return barrier_objective(student_logits, teacher_logits[:, :c], teacher_logits[:, c:]) / n
+
+
+@dataclass(frozen=True)
+class BoostedKD(DistillationLoss):
+    """Hinton KD of the running ensemble *with* the member against the teacher (not in the paper).
+
+    Called as ``loss(m, packed, labels)``: ``m`` is the member's scaled output ``eta tanh(h)`` (N, C),
+    ``packed`` the rows of ``[g | F_{t-1}]`` (teacher logits, then the ensemble's so far; N, 2C). The loss is
+    ``kd(F_{t-1} + m, g, labels)``, so the member is trained for what the prefix answers, with the loss
+    and labels that RESCHED and NO-RESCHED students get (:class:`distill.losses.HintonKD`).
+    """
+
+    name: ClassVar[str] = "bdistil_boosted_kd"
+    kd: HintonKD = HintonKD()
+
+    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n, c = student_logits.shape
+        if teacher_logits.shape != (n, 2 * c):
+            raise TrainingError(
+                f"boosted KD needs packed [teacher | ensemble] logits of shape {(n, 2 * c)}, got {tuple(teacher_logits.shape)}"
+            )
+        return self.kd(teacher_logits[:, c:] + student_logits, teacher_logits[:, :c], targets)
 
 
 def weak_learning_edge(k_plus: np.ndarray, k_minus: np.ndarray, f: np.ndarray) -> float:
