@@ -87,13 +87,12 @@ class TimeWindow:
             split = count % self.maxlen
             times = np.concatenate((self._times[split:], self._times[:split]))
             values = np.concatenate((self._values[split:], self._values[:split]))
-        counted = np.flatnonzero(times >= since)
-        if not len(counted):
-            return np.empty(0)
-        start = int(counted[0])
-        if gap_s is not None and 0 < start < n and times[start] - times[start - 1] > gap_s:
-            start += 1
-        kept: np.ndarray = values[start:][times[start:] >= since]
+        counts = times >= since
+        if gap_s is not None and counts.any():
+            first = int(counts.argmax())
+            if 0 < first and times[first] - times[first - 1] > gap_s:
+                counts[first] = False
+        kept: np.ndarray = values[counts]
         return kept
 
     def quantile(self, q: float, since: float, min_samples: int = 1, gap_s: float | None = None) -> float | None:

@@ -62,7 +62,7 @@ _PROFILE_KEY = {"p99.5": "p99"}
 # Why p99.5 by default: a request is late when any of its last member runs plus the answer's finish overruns
 # its prediction, and short stalls arrive per unit of time (timer interrupts: ~380 a second of 17-24 us on
 # the development VM), not per member run: predicting each piece at p99 left 0.95-1.5% of requests late at
-# the tightest budgets, p99.5 0.3-0.7% (benchmarks/deadline.py --phases budgets, 4 runs each, README).
+# the tightest budgets, p99.5 0.25-0.55% (benchmarks/deadline.py --phases budgets, 3-4 runs each, README).
 _HEAD = ("logits", "probs", "entropy")  # every member's first three fetched outputs, in this order
 _PREV = "prev_logits"
 _FLOAT32 = np.dtype(np.float32)

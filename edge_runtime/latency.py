@@ -15,7 +15,7 @@ high quantile: the budget is missed when the next member runs longer than predic
 covers the tail. The runtime asks for p99.5, not p99: short stalls (timer interrupts, ~17-24 us a few hundred
 times a second on a VM) strike per unit of time, so a request is exposed over its last member *and* the
 finish, while each piece's p99 sits below a stall that hits under 1% of its runs; p99 left ~1-1.5% of
-requests late at the tightest budgets, p99.5 0.3-0.7%.
+requests late at the tightest budgets, p99.5 0.25-0.55%.
 
 Why a window in time and not the last N runs: a member that the budget skips is not run, so a window of
 its last N runs never forgets the slow runs of a load spike, and the member stays predicted slow for good
