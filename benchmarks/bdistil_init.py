@@ -5,7 +5,8 @@ rows for ``--epochs`` epochs per member/student (the budget every variant gets):
 
 * ``scratch``: B-DISTIL with fresh members (``sizing`` as given), then RESCHED and NO-RESCHED of those sizes;
 * ``teacher/<head>``: B-DISTIL whose members are channel-pruned copies of the teacher (keep ratios sized by
-  measured latency, :func:`distill.progressive.sizing.keep_candidates`), member ``t > 1`` starting from
+  measured latency, :func:`distill.progressive.sizing.keep_candidates`, or the ladder ``--keeps`` gives, which
+  makes runs comparable whatever the machine's load), member ``t > 1`` starting from
   ``head_start`` = keep / zero / rescale; RESCHED and NO-RESCHED of the first variant's keep ratios, also
   pruned copies of the teacher (the same initialisation).
 
@@ -34,6 +35,7 @@ from distill.data import load_dataset
 from distill.progressive import (
     BaselineConfig,
     Ensemble,
+    PrunedCandidate,
     ProgressiveConfig,
     candidate_from_dict,
     limit_training,
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine-epochs", type=int, default=0, help="B-DISTIL refinement epochs per member (0 = none)")
     parser.add_argument("--refine-loss", choices=("logits", "kd"), default="logits", help="B-DISTIL refinement loss")
     parser.add_argument("--sizing", choices=("auto", "latency", "macs"), default="auto")
+    parser.add_argument(
+        "--keeps", help="teacher-initialised members: this ladder of keep ratios (e.g. 0.35,0.5,0.6) instead of timing one"
+    )
     parser.add_argument(
         "--heads",
         default="keep,zero,rescale,zero:rescale,rescale:rescale",
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # head: t>1[:t=1]; scratch first unless --no-scratch
     variants = [("scratch", "zero")] * args.scratch + [("teacher", h) for h in args.heads.split(",") if h]
-    ladder: tuple[Any, ...] = ()  # the teacher variants share one timed ladder of keep ratios
+    # the teacher variants share one ladder of keep ratios: timed by the first, or given
+    ladder: tuple[Any, ...] = tuple(PrunedCandidate(float(k)) for k in args.keeps.split(",")) if args.keeps else ()
     for init, head in variants:
         t0 = time.perf_counter()
         cfg = ProgressiveConfig(
@@ -122,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             **common,
         )
         bd = progressive_ensemble(teacher, data, cfg)
-        first_teacher = init == "teacher" and not ladder
-        if first_teacher:
+        first_teacher = init == "teacher" and not any(v.startswith("teacher/") for v in result["variants"])
+        if first_teacher and not ladder:
             ladder = tuple(candidate_from_dict(c) for c in bd.report.settings["candidates"])
             result["member_sizing"] = bd.report.settings.get("member_sizing")
         rs, nr = None, None

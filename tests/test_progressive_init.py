@@ -266,12 +266,12 @@ def test_errors_name_the_fix(images: Dataset) -> None:
     assert candidate_from_dict(Candidate("mlp", 4).to_dict()) == Candidate("mlp", 4)
 
 
-def _anytime_value(monkeypatch: pytest.MonkeyPatch) -> Any:
+def _anytime_value(monkeypatch: pytest.MonkeyPatch, script: str = "anytime_value") -> Any:
     import importlib.util
     import sys
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "anytime_value.py"
-    spec = importlib.util.spec_from_file_location("anytime_value_under_test", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(f"{script}_under_test", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
@@ -328,3 +328,29 @@ def test_benchmark_cascades_start_from_the_accuracy_latency_front(monkeypatch: p
     # c is slower and less accurate than d, f slower and less accurate than e
     assert bench._pareto_front(list("abcdef"), cost, acc) == ["a", "b", "d", "e"]
     assert bench._pareto_front([], cost, acc) == []
+
+
+def test_bdistil_init_takes_a_given_keep_ladder_for_every_variant_and_times_none(
+    images: Dataset, teacher: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    import distill.progressive.bdistil as bdistil
+
+    bench = _anytime_value(monkeypatch, "bdistil_init")
+    seen: list[tuple[Any, ...]] = []
+
+    def spy(teacher_: Any, data: Dataset, cfg: ProgressiveConfig) -> Any:
+        seen.append(tuple(cfg.candidates))
+        return progressive_ensemble(teacher_, data, cfg)
+
+    monkeypatch.setattr(bench, "load_dataset", lambda *a, **k: images)
+    monkeypatch.setattr(bench, "load_teacher", lambda *a, **k: SimpleNamespace(module=teacher))
+    monkeypatch.setattr(bench, "progressive_ensemble", spy)
+    monkeypatch.setattr(bdistil, "keep_candidates", lambda *a, **k: pytest.fail("a ladder was timed"))
+    out = tmp_path / "r.json"
+    argv = ["--members", "2", "--epochs", "1", "--no-scratch", "--no-baselines", "--heads", "zero,rescale"]
+    assert bench.main([*argv, "--keeps", "0.5,0.75", "--json", str(out)]) == 0
+    ladder = (PrunedCandidate(0.5), PrunedCandidate(0.75))
+    assert seen == [ladder, ladder]
+    assert set(json.loads(out.read_text())["variants"]) == {"teacher/zero", "teacher/rescale"}

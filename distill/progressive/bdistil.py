@@ -27,7 +27,15 @@ On cluttered MNIST (teacher init, KL step, 20k x 1 epoch, ``benchmarks/anytime_v
 --refine-loss kd``) the KD refinement lifted F_1..F_4 from 96.16 / 96.20 / 96.31 / 96.38% to 96.98 / 97.03 /
 97.07 / 97.02% (teacher 97.95%; RESCHED of the same sizes 96.69 / 96.88 / 97.27 / 97.31%): the barrier round
 trains a member for the residual's extreme logits, the KD pass for the prefix's softmax. It doubles each
-member's training, and later members still add little.
+member's training, and later members still add little. Why not, tried one change at a time with
+``benchmarks/bdistil_init.py`` (20k x 1 epoch, one torch thread, the fixed keep ladder 0.35 / 0.5 / 0.6 of that run;
+a fourth member never passed the check): as is, 97.02 / 97.13 / 97.21%; member ``t > 1`` starting from the teacher's
+head instead of a zeroed one, 97.02 / 97.10 / 97.10%; a trained gain on the step during the refinement (so the KD pass
+may enlarge a member the KL step made small, e.g. member 2's 0.36), 96.98 / 97.04 / 97.04% (the gain grew member 2's
+step only to 0.53: the prefix's KD loss does not ask for more); a fixed ``temperature=8``, 96.75% and no second
+member. What does move F_K is member 1's size: a run whose timing (disturbed by a second job) sized every member at
+keep 0.5 (0.41 ms instead of 0.25 ms) gave 97.45 / 97.43 / 97.47 / 97.50%. So on this workload F_K is about F_1, and F_1 at
+keep 0.35 is 0.3 point above the same copy distilled plainly for half as long (NO-RESCHED t = 1, 96.69%).
 
 Measured on MNIST (20k training images, 3 epochs per member, cnn2d w8 members): the refinement lowers
 the training residual's RMS from 2.5 (three members; no fourth passed the check) to 1.3 (four members)
