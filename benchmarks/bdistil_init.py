@@ -35,8 +35,8 @@ from distill.data import load_dataset
 from distill.progressive import (
     BaselineConfig,
     Ensemble,
-    PrunedCandidate,
     ProgressiveConfig,
+    PrunedCandidate,
     candidate_from_dict,
     limit_training,
     no_resched_students,

@@ -32,7 +32,7 @@ from distill.progressive import (
     progressive_ensemble,
     resched_ensemble,
 )
-from distill.progressive.inherit import InheritedClassifier, pruned_teacher, start_head
+from distill.progressive.inherit import ROUND_TO, InheritedClassifier, build_student, pruned_teacher, start_head
 from distill.progressive.sizing import keep_candidates
 from distill.sparse.structured import shrink_channels
 from distill.teacher import save_model
@@ -139,7 +139,7 @@ def _fake_timing(p50: dict[str, float], monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_keep_ratios_follow_the_measured_latencies(images: Dataset, teacher: Classifier, monkeypatch: pytest.MonkeyPatch) -> None:
     p50 = {"teacher": 1.0, "k0.25": 0.2, "k0.5": 0.3, "k0.75": 0.45, "k0.9": 0.6}
     monkeypatch.setattr(sizing_module, "measure_side_by_side", _fake_timing(p50, monkeypatch))
-    sizing = keep_candidates(teacher, images, 3, keeps=(0.25, 0.5, 0.75, 0.9), basis="latency")
+    sizing = keep_candidates(teacher, images, 3, keeps=(0.25, 0.5, 0.75, 0.9), basis="latency", round_to=None)
     # target 1/3 ms: rung 1 the largest keep within it, then within 1.5x (0.5 ms) and 2x (0.667 ms)
     assert sizing.basis == "latency" and sizing.target_ms == pytest.approx(1 / 3)
     assert sizing.candidates == (PrunedCandidate(0.5), PrunedCandidate(0.75), PrunedCandidate(0.9))
@@ -148,9 +148,9 @@ def test_keep_ratios_follow_the_measured_latencies(images: Dataset, teacher: Cla
     # nothing within the target: the fastest keep, once
     slow = {**p50, "k0.25": 0.5, "k0.5": 0.6, "k0.75": 0.8, "k0.9": 0.9}
     monkeypatch.setattr(sizing_module, "measure_side_by_side", _fake_timing(slow, monkeypatch))
-    assert keep_candidates(teacher, images, 4, keeps=(0.25, 0.5, 0.75, 0.9), basis="latency").candidates[0] == PrunedCandidate(
-        0.25
-    )
+    assert keep_candidates(
+        teacher, images, 4, keeps=(0.25, 0.5, 0.75, 0.9), basis="latency", round_to=None
+    ).candidates[0] == PrunedCandidate(0.25)
     # by MACs: the largest keep within teacher MACs / K
     by_macs = keep_candidates(teacher, images, 4, keeps=(0.25, 0.5, 0.75), basis="macs")
     target = count_macs(teacher, images.input_shape) / 4
@@ -158,12 +158,29 @@ def test_keep_ratios_follow_the_measured_latencies(images: Dataset, teacher: Cla
     assert by_macs.basis == "macs" and by_macs.candidates[0].keep == max(fits)
 
 
+def test_members_sized_by_latency_keep_whole_blocks_of_channels(images: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    wide = build_model(ModelConfig(images.input_shape, images.num_classes, family="resnet", width=32, depth=2)).eval()
+    p50 = {"teacher": 1.0, "k0.3": 0.2, "k0.35": 0.25, "k0.5": 0.3, "k0.75": 0.45}
+    monkeypatch.setattr(sizing_module, "measure_side_by_side", _fake_timing(p50, monkeypatch))
+    sizing = keep_candidates(wide, images, 3, keeps=(0.3, 0.35, 0.5, 0.75), basis="latency")
+    # 0.3 and 0.35 of 32 channels both round to 8: one copy, timed once under the smaller keep
+    assert [r["keep"] for r in sizing.measured] == [0.3, 0.5, 0.75] and sizing.settings["round_to"] == ROUND_TO
+    assert sizing.candidates == tuple(PrunedCandidate(k, ROUND_TO) for k in (0.5, 0.75))
+    for candidate in sizing.candidates:
+        assert candidate_from_dict(candidate.to_dict()) == candidate and "(x8)" in candidate.describe()
+        assert all(w % ROUND_TO == 0 for w in _convs(build_student(candidate, images, wide)))
+    exact = keep_candidates(wide, images, 3, keeps=(0.3, 0.35), basis="macs")  # the MACs basis prunes exactly
+    assert exact.settings["round_to"] is None and all(c.round_to is None for c in exact.candidates)
+    assert candidate_from_dict({"init": "teacher", "keep": 0.5}) == PrunedCandidate(0.5)  # reports written before
+
+
 def test_ensemble_reports_each_members_keep_and_latency(
     images: Dataset, teacher: Classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     p50 = {"teacher": 1.0, "k0.25": 0.4, "k0.5": 0.6}
     monkeypatch.setattr(sizing_module, "measure_side_by_side", _fake_timing(p50, monkeypatch))
-    sizing = keep_candidates(teacher, images, 2, keeps=(0.25, 0.5), basis="latency")
+    sizing = keep_candidates(teacher, images, 2, keeps=(0.25, 0.5), basis="latency", round_to=None)
     assert sizing.candidates == (PrunedCandidate(0.25), PrunedCandidate(0.5))
     asked: list[Any] = []
     monkeypatch.setattr(bdistil, "keep_candidates", lambda *a, **k: asked.append(k) or sizing)

@@ -91,6 +91,21 @@ def test_dropping_dead_channels_is_exact_and_shrinks_the_layers(make: Callable[[
     assert sum(p.numel() for p in pruned.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("make", MODELS[:3], ids=IDS[:3])
+def test_round_to_keeps_a_multiple_of_that_many_channels_in_every_pruned_layer(make: Callable[[], nn.Module]) -> None:
+    torch.manual_seed(0)
+    model = make().eval()
+    x = _input(model)
+    _, exact, kept = prune_channels(model, 0.6, x)
+    pruned, widths, _ = prune_channels(model, 0.6, x, round_to=4)
+    hidden = {n: after for n, (_, after) in widths.items() if n not in kept}
+    assert hidden and all(w % 4 == 0 for w in hidden.values())
+    assert any(exact[n][1] % 4 for n in hidden)  # without rounding some width is not a multiple of 4
+    assert logits_of(pruned(x)).shape == logits_of(model(x)).shape
+    with pytest.raises(TrainingError, match="round_to must be a channel count"):
+        prune_channels(model, 0.6, x, round_to=0)
+
+
 def test_uncalled_layers_are_left_whole_and_reported() -> None:
     torch.manual_seed(0)
     model = GroupedNet().eval()

@@ -187,7 +187,7 @@ def no_resched_students(
     reports: list[MemberReport] = []
     for t, budget in enumerate(budgets):
         candidate = (
-            keep_for_macs(teacher, dataset, int(budget))
+            keep_for_macs(teacher, dataset, int(budget), round_to=template.round_to)
             if isinstance(template, PrunedCandidate)
             else width_for_macs(template, dataset, int(budget))
         )

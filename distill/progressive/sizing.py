@@ -36,7 +36,7 @@ from distill.data import Dataset
 from distill.errors import TrainingError
 from distill.lowrank.latency import LatencyConfig, measure_side_by_side
 from distill.models import build_model, family_for
-from distill.progressive.inherit import PrunedCandidate, pruned_teacher
+from distill.progressive.inherit import ROUND_TO, PrunedCandidate, pruned_teacher
 from distill.progressive.members import Candidate, count_macs, default_candidates
 
 __all__ = ["KEEPS", "MIN_TEACHER_MS", "MemberSizing", "keep_candidates", "latency_candidates"]
@@ -196,6 +196,7 @@ def keep_candidates(
     basis: str = "auto",
     timing: LatencyConfig = SIZING_TIMING,
     min_teacher_ms: float = MIN_TEACHER_MS,
+    round_to: int | None = ROUND_TO,
 ) -> MemberSizing:
     """The escalation ladder of teacher-initialised members: keep ratios of the pruned teacher, by latency.
 
@@ -213,6 +214,9 @@ def keep_candidates(
         basis: "latency", "macs" or "auto" (latency unless the teacher is under ``min_teacher_ms``).
         timing: rounds and calls of the side-by-side timing.
         min_teacher_ms: the "auto" threshold.
+        round_to: on the latency basis, copies keep multiples of this many channels (the candidates carry it;
+            keeps that give the same copy are timed once, the smallest keeping it); None = exact keeps. The
+            MACs basis always prunes exactly.
 
     Returns:
         A :class:`MemberSizing` of :class:`~distill.progressive.inherit.PrunedCandidate` (fewest channels
@@ -230,17 +234,24 @@ def keep_candidates(
     rows = dataset.x_val if len(dataset.x_val) else dataset.x_train
     example = torch.from_numpy(np.ascontiguousarray(rows[:2], dtype=np.float32))
     settings = {"rungs": list(rungs), "members": members, "init": "teacher", "keeps": list(keeps)}
-    pruned = {k: pruned_teacher(teacher, k, dataset).eval() for k in sorted(set(keeps))}
-    measured = [
-        {"candidate": PrunedCandidate(k).describe(), "keep": k, "macs": count_macs(m, dataset.input_shape)}
-        for k, m in pruned.items()
-    ]
     teacher_macs = count_macs(teacher, dataset.input_shape)
     teacher_ms = 0.0
     blobs: dict[str, bytes] = {}
     if basis != "macs":
         blobs, teacher_ms = _time_teacher(teacher, rows, example, timing)
-    if basis == "macs" or teacher_ms < min_teacher_ms:
+    by_macs = basis == "macs" or teacher_ms < min_teacher_ms
+    # sized by latency, copies keep whole blocks of channels (faster per MAC); by MACs, exact keeps
+    round_to = None if by_macs else round_to
+    settings["round_to"] = round_to
+    pruned: dict[float, nn.Module] = {}
+    measured: list[dict[str, Any]] = []
+    for k in sorted(set(keeps)):
+        copy = pruned_teacher(teacher, k, dataset, round_to=round_to).eval()
+        macs = count_macs(copy, dataset.input_shape)
+        if all(r["macs"] != macs for r in measured):  # rounding can give two keeps one copy
+            pruned[k] = copy
+            measured.append({"candidate": PrunedCandidate(k, round_to).describe(), "keep": k, "macs": macs})
+    if by_macs:
         target = teacher_macs / members
         chosen = _rungs(measured, "keep", "macs", target, rungs)
         why = "asked for" if basis == "macs" else f"teacher p50 {teacher_ms:.3f} ms < {min_teacher_ms} ms"
@@ -257,5 +268,5 @@ def keep_candidates(
         row["p50_ms"] = round(stats[f"k{row['keep']}"][1]["p50"], 4)
     chosen = _rungs(measured, "keep", "p50_ms", target, rungs)
     note = f"member target {target:.3f} ms = teacher p50 {teacher_ms:.3f} ms / {members}"
-    candidates = tuple(PrunedCandidate(r["keep"]) for r in chosen)
+    candidates = tuple(PrunedCandidate(r["keep"], round_to) for r in chosen)
     return MemberSizing(candidates, "latency", teacher_ms, target, tuple(measured), note, settings)

