@@ -148,9 +148,9 @@ def test_keep_ratios_follow_the_measured_latencies(images: Dataset, teacher: Cla
     # nothing within the target: the fastest keep, once
     slow = {**p50, "k0.25": 0.5, "k0.5": 0.6, "k0.75": 0.8, "k0.9": 0.9}
     monkeypatch.setattr(sizing_module, "measure_side_by_side", _fake_timing(slow, monkeypatch))
-    assert keep_candidates(
-        teacher, images, 4, keeps=(0.25, 0.5, 0.75, 0.9), basis="latency", round_to=None
-    ).candidates[0] == PrunedCandidate(0.25)
+    assert keep_candidates(teacher, images, 4, keeps=(0.25, 0.5, 0.75, 0.9), basis="latency", round_to=None).candidates[
+        0
+    ] == PrunedCandidate(0.25)
     # by MACs: the largest keep within teacher MACs / K
     by_macs = keep_candidates(teacher, images, 4, keeps=(0.25, 0.5, 0.75), basis="macs")
     target = count_macs(teacher, images.input_shape) / 4
@@ -161,10 +161,11 @@ def test_keep_ratios_follow_the_measured_latencies(images: Dataset, teacher: Cla
 def test_members_sized_by_latency_keep_whole_blocks_of_channels(images: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     wide = build_model(ModelConfig(images.input_shape, images.num_classes, family="resnet", width=32, depth=2)).eval()
-    p50 = {"teacher": 1.0, "k0.3": 0.2, "k0.35": 0.25, "k0.5": 0.3, "k0.75": 0.45}
+    p50 = {"teacher": 1.0, "k0.3": 0.2, "k0.5": 0.3, "k0.75": 0.45}
     monkeypatch.setattr(sizing_module, "measure_side_by_side", _fake_timing(p50, monkeypatch))
-    sizing = keep_candidates(wide, images, 3, keeps=(0.3, 0.35, 0.5, 0.75), basis="latency")
-    # 0.3 and 0.35 of 32 channels both round to 8: one copy, timed once under the smaller keep
+    sizing = keep_candidates(wide, images, 3, keeps=(0.1, 0.3, 0.35, 0.5, 0.75), basis="latency")
+    # 0.3 and 0.35 of 32 channels both round to 8: one copy, timed once under the smaller keep; 0.1 rounds some
+    # group to no channel, which Torch-Pruning then leaves whole: more MACs than 0.3, so not a rung
     assert [r["keep"] for r in sizing.measured] == [0.3, 0.5, 0.75] and sizing.settings["round_to"] == ROUND_TO
     assert sizing.candidates == tuple(PrunedCandidate(k, ROUND_TO) for k in (0.5, 0.75))
     for candidate in sizing.candidates:

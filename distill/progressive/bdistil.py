@@ -35,7 +35,10 @@ may enlarge a member the KL step made small, e.g. member 2's 0.36), 96.98 / 97.0
 step only to 0.53: the prefix's KD loss does not ask for more); a fixed ``temperature=8``, 96.75% and no second
 member. What does move F_K is member 1's size: a run whose timing (disturbed by a second job) sized every member at
 keep 0.5 (0.41 ms instead of 0.25 ms) gave 97.45 / 97.43 / 97.47 / 97.50%. So on this workload F_K is about F_1, and F_1 at
-keep 0.35 is 0.3 point above the same copy distilled plainly for half as long (NO-RESCHED t = 1, 96.69%).
+keep 0.35 is 0.3 point above the same copy distilled plainly for half as long (NO-RESCHED t = 1, 96.69%). With
+members that keep multiples of 8 channels (wider at the same latency, :data:`~distill.progressive.inherit.ROUND_TO`)
+the same command gave 97.23 / 97.26 / 97.27 / 97.20% (RESCHED 96.79 / 96.98 / 96.92 / 97.33%, NO-RESCHED 96.79 /
+97.54 / 97.72 / 97.82%; ``benchmarks/results/anytime_value_cluttered_round8.*``).
 
 Measured on MNIST (20k training images, 3 epochs per member, cnn2d w8 members): the refinement lowers
 the training residual's RMS from 2.5 (three members; no fourth passed the check) to 1.3 (four members)

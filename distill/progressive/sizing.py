@@ -243,14 +243,16 @@ def keep_candidates(
     # sized by latency, copies keep whole blocks of channels (faster per MAC); by MACs, exact keeps
     round_to = None if by_macs else round_to
     settings["round_to"] = round_to
-    pruned: dict[float, nn.Module] = {}
-    measured: list[dict[str, Any]] = []
-    for k in sorted(set(keeps)):
-        copy = pruned_teacher(teacher, k, dataset, round_to=round_to).eval()
-        macs = count_macs(copy, dataset.input_shape)
-        if all(r["macs"] != macs for r in measured):  # rounding can give two keeps one copy
-            pruned[k] = copy
-            measured.append({"candidate": PrunedCandidate(k, round_to).describe(), "keep": k, "macs": macs})
+    copies = {k: pruned_teacher(teacher, k, dataset, round_to=round_to).eval() for k in sorted(set(keeps))}
+    macs = {k: count_macs(m, dataset.input_shape) for k, m in copies.items()}
+    # Rounding can give two keeps one copy (timed once, under the smaller keep), and a keep so small that a group
+    # rounds to no channel leaves that group whole in Torch-Pruning (more MACs than a larger keep): dropped.
+    pruned = {
+        k: m
+        for k, m in copies.items()
+        if all(macs[k] <= macs[j] for j in copies if j > k) and all(macs[k] != macs[j] for j in copies if j < k)
+    }
+    measured = [{"candidate": PrunedCandidate(k, round_to).describe(), "keep": k, "macs": macs[k]} for k in pruned]
     if by_macs:
         target = teacher_macs / members
         chosen = _rungs(measured, "keep", "macs", target, rungs)
