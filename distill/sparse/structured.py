@@ -63,8 +63,10 @@ def prune_channels(
         example: a few model-ready inputs for tracing; optional for the toolkit's own models.
         round_to: keep a multiple of this many channels in every pruned group (Torch-Pruning's ``round_to``),
             so ``keep`` is then approximate; None = exactly ``keep``. ONNX Runtime's CPU convolutions work on
-            blocks of 8 channels: measured here on the 64x64 cluttered-MNIST ResNet, keep 0.35 runs in 0.174 ms
-            with ``round_to=8`` (16/32/64/128 channels) against 0.257 ms without (16/33/67/134), at 5% fewer MACs.
+            blocks of 8 channels: on the 64x64 cluttered-MNIST ResNet keep 0.35 runs in 0.17 ms with
+            ``round_to=8`` (16/32/64/128 channels) against 0.25 ms without (16/33/67/134), at 5% fewer MACs
+            (``benchmarks/results/pruned_widths_cluttered.*``). A group that would round to no channel is left
+            whole by Torch-Pruning, so a very small ``keep`` can give a *larger* copy: check the widths returned.
 
     Returns:
         (the pruned copy in eval mode, {layer: (out channels before, after)} for every Linear/Conv the
